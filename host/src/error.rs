@@ -1,0 +1,32 @@
+//! The host's error type: every bad input is reported with what was expected, never a panic.
+
+/// Errors of the host API.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A buffer or tensor whose size does not match the shape it is used with.
+    #[error("{what}: expected {expected} f32 values, got {got}")]
+    Length { what: &'static str, expected: usize, got: usize },
+    /// BatchNorm in training mode with fewer than two samples (the batch variance is undefined).
+    #[error("BatchNorm in training mode needs a batch of at least 2, got {0}: the variance of one sample is undefined")]
+    BatchTooSmall(usize),
+    /// An argument outside its valid range.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// No usable GPU: no driver, no device, or no cuBLAS.
+    #[error("GPU unavailable: {0}")]
+    GpuUnavailable(String),
+    /// A CUDA driver or cuBLAS call failed.
+    #[error("CUDA error: {0}")]
+    Cuda(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// `Ok` when `got == expected`, else a [`Error::Length`] naming `what`.
+pub fn check_len(what: &'static str, got: usize, expected: usize) -> Result<()> {
+    if got == expected {
+        Ok(())
+    } else {
+        Err(Error::Length { what, expected, got })
+    }
+}

@@ -1,0 +1,14 @@
+//! BYOL host: the CPU and GPU backends over the `kernels` crate, the projector/predictor MLP,
+//! and (in later milestones) the ResNet encoder, the training loop and evaluation.
+
+pub mod backend;
+pub mod error;
+pub mod mlp;
+pub mod ptx;
+
+pub use backend::cpu::Cpu;
+#[cfg(feature = "cuda")]
+pub use backend::cuda::Cuda;
+pub use backend::{Backend, MlpSaved, MlpState};
+pub use error::{Error, Result};
+pub use mlp::{BnMode, Mlp};
