@@ -9,7 +9,9 @@ const PTX_INPUTS: &[&str] = &["kernels/Cargo.toml", "kernels/src", "scripts/buil
 
 /// 64-bit FNV-1a: a fingerprint to notice edits, not a defence against tampering.
 fn fnv1a(hash: u64, bytes: &[u8]) -> u64 {
-    bytes.iter().fold(hash, |h, &b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3))
+    bytes.iter().fold(hash, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 fn collect(root: &Path, rel: &str, files: &mut Vec<String>) {
@@ -17,7 +19,12 @@ fn collect(root: &Path, rel: &str, files: &mut Vec<String>) {
     if path.is_dir() {
         let mut entries: Vec<_> = std::fs::read_dir(&path)
             .unwrap_or_else(|e| panic!("cannot list {}: {e}", path.display()))
-            .map(|e| e.expect("directory entry").file_name().into_string().expect("UTF-8 file name"))
+            .map(|e| {
+                e.expect("directory entry")
+                    .file_name()
+                    .into_string()
+                    .expect("UTF-8 file name")
+            })
             .collect();
         entries.sort();
         for name in entries {
@@ -29,7 +36,9 @@ fn collect(root: &Path, rel: &str, files: &mut Vec<String>) {
 }
 
 fn main() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root");
     let mut files = Vec::new();
     for input in PTX_INPUTS {
         println!("cargo:rerun-if-changed={}", root.join(input).display());
@@ -37,13 +46,18 @@ fn main() {
     }
     let mut hash = 0xcbf2_9ce4_8422_2325;
     for rel in &files {
-        let bytes = std::fs::read(root.join(rel)).unwrap_or_else(|e| panic!("cannot read {rel}: {e}"));
+        let bytes =
+            std::fs::read(root.join(rel)).unwrap_or_else(|e| panic!("cannot read {rel}: {e}"));
         hash = fnv1a(fnv1a(hash, rel.as_bytes()), &bytes);
     }
     let stamp = format!("{hash:016x}");
     println!("cargo:rustc-env=KERNEL_SOURCE_STAMP={stamp}");
-    println!("cargo:rerun-if-changed={}", root.join("kernels/ptx").display());
-    let committed = std::fs::read_to_string(root.join("kernels/ptx/SOURCE_STAMP")).unwrap_or_default();
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("kernels/ptx").display()
+    );
+    let committed =
+        std::fs::read_to_string(root.join("kernels/ptx/SOURCE_STAMP")).unwrap_or_default();
     if committed.trim() != stamp {
         println!("cargo:warning=kernels/ptx/byol_kernels.ptx was built from other kernel sources: run scripts/build-ptx.sh");
     }

@@ -36,15 +36,15 @@ fn bad_input_should_be_a_clear_error() {
     bad_input_is_an_error(&Cpu);
 }
 
-/// Central difference of `f` at `v[k]` with step `eps`.
-fn central_difference(v: &mut [f32], k: usize, eps: f32, mut f: impl FnMut(&[f32]) -> f64) -> f64 {
+/// `f` evaluated with `v[k]` moved by `+eps` and by `−eps` (then restored).
+fn perturbed<T>(v: &mut [f32], k: usize, eps: f32, mut f: impl FnMut(&[f32]) -> T) -> (T, T) {
     let orig = v[k];
     v[k] = orig + eps;
     let plus = f(v);
     v[k] = orig - eps;
     let minus = f(v);
     v[k] = orig;
-    (plus - minus) / (2.0 * eps as f64)
+    (plus, minus)
 }
 
 #[test]
@@ -55,25 +55,52 @@ fn nmse_gradient_should_match_finite_differences() {
     let z = uniform(&mut r, rows * dim, 1.0);
     let mut g = vec![0.0; rows * dim];
     Cpu.nmse_loss(&p, &z, rows, dim, Some(&mut g)).unwrap();
-    for k in 0..rows * dim {
-        let fd = central_difference(&mut p, k, 1e-3, |p| Cpu.nmse_loss(&p.to_vec(), &z, rows, dim, None).unwrap() as f64);
-        assert!((fd - g[k] as f64).abs() <= 2e-3 + 1e-2 * fd.abs(), "∂L/∂p[{k}]: analytic {} vs numeric {fd}", g[k]);
+    let eps = 1e-3;
+    for (k, &analytic) in g.iter().enumerate() {
+        let (plus, minus) = perturbed(&mut p, k, eps, |p| {
+            Cpu.nmse_loss(&p.to_vec(), &z, rows, dim, None).unwrap()
+        });
+        let fd = (plus as f64 - minus as f64) / (2.0 * eps as f64);
+        assert!(
+            (fd - analytic as f64).abs() <= 2e-3 + 1e-2 * fd.abs(),
+            "∂L/∂p[{k}]: analytic {analytic} vs numeric {fd}"
+        );
     }
 }
 
 /// `J = Σ out ⊙ R` after a training-mode forward, and the ReLU pattern it went through.
-fn mlp_objective(mlp: Mlp, params: &[f32], x: &[f32], batch: usize, weights: &[f32]) -> (f64, Vec<bool>) {
-    let mut st = host::MlpState { mlp, params: params.to_vec(), running: mlp.init_running() };
+fn mlp_objective(
+    mlp: Mlp,
+    params: &[f32],
+    x: &[f32],
+    batch: usize,
+    weights: &[f32],
+) -> (f64, Vec<bool>) {
+    let mut st = host::MlpState {
+        mlp,
+        params: params.to_vec(),
+        running: mlp.init_running(),
+    };
     let mut saved = Cpu.mlp_saved(&mlp, batch).unwrap();
     let mut out = vec![0.0; batch * mlp.output];
-    Cpu.mlp_forward(&mut st, &x.to_vec(), BnMode::Train, &mut saved, &mut out).unwrap();
-    let j = out.iter().zip(weights).map(|(&o, &w)| o as f64 * w as f64).sum();
+    Cpu.mlp_forward(&mut st, &x.to_vec(), BnMode::Train, &mut saved, &mut out)
+        .unwrap();
+    let j = out
+        .iter()
+        .zip(weights)
+        .map(|(&o, &w)| o as f64 * w as f64)
+        .sum();
     (j, saved.a.iter().map(|&a| a > 0.0).collect())
 }
 
 #[test]
 fn mlp_gradients_should_match_finite_differences() {
-    let mlp = Mlp { input: 5, hidden: 6, output: 4, last_bias: true };
+    let mlp = Mlp {
+        input: 5,
+        hidden: 6,
+        output: 4,
+        last_bias: true,
+    };
     let batch = 5;
     let case = MlpCase::new(mlp, 3);
     let mut r = rng(4);
@@ -83,14 +110,19 @@ fn mlp_gradients_should_match_finite_differences() {
     let mut st = case.state(&Cpu);
     let mut saved = Cpu.mlp_saved(&mlp, batch).unwrap();
     let mut out = vec![0.0; batch * mlp.output];
-    Cpu.mlp_forward(&mut st, &x, BnMode::Train, &mut saved, &mut out).unwrap();
+    Cpu.mlp_forward(&mut st, &x, BnMode::Train, &mut saved, &mut out)
+        .unwrap();
     let mut grads = vec![0.0; mlp.num_params()];
     let mut gx = vec![0.0; batch * mlp.input];
-    Cpu.mlp_backward(&st, &x, &mut saved, &weights, &mut grads, &mut gx).unwrap();
+    Cpu.mlp_backward(&st, &x, &mut saved, &weights, &mut grads, &mut gx)
+        .unwrap();
 
     let eps = 1e-3;
     let (mut checked, mut skipped) = (0, 0);
-    let mut check = |name: &str, k: usize, analytic: f32, plus: (f64, Vec<bool>), minus: (f64, Vec<bool>)| {
+    let mut check = |name: &str,
+                     k: usize,
+                     analytic: f32,
+                     (plus, minus): ((f64, Vec<bool>), (f64, Vec<bool>))| {
         if plus.1 != minus.1 {
             skipped += 1; // the step crossed a ReLU kink: a difference quotient means nothing there
             return;
@@ -103,26 +135,34 @@ fn mlp_gradients_should_match_finite_differences() {
         );
     };
     let mut params = case.params.clone();
-    let groups = [("w1", mlp.w1()), ("b1", mlp.b1()), ("gamma", mlp.gamma()), ("beta", mlp.beta()), ("w2", mlp.w2()), ("b2", mlp.b2())];
+    let groups = [
+        ("w1", mlp.w1()),
+        ("b1", mlp.b1()),
+        ("gamma", mlp.gamma()),
+        ("beta", mlp.beta()),
+        ("w2", mlp.w2()),
+        ("b2", mlp.b2()),
+    ];
     for (name, range) in groups {
         for k in range {
-            let orig = params[k];
-            params[k] = orig + eps;
-            let plus = mlp_objective(mlp, &params, &x, batch, &weights);
-            params[k] = orig - eps;
-            let minus = mlp_objective(mlp, &params, &x, batch, &weights);
-            params[k] = orig;
-            check(name, k, grads[k], plus, minus);
+            let pm = perturbed(&mut params, k, eps, |p| {
+                mlp_objective(mlp, p, &x, batch, &weights)
+            });
+            check(name, k, grads[k], pm);
         }
     }
-    for k in 0..x.len() {
-        let orig = x[k];
-        x[k] = orig + eps;
-        let plus = mlp_objective(mlp, &params, &x, batch, &weights);
-        x[k] = orig - eps;
-        let minus = mlp_objective(mlp, &params, &x, batch, &weights);
-        x[k] = orig;
-        check("x", k, gx[k], plus, minus);
+    for (k, &analytic) in gx.iter().enumerate() {
+        let pm = perturbed(&mut x, k, eps, |x| {
+            mlp_objective(mlp, &params, x, batch, &weights)
+        });
+        check("x", k, analytic, pm);
     }
-    assert!(skipped * 10 <= checked, "too many ReLU kinks crossed: {skipped} skipped, {checked} checked");
+    assert!(
+        checked >= mlp.num_params(),
+        "only {checked} coordinates checked"
+    );
+    assert!(
+        skipped * 10 <= checked,
+        "too many ReLU kinks crossed: {skipped} skipped, {checked} checked"
+    );
 }

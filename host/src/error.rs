@@ -5,7 +5,11 @@
 pub enum Error {
     /// A buffer or tensor whose size does not match the shape it is used with.
     #[error("{what}: expected {expected} f32 values, got {got}")]
-    Length { what: &'static str, expected: usize, got: usize },
+    Length {
+        what: &'static str,
+        expected: usize,
+        got: usize,
+    },
     /// BatchNorm in training mode with fewer than two samples (the batch variance is undefined).
     #[error("BatchNorm in training mode needs a batch of at least 2, got {0}: the variance of one sample is undefined")]
     BatchTooSmall(usize),
@@ -27,6 +31,10 @@ pub fn check_len(what: &'static str, got: usize, expected: usize) -> Result<()> 
     if got == expected {
         Ok(())
     } else {
-        Err(Error::Length { what, expected, got })
+        Err(Error::Length {
+            what,
+            expected,
+            got,
+        })
     }
 }

@@ -32,7 +32,12 @@ pub enum BnMode {
 impl Mlp {
     /// BYOL's projector or predictor: `input → 4096 → 256`, no bias on the last layer.
     pub fn byol(input: usize) -> Self {
-        Mlp { input, hidden: 4096, output: 256, last_bias: false }
+        Mlp {
+            input,
+            hidden: 4096,
+            output: 256,
+            last_bias: false,
+        }
     }
 
     pub fn w1(&self) -> Range<usize> {
@@ -75,7 +80,9 @@ impl Mlp {
     /// Rejects zero sizes.
     pub fn validate(&self) -> Result<()> {
         if self.input == 0 || self.hidden == 0 || self.output == 0 {
-            return Err(Error::InvalidArgument(format!("MLP sizes must be positive, got {self:?}")));
+            return Err(Error::InvalidArgument(format!(
+                "MLP sizes must be positive, got {self:?}"
+            )));
         }
         Ok(())
     }

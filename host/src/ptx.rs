@@ -44,7 +44,10 @@ mod tests {
     fn embedded_ptx_exports_every_kernel_for_sm_80() {
         assert!(PTX.contains(".target sm_80"));
         for name in KERNEL_NAMES {
-            assert!(PTX.contains(&format!(".visible .entry {name}(")), "PTX lacks entry point {name}");
+            assert!(
+                PTX.contains(&format!(".visible .entry {name}(")),
+                "PTX lacks entry point {name}"
+            );
         }
     }
 }

@@ -62,13 +62,40 @@ fn relu(x: f32) -> f32 {
     }
 }
 
+/// Row `r` of the tile, as a slice.
+///
+/// # Safety
+/// `m` points to a `[rows, cols]` matrix and `r < rows`.
+#[inline(always)]
+unsafe fn row<'a>(t: ColumnTile, m: *const f32, r: usize) -> &'a [f32] {
+    core::slice::from_raw_parts(m.add(r * t.cols + t.c0), t.width)
+}
+
+/// Row `r` of the tile, mutable.
+///
+/// # Safety
+/// As [`row`], and no other reference covers this part of the row.
+#[inline(always)]
+unsafe fn row_mut<'a>(t: ColumnTile, m: *mut f32, r: usize) -> &'a mut [f32] {
+    core::slice::from_raw_parts_mut(m.add(r * t.cols + t.c0), t.width)
+}
+
+/// The tile's first `width` entries of a per-column vector, copied into a register-sized
+/// local array (so inner loops run over fixed-size arrays, without bounds checks).
+#[inline(always)]
+fn local<const W: usize>(v: &[f32]) -> [f32; W] {
+    let mut out = [0.0f32; W];
+    out.iter_mut().zip(v).for_each(|(o, &x)| *o = x);
+    out
+}
+
 /// Training-mode forward of one tile: statistics, running update, normalise, affine, ReLU.
 /// Statistics use sums shifted by the first row (one pass, without the cancellation of a
 /// plain Σx² − (Σx)²/n when the mean is large against the spread).
 ///
 /// # Safety
-/// `h` and `a` point to `rows·cols` f32; `rows ≥ 2`; `width ≤ W`; every slice is `width`
-/// long; no other thread writes columns `[c0, c0 + width)` of `a` meanwhile.
+/// `h` and `a` point to `rows·cols` f32 and do not overlap; `rows ≥ 2`; `width ≤ W`; every
+/// slice is `width` long; no other thread touches columns `[c0, c0 + width)` of `a` meanwhile.
 #[inline(always)]
 pub unsafe fn forward_train_tile<const W: usize>(
     t: ColumnTile,
@@ -79,18 +106,14 @@ pub unsafe fn forward_train_tile<const W: usize>(
     running: Running<'_>,
 ) {
     let n = t.rows as f32;
-    let mut shift = [0.0f32; W];
+    let shift: [f32; W] = local(row(t, h, 0));
     let mut s1 = [0.0f32; W];
     let mut s2 = [0.0f32; W];
-    for k in 0..t.width {
-        shift[k] = *h.add(t.c0 + k);
-    }
     for r in 0..t.rows {
-        let row = h.add(r * t.cols + t.c0);
-        for k in 0..t.width {
-            let d = *row.add(k) - shift[k];
-            s1[k] += d;
-            s2[k] += d * d;
+        for (((x, &k), s1), s2) in row(t, h, r).iter().zip(&shift).zip(&mut s1).zip(&mut s2) {
+            let d = x - k;
+            *s1 += d;
+            *s2 += d * d;
         }
     }
     let mut scale = [0.0f32; W];
@@ -142,9 +165,13 @@ unsafe fn normalise_relu<const W: usize>(
     offset: &[f32; W],
 ) {
     for r in 0..t.rows {
-        let at = r * t.cols + t.c0;
-        for k in 0..t.width {
-            *a.add(at + k) = relu(*h.add(at + k) * scale[k] + offset[k]);
+        for (((y, &x), &s), &o) in row_mut(t, a, r)
+            .iter_mut()
+            .zip(row(t, h, r))
+            .zip(scale)
+            .zip(offset)
+        {
+            *y = relu(x * s + o);
         }
     }
 }
@@ -156,9 +183,10 @@ unsafe fn normalise_relu<const W: usize>(
 /// any constant shift; computed rather than assumed).
 ///
 /// # Safety
-/// `h`, `a`, `grad` point to `rows·cols` f32; `width ≤ W`; every slice is `width` long;
-/// no other thread touches columns `[c0, c0 + width)` of `grad` meanwhile.
+/// `h`, `a`, `grad` point to `rows·cols` f32 and do not overlap; `width ≤ W`; every slice is
+/// `width` long; no other thread touches columns `[c0, c0 + width)` of `grad` meanwhile.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)] // mirrors the PTX entry point, one argument per tensor
 pub unsafe fn backward_tile<const W: usize>(
     t: ColumnTile,
     h: *const f32,
@@ -170,29 +198,44 @@ pub unsafe fn backward_tile<const W: usize>(
     grads: BnGrads<'_>,
 ) {
     let n = t.rows as f32;
+    let (mean, invstd): ([f32; W], [f32; W]) = (local(mean), local(invstd));
     let mut sum_dy = [0.0f32; W];
     let mut sum_dy_xhat = [0.0f32; W];
     for r in 0..t.rows {
-        let at = r * t.cols + t.c0;
-        for k in 0..t.width {
-            let dy = if *a.add(at + k) > 0.0 { *grad.add(at + k) } else { 0.0 };
-            sum_dy[k] += dy;
-            sum_dy_xhat[k] += dy * (*h.add(at + k) - mean[k]) * invstd[k];
+        let cols = row(t, h, r)
+            .iter()
+            .zip(row(t, a, r))
+            .zip(row(t, grad, r))
+            .zip(mean.iter().zip(&invstd));
+        for ((((&x, &y), &g), (&m, &is)), (sd, sdx)) in
+            cols.zip(sum_dy.iter_mut().zip(&mut sum_dy_xhat))
+        {
+            let dy = if y > 0.0 { g } else { 0.0 };
+            *sd += dy;
+            *sdx += dy * (x - m) * is;
         }
     }
     let mut coef = [0.0f32; W];
-    let mut sum_dh = [0.0f32; W];
-    for k in 0..t.width {
-        coef[k] = gamma[k] * invstd[k] / n;
+    for ((c, &g), &is) in coef.iter_mut().zip(gamma).zip(&invstd) {
+        *c = g * is / n;
     }
+    let mut sum_dh = [0.0f32; W];
     for r in 0..t.rows {
-        let at = r * t.cols + t.c0;
-        for k in 0..t.width {
-            let dy = if *a.add(at + k) > 0.0 { *grad.add(at + k) } else { 0.0 };
-            let xhat = (*h.add(at + k) - mean[k]) * invstd[k];
-            let dh = coef[k] * (n * dy - sum_dy[k] - xhat * sum_dy_xhat[k]);
-            *grad.add(at + k) = dh;
-            sum_dh[k] += dh;
+        let per_column = mean
+            .iter()
+            .zip(&invstd)
+            .zip(&coef)
+            .zip(sum_dy.iter().zip(&sum_dy_xhat));
+        let cols = row(t, h, r)
+            .iter()
+            .zip(row(t, a, r))
+            .zip(row_mut(t, grad, r))
+            .zip(per_column);
+        for ((((&x, &y), g), (((&m, &is), &c), (&sd, &sdx))), acc) in cols.zip(&mut sum_dh) {
+            let dy = if y > 0.0 { *g } else { 0.0 };
+            let dh = c * (n * dy - sd - (x - m) * is * sdx);
+            *g = dh;
+            *acc += dh;
         }
     }
     for k in 0..t.width {

@@ -21,11 +21,21 @@ fn thread_index() -> usize {
 
 #[inline(always)]
 fn column(rows: usize, cols: usize, c: usize) -> ColumnTile {
-    ColumnTile { rows, cols, c0: c, width: 1 }
+    ColumnTile {
+        rows,
+        cols,
+        c0: c,
+        width: 1,
+    }
 }
 
 #[no_mangle]
-pub unsafe extern "ptx-kernel" fn ema_update(target: *mut f32, online: *const f32, tau: f32, n: usize) {
+pub unsafe extern "ptx-kernel" fn ema_update(
+    target: *mut f32,
+    online: *const f32,
+    tau: f32,
+    n: usize,
+) {
     let i = thread_index();
     if i < n {
         *target.add(i) = ema::ema_element(*target.add(i), *online.add(i), tau);
@@ -43,8 +53,10 @@ pub unsafe extern "ptx-kernel" fn nmse_forward(
     let r = thread_index();
     if r < rows {
         let at = r * dim;
-        *loss_rows.add(r) =
-            loss::nmse_row_forward(from_raw_parts(p.add(at), dim), from_raw_parts(z.add(at), dim));
+        *loss_rows.add(r) = loss::nmse_row_forward(
+            from_raw_parts(p.add(at), dim),
+            from_raw_parts(z.add(at), dim),
+        );
     }
 }
 
@@ -88,7 +100,10 @@ pub unsafe extern "ptx-kernel" fn bn_relu_forward_train(
             column(rows, cols, c),
             h,
             a,
-            Affine { gamma: from_raw_parts(gamma.add(c), 1), beta: from_raw_parts(beta.add(c), 1) },
+            Affine {
+                gamma: from_raw_parts(gamma.add(c), 1),
+                beta: from_raw_parts(beta.add(c), 1),
+            },
             BatchStats {
                 mean: from_raw_parts_mut(mean.add(c), 1),
                 invstd: from_raw_parts_mut(invstd.add(c), 1),
@@ -118,7 +133,10 @@ pub unsafe extern "ptx-kernel" fn bn_relu_forward_eval(
             column(rows, cols, c),
             h,
             a,
-            Affine { gamma: from_raw_parts(gamma.add(c), 1), beta: from_raw_parts(beta.add(c), 1) },
+            Affine {
+                gamma: from_raw_parts(gamma.add(c), 1),
+                beta: from_raw_parts(beta.add(c), 1),
+            },
             from_raw_parts(running_mean.add(c), 1),
             from_raw_parts(running_var.add(c), 1),
         );
@@ -159,7 +177,12 @@ pub unsafe extern "ptx-kernel" fn bn_relu_backward(
 }
 
 #[no_mangle]
-pub unsafe extern "ptx-kernel" fn bias_fill(dst: *mut f32, rows: usize, cols: usize, bias: *const f32) {
+pub unsafe extern "ptx-kernel" fn bias_fill(
+    dst: *mut f32,
+    rows: usize,
+    cols: usize,
+    bias: *const f32,
+) {
     let c = thread_index();
     if c < cols {
         linear::bias_fill_tile(column(rows, cols, c), dst, from_raw_parts(bias.add(c), 1));
@@ -167,7 +190,12 @@ pub unsafe extern "ptx-kernel" fn bias_fill(dst: *mut f32, rows: usize, cols: us
 }
 
 #[no_mangle]
-pub unsafe extern "ptx-kernel" fn column_sum(x: *const f32, rows: usize, cols: usize, out: *mut f32) {
+pub unsafe extern "ptx-kernel" fn column_sum(
+    x: *const f32,
+    rows: usize,
+    cols: usize,
+    out: *mut f32,
+) {
     let c = thread_index();
     if c < cols {
         linear::column_sum_tile::<1>(column(rows, cols, c), x, from_raw_parts_mut(out.add(c), 1));

@@ -70,7 +70,11 @@ impl MlpCase {
         for v in &mut running[mlp.running_var()] {
             *v = r.random_range(0.5..2.0);
         }
-        MlpCase { mlp, params, running }
+        MlpCase {
+            mlp,
+            params,
+            running,
+        }
     }
 
     pub fn reference(&self) -> RefMlp {
@@ -89,17 +93,53 @@ impl MlpCase {
     }
 
     pub fn state<B: Backend>(&self, be: &B) -> MlpState<B::Buffer> {
-        MlpState { mlp: self.mlp, params: be.upload(&self.params).unwrap(), running: be.upload(&self.running).unwrap() }
+        MlpState {
+            mlp: self.mlp,
+            params: be.upload(&self.params).unwrap(),
+            running: be.upload(&self.running).unwrap(),
+        }
     }
 }
 
 /// The MLP shapes every backend is checked on: odd sizes, batch 2, and the BYOL projector.
 pub fn mlp_shapes() -> Vec<(Mlp, usize)> {
     vec![
-        (Mlp { input: 3, hidden: 5, output: 7, last_bias: false }, 2),
-        (Mlp { input: 13, hidden: 33, output: 9, last_bias: true }, 7),
-        (Mlp { input: 40, hidden: 17, output: 31, last_bias: false }, 65),
-        (Mlp { input: 64, hidden: 4096, output: 256, last_bias: false }, 12),
+        (
+            Mlp {
+                input: 3,
+                hidden: 5,
+                output: 7,
+                last_bias: false,
+            },
+            2,
+        ),
+        (
+            Mlp {
+                input: 13,
+                hidden: 33,
+                output: 9,
+                last_bias: true,
+            },
+            7,
+        ),
+        (
+            Mlp {
+                input: 40,
+                hidden: 17,
+                output: 31,
+                last_bias: false,
+            },
+            65,
+        ),
+        (
+            Mlp {
+                input: 64,
+                hidden: 4096,
+                output: 256,
+                last_bias: false,
+            },
+            12,
+        ),
     ]
 }
 
@@ -111,15 +151,32 @@ pub fn ema_matches_formula<B: Backend>(be: &B) {
         let (t0, o) = (uniform(&mut r, n, 1.0), uniform(&mut r, n, 1.0));
         let (mut t, ob) = (be.upload(&t0).unwrap(), be.upload(&o).unwrap());
         be.ema_update(&mut t, &ob, 0.996).unwrap();
-        let expected: Vec<f64> =
-            t0.iter().zip(&o).map(|(&t, &o)| 0.996 * t as f64 + (1.0 - 0.996f32) as f64 * o as f64).collect();
-        assert_close(&format!("EMA n={n}"), &be.download(&t).unwrap(), &expected, 1e-6, 1e-7);
+        let expected: Vec<f64> = t0
+            .iter()
+            .zip(&o)
+            .map(|(&t, &o)| 0.996 * t as f64 + (1.0 - 0.996f32) as f64 * o as f64)
+            .collect();
+        assert_close(
+            &format!("EMA n={n}"),
+            &be.download(&t).unwrap(),
+            &expected,
+            1e-6,
+            1e-7,
+        );
 
         let mut t = be.upload(&t0).unwrap();
         be.ema_update(&mut t, &ob, 1.0).unwrap();
-        assert_eq!(be.download(&t).unwrap(), t0, "τ = 1 must leave the target unchanged");
+        assert_eq!(
+            be.download(&t).unwrap(),
+            t0,
+            "τ = 1 must leave the target unchanged"
+        );
         be.ema_update(&mut t, &ob, 0.0).unwrap();
-        assert_eq!(be.download(&t).unwrap(), o, "τ = 0 must copy the online parameters");
+        assert_eq!(
+            be.download(&t).unwrap(),
+            o,
+            "τ = 0 must copy the online parameters"
+        );
     }
 }
 
@@ -133,15 +190,31 @@ pub fn nmse_matches_reference<B: Backend>(be: &B) {
         let mut gb = be.zeros(rows * dim).unwrap();
         let loss = be.nmse_loss(&pb, &zb, rows, dim, Some(&mut gb)).unwrap();
         let (p64, z64) = (to_f64(&p), to_f64(&z));
-        let expected: f64 =
-            (0..rows).map(|i| reference::nmse_row(&p64[i * dim..][..dim], &z64[i * dim..][..dim])).sum::<f64>()
-                / rows as f64;
-        assert!((loss as f64 - expected).abs() < 1e-5, "loss {rows}x{dim}: {loss} vs {expected}");
+        let expected: f64 = (0..rows)
+            .map(|i| reference::nmse_row(&p64[i * dim..][..dim], &z64[i * dim..][..dim]))
+            .sum::<f64>()
+            / rows as f64;
+        assert!(
+            (loss as f64 - expected).abs() < 1e-5,
+            "loss {rows}x{dim}: {loss} vs {expected}"
+        );
         let grad = be.download(&gb).unwrap();
         // The zero row's gradient is −2ẑ/ε/rows (≈1e11): check the other rows at tight tolerance.
         let g_ref = reference::nmse_grad(&p64, &z64, rows, dim);
-        assert_close(&format!("loss gradient {rows}x{dim}"), &grad[dim..], &g_ref[dim..], 1e-4, 1e-5);
-        assert_close(&format!("zero-row gradient {rows}x{dim}"), &grad[..dim], &g_ref[..dim], 1e-4, 1e-6);
+        assert_close(
+            &format!("loss gradient {rows}x{dim}"),
+            &grad[dim..],
+            &g_ref[dim..],
+            1e-4,
+            1e-5,
+        );
+        assert_close(
+            &format!("zero-row gradient {rows}x{dim}"),
+            &grad[..dim],
+            &g_ref[..dim],
+            1e-4,
+            1e-6,
+        );
     }
 }
 
@@ -156,50 +229,117 @@ pub fn mlp_train_matches_reference<B: Backend>(be: &B) {
         let mut saved = be.mlp_saved(&mlp, batch).unwrap();
         let xb = be.upload(&x).unwrap();
         let mut out = be.zeros(batch * mlp.output).unwrap();
-        be.mlp_forward(&mut st, &xb, BnMode::Train, &mut saved, &mut out).unwrap();
+        be.mlp_forward(&mut st, &xb, BnMode::Train, &mut saved, &mut out)
+            .unwrap();
 
         let rf = case.reference();
         let x64 = to_f64(&x);
         let f = rf.forward(&x64, batch, None);
         let tag = format!("{mlp:?} batch {batch}");
-        assert_close(&format!("out {tag}"), &be.download(&out).unwrap(), &f.out, 1e-4, 1e-5);
+        assert_close(
+            &format!("out {tag}"),
+            &be.download(&out).unwrap(),
+            &f.out,
+            1e-4,
+            1e-5,
+        );
         let running = be.download(&st.running).unwrap();
         let n = batch as f64;
-        let rm: Vec<f64> = (0..mlp.hidden).map(|j| 0.9 * case.running[j] as f64 + 0.1 * f.mean[j]).collect();
+        let rm: Vec<f64> = (0..mlp.hidden)
+            .map(|j| 0.9 * case.running[j] as f64 + 0.1 * f.mean[j])
+            .collect();
         let rv: Vec<f64> = (0..mlp.hidden)
             .map(|j| 0.9 * case.running[mlp.hidden + j] as f64 + 0.1 * f.var[j] * n / (n - 1.0))
             .collect();
-        assert_close(&format!("running mean {tag}"), &running[mlp.running_mean()], &rm, 1e-4, 1e-5);
-        assert_close(&format!("running var {tag}"), &running[mlp.running_var()], &rv, 1e-4, 1e-5);
+        assert_close(
+            &format!("running mean {tag}"),
+            &running[mlp.running_mean()],
+            &rm,
+            1e-4,
+            1e-5,
+        );
+        assert_close(
+            &format!("running var {tag}"),
+            &running[mlp.running_var()],
+            &rv,
+            1e-4,
+            1e-5,
+        );
 
         // Gradients accumulate into a non-zero buffer: start from a known offset.
         let offset = 0.25f32;
         let mut grads = be.upload(&vec![offset; mlp.num_params()]).unwrap();
         let mut gx = be.zeros(batch * mlp.input).unwrap();
         let db = be.upload(&dout).unwrap();
-        be.mlp_backward(&st, &xb, &mut saved, &db, &mut grads, &mut gx).unwrap();
+        be.mlp_backward(&st, &xb, &mut saved, &db, &mut grads, &mut gx)
+            .unwrap();
         let g = be.download(&grads).unwrap();
         let rg = rf.backward(&x64, batch, &f, &to_f64(&dout));
         let plus = |v: &[f64]| v.iter().map(|x| x + offset as f64).collect::<Vec<_>>();
-        assert_close(&format!("dW1 {tag}"), &g[mlp.w1()], &plus(&rg.w1), 1e-3, 1e-4);
+        assert_close(
+            &format!("dW1 {tag}"),
+            &g[mlp.w1()],
+            &plus(&rg.w1),
+            1e-3,
+            1e-4,
+        );
         // ∂L/∂b1 is zero up to rounding (BN removes shifts): compare at the scale of ∂L/∂β.
         let db1: Vec<f32> = g[mlp.b1()].iter().map(|v| v - offset).collect();
         let beta_scale = rg.beta.iter().fold(0.0f64, |m, x| m.max(x.abs()));
-        assert!(db1.iter().all(|v| (*v as f64).abs() <= 1e-4 * beta_scale.max(1e-3)), "db1 {tag}");
-        assert_close(&format!("dgamma {tag}"), &g[mlp.gamma()], &plus(&rg.gamma), 1e-3, 1e-4);
-        assert_close(&format!("dbeta {tag}"), &g[mlp.beta()], &plus(&rg.beta), 1e-3, 1e-4);
-        assert_close(&format!("dW2 {tag}"), &g[mlp.w2()], &plus(&rg.w2), 1e-3, 1e-4);
+        assert!(
+            db1.iter()
+                .all(|v| (*v as f64).abs() <= 1e-4 * beta_scale.max(1e-3)),
+            "db1 {tag}"
+        );
+        assert_close(
+            &format!("dgamma {tag}"),
+            &g[mlp.gamma()],
+            &plus(&rg.gamma),
+            1e-3,
+            1e-4,
+        );
+        assert_close(
+            &format!("dbeta {tag}"),
+            &g[mlp.beta()],
+            &plus(&rg.beta),
+            1e-3,
+            1e-4,
+        );
+        assert_close(
+            &format!("dW2 {tag}"),
+            &g[mlp.w2()],
+            &plus(&rg.w2),
+            1e-3,
+            1e-4,
+        );
         if mlp.last_bias {
-            assert_close(&format!("db2 {tag}"), &g[mlp.b2()], &plus(&rg.b2), 1e-3, 1e-4);
+            assert_close(
+                &format!("db2 {tag}"),
+                &g[mlp.b2()],
+                &plus(&rg.b2),
+                1e-3,
+                1e-4,
+            );
         }
-        assert_close(&format!("dx {tag}"), &be.download(&gx).unwrap(), &rg.x, 1e-3, 1e-4);
+        assert_close(
+            &format!("dx {tag}"),
+            &be.download(&gx).unwrap(),
+            &rg.x,
+            1e-3,
+            1e-4,
+        );
     }
 }
 
 /// Evaluation mode normalises with the running statistics and leaves them unchanged;
 /// training mode ignores them for the output.
 pub fn mlp_eval_uses_running_statistics<B: Backend>(be: &B) {
-    let mlp = Mlp { input: 6, hidden: 19, output: 5, last_bias: true };
+    let mlp = Mlp {
+        input: 6,
+        hidden: 19,
+        output: 5,
+        last_bias: true,
+    };
     let case = MlpCase::new(mlp, 7);
     let rf = case.reference();
     for batch in [1usize, 3] {
@@ -207,21 +347,43 @@ pub fn mlp_eval_uses_running_statistics<B: Backend>(be: &B) {
         let mut st = case.state(be);
         let mut saved = be.mlp_saved(&mlp, batch).unwrap();
         let mut out = be.zeros(batch * mlp.output).unwrap();
-        be.mlp_forward(&mut st, &be.upload(&x).unwrap(), BnMode::Eval, &mut saved, &mut out).unwrap();
+        be.mlp_forward(
+            &mut st,
+            &be.upload(&x).unwrap(),
+            BnMode::Eval,
+            &mut saved,
+            &mut out,
+        )
+        .unwrap();
         let r64 = to_f64(&case.running);
-        let f = rf.forward(&to_f64(&x), batch, Some((&r64[mlp.running_mean()], &r64[mlp.running_var()])));
+        let f = rf.forward(
+            &to_f64(&x),
+            batch,
+            Some((&r64[mlp.running_mean()], &r64[mlp.running_var()])),
+        );
         assert_close("eval out", &be.download(&out).unwrap(), &f.out, 1e-4, 1e-5);
-        assert_eq!(be.download(&st.running).unwrap(), case.running, "eval must not touch running stats");
+        assert_eq!(
+            be.download(&st.running).unwrap(),
+            case.running,
+            "eval must not touch running stats"
+        );
     }
     // Training output is the same whatever the running statistics hold.
     let batch = 4;
-    let x = be.upload(&uniform(&mut rng(3), batch * mlp.input, 1.0)).unwrap();
+    let x = be
+        .upload(&uniform(&mut rng(3), batch * mlp.input, 1.0))
+        .unwrap();
     let mut outs = Vec::new();
     for running in [case.running.clone(), mlp.init_running()] {
-        let mut st = MlpState { mlp, params: be.upload(&case.params).unwrap(), running: be.upload(&running).unwrap() };
+        let mut st = MlpState {
+            mlp,
+            params: be.upload(&case.params).unwrap(),
+            running: be.upload(&running).unwrap(),
+        };
         let mut saved = be.mlp_saved(&mlp, batch).unwrap();
         let mut out = be.zeros(batch * mlp.output).unwrap();
-        be.mlp_forward(&mut st, &x, BnMode::Train, &mut saved, &mut out).unwrap();
+        be.mlp_forward(&mut st, &x, BnMode::Train, &mut saved, &mut out)
+            .unwrap();
         outs.push(be.download(&out).unwrap());
     }
     assert_eq!(outs[0], outs[1]);
@@ -229,7 +391,12 @@ pub fn mlp_eval_uses_running_statistics<B: Backend>(be: &B) {
 
 /// Running statistics after several training steps equal the recurrence computed in f64.
 pub fn mlp_running_statistics_follow_recurrence<B: Backend>(be: &B) {
-    let mlp = Mlp { input: 5, hidden: 21, output: 3, last_bias: false };
+    let mlp = Mlp {
+        input: 5,
+        hidden: 21,
+        output: 3,
+        last_bias: false,
+    };
     let case = MlpCase::new(mlp, 11);
     let rf = case.reference();
     let batch = 6;
@@ -240,7 +407,14 @@ pub fn mlp_running_statistics_follow_recurrence<B: Backend>(be: &B) {
     let mut rv = to_f64(&case.running[mlp.running_var()]);
     for step in 0..5 {
         let x = uniform(&mut rng(50 + step), batch * mlp.input, 1.0 + step as f32);
-        be.mlp_forward(&mut st, &be.upload(&x).unwrap(), BnMode::Train, &mut saved, &mut out).unwrap();
+        be.mlp_forward(
+            &mut st,
+            &be.upload(&x).unwrap(),
+            BnMode::Train,
+            &mut saved,
+            &mut out,
+        )
+        .unwrap();
         let f = rf.forward(&to_f64(&x), batch, None);
         for j in 0..mlp.hidden {
             rm[j] = 0.9 * rm[j] + 0.1 * f.mean[j];
@@ -248,44 +422,114 @@ pub fn mlp_running_statistics_follow_recurrence<B: Backend>(be: &B) {
         }
     }
     let running = be.download(&st.running).unwrap();
-    assert_close("running mean after 5 steps", &running[mlp.running_mean()], &rm, 1e-4, 1e-5);
-    assert_close("running var after 5 steps", &running[mlp.running_var()], &rv, 1e-4, 1e-5);
+    assert_close(
+        "running mean after 5 steps",
+        &running[mlp.running_mean()],
+        &rm,
+        1e-4,
+        1e-5,
+    );
+    assert_close(
+        "running var after 5 steps",
+        &running[mlp.running_var()],
+        &rv,
+        1e-4,
+        1e-5,
+    );
 }
 
 /// Bad input is a clear error from the host API, never a panic or NaN.
 pub fn bad_input_is_an_error<B: Backend>(be: &B) {
     let z = |n| be.zeros(n).unwrap();
     let mut t = z(10);
-    assert!(matches!(be.ema_update(&mut t, &z(9), 0.5), Err(Error::Length { expected: 10, got: 9, .. })));
-    assert!(matches!(be.ema_update(&mut t, &z(10), 1.5), Err(Error::InvalidArgument(_))));
-    assert!(matches!(be.ema_update(&mut t, &z(10), f32::NAN), Err(Error::InvalidArgument(_))));
-    assert!(matches!(be.nmse_loss(&z(12), &z(10), 3, 4, None), Err(Error::Length { .. })));
-    assert!(matches!(be.nmse_loss(&z(12), &z(12), 3, 4, Some(&mut z(11))), Err(Error::Length { .. })));
-    assert!(matches!(be.nmse_loss(&z(0), &z(0), 0, 4, None), Err(Error::InvalidArgument(_))));
+    assert!(matches!(
+        be.ema_update(&mut t, &z(9), 0.5),
+        Err(Error::Length {
+            expected: 10,
+            got: 9,
+            ..
+        })
+    ));
+    assert!(matches!(
+        be.ema_update(&mut t, &z(10), 1.5),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        be.ema_update(&mut t, &z(10), f32::NAN),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        be.nmse_loss(&z(12), &z(10), 3, 4, None),
+        Err(Error::Length { .. })
+    ));
+    assert!(matches!(
+        be.nmse_loss(&z(12), &z(12), 3, 4, Some(&mut z(11))),
+        Err(Error::Length { .. })
+    ));
+    assert!(matches!(
+        be.nmse_loss(&z(0), &z(0), 0, 4, None),
+        Err(Error::InvalidArgument(_))
+    ));
 
-    let mlp = Mlp { input: 4, hidden: 8, output: 3, last_bias: false };
+    let mlp = Mlp {
+        input: 4,
+        hidden: 8,
+        output: 3,
+        last_bias: false,
+    };
     let case = MlpCase::new(mlp, 1);
     let mut st = case.state(be);
     let mut saved1 = be.mlp_saved(&mlp, 1).unwrap();
-    let e = be.mlp_forward(&mut st, &z(4), BnMode::Train, &mut saved1, &mut z(3)).unwrap_err();
+    let e = be
+        .mlp_forward(&mut st, &z(4), BnMode::Train, &mut saved1, &mut z(3))
+        .unwrap_err();
     assert!(matches!(e, Error::BatchTooSmall(1)), "{e}");
     assert!(e.to_string().contains("at least 2"), "{e}");
     let mut saved = be.mlp_saved(&mlp, 4).unwrap();
-    let e = be.mlp_forward(&mut st, &z(15), BnMode::Train, &mut saved, &mut z(12)).unwrap_err();
-    assert!(e.to_string().contains("MLP input x [batch, input]: expected 16 f32 values, got 15"), "{e}");
-    assert!(be.mlp_forward(&mut st, &z(16), BnMode::Train, &mut saved, &mut z(13)).is_err());
-    let mut wrong = MlpState { mlp, params: z(mlp.num_params() - 1), running: z(mlp.running_len()) };
-    assert!(be.mlp_forward(&mut wrong, &z(16), BnMode::Train, &mut saved, &mut z(12)).is_err());
+    let e = be
+        .mlp_forward(&mut st, &z(15), BnMode::Train, &mut saved, &mut z(12))
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("MLP input x [batch, input]: expected 16 f32 values, got 15"),
+        "{e}"
+    );
+    assert!(be
+        .mlp_forward(&mut st, &z(16), BnMode::Train, &mut saved, &mut z(13))
+        .is_err());
+    let mut wrong = MlpState {
+        mlp,
+        params: z(mlp.num_params() - 1),
+        running: z(mlp.running_len()),
+    };
+    assert!(be
+        .mlp_forward(&mut wrong, &z(16), BnMode::Train, &mut saved, &mut z(12))
+        .is_err());
     // Backward before any training forward, or after an evaluation forward, is refused.
     let mut fresh = be.mlp_saved(&mlp, 4).unwrap();
     let mut grads = z(mlp.num_params());
-    assert!(be.mlp_backward(&st, &z(16), &mut fresh, &z(12), &mut grads, &mut z(16)).is_err());
-    be.mlp_forward(&mut st, &z(16), BnMode::Eval, &mut fresh, &mut z(12)).unwrap();
-    assert!(be.mlp_backward(&st, &z(16), &mut fresh, &z(12), &mut grads, &mut z(16)).is_err());
-    be.mlp_forward(&mut st, &z(16), BnMode::Train, &mut fresh, &mut z(12)).unwrap();
-    assert!(be.mlp_backward(&st, &z(16), &mut fresh, &z(12), &mut z(5), &mut z(16)).is_err());
+    assert!(be
+        .mlp_backward(&st, &z(16), &mut fresh, &z(12), &mut grads, &mut z(16))
+        .is_err());
+    be.mlp_forward(&mut st, &z(16), BnMode::Eval, &mut fresh, &mut z(12))
+        .unwrap();
+    assert!(be
+        .mlp_backward(&st, &z(16), &mut fresh, &z(12), &mut grads, &mut z(16))
+        .is_err());
+    be.mlp_forward(&mut st, &z(16), BnMode::Train, &mut fresh, &mut z(12))
+        .unwrap();
+    assert!(be
+        .mlp_backward(&st, &z(16), &mut fresh, &z(12), &mut z(5), &mut z(16))
+        .is_err());
     // A constant batch (variance 0) stays finite thanks to ε.
     let mut out = z(12);
-    be.mlp_forward(&mut st, &be.upload(&[0.5; 16]).unwrap(), BnMode::Train, &mut saved, &mut out).unwrap();
+    be.mlp_forward(
+        &mut st,
+        &be.upload(&[0.5; 16]).unwrap(),
+        BnMode::Train,
+        &mut saved,
+        &mut out,
+    )
+    .unwrap();
     assert!(be.download(&out).unwrap().iter().all(|v| v.is_finite()));
 }

@@ -12,7 +12,11 @@ fn at(m: &[f64], cols: usize, r: usize, c: usize) -> f64 {
 pub fn nmse_row(p: &[f64], z: &[f64]) -> f64 {
     let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-12);
     let (np, nz) = (norm(p), norm(z));
-    2.0 - 2.0 * p.iter().zip(z).map(|(a, b)| (a / np) * (b / nz)).sum::<f64>()
+    2.0 - 2.0
+        * p.iter()
+            .zip(z)
+            .map(|(a, b)| (a / np) * (b / nz))
+            .sum::<f64>()
 }
 
 /// Gradient of the batch mean of [`nmse_row`] with respect to `p`, from the Jacobian of the
@@ -81,7 +85,12 @@ const EPS: f64 = 1e-5;
 impl RefMlp {
     /// Forward; `running = Some((mean, var))` normalises with those (evaluation mode),
     /// `None` with the batch's biased statistics (training mode).
-    pub fn forward(&self, x: &[f64], batch: usize, running: Option<(&[f64], &[f64])>) -> RefForward {
+    pub fn forward(
+        &self,
+        x: &[f64],
+        batch: usize,
+        running: Option<(&[f64], &[f64])>,
+    ) -> RefForward {
         let (i_n, h_n, o_n) = (self.input, self.hidden, self.output);
         let mut h = vec![0.0; batch * h_n];
         for b in 0..batch {
@@ -97,13 +106,17 @@ impl RefMlp {
         let mut var = vec![0.0; h_n];
         for j in 0..h_n {
             mean[j] = (0..batch).map(|b| h[b * h_n + j]).sum::<f64>() / batch as f64;
-            var[j] = (0..batch).map(|b| (h[b * h_n + j] - mean[j]).powi(2)).sum::<f64>() / batch as f64;
+            var[j] = (0..batch)
+                .map(|b| (h[b * h_n + j] - mean[j]).powi(2))
+                .sum::<f64>()
+                / batch as f64;
         }
         let (m, v) = running.unwrap_or((&mean, &var));
         let mut y = vec![0.0; batch * h_n];
         for b in 0..batch {
             for j in 0..h_n {
-                y[b * h_n + j] = self.gamma[j] * (h[b * h_n + j] - m[j]) / (v[j] + EPS).sqrt() + self.beta[j];
+                y[b * h_n + j] =
+                    self.gamma[j] * (h[b * h_n + j] - m[j]) / (v[j] + EPS).sqrt() + self.beta[j];
             }
         }
         let a: Vec<f64> = y.iter().map(|&v| v.max(0.0)).collect();
@@ -117,7 +130,14 @@ impl RefMlp {
                 out[b * o_n + o] = s;
             }
         }
-        RefForward { h, mean, var, y, a, out }
+        RefForward {
+            h,
+            mean,
+            var,
+            y,
+            a,
+            out,
+        }
     }
 
     /// Training-mode backward by the classic step-by-step BatchNorm derivation
@@ -144,7 +164,9 @@ impl RefMlp {
                 }
             }
             for j in 0..h_n {
-                let da: f64 = (0..o_n).map(|o| dout[b * o_n + o] * at(&self.w2, h_n, o, j)).sum();
+                let da: f64 = (0..o_n)
+                    .map(|o| dout[b * o_n + o] * at(&self.w2, h_n, o, j))
+                    .sum();
                 dy[b * h_n + j] = if f.y[b * h_n + j] > 0.0 { da } else { 0.0 };
             }
         }
@@ -158,10 +180,16 @@ impl RefMlp {
                 g.beta[j] += dy[b * h_n + j];
             }
             let dvar: f64 = (0..batch)
-                .map(|b| dxhat(b) * (f.h[b * h_n + j] - f.mean[j]) * -0.5 * (f.var[j] + EPS).powf(-1.5))
+                .map(|b| {
+                    dxhat(b) * (f.h[b * h_n + j] - f.mean[j]) * -0.5 * (f.var[j] + EPS).powf(-1.5)
+                })
                 .sum();
             let dmean: f64 = (0..batch).map(|b| -dxhat(b) / std).sum::<f64>()
-                + dvar * (0..batch).map(|b| -2.0 * (f.h[b * h_n + j] - f.mean[j])).sum::<f64>() / n;
+                + dvar
+                    * (0..batch)
+                        .map(|b| -2.0 * (f.h[b * h_n + j] - f.mean[j]))
+                        .sum::<f64>()
+                    / n;
             for b in 0..batch {
                 dh[b * h_n + j] =
                     dxhat(b) / std + dvar * 2.0 * (f.h[b * h_n + j] - f.mean[j]) / n + dmean / n;

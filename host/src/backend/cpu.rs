@@ -11,8 +11,10 @@ use kernels::bn_relu::{self, Affine, BatchStats, BnGrads, ColumnTile, Running};
 use kernels::{ema, linear, loss};
 use rayon::prelude::*;
 
-/// Columns per CPU tile: 16 f32 are one 64-byte cache line and one AVX-512 register.
-pub const TILE: usize = 16;
+/// Columns per CPU tile. A tile of 256 columns × 256 rows is 256 KiB: it stays in L2 from the
+/// statistics pass to the normalising pass, and each row segment (1 KiB) is a stream the
+/// prefetchers follow. Narrow tiles (16) jump a page per row and measured 1.6× slower.
+pub const TILE: usize = 256;
 
 /// Elements per rayon task for element-wise kernels (large enough to amortise scheduling).
 const ELEMENT_CHUNK: usize = 1 << 16;
@@ -49,7 +51,12 @@ impl TilePtr {
 fn par_column_tiles(rows: usize, cols: usize, f: impl Fn(ColumnTile) + Sync) {
     (0..cols.div_ceil(TILE)).into_par_iter().for_each(|i| {
         let c0 = i * TILE;
-        f(ColumnTile { rows, cols, c0, width: TILE.min(cols - c0) })
+        f(ColumnTile {
+            rows,
+            cols,
+            c0,
+            width: TILE.min(cols - c0),
+        })
     });
 }
 
@@ -58,12 +65,22 @@ fn cols(v: &[f32], t: ColumnTile) -> &[f32] {
 }
 
 /// `out [rows, n] = x [rows, k] · wᵀ (+ bias)` with `w [n, k]` as PyTorch stores it.
-fn linear_forward(out: &mut [f32], x: &[f32], w: &[f32], bias: &[f32], rows: usize, k: usize, n: usize) {
+fn linear_forward(
+    out: &mut [f32],
+    x: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    rows: usize,
+    k: usize,
+    n: usize,
+) {
     let has_bias = !bias.is_empty();
     if has_bias {
         let dst = TilePtr::new(out);
         // SAFETY: tiles are disjoint; `out` holds rows·n values.
-        par_column_tiles(rows, n, |t| unsafe { linear::bias_fill_tile(t, dst.ptr(), cols(bias, t)) });
+        par_column_tiles(rows, n, |t| unsafe {
+            linear::bias_fill_tile(t, dst.ptr(), cols(bias, t))
+        });
     }
     matmul(out, rows, n, k, x, false, w, true, has_bias);
 }
@@ -88,7 +105,12 @@ impl Backend for Cpu {
         buf.len()
     }
 
-    fn ema_update_unchecked(&self, target: &mut Vec<f32>, online: &Vec<f32>, tau: f32) -> Result<()> {
+    fn ema_update_unchecked(
+        &self,
+        target: &mut Vec<f32>,
+        online: &Vec<f32>,
+        tau: f32,
+    ) -> Result<()> {
         target
             .par_chunks_mut(ELEMENT_CHUNK)
             .zip(online.par_chunks(ELEMENT_CHUNK))
@@ -128,7 +150,15 @@ impl Backend for Cpu {
     ) -> Result<()> {
         let (mlp, batch) = (state.mlp, saved.batch);
         let p = &state.params;
-        linear_forward(&mut saved.h, x, &p[mlp.w1()], &p[mlp.b1()], batch, mlp.input, mlp.hidden);
+        linear_forward(
+            &mut saved.h,
+            x,
+            &p[mlp.w1()],
+            &p[mlp.b1()],
+            batch,
+            mlp.input,
+            mlp.hidden,
+        );
 
         let (gamma, beta) = (&p[mlp.gamma()], &p[mlp.beta()]);
         let (h, a) = (saved.h.as_ptr() as usize, TilePtr::new(&mut saved.a));
@@ -144,9 +174,18 @@ impl Backend for Cpu {
                         t,
                         h as *const f32,
                         a.ptr(),
-                        Affine { gamma: cols(gamma, t), beta: cols(beta, t) },
-                        BatchStats { mean: mean.cols(t), invstd: invstd.cols(t) },
-                        Running { mean: rm.cols(t), var: rv.cols(t) },
+                        Affine {
+                            gamma: cols(gamma, t),
+                            beta: cols(beta, t),
+                        },
+                        BatchStats {
+                            mean: mean.cols(t),
+                            invstd: invstd.cols(t),
+                        },
+                        Running {
+                            mean: rm.cols(t),
+                            var: rv.cols(t),
+                        },
                     )
                 });
             }
@@ -158,14 +197,25 @@ impl Backend for Cpu {
                         t,
                         h as *const f32,
                         a.ptr(),
-                        Affine { gamma: cols(gamma, t), beta: cols(beta, t) },
+                        Affine {
+                            gamma: cols(gamma, t),
+                            beta: cols(beta, t),
+                        },
                         cols(rm, t),
                         cols(rv, t),
                     )
                 });
             }
         }
-        linear_forward(out, &saved.a, &p[mlp.w2()], &p[mlp.b2()], batch, mlp.hidden, mlp.output);
+        linear_forward(
+            out,
+            &saved.a,
+            &p[mlp.w2()],
+            &p[mlp.b2()],
+            batch,
+            mlp.hidden,
+            mlp.output,
+        );
         Ok(())
     }
 
@@ -190,16 +240,39 @@ impl Backend for Cpu {
             });
         }
         let (b, i, hd, o) = (batch, mlp.input, mlp.hidden, mlp.output);
-        matmul(&mut grads[mlp.w2()], o, hd, b, grad_out, true, &saved.a, false, true);
-        matmul(&mut saved.grad_hidden, b, hd, o, grad_out, false, &p[mlp.w2()], false, false);
+        matmul(
+            &mut grads[mlp.w2()],
+            o,
+            hd,
+            b,
+            grad_out,
+            true,
+            &saved.a,
+            false,
+            true,
+        );
+        matmul(
+            &mut saved.grad_hidden,
+            b,
+            hd,
+            o,
+            grad_out,
+            false,
+            &p[mlp.w2()],
+            false,
+            false,
+        );
 
         // Fused ReLU + BatchNorm backward, in place on grad_hidden.
         let gamma = &p[mlp.gamma()];
         let (mean, invstd) = saved.stats.split_at(hd);
         let (h, a) = (saved.h.as_ptr() as usize, saved.a.as_ptr() as usize);
         let g = TilePtr::new(&mut saved.grad_hidden);
-        let (dgamma, dbeta, db1) =
-            (grads[mlp.gamma()].as_mut_ptr(), grads[mlp.beta()].as_mut_ptr(), grads[mlp.b1()].as_mut_ptr());
+        let (dgamma, dbeta, db1) = (
+            grads[mlp.gamma()].as_mut_ptr(),
+            grads[mlp.beta()].as_mut_ptr(),
+            grads[mlp.b1()].as_mut_ptr(),
+        );
         let (dgamma, dbeta, db1) = (TilePtr(dgamma), TilePtr(dbeta), TilePtr(db1));
         // SAFETY: tiles are disjoint; the γ, β and b1 ranges of `grads` do not overlap.
         par_column_tiles(b, hd, |t| unsafe {
@@ -211,13 +284,37 @@ impl Backend for Cpu {
                 cols(gamma, t),
                 cols(mean, t),
                 cols(invstd, t),
-                BnGrads { gamma: dgamma.cols(t), beta: dbeta.cols(t), linear_bias: db1.cols(t) },
+                BnGrads {
+                    gamma: dgamma.cols(t),
+                    beta: dbeta.cols(t),
+                    linear_bias: db1.cols(t),
+                },
             )
         });
 
         // First Linear: weight gradient and input gradient.
-        matmul(&mut grads[mlp.w1()], hd, i, b, &saved.grad_hidden, true, x, false, true);
-        matmul(grad_x, b, i, hd, &saved.grad_hidden, false, &p[mlp.w1()], false, false);
+        matmul(
+            &mut grads[mlp.w1()],
+            hd,
+            i,
+            b,
+            &saved.grad_hidden,
+            true,
+            x,
+            false,
+            true,
+        );
+        matmul(
+            grad_x,
+            b,
+            i,
+            hd,
+            &saved.grad_hidden,
+            false,
+            &p[mlp.w1()],
+            false,
+            false,
+        );
         Ok(())
     }
 }

@@ -53,13 +53,20 @@ impl Cuda {
         let ctx = CudaContext::new(ordinal)
             .map_err(|e| Error::GpuUnavailable(format!("cannot open GPU {ordinal}: {e:?}")))?;
         let stream = ctx.default_stream();
-        let module = ctx.load_module(cudarc::nvrtc::Ptx::from_src(ptx::PTX)).map_err(cuda_err)?;
+        let module = ctx
+            .load_module(cudarc::nvrtc::Ptx::from_src(ptx::PTX))
+            .map_err(cuda_err)?;
         let mut kernels = HashMap::new();
         for &name in ptx::KERNEL_NAMES {
             kernels.insert(name, module.load_function(name).map_err(cuda_err)?);
         }
         let blas = CudaBlas::new(stream.clone()).map_err(cuda_err)?;
-        Ok(Cuda { ctx, stream, blas, kernels })
+        Ok(Cuda {
+            ctx,
+            stream,
+            blas,
+            kernels,
+        })
     }
 
     /// The device's name, e.g. "NVIDIA H100 80GB HBM3".
@@ -123,8 +130,16 @@ impl Cuda {
         accumulate: bool,
     ) -> Result<()> {
         use blas_sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
-        let (op_b, ldb) = if rhs_t { (CUBLAS_OP_T, k) } else { (CUBLAS_OP_N, n) };
-        let (op_a, lda) = if lhs_t { (CUBLAS_OP_T, m) } else { (CUBLAS_OP_N, k) };
+        let (op_b, ldb) = if rhs_t {
+            (CUBLAS_OP_T, k)
+        } else {
+            (CUBLAS_OP_N, n)
+        };
+        let (op_a, lda) = if lhs_t {
+            (CUBLAS_OP_T, m)
+        } else {
+            (CUBLAS_OP_N, k)
+        };
         let (alpha, beta) = (1.0f32, if accumulate { 1.0f32 } else { 0.0 });
         // SAFETY: the pointers address the [m,k], [k,n] and [m,n] matrices whose lengths the
         // checked methods of `Backend` validated; cuBLAS runs on our stream.
@@ -151,9 +166,27 @@ impl Cuda {
 
     /// `out[rows, n] = x[rows, k] · wᵀ (+ bias)`, `w [n, k]`, `bias` null for none.
     #[allow(clippy::too_many_arguments)]
-    fn linear_forward(&self, out: u64, x: u64, w: u64, bias: Option<u64>, rows: usize, k: usize, n: usize) -> Result<()> {
+    fn linear_forward(
+        &self,
+        out: u64,
+        x: u64,
+        w: u64,
+        bias: Option<u64>,
+        rows: usize,
+        k: usize,
+        n: usize,
+    ) -> Result<()> {
         if let Some(bias) = bias {
-            self.launch("bias_fill", n, &[KernelArg::Ptr(out), KernelArg::Size(rows), KernelArg::Size(n), KernelArg::Ptr(bias)])?;
+            self.launch(
+                "bias_fill",
+                n,
+                &[
+                    KernelArg::Ptr(out),
+                    KernelArg::Size(rows),
+                    KernelArg::Size(n),
+                    KernelArg::Ptr(bias),
+                ],
+            )?;
         }
         self.matmul(out, rows, n, k, x, false, w, true, bias.is_some())
     }
@@ -186,9 +219,23 @@ impl Backend for Cuda {
         buf.len()
     }
 
-    fn ema_update_unchecked(&self, target: &mut CudaSlice<f32>, online: &CudaSlice<f32>, tau: f32) -> Result<()> {
+    fn ema_update_unchecked(
+        &self,
+        target: &mut CudaSlice<f32>,
+        online: &CudaSlice<f32>,
+        tau: f32,
+    ) -> Result<()> {
         let n = target.len();
-        self.launch("ema_update", n, &[Ptr(self.ptr(target, 0)), Ptr(self.ptr(online, 0)), F32(tau), Size(n)])
+        self.launch(
+            "ema_update",
+            n,
+            &[
+                Ptr(self.ptr(target, 0)),
+                Ptr(self.ptr(online, 0)),
+                F32(tau),
+                Size(n),
+            ],
+        )
     }
 
     fn nmse_loss_unchecked(
@@ -201,10 +248,31 @@ impl Backend for Cuda {
     ) -> Result<f32> {
         let (pp, zp) = (self.ptr(p, 0), self.ptr(z, 0));
         let row_losses = self.zeros(rows)?;
-        self.launch("nmse_forward", rows, &[Ptr(pp), Ptr(zp), Ptr(self.ptr(&row_losses, 0)), Size(rows), Size(dim)])?;
+        self.launch(
+            "nmse_forward",
+            rows,
+            &[
+                Ptr(pp),
+                Ptr(zp),
+                Ptr(self.ptr(&row_losses, 0)),
+                Size(rows),
+                Size(dim),
+            ],
+        )?;
         if let Some(g) = grad_p {
             let scale = 1.0 / rows as f32;
-            self.launch("nmse_backward", rows, &[Ptr(pp), Ptr(zp), Ptr(self.ptr(g, 0)), Size(rows), Size(dim), F32(scale)])?;
+            self.launch(
+                "nmse_backward",
+                rows,
+                &[
+                    Ptr(pp),
+                    Ptr(zp),
+                    Ptr(self.ptr(g, 0)),
+                    Size(rows),
+                    Size(dim),
+                    F32(scale),
+                ],
+            )?;
         }
         let losses = self.download(&row_losses)?;
         Ok(losses.iter().sum::<f32>() / rows as f32)
@@ -221,9 +289,20 @@ impl Backend for Cuda {
         let (mlp, b) = (state.mlp, saved.batch);
         let at = |r: std::ops::Range<usize>| self.ptr(&state.params, r.start);
         let (h, a) = (self.ptr(&saved.h, 0), self.ptr(&saved.a, 0));
-        self.linear_forward(h, self.ptr(x, 0), at(mlp.w1()), Some(at(mlp.b1())), b, mlp.input, mlp.hidden)?;
+        self.linear_forward(
+            h,
+            self.ptr(x, 0),
+            at(mlp.w1()),
+            Some(at(mlp.b1())),
+            b,
+            mlp.input,
+            mlp.hidden,
+        )?;
         let (gamma, beta) = (at(mlp.gamma()), at(mlp.beta()));
-        let (rm, rv) = (self.ptr(&state.running, 0), self.ptr(&state.running, mlp.hidden));
+        let (rm, rv) = (
+            self.ptr(&state.running, 0),
+            self.ptr(&state.running, mlp.hidden),
+        );
         let hd = mlp.hidden;
         match mode {
             BnMode::Train => {
@@ -231,14 +310,34 @@ impl Backend for Cuda {
                 self.launch(
                     "bn_relu_forward_train",
                     hd,
-                    &[Ptr(h), Ptr(a), Size(b), Size(hd), Ptr(gamma), Ptr(beta), Ptr(mean), Ptr(invstd), Ptr(rm), Ptr(rv)],
+                    &[
+                        Ptr(h),
+                        Ptr(a),
+                        Size(b),
+                        Size(hd),
+                        Ptr(gamma),
+                        Ptr(beta),
+                        Ptr(mean),
+                        Ptr(invstd),
+                        Ptr(rm),
+                        Ptr(rv),
+                    ],
                 )?;
             }
             BnMode::Eval => {
                 self.launch(
                     "bn_relu_forward_eval",
                     hd,
-                    &[Ptr(h), Ptr(a), Size(b), Size(hd), Ptr(gamma), Ptr(beta), Ptr(rm), Ptr(rv)],
+                    &[
+                        Ptr(h),
+                        Ptr(a),
+                        Size(b),
+                        Size(hd),
+                        Ptr(gamma),
+                        Ptr(beta),
+                        Ptr(rm),
+                        Ptr(rv),
+                    ],
                 )?;
             }
         }
@@ -260,10 +359,18 @@ impl Backend for Cuda {
         let p = |r: std::ops::Range<usize>| self.ptr(&state.params, r.start);
         let g = |r: std::ops::Range<usize>| self.ptr(grads, r.start);
         let dout = self.ptr(grad_out, 0);
-        let (h, a, gh) = (self.ptr(&saved.h, 0), self.ptr(&saved.a, 0), self.ptr(&saved.grad_hidden, 0));
+        let (h, a, gh) = (
+            self.ptr(&saved.h, 0),
+            self.ptr(&saved.a, 0),
+            self.ptr(&saved.grad_hidden, 0),
+        );
         // Second Linear: bias, weight, then the gradient flowing into the hidden layer.
         if mlp.last_bias {
-            self.launch("column_sum", o, &[Ptr(dout), Size(b), Size(o), Ptr(g(mlp.b2()))])?;
+            self.launch(
+                "column_sum",
+                o,
+                &[Ptr(dout), Size(b), Size(o), Ptr(g(mlp.b2()))],
+            )?;
         }
         self.matmul(g(mlp.w2()), o, hd, b, dout, true, a, false, true)?;
         self.matmul(gh, b, hd, o, dout, false, p(mlp.w2()), false, false)?;
@@ -288,6 +395,16 @@ impl Backend for Cuda {
         )?;
         // First Linear: weight gradient and input gradient.
         self.matmul(g(mlp.w1()), hd, i, b, gh, true, self.ptr(x, 0), false, true)?;
-        self.matmul(self.ptr(grad_x, 0), b, i, hd, gh, false, p(mlp.w1()), false, false)
+        self.matmul(
+            self.ptr(grad_x, 0),
+            b,
+            i,
+            hd,
+            gh,
+            false,
+            p(mlp.w1()),
+            false,
+            false,
+        )
     }
 }

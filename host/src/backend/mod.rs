@@ -8,7 +8,7 @@
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
-pub(crate) mod gemm;
+pub mod gemm;
 
 use crate::error::{check_len, Error, Result};
 use crate::mlp::{BnMode, Mlp};
@@ -45,7 +45,12 @@ pub trait Backend {
     fn fill_zero(&self, buf: &mut Self::Buffer) -> Result<()>;
     fn len(buf: &Self::Buffer) -> usize;
 
-    fn ema_update_unchecked(&self, target: &mut Self::Buffer, online: &Self::Buffer, tau: f32) -> Result<()>;
+    fn ema_update_unchecked(
+        &self,
+        target: &mut Self::Buffer,
+        online: &Self::Buffer,
+        tau: f32,
+    ) -> Result<()>;
     fn nmse_loss_unchecked(
         &self,
         p: &Self::Buffer,
@@ -75,9 +80,15 @@ pub trait Backend {
     /// `target ← τ·target + (1 − τ)·online` over two flat parameter buffers of equal length.
     fn ema_update(&self, target: &mut Self::Buffer, online: &Self::Buffer, tau: f32) -> Result<()> {
         if !(0.0..=1.0).contains(&tau) {
-            return Err(Error::InvalidArgument(format!("EMA decay τ must lie in [0, 1], got {tau}")));
+            return Err(Error::InvalidArgument(format!(
+                "EMA decay τ must lie in [0, 1], got {tau}"
+            )));
         }
-        check_len("EMA online parameters (length of the target)", Self::len(online), Self::len(target))?;
+        check_len(
+            "EMA online parameters (length of the target)",
+            Self::len(online),
+            Self::len(target),
+        )?;
         self.ema_update_unchecked(target, online, tau)
     }
 
@@ -92,7 +103,9 @@ pub trait Backend {
         grad_p: Option<&mut Self::Buffer>,
     ) -> Result<f32> {
         if rows == 0 || dim == 0 {
-            return Err(Error::InvalidArgument(format!("loss needs rows and dim ≥ 1, got {rows}×{dim}")));
+            return Err(Error::InvalidArgument(format!(
+                "loss needs rows and dim ≥ 1, got {rows}×{dim}"
+            )));
         }
         check_len("loss prediction p [rows, dim]", Self::len(p), rows * dim)?;
         check_len("loss target z [rows, dim]", Self::len(z), rows * dim)?;
@@ -131,10 +144,20 @@ pub trait Backend {
             return Err(Error::BatchTooSmall(batch));
         }
         if batch == 0 {
-            return Err(Error::InvalidArgument("MLP forward needs a batch of at least 1".into()));
+            return Err(Error::InvalidArgument(
+                "MLP forward needs a batch of at least 1".into(),
+            ));
         }
-        check_len("MLP input x [batch, input]", Self::len(x), batch * mlp.input)?;
-        check_len("MLP output [batch, output]", Self::len(out), batch * mlp.output)?;
+        check_len(
+            "MLP input x [batch, input]",
+            Self::len(x),
+            batch * mlp.input,
+        )?;
+        check_len(
+            "MLP output [batch, output]",
+            Self::len(out),
+            batch * mlp.output,
+        )?;
         check_saved::<Self>(&mlp, saved)?;
         self.mlp_forward_unchecked(state, x, mode, saved, out)?;
         saved.mode = Some(mode);
@@ -160,24 +183,56 @@ pub trait Backend {
                 "MLP backward needs a training-mode forward on the same buffers first".into(),
             ));
         }
-        check_len("MLP input x [batch, input]", Self::len(x), batch * mlp.input)?;
-        check_len("MLP output gradient [batch, output]", Self::len(grad_out), batch * mlp.output)?;
-        check_len("MLP parameter gradients", Self::len(grads), mlp.num_params())?;
-        check_len("MLP input gradient [batch, input]", Self::len(grad_x), batch * mlp.input)?;
+        check_len(
+            "MLP input x [batch, input]",
+            Self::len(x),
+            batch * mlp.input,
+        )?;
+        check_len(
+            "MLP output gradient [batch, output]",
+            Self::len(grad_out),
+            batch * mlp.output,
+        )?;
+        check_len(
+            "MLP parameter gradients",
+            Self::len(grads),
+            mlp.num_params(),
+        )?;
+        check_len(
+            "MLP input gradient [batch, input]",
+            Self::len(grad_x),
+            batch * mlp.input,
+        )?;
         self.mlp_backward_unchecked(state, x, saved, grad_out, grads, grad_x)
     }
 }
 
 fn check_mlp_state<B: Backend + ?Sized>(state: &MlpState<B::Buffer>) -> Result<()> {
     state.mlp.validate()?;
-    check_len("MLP parameters", B::len(&state.params), state.mlp.num_params())?;
-    check_len("MLP running statistics [2·hidden]", B::len(&state.running), state.mlp.running_len())
+    check_len(
+        "MLP parameters",
+        B::len(&state.params),
+        state.mlp.num_params(),
+    )?;
+    check_len(
+        "MLP running statistics [2·hidden]",
+        B::len(&state.running),
+        state.mlp.running_len(),
+    )
 }
 
 fn check_saved<B: Backend + ?Sized>(mlp: &Mlp, saved: &MlpSaved<B::Buffer>) -> Result<()> {
     let bh = saved.batch * mlp.hidden;
     check_len("MLP saved h [batch, hidden]", B::len(&saved.h), bh)?;
     check_len("MLP saved a [batch, hidden]", B::len(&saved.a), bh)?;
-    check_len("MLP saved grad_hidden [batch, hidden]", B::len(&saved.grad_hidden), bh)?;
-    check_len("MLP saved stats [2·hidden]", B::len(&saved.stats), 2 * mlp.hidden)
+    check_len(
+        "MLP saved grad_hidden [batch, hidden]",
+        B::len(&saved.grad_hidden),
+        bh,
+    )?;
+    check_len(
+        "MLP saved stats [2·hidden]",
+        B::len(&saved.stats),
+        2 * mlp.hidden,
+    )
 }
