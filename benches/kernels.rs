@@ -8,7 +8,7 @@
 //!
 //! Run: `cargo bench --bench kernels` (add `--features cuda` on a GPU machine).
 
-use host::backend::gemm::matmul;
+use host::cpu::gemm::matmul;
 use host::{Backend, BnMode, Cpu, Mlp, MlpState};
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;

@@ -2,6 +2,7 @@
 //! and (in later milestones) the ResNet encoder, the training loop and evaluation.
 
 pub mod backend;
+pub mod cpu;
 pub mod error;
 pub mod mlp;
 pub mod ptx;

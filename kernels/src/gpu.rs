@@ -4,7 +4,7 @@
 //! Launch shapes (the host's `cuda` backend follows them): element kernels one thread per
 //! element, row kernels one thread per row, column kernels one thread per column; 1-D grids.
 
-use crate::bn_relu::{self, Affine, BatchStats, BnGrads, ColumnTile, Running};
+use crate::batchnorm::{self, Activation, Affine, BatchStats, BnGrads, Running, ScaleOffset, Tile};
 use crate::{ema, linear, loss};
 use core::arch::nvptx::{_block_dim_x, _block_idx_x, _thread_idx_x};
 use core::slice::{from_raw_parts, from_raw_parts_mut};
@@ -19,15 +19,22 @@ fn thread_index() -> usize {
     unsafe { (_block_idx_x() as usize) * (_block_dim_x() as usize) + _thread_idx_x() as usize }
 }
 
+/// Column `c` of a `[rows, cols]` matrix, every row.
 #[inline(always)]
-fn column(rows: usize, cols: usize, c: usize) -> ColumnTile {
-    ColumnTile {
-        rows,
+fn column(rows: usize, cols: usize, c: usize) -> Tile {
+    Tile {
         cols,
+        r0: 0,
+        r1: rows,
         c0: c,
         width: 1,
     }
 }
+
+const RELU: Activation = Activation {
+    residual: core::ptr::null(),
+    relu: true,
+};
 
 #[no_mangle]
 pub unsafe extern "ptx-kernel" fn ema_update(
@@ -96,7 +103,7 @@ pub unsafe extern "ptx-kernel" fn bn_relu_forward_train(
 ) {
     let c = thread_index();
     if c < cols {
-        bn_relu::forward_train_tile::<1>(
+        batchnorm::forward_train_columns::<1>(
             column(rows, cols, c),
             h,
             a,
@@ -112,6 +119,7 @@ pub unsafe extern "ptx-kernel" fn bn_relu_forward_train(
                 mean: from_raw_parts_mut(running_mean.add(c), 1),
                 var: from_raw_parts_mut(running_var.add(c), 1),
             },
+            RELU,
         );
     }
 }
@@ -129,17 +137,20 @@ pub unsafe extern "ptx-kernel" fn bn_relu_forward_eval(
 ) {
     let c = thread_index();
     if c < cols {
-        bn_relu::forward_eval_tile::<1>(
-            column(rows, cols, c),
-            h,
-            a,
+        let (mut scale, mut offset) = ([0.0f32], [0.0f32]);
+        batchnorm::eval_scale_offset(
             Affine {
                 gamma: from_raw_parts(gamma.add(c), 1),
                 beta: from_raw_parts(beta.add(c), 1),
             },
             from_raw_parts(running_mean.add(c), 1),
             from_raw_parts(running_var.add(c), 1),
+            ScaleOffset {
+                scale: &mut scale,
+                offset: &mut offset,
+            },
         );
+        batchnorm::normalise::<1>(column(rows, cols, c), h, a, &scale, &offset, RELU);
     }
 }
 
@@ -159,14 +170,17 @@ pub unsafe extern "ptx-kernel" fn bn_relu_backward(
 ) {
     let c = thread_index();
     if c < cols {
-        bn_relu::backward_tile::<1>(
+        batchnorm::backward_columns::<1>(
             column(rows, cols, c),
             h,
             a,
             grad,
+            true,
             from_raw_parts(gamma.add(c), 1),
-            from_raw_parts(mean.add(c), 1),
-            from_raw_parts(invstd.add(c), 1),
+            (
+                from_raw_parts(mean.add(c), 1),
+                from_raw_parts(invstd.add(c), 1),
+            ),
             BnGrads {
                 gamma: from_raw_parts_mut(grad_gamma.add(c), 1),
                 beta: from_raw_parts_mut(grad_beta.add(c), 1),
@@ -185,7 +199,7 @@ pub unsafe extern "ptx-kernel" fn bias_fill(
 ) {
     let c = thread_index();
     if c < cols {
-        linear::bias_fill_tile(column(rows, cols, c), dst, from_raw_parts(bias.add(c), 1));
+        linear::bias_fill(column(rows, cols, c), dst, from_raw_parts(bias.add(c), 1));
     }
 }
 
@@ -198,6 +212,6 @@ pub unsafe extern "ptx-kernel" fn column_sum(
 ) {
     let c = thread_index();
     if c < cols {
-        linear::column_sum_tile::<1>(column(rows, cols, c), x, from_raw_parts_mut(out.add(c), 1));
+        linear::column_sum::<1>(column(rows, cols, c), x, from_raw_parts_mut(out.add(c), 1));
     }
 }

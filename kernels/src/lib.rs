@@ -13,7 +13,7 @@
     feature(abi_ptx, stdarch_nvptx, core_float_math)
 )]
 
-pub mod bn_relu;
+pub mod batchnorm;
 pub mod ema;
 pub mod linear;
 pub mod loss;

@@ -1,37 +1,32 @@
 //! The bias parts of a Linear layer around the GEMM: filling the output with the bias before
 //! the GEMM accumulates into it, and the bias gradient as a column sum. Row-major
-//! `[rows = batch, cols = features]`, worked on in the same column tiles as [`crate::bn_relu`].
+//! `[rows = batch, cols = features]`, worked on in the same tiles as [`crate::batchnorm`].
 
-use crate::bn_relu::ColumnTile;
+use crate::batchnorm::Tile;
 
-/// `dst[r, c] = bias[c]` for the tile's columns; `bias` is the tile's `width` values.
+/// `dst[r, c] = bias[c]` over the tile; `bias` holds the tile's `width` values.
 ///
 /// # Safety
-/// `dst` points to `rows·cols` f32; no other thread writes the tile's columns meanwhile.
+/// `dst` points to the matrix; no other thread writes the tile meanwhile.
 #[inline(always)]
-pub unsafe fn bias_fill_tile(t: ColumnTile, dst: *mut f32, bias: &[f32]) {
-    for r in 0..t.rows {
-        let row = dst.add(r * t.cols + t.c0);
-        for (k, &b) in bias.iter().enumerate().take(t.width) {
-            *row.add(k) = b;
-        }
+pub unsafe fn bias_fill(t: Tile, dst: *mut f32, bias: &[f32]) {
+    for r in t.r0..t.r1 {
+        core::slice::from_raw_parts_mut(dst.add(r * t.cols + t.c0), t.width)
+            .copy_from_slice(&bias[..t.width]);
     }
 }
 
-/// `out[k] += Σ_r x[r, c0 + k]`: the bias gradient of a Linear whose output gradient is `x`.
+/// `out[k] += Σ_r x[r, c0 + k]` over the tile's rows: the bias gradient of a Linear whose
+/// output gradient is `x`.
 ///
 /// # Safety
-/// `x` points to `rows·cols` f32; `out` is `width ≤ W` long.
+/// `x` points to the matrix; `out` is `width ≤ W` long.
 #[inline(always)]
-pub unsafe fn column_sum_tile<const W: usize>(t: ColumnTile, x: *const f32, out: &mut [f32]) {
+pub unsafe fn column_sum<const W: usize>(t: Tile, x: *const f32, out: &mut [f32]) {
     let mut sum = [0.0f32; W];
-    for r in 0..t.rows {
-        let row = x.add(r * t.cols + t.c0);
-        for (k, s) in sum.iter_mut().enumerate().take(t.width) {
-            *s += *row.add(k);
-        }
+    for r in t.r0..t.r1 {
+        let row = core::slice::from_raw_parts(x.add(r * t.cols + t.c0), t.width);
+        sum.iter_mut().zip(row).for_each(|(s, &v)| *s += v);
     }
-    for k in 0..t.width {
-        out[k] += sum[k];
-    }
+    out.iter_mut().zip(sum).for_each(|(o, s)| *o += s);
 }

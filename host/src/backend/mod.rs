@@ -8,7 +8,6 @@
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
-pub mod gemm;
 
 use crate::error::{check_len, Error, Result};
 use crate::mlp::{BnMode, Mlp};
