@@ -36,17 +36,6 @@ fn bad_input_should_be_a_clear_error() {
     bad_input_is_an_error(&Cpu);
 }
 
-/// `f` evaluated with `v[k]` moved by `+eps` and by `−eps` (then restored).
-fn perturbed<T>(v: &mut [f32], k: usize, eps: f32, mut f: impl FnMut(&[f32]) -> T) -> (T, T) {
-    let orig = v[k];
-    v[k] = orig + eps;
-    let plus = f(v);
-    v[k] = orig - eps;
-    let minus = f(v);
-    v[k] = orig;
-    (plus, minus)
-}
-
 #[test]
 fn nmse_gradient_should_match_finite_differences() {
     let (rows, dim) = (3, 6);

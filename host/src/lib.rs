@@ -5,6 +5,7 @@ pub mod backend;
 pub mod cpu;
 pub mod error;
 pub mod mlp;
+pub mod nn;
 pub mod ptx;
 
 pub use backend::cpu::Cpu;

@@ -14,10 +14,12 @@
 )]
 
 pub mod batchnorm;
+pub mod conv;
 pub mod ema;
 pub mod linear;
 pub mod loss;
 mod math;
+pub mod pool;
 
 #[cfg(target_arch = "nvptx64")]
 pub mod gpu;

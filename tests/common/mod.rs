@@ -45,6 +45,25 @@ pub fn assert_close(what: &str, actual: &[f32], expected: &[f64], rtol: f64, ato
     );
 }
 
+/// Norm-wise relative error `‖actual − expected‖ / ‖expected‖ ≤ tol`: the measure for
+/// gradients of deep networks, whose individual small entries carry the rounding of every
+/// layer the gradient went through.
+pub fn assert_norm_close(what: &str, actual: &[f32], expected: &[f64], tol: f64) {
+    assert_eq!(actual.len(), expected.len(), "{what}: length");
+    let err: f64 = actual
+        .iter()
+        .zip(expected)
+        .map(|(&a, &e)| (a as f64 - e).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let norm: f64 = expected.iter().map(|e| e * e).sum::<f64>().sqrt();
+    assert!(
+        err <= tol * norm,
+        "{what}: relative error {:.2e} > {tol:e} (norm {norm:.3e})",
+        err / norm
+    );
+}
+
 /// An MLP with random parameters and running statistics, on the host and as a reference.
 pub struct MlpCase {
     pub mlp: Mlp,
@@ -141,6 +160,17 @@ pub fn mlp_shapes() -> Vec<(Mlp, usize)> {
             12,
         ),
     ]
+}
+
+/// `f` evaluated with `v[k]` moved by `+eps` and by `−eps` (then restored).
+pub fn perturbed<T>(v: &mut [f32], k: usize, eps: f32, mut f: impl FnMut(&[f32]) -> T) -> (T, T) {
+    let orig = v[k];
+    v[k] = orig + eps;
+    let plus = f(v);
+    v[k] = orig - eps;
+    let minus = f(v);
+    v[k] = orig;
+    (plus, minus)
 }
 
 // ---------------------------------------------------------------- check bodies

@@ -1,0 +1,93 @@
+"""Writes the PyTorch fixtures of the ResNet tests (tests/fixtures/), from torchvision itself.
+
+- `torchvision_<arch>_<stem>.txt`: every parameter and BatchNorm running buffer of the
+  encoder (no fc), as `name shape`, in torchvision's order, at the standard width 64.
+- `resnet_<arch>_<stem>_w<width>.safetensors`: a small encoder (torchvision's blocks, every
+  stage scaled to `width` channels) with fixed weights; an input batch; after one
+  training-mode forward: the representation, the running statistics, and, for the loss
+  `sum(representation * R)`, the gradients of every parameter and of the input; and the
+  representation of a following evaluation-mode forward. Images are stored NHWC (the Rust
+  layout); tensors keep PyTorch's names and layouts (conv weights OIHW).
+
+Needs torch, torchvision and safetensors (installed by hand; CI never runs this).
+Usage: python3 scripts/torch/make_fixtures.py
+"""
+import pathlib
+
+import torch
+import torch.nn as nn
+from safetensors.torch import save_file
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+
+OUT = pathlib.Path(__file__).resolve().parents[2] / "tests" / "fixtures"
+ARCHS = {"resnet18": (BasicBlock, [2, 2, 2, 2]), "resnet34": (BasicBlock, [3, 4, 6, 3]),
+         "resnet50": (Bottleneck, [3, 4, 6, 3])}
+
+
+class Encoder(ResNet):
+    """torchvision's ResNet with every stage scaled to `width` and the chosen stem, no fc."""
+
+    def __init__(self, arch: str, stem: str, width: int = 64):
+        self._width = width
+        block, layers = ARCHS[arch]
+        super().__init__(block, layers)
+        if stem == "cifar":
+            self.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
+            self.maxpool = nn.Identity()
+        else:
+            self.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.fc = nn.Identity()
+
+    def _make_layer(self, block, planes, blocks, stride=1, dilate=False):
+        if planes == 64:  # the first stage starts from the stem's width
+            self.inplanes = self._width
+        return super()._make_layer(block, planes * self._width // 64, blocks, stride, dilate)
+
+
+def names(arch: str, stem: str) -> None:
+    net = Encoder(arch, stem)
+    lines = [f"{n} {'x'.join(map(str, p.shape))}" for n, p in net.named_parameters()]
+    lines += [f"{n} {'x'.join(map(str, b.shape))}" for n, b in net.named_buffers()
+              if not n.endswith("num_batches_tracked")]
+    (OUT / f"torchvision_{arch}_{stem}.txt").write_text("\n".join(lines) + "\n")
+
+
+def values(arch: str, stem: str, width: int, batch: int, size: int, seed: int) -> None:
+    torch.manual_seed(seed)
+    net = Encoder(arch, stem, width).train()
+    with torch.no_grad():  # non-trivial BatchNorm parameters and running statistics
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.3, 0.3)
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+    t = {f"param.{n}": p.detach().clone() for n, p in net.named_parameters()}
+    t |= {f"initial.{n}": b.clone() for n, b in net.named_buffers() if "running" in n}
+    x = torch.randn(batch, 3, size, size, requires_grad=True)
+    rep = net(x)
+    r = torch.randn_like(rep)
+    (rep * r).sum().backward()
+    t |= {"input_nhwc": x.detach().permute(0, 2, 3, 1).contiguous(), "repr": rep.detach(), "repr_weights": r,
+          "grad_input_nhwc": x.grad.permute(0, 2, 3, 1).contiguous()}
+    t |= {f"grad.{n}": p.grad for n, p in net.named_parameters()}
+    t |= {f"running.{n}": b.clone() for n, b in net.named_buffers() if "running" in n}
+    net.eval()
+    with torch.no_grad():
+        t["repr_eval"] = net(x)
+    save_file({k: v.contiguous().float() for k, v in t.items()},
+              OUT / f"resnet_{arch}_{stem}_w{width}.safetensors")
+
+
+def main() -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    for arch in ARCHS:
+        for stem in ("imagenet", "cifar"):
+            names(arch, stem)
+    values("resnet18", "cifar", width=4, batch=3, size=12, seed=1)
+    values("resnet50", "imagenet", width=4, batch=2, size=64, seed=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,443 @@
+//! The ResNet encoder: structure and names against torchvision, forward and backward values
+//! against PyTorch (fixtures from `scripts/torch/make_fixtures.py`), end-to-end finite
+//! differences, BatchNorm modes, and bad input.
+
+mod common;
+
+use common::*;
+use host::nn::{Arch, ResNet, ResNetConfig, Stem};
+use host::{BnMode, Error};
+use safetensors::SafeTensors;
+
+fn fixtures() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+const ARCHS: [Arch; 3] = [Arch::ResNet18, Arch::ResNet34, Arch::ResNet50];
+const STEMS: [(Stem, &str); 2] = [(Stem::ImageNet, "imagenet"), (Stem::Cifar, "cifar")];
+
+#[test]
+fn parameter_counts_should_equal_torchvision() {
+    // torchvision's counts without fc (DESIGN.md §5), ImageNet stem then CIFAR stem.
+    let expected = [
+        (11_176_512, 11_168_832),
+        (21_284_672, 21_276_992),
+        (23_508_032, 23_500_352),
+    ];
+    for (arch, (imagenet, cifar)) in ARCHS.into_iter().zip(expected) {
+        for (stem, count) in [(Stem::ImageNet, imagenet), (Stem::Cifar, cifar)] {
+            let net = ResNet::new(ResNetConfig::new(arch, stem)).unwrap();
+            assert_eq!(net.registry.param_len(), count, "{arch:?} {stem:?}");
+        }
+    }
+    let r18 = ResNet::new(ResNetConfig::new(Arch::ResNet18, Stem::Cifar)).unwrap();
+    let r50 = ResNet::new(ResNetConfig::new(Arch::ResNet50, Stem::Cifar)).unwrap();
+    assert_eq!((r18.repr_dim(), r50.repr_dim()), (512, 2048));
+}
+
+#[test]
+fn names_shapes_and_order_should_equal_torchvision() {
+    for arch in ARCHS {
+        for (stem, stem_name) in STEMS {
+            let file = fixtures().join(format!("torchvision_{}_{stem_name}.txt", arch.name()));
+            let expected = std::fs::read_to_string(&file).unwrap();
+            let net = ResNet::new(ResNetConfig::new(arch, stem)).unwrap();
+            let r = &net.registry;
+            let shape = |s: &[usize]| {
+                s.iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join("x")
+            };
+            let ours: Vec<String> = r
+                .params
+                .iter()
+                .map(|p| format!("{} {}", p.name, shape(&p.shape)))
+                .chain(
+                    r.buffers
+                        .iter()
+                        .map(|b| format!("{} {}", b.name, shape(&b.shape))),
+                )
+                .collect();
+            assert_eq!(
+                ours,
+                expected.lines().collect::<Vec<_>>(),
+                "{}",
+                file.display()
+            );
+            for p in &r.params {
+                assert_eq!(
+                    p.role.is_bias_or_bn(),
+                    p.name.contains("bn") || p.name.contains("downsample.1"),
+                    "{}",
+                    p.name
+                );
+            }
+        }
+    }
+}
+
+fn tensor(st: &SafeTensors, name: &str) -> Vec<f32> {
+    let t = st
+        .tensor(name)
+        .unwrap_or_else(|e| panic!("fixture lacks {name}: {e}"));
+    t.data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
+/// One training-mode forward and backward against PyTorch, then an evaluation-mode forward.
+/// Gradients are compared tensor by tensor in norm (relative error ≤ 2e-3) and, where
+/// `elementwise_grads`, also element by element: through ResNet-50's sixteen blocks single
+/// small entries drift by ~1% from rounding while every tensor stays within 7e-4 in norm.
+fn matches_pytorch(
+    arch: Arch,
+    stem: Stem,
+    file: &str,
+    width: usize,
+    batch: usize,
+    size: usize,
+    elementwise_grads: bool,
+) {
+    let bytes = std::fs::read(fixtures().join(file)).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let net = ResNet::new(ResNetConfig {
+        arch,
+        stem,
+        width,
+        in_channels: 3,
+    })
+    .unwrap();
+    let r = &net.registry;
+    let mut params = vec![0.0; r.param_len()];
+    for p in &r.params {
+        r.from_torch(p, &tensor(&st, &format!("param.{}", p.name)), &mut params);
+    }
+    let mut running = vec![0.0; r.buffer_len()];
+    for b in &r.buffers {
+        running[b.range.clone()].copy_from_slice(&tensor(&st, &format!("initial.{}", b.name)));
+    }
+    let x = tensor(&st, "input_nhwc");
+    let mut acts = net.activations(batch, size, size).unwrap();
+    let repr = net
+        .forward(&params, &mut running, &x, BnMode::Train, &mut acts)
+        .unwrap()
+        .to_vec();
+    assert_close(
+        &format!("{file}: representation"),
+        &repr,
+        &to_f64(&tensor(&st, "repr")),
+        1e-3,
+        1e-4,
+    );
+    for b in &r.buffers {
+        let e = to_f64(&tensor(&st, &format!("running.{}", b.name)));
+        assert_close(
+            &format!("{file}: {}", b.name),
+            &running[b.range.clone()],
+            &e,
+            1e-3,
+            1e-4,
+        );
+    }
+    let mut grads = vec![0.0; r.param_len()];
+    let mut gx = vec![0.0; x.len()];
+    net.backward(
+        &params,
+        &x,
+        &mut acts,
+        &tensor(&st, "repr_weights"),
+        &mut grads,
+        Some(&mut gx),
+    )
+    .unwrap();
+    for p in &r.params {
+        let e = to_f64(&tensor(&st, &format!("grad.{}", p.name)));
+        let ours = r.to_torch(p, &grads);
+        assert_norm_close(&format!("{file}: ∂L/∂{}", p.name), &ours, &e, 2e-3);
+        if elementwise_grads {
+            assert_close(&format!("{file}: ∂L/∂{}", p.name), &ours, &e, 2e-3, 2e-4);
+        }
+    }
+    let e = to_f64(&tensor(&st, "grad_input_nhwc"));
+    assert_norm_close(&format!("{file}: ∂L/∂input"), &gx, &e, 2e-3);
+    if elementwise_grads {
+        assert_close(&format!("{file}: ∂L/∂input"), &gx, &e, 2e-3, 2e-4);
+    }
+    let before = running.clone();
+    let repr = net
+        .forward(&params, &mut running, &x, BnMode::Eval, &mut acts)
+        .unwrap()
+        .to_vec();
+    assert_close(
+        &format!("{file}: eval representation"),
+        &repr,
+        &to_f64(&tensor(&st, "repr_eval")),
+        1e-3,
+        1e-4,
+    );
+    assert_eq!(
+        running, before,
+        "eval mode must not touch the running statistics"
+    );
+}
+
+#[test]
+fn resnet18_cifar_forward_and_backward_should_match_pytorch() {
+    matches_pytorch(
+        Arch::ResNet18,
+        Stem::Cifar,
+        "resnet_resnet18_cifar_w4.safetensors",
+        4,
+        3,
+        12,
+        true,
+    );
+}
+
+#[test]
+fn resnet50_imagenet_forward_and_backward_should_match_pytorch() {
+    matches_pytorch(
+        Arch::ResNet50,
+        Stem::ImageNet,
+        "resnet_resnet50_imagenet_w4.safetensors",
+        4,
+        2,
+        64,
+        false,
+    );
+}
+
+#[test]
+fn conv_weights_should_round_trip_through_the_torch_layout() {
+    let net = ResNet::new(ResNetConfig {
+        arch: Arch::ResNet18,
+        stem: Stem::ImageNet,
+        width: 4,
+        in_channels: 3,
+    })
+    .unwrap();
+    let r = &net.registry;
+    let params = net.init_params(&mut rng(1));
+    let p = r.param("conv1.weight").unwrap();
+    let torch = r.to_torch(p, &params);
+    // OIHW [4, 3, 7, 7] from OHWI [4, 7, 7, 3]: element (o, i, y, x).
+    let (o, i, y, x) = (3, 2, 5, 1);
+    assert_eq!(
+        torch[((o * 3 + i) * 7 + y) * 7 + x],
+        params[p.range.start + ((o * 7 + y) * 7 + x) * 3 + i]
+    );
+    let mut back = vec![0.0; params.len()];
+    for p in &r.params {
+        r.from_torch(p, &r.to_torch(p, &params), &mut back);
+    }
+    assert_eq!(back, params);
+}
+
+#[test]
+fn initialisation_should_follow_torchvision() {
+    let net = ResNet::new(ResNetConfig::new(Arch::ResNet18, Stem::Cifar)).unwrap();
+    let params = net.init_params(&mut rng(2));
+    let r = &net.registry;
+    for p in &r.params {
+        let v = &params[p.range.clone()];
+        if p.name.ends_with("bn1.weight")
+            || p.name.ends_with("bn2.weight")
+            || p.name.ends_with("downsample.1.weight")
+        {
+            assert!(v.iter().all(|&x| x == 1.0), "{} γ = 1", p.name);
+        } else if p.role.is_bias_or_bn() {
+            assert!(v.iter().all(|&x| x == 0.0), "{} β = 0", p.name);
+        } else {
+            let fan_out = (p.shape[0] * p.shape[2] * p.shape[3]) as f64;
+            let std = (v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() / v.len() as f64).sqrt();
+            let expected = (2.0 / fan_out).sqrt();
+            assert!(
+                (std / expected - 1.0).abs() < 0.1,
+                "{}: std {std} vs {expected}",
+                p.name
+            );
+        }
+    }
+    assert!(net.init_running().chunks(1).count() == r.buffer_len());
+}
+
+/// An objective's value and the ReLU pattern it went through.
+type Probe = (f64, Vec<u64>);
+
+/// Finite differences through the whole network: `J = Σ repr ⊙ R` for a sample of parameter
+/// coordinates from every tensor, and for input pixels. Coordinates whose step flips any
+/// ReLU or max-pool decision are skipped (a difference quotient means nothing there).
+/// An f32 network's output wobbles by ~1e-5 under tiny input changes (BatchNorm amplifies
+/// rounding), so the difference quotient carries noise ∝ 1/eps: the step is 4e-3 and the
+/// tolerance is 5% relative plus 2% of the tensor's largest gradient. Real bugs (a sign, a
+/// missing term, a gradient routed to the wrong place) give errors of order 100%.
+#[test]
+fn whole_resnet_gradients_should_match_finite_differences() {
+    // Batch 8 and inputs large enough that no BatchNorm normalises over a handful of rows.
+    for (arch, stem, size) in [
+        (Arch::ResNet18, Stem::Cifar, 8),
+        (Arch::ResNet18, Stem::ImageNet, 32),
+        (Arch::ResNet50, Stem::Cifar, 8),
+    ] {
+        let net = ResNet::new(ResNetConfig {
+            arch,
+            stem,
+            width: 2,
+            in_channels: 3,
+        })
+        .unwrap();
+        let batch = 8;
+        let mut r = rng(9);
+        let mut params = net.init_params(&mut r);
+        let mut x = uniform(&mut r, batch * size * size * 3, 1.0);
+        let weights = uniform(&mut r, batch * net.repr_dim(), 1.0);
+        let mut acts = net.activations(batch, size, size).unwrap();
+        let eval =
+            |params: &[f32], x: &[f32], acts: &mut host::nn::Activations| -> (f64, Vec<u64>) {
+                let mut running = net.init_running();
+                let repr = net
+                    .forward(params, &mut running, x, BnMode::Train, acts)
+                    .unwrap();
+                let j = repr
+                    .iter()
+                    .zip(&weights)
+                    .map(|(&a, &b)| a as f64 * b as f64)
+                    .sum();
+                (j, acts.relu_pattern())
+            };
+        let mut running = net.init_running();
+        net.forward(&params, &mut running, &x, BnMode::Train, &mut acts)
+            .unwrap();
+        let mut grads = vec![0.0; params.len()];
+        let mut gx = vec![0.0; x.len()];
+        net.backward(&params, &x, &mut acts, &weights, &mut grads, Some(&mut gx))
+            .unwrap();
+        let largest = |v: &[f32]| v.iter().fold(0.0f64, |m, &g| m.max(g.abs() as f64));
+        let (mut checked, mut skipped) = (0, 0);
+        // The step: 4e-3, or 1e-3 where 4e-3 crosses a kink (noise allowance scaled by 4).
+        let mut check = |what: String,
+                         analytic: f32,
+                         scale: f64,
+                         f: &mut dyn FnMut(f32) -> (Probe, Probe)| {
+            for eps in [4e-3f32, 1e-3] {
+                let ((p, sp), (m, sm)) = f(eps);
+                if sp != sm {
+                    continue;
+                }
+                checked += 1;
+                let fd = (p - m) / (2.0 * eps as f64);
+                let tol = 0.05 * fd.abs() + 0.02 * scale * (4e-3 / eps as f64);
+                assert!(
+                    (fd - analytic as f64).abs() <= tol,
+                    "{arch:?}: {what}: analytic {analytic} vs numeric {fd} at step {eps} (largest |gradient| of the tensor {scale:.3e})"
+                );
+                return;
+            }
+            skipped += 1;
+        };
+        for p in net.registry.params.clone() {
+            let scale = largest(&grads[p.range.clone()]);
+            for k in [
+                p.range.start,
+                p.range.start + p.range.len() / 2,
+                p.range.end - 1,
+            ] {
+                let mut f = |eps| perturbed(&mut params, k, eps, |ps| eval(ps, &x, &mut acts));
+                check(
+                    format!("{}[{}]", p.name, k - p.range.start),
+                    grads[k],
+                    scale,
+                    &mut f,
+                );
+            }
+        }
+        let scale = largest(&gx);
+        for k in (0..x.len()).step_by(x.len() / 97) {
+            let mut f = |eps| perturbed(&mut x, k, eps, |x| eval(&params, x, &mut acts));
+            check(format!("input[{k}]"), gx[k], scale, &mut f);
+        }
+        eprintln!("{arch:?} {stem:?}: {checked} coordinates checked, {skipped} skipped at a kink");
+        // The kink filter is conservative (any of thousands of ReLUs flipping skips the step),
+        // so deep nets skip many coordinates; at least 80 must be checked.
+        assert!(
+            checked >= 80,
+            "{arch:?}: only {checked} coordinates checked ({skipped} skipped)"
+        );
+    }
+}
+
+#[test]
+fn bad_input_should_be_a_clear_error() {
+    let net = ResNet::new(ResNetConfig {
+        arch: Arch::ResNet18,
+        stem: Stem::ImageNet,
+        width: 4,
+        in_channels: 3,
+    })
+    .unwrap();
+    let params = net.init_params(&mut rng(1));
+    let mut running = net.init_running();
+    // Every layer is padded, so even 1×1 images go through (as in PyTorch); no pixel does not.
+    let e = net.activations(2, 0, 5).err().unwrap();
+    assert!(e.to_string().contains("too small"), "{e}");
+    assert!(net.activations(2, 1, 1).is_ok());
+    let mut acts = net.activations(2, 16, 16).unwrap();
+    // Wrong channel count (4 channels given for 3).
+    let e = net
+        .forward(
+            &params,
+            &mut running,
+            &vec![0.0; 2 * 16 * 16 * 4],
+            BnMode::Train,
+            &mut acts,
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("16×16×3"), "{e}");
+    let x = vec![0.1; 2 * 16 * 16 * 3];
+    assert!(matches!(
+        net.forward(&params[1..], &mut running, &x, BnMode::Train, &mut acts),
+        Err(Error::Length { .. })
+    ));
+    assert!(matches!(
+        net.forward(
+            &params,
+            &mut running[1..].to_vec(),
+            &x,
+            BnMode::Train,
+            &mut acts
+        ),
+        Err(Error::Length { .. })
+    ));
+    let mut one = net.activations(1, 16, 16).unwrap();
+    assert!(matches!(
+        net.forward(&params, &mut running, &x[..768], BnMode::Train, &mut one),
+        Err(Error::BatchTooSmall(1))
+    ));
+    assert!(net
+        .forward(&params, &mut running, &x[..768], BnMode::Eval, &mut one)
+        .is_ok());
+    // Backward needs a training forward on the same activations.
+    let mut grads = vec![0.0; params.len()];
+    let g = vec![0.0; 2 * net.repr_dim()];
+    assert!(net
+        .backward(&params, &x, &mut acts, &g, &mut grads, None)
+        .is_err());
+    net.forward(&params, &mut running, &x, BnMode::Train, &mut acts)
+        .unwrap();
+    assert!(net
+        .backward(&params, &x, &mut acts, &g[1..], &mut grads, None)
+        .is_err());
+    assert!(net
+        .backward(&params, &x, &mut acts, &g, &mut grads, None)
+        .is_ok());
+    assert!("resnet101".parse::<Arch>().is_err());
+    assert!(ResNet::new(ResNetConfig {
+        arch: Arch::ResNet18,
+        stem: Stem::Cifar,
+        width: 0,
+        in_channels: 3
+    })
+    .is_err());
+}
