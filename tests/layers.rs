@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use host::cpu::batchnorm::{batchnorm_backward, batchnorm_forward, BnLayer};
 use host::cpu::linear::{linear_backward, linear_forward};
-use host::nn::conv::{conv_backward, conv_forward, Conv2d};
+use host::nn::conv::{conv_backward, conv_forward, Conv2d, ConvScratch};
 use host::nn::pool::{avgpool_backward, avgpool_forward, maxpool_backward, maxpool_forward};
 use host::BnMode;
 use kernels::batchnorm::BnGrads;
@@ -138,8 +138,8 @@ fn conv2d_forward_should_match_f64_reference() {
         let wt = uniform(&mut r, c.weight_len(), 0.5);
         let (expected, oh, ow) = conv_ref(&c, &to_f64(&x), n, h, w, &to_f64(&wt));
         let mut out = vec![0.0; n * oh * ow * c.cout];
-        let mut col = vec![0.0; c.col_len(n, h, w)];
-        conv_forward(&c, &x, n, h, w, &wt, &mut out, &mut col);
+        let mut scratch = ConvScratch::for_convs([(&c, n, h, w)]);
+        conv_forward(&c, &x, n, h, w, &wt, &mut out, &mut scratch);
         assert_close(
             &format!("conv {c:?} {n}x{h}x{w}"),
             &out,
@@ -159,7 +159,7 @@ fn conv2d_gradients_should_match_finite_differences() {
         let g = c.geometry(h, w);
         let out_len = n * g.out_h() * g.out_w() * c.cout;
         let weights = uniform(&mut r, out_len, 1.0);
-        let mut col = vec![0.0; c.col_len(n, h, w)];
+        let mut scratch = ConvScratch::for_convs([(&c, n, h, w)]);
         // Objective J = Σ out ⊙ R, in f64 from the exact f64 reference (conv is linear in
         // each argument, so the difference quotient is exact up to rounding).
         let objective = |x: &[f32], wt: &[f32]| -> f64 {
@@ -178,7 +178,7 @@ fn conv2d_gradients_should_match_finite_differences() {
             &weights,
             &mut dw,
             Some((&mut dx, false)),
-            &mut col,
+            &mut scratch,
         );
         let eps = 1e-2;
         for (k, &g) in dw.iter().enumerate() {
@@ -210,7 +210,7 @@ fn conv2d_gradients_should_match_finite_differences() {
             &weights,
             &mut dw,
             Some((&mut dx2, true)),
-            &mut col,
+            &mut scratch,
         );
         assert!(dx2.iter().zip(&dx).all(|(a, b)| (a - 1.0 - b).abs() < 1e-5));
     }

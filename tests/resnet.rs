@@ -441,3 +441,43 @@ fn bad_input_should_be_a_clear_error() {
     })
     .is_err());
 }
+
+#[test]
+fn forward_and_backward_should_be_bit_identical_for_the_same_thread_count() {
+    let net = ResNet::new(ResNetConfig {
+        arch: Arch::ResNet18,
+        stem: Stem::ImageNet,
+        width: 4,
+        in_channels: 3,
+    })
+    .unwrap();
+    let (batch, size) = (5, 24);
+    let mut r = rng(21);
+    let params = net.init_params(&mut r);
+    let x = uniform(&mut r, batch * size * size * 3, 1.0);
+    let weights = uniform(&mut r, batch * net.repr_dim(), 1.0);
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let mut acts = net.activations(batch, size, size).unwrap();
+            let mut running = net.init_running();
+            let repr = net
+                .forward(&params, &mut running, &x, BnMode::Train, &mut acts)
+                .unwrap()
+                .to_vec();
+            let mut grads = vec![0.0; params.len()];
+            net.backward(&params, &x, &mut acts, &weights, &mut grads, None)
+                .unwrap();
+            (repr, running, grads)
+        })
+    };
+    for threads in [1, 3] {
+        assert!(
+            run(threads) == run(threads),
+            "{threads} threads: two runs differ"
+        );
+    }
+}

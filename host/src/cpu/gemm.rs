@@ -16,6 +16,51 @@ pub fn matmul(
     rhs_t: bool,
     accumulate: bool,
 ) {
+    let threads = gemm::Parallelism::Rayon(rayon::current_num_threads());
+    matmul_with(dst, m, n, k, lhs, lhs_t, rhs, rhs_t, accumulate, threads)
+}
+
+/// [`matmul`] on the calling thread only: for callers that already run one product per
+/// thread (split-K over chunks of a long inner dimension).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_serial(
+    dst: &mut [f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    lhs: &[f32],
+    lhs_t: bool,
+    rhs: &[f32],
+    rhs_t: bool,
+    accumulate: bool,
+) {
+    matmul_with(
+        dst,
+        m,
+        n,
+        k,
+        lhs,
+        lhs_t,
+        rhs,
+        rhs_t,
+        accumulate,
+        gemm::Parallelism::None,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn matmul_with(
+    dst: &mut [f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    lhs: &[f32],
+    lhs_t: bool,
+    rhs: &[f32],
+    rhs_t: bool,
+    accumulate: bool,
+    parallelism: gemm::Parallelism,
+) {
     debug_assert!(dst.len() >= m * n && lhs.len() >= m * k && rhs.len() >= k * n);
     let (lhs_rs, lhs_cs) = if lhs_t { (1, m) } else { (k, 1) };
     let (rhs_rs, rhs_cs) = if rhs_t { (1, k) } else { (n, 1) };
@@ -41,7 +86,7 @@ pub fn matmul(
             false,
             false,
             false,
-            gemm::Parallelism::Rayon(rayon::current_num_threads()),
+            parallelism,
         );
     }
 }

@@ -9,7 +9,7 @@
 //! what a forward keeps for its backward lives in [`Activations`], allocated once per input
 //! shape and reused.
 
-use super::conv::{conv_backward, conv_forward, Conv2d};
+use super::conv::{conv_backward, conv_forward, Conv2d, ConvScratch};
 use super::pool::{avgpool_backward, avgpool_forward, maxpool_backward, maxpool_forward};
 use super::registry::{Registry, Role};
 use crate::cpu::batchnorm::{batchnorm_backward, batchnorm_forward, BnLayer};
@@ -149,7 +149,7 @@ pub struct Activations {
     pool: Vec<f32>,
     argmax: Vec<u32>,
     repr: Vec<f32>,
-    col: Vec<f32>,
+    scratch: ConvScratch,
     grad: [Vec<f32>; 3],
     mode: Option<BnMode>,
 }
@@ -427,13 +427,12 @@ impl ResNet {
             .chain([pool_len, n * h * w * self.config.in_channels])
             .max()
             .unwrap_or(0);
-        let col = self
-            .units
-            .iter()
-            .zip(&dims)
-            .map(|(u, d)| u.conv.col_len(n, d[0], d[1]))
-            .max()
-            .unwrap_or(0);
+        let scratch = ConvScratch::for_convs(
+            self.units
+                .iter()
+                .zip(&dims)
+                .map(|(u, d)| (&u.conv, n, d[0], d[1])),
+        );
         Ok(Activations {
             n,
             h,
@@ -449,7 +448,7 @@ impl ResNet {
             pool: vec![0.0; pool_len],
             argmax: vec![0; pool_len],
             repr: vec![0.0; n * self.repr_dim()],
-            col: vec![0.0; col],
+            scratch,
             grad: [vec![0.0; largest], vec![0.0; largest], vec![0.0; largest]],
             mode: None,
         })
@@ -559,11 +558,11 @@ impl ResNet {
     ) {
         let unit = &self.units[u];
         let [ih, iw, oh, ow] = acts.dims[u];
-        let (mut pre, mut out, mut stats, mut col) = (
+        let (mut pre, mut out, mut stats, mut scratch) = (
             std::mem::take(&mut acts.pre[u]),
             std::mem::take(&mut acts.out[u]),
             std::mem::take(&mut acts.stats[u]),
-            std::mem::take(&mut acts.col),
+            std::mem::take(&mut acts.scratch),
         );
         let src = |s: Source| -> &[f32] {
             match s {
@@ -580,7 +579,7 @@ impl ResNet {
             iw,
             &params[unit.weight.clone()],
             &mut pre,
-            &mut col,
+            &mut scratch,
         );
         let (running_mean, running_var) =
             two_ranges(running, &unit.running_mean, &unit.running_var);
@@ -604,7 +603,7 @@ impl ResNet {
             residual.map(src),
             unit.relu,
         );
-        (acts.pre[u], acts.out[u], acts.stats[u], acts.col) = (pre, out, stats, col);
+        (acts.pre[u], acts.out[u], acts.stats[u], acts.scratch) = (pre, out, stats, scratch);
     }
 
     /// Backward of the last training-mode forward: `grads` (laid out as the parameters)
@@ -780,7 +779,7 @@ impl ResNet {
             grad,
             &mut grads[unit.weight.clone()],
             dx,
-            &mut acts.col,
+            &mut acts.scratch,
         );
     }
 }
