@@ -2,7 +2,9 @@
 //! and (in later milestones) the ResNet encoder, the training loop and evaluation.
 
 pub mod backend;
+pub mod byol;
 pub mod cpu;
+pub mod data;
 pub mod error;
 pub mod mlp;
 pub mod nn;

@@ -8,6 +8,7 @@
 //! a second buffer holds `running_mean [hidden]` then `running_var [hidden]`.
 
 use crate::error::{Error, Result};
+use crate::nn::{Registry, Role};
 use rand::Rng;
 use std::ops::Range;
 
@@ -103,6 +104,30 @@ impl Mlp {
         uniform(self.b2(), self.hidden);
         p[self.gamma()].fill(1.0);
         p
+    }
+
+    /// Adds this MLP's parameters and running buffers to `registry` under `prefix`
+    /// (`{prefix}.linear1.weight`, …, `{prefix}.bn.running_var`), in the layout's order.
+    pub fn register(&self, registry: &mut Registry, prefix: &str) {
+        let (i, h, o) = (self.input, self.hidden, self.output);
+        registry.add_param(
+            format!("{prefix}.linear1.weight"),
+            vec![h, i],
+            Role::LinearWeight,
+        );
+        registry.add_param(format!("{prefix}.linear1.bias"), vec![h], Role::Bias);
+        registry.add_param(format!("{prefix}.bn.weight"), vec![h], Role::BnWeight);
+        registry.add_param(format!("{prefix}.bn.bias"), vec![h], Role::BnBias);
+        registry.add_param(
+            format!("{prefix}.linear2.weight"),
+            vec![o, h],
+            Role::LinearWeight,
+        );
+        if self.last_bias {
+            registry.add_param(format!("{prefix}.linear2.bias"), vec![o], Role::Bias);
+        }
+        registry.add_buffer(format!("{prefix}.bn.running_mean"), vec![h]);
+        registry.add_buffer(format!("{prefix}.bn.running_var"), vec![h]);
     }
 
     /// Running statistics at construction: mean 0, variance 1 (PyTorch's).

@@ -2,16 +2,10 @@
 //! the `gemm` crate.
 
 use super::{Backend, MlpSaved, MlpState};
-use crate::cpu::batchnorm::{batchnorm_backward, batchnorm_forward, BnLayer};
-use crate::cpu::linear::{linear_backward, linear_forward};
+use crate::cpu::mlp::{mlp_backward, mlp_forward, MlpBuffers};
+use crate::cpu::{ema_update, nmse_loss};
 use crate::error::Result;
 use crate::mlp::BnMode;
-use kernels::batchnorm::BnGrads;
-use kernels::{ema, loss};
-use rayon::prelude::*;
-
-/// Elements per rayon task for element-wise kernels (large enough to amortise scheduling).
-const ELEMENT_CHUNK: usize = 1 << 16;
 
 /// The CPU backend.
 #[derive(Clone, Copy, Debug, Default)]
@@ -43,10 +37,7 @@ impl Backend for Cpu {
         online: &Vec<f32>,
         tau: f32,
     ) -> Result<()> {
-        target
-            .par_chunks_mut(ELEMENT_CHUNK)
-            .zip(online.par_chunks(ELEMENT_CHUNK))
-            .for_each(|(t, o)| ema::ema_update(t, o, tau));
+        ema_update(target, online, tau);
         Ok(())
     }
 
@@ -58,19 +49,7 @@ impl Backend for Cpu {
         dim: usize,
         grad_p: Option<&mut Vec<f32>>,
     ) -> Result<f32> {
-        // Per-row losses first, summed in row order: the same total for any thread count.
-        let losses: Vec<f32> = p
-            .par_chunks(dim)
-            .zip(z.par_chunks(dim))
-            .map(|(p, z)| loss::nmse_row_forward(p, z))
-            .collect();
-        if let Some(g) = grad_p {
-            let scale = 1.0 / rows as f32;
-            g.par_chunks_mut(dim)
-                .zip(p.par_chunks(dim).zip(z.par_chunks(dim)))
-                .for_each(|(g, (p, z))| loss::nmse_row_backward(p, z, scale, g));
-        }
-        Ok(losses.iter().sum::<f32>() / rows as f32)
+        Ok(nmse_loss(p, z, rows, dim, grad_p.map(|g| &mut g[..])))
     }
 
     fn mlp_forward_unchecked(
@@ -81,45 +60,16 @@ impl Backend for Cpu {
         saved: &mut MlpSaved<Vec<f32>>,
         out: &mut Vec<f32>,
     ) -> Result<()> {
-        let (mlp, batch) = (state.mlp, saved.batch);
-        let p = &state.params;
-        linear_forward(
-            &mut saved.h,
+        let batch = saved.batch;
+        mlp_forward(
+            &state.mlp,
+            &state.params,
+            &mut state.running,
             x,
-            &p[mlp.w1()],
-            &p[mlp.b1()],
             batch,
-            mlp.input,
-            mlp.hidden,
-        );
-        let (running_mean, running_var) = state.running.split_at_mut(mlp.hidden);
-        let (mean, invstd) = saved.stats.split_at_mut(mlp.hidden);
-        let layer = BnLayer {
-            gamma: &p[mlp.gamma()],
-            beta: &p[mlp.beta()],
-            running_mean,
-            running_var,
-            mean,
-            invstd,
-        };
-        batchnorm_forward(
-            &saved.h,
-            &mut saved.a,
-            batch,
-            mlp.hidden,
             mode,
-            layer,
-            None,
-            true,
-        );
-        linear_forward(
+            buffers(saved),
             out,
-            &saved.a,
-            &p[mlp.w2()],
-            &p[mlp.b2()],
-            batch,
-            mlp.hidden,
-            mlp.output,
         );
         Ok(())
     }
@@ -133,57 +83,26 @@ impl Backend for Cpu {
         grads: &mut Vec<f32>,
         grad_x: &mut Vec<f32>,
     ) -> Result<()> {
-        let (mlp, batch) = (state.mlp, saved.batch);
-        let p = &state.params;
-        let (i, hd, o) = (mlp.input, mlp.hidden, mlp.output);
-        // Second Linear: its weight and bias, and the gradient flowing into the hidden layer.
-        let (head, b2) = grads.split_at_mut(mlp.b2().start);
-        let dw2 = &mut head[mlp.w2()];
-        linear_backward(
-            dw2,
-            b2,
-            Some(&mut saved.grad_hidden),
-            &saved.a,
-            &p[mlp.w2()],
-            grad_out,
-            batch,
-            hd,
-            o,
-        );
-        // ReLU + BatchNorm backward, in place on grad_hidden.
-        let (w1_b1, rest) = grads.split_at_mut(mlp.gamma().start);
-        let (dgamma, rest) = rest.split_at_mut(hd);
-        let grads_bn = BnGrads {
-            gamma: dgamma,
-            beta: &mut rest[..hd],
-            linear_bias: &mut w1_b1[mlp.b1()],
-        };
-        let (mean, invstd) = saved.stats.split_at(hd);
-        let gh = &mut saved.grad_hidden;
-        batchnorm_backward(
-            &saved.h,
-            &saved.a,
-            gh,
-            batch,
-            hd,
-            true,
-            &p[mlp.gamma()],
-            (mean, invstd),
-            grads_bn,
-            None,
-        );
-        // First Linear: weight and input gradients (its bias gradient came from the BN).
-        linear_backward(
-            &mut grads[mlp.w1()],
-            &mut [],
-            Some(grad_x),
+        let batch = saved.batch;
+        mlp_backward(
+            &state.mlp,
+            &state.params,
             x,
-            &p[mlp.w1()],
-            &saved.grad_hidden,
             batch,
-            i,
-            hd,
+            buffers(saved),
+            grad_out,
+            grads,
+            grad_x,
         );
         Ok(())
+    }
+}
+
+fn buffers(saved: &mut MlpSaved<Vec<f32>>) -> MlpBuffers<'_> {
+    MlpBuffers {
+        h: &mut saved.h,
+        a: &mut saved.a,
+        stats: &mut saved.stats,
+        grad_hidden: &mut saved.grad_hidden,
     }
 }

@@ -6,5 +6,5 @@ pub mod pool;
 pub mod registry;
 pub mod resnet;
 
-pub use registry::{Registry, Role};
+pub use registry::{Buffer, Param, Registry, Role};
 pub use resnet::{Activations, Arch, ResNet, ResNetConfig, Stem};

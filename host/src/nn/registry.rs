@@ -80,6 +80,17 @@ impl Registry {
         });
         range
     }
+    /// Appends every parameter and buffer of `other` under `{prefix}.{name}`, shifted to
+    /// follow what this registry already holds.
+    pub fn extend_prefixed(&mut self, other: &Registry, prefix: &str) {
+        for p in &other.params {
+            self.add_param(format!("{prefix}.{}", p.name), p.shape.clone(), p.role);
+        }
+        for b in &other.buffers {
+            self.add_buffer(format!("{prefix}.{}", b.name), b.shape.clone());
+        }
+    }
+
     pub fn param(&self, name: &str) -> Option<&Param> {
         self.params.iter().find(|p| p.name == name)
     }

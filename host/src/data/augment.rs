@@ -1,0 +1,552 @@
+//! BYOL's augmentations (DESIGN.md §1), T for view 1 and T′ for view 2:
+//!
+//! | step | T | T′ |
+//! |---|---|---|
+//! | random resized crop, area 8–100 %, aspect 3/4–4/3, bicubic | 1.0 | 1.0 |
+//! | horizontal flip | 0.5 | 0.5 |
+//! | colour jitter (brightness 0.4, contrast 0.4, saturation 0.2, hue 0.1, random order) | 0.8 | 0.8 |
+//! | grayscale | 0.2 | 0.2 |
+//! | gaussian blur, kernel ≈ 10 % of the side, σ ∈ [0.1, 2.0] | 1.0 | 0.1 |
+//! | solarize (pixels ≥ 0.5 inverted) | 0.0 | 0.2 |
+//!
+//! then per-channel normalisation. Operations follow torchvision's definitions (crop sampling,
+//! blend-based jitter with clamping, ITU-R 601 grayscale, reflect-padded blur). Working
+//! images are `[h, w, 3]` f32 in `[0, 1]`; outputs `[size, size, 3]` normalised. Each image's
+//! randomness comes from its own stream, seeded from (run seed, epoch, position, view), so a
+//! batch is the same whatever the thread count, and a resumed run sees the same views.
+
+use super::Dataset;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+
+/// One augmentation distribution; probabilities in `[0, 1]`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ViewConfig {
+    pub crop_scale: (f32, f32),
+    pub crop_ratio: (f32, f32),
+    pub flip: f32,
+    pub jitter: f32,
+    pub brightness: f32,
+    pub contrast: f32,
+    pub saturation: f32,
+    pub hue: f32,
+    pub grayscale: f32,
+    pub blur: f32,
+    pub blur_sigma: (f32, f32),
+    pub solarize: f32,
+}
+
+impl ViewConfig {
+    /// T, view 1.
+    pub const BYOL_T: ViewConfig = ViewConfig {
+        crop_scale: (0.08, 1.0),
+        crop_ratio: (3.0 / 4.0, 4.0 / 3.0),
+        flip: 0.5,
+        jitter: 0.8,
+        brightness: 0.4,
+        contrast: 0.4,
+        saturation: 0.2,
+        hue: 0.1,
+        grayscale: 0.2,
+        blur: 1.0,
+        blur_sigma: (0.1, 2.0),
+        solarize: 0.0,
+    };
+    /// T′, view 2: rarer blur, some solarisation.
+    pub const BYOL_T_PRIME: ViewConfig = ViewConfig {
+        blur: 0.1,
+        solarize: 0.2,
+        ..ViewConfig::BYOL_T
+    };
+    /// No augmentation at all (the whole image, resized).
+    pub const IDENTITY: ViewConfig = ViewConfig {
+        crop_scale: (1.0, 1.0),
+        crop_ratio: (1.0, 1.0),
+        flip: 0.0,
+        jitter: 0.0,
+        brightness: 0.0,
+        contrast: 0.0,
+        saturation: 0.0,
+        hue: 0.0,
+        grayscale: 0.0,
+        blur: 0.0,
+        blur_sigma: (0.1, 2.0),
+        solarize: 0.0,
+    };
+}
+
+/// The two views' distributions, the output size and the normalisation.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Augmenter {
+    pub views: [ViewConfig; 2],
+    pub size: usize,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+/// SplitMix64: turns structured keys into well-spread seeds.
+pub fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+impl Augmenter {
+    /// The two views of the images `indices` of `data`: `out[v]` is `[indices.len(), size,
+    /// size, 3]`. `stream` identifies the batch (e.g. from seed, epoch and step).
+    pub fn batch(&self, data: &Dataset, indices: &[usize], stream: u64, out: [&mut [f32]; 2]) {
+        let px = self.size * self.size * 3;
+        for (v, out) in out.into_iter().enumerate() {
+            out[..indices.len() * px]
+                .par_chunks_mut(px)
+                .zip(indices.par_iter())
+                .enumerate()
+                .for_each(|(j, (o, &i))| {
+                    let mut rng = ChaCha8Rng::seed_from_u64(mix(mix(stream ^ j as u64) ^ v as u64));
+                    self.view(&self.views[v], data.image(i), data.h, data.w, &mut rng, o)
+                });
+        }
+    }
+
+    /// The images `indices`, whole and unaugmented, resized and normalised (for evaluation).
+    pub fn plain(&self, data: &Dataset, indices: &[usize], out: &mut [f32]) {
+        let px = self.size * self.size * 3;
+        out[..indices.len() * px]
+            .par_chunks_mut(px)
+            .zip(indices.par_iter())
+            .for_each(|(o, &i)| {
+                let mut rng = ChaCha8Rng::seed_from_u64(0);
+                self.view(
+                    &ViewConfig::IDENTITY,
+                    data.image(i),
+                    data.h,
+                    data.w,
+                    &mut rng,
+                    o,
+                )
+            });
+    }
+
+    /// One augmented, normalised view of `img [h, w, 3]` into `out [size, size, 3]`.
+    pub fn view(
+        &self,
+        cfg: &ViewConfig,
+        img: &[u8],
+        h: usize,
+        w: usize,
+        rng: &mut impl Rng,
+        out: &mut [f32],
+    ) {
+        let (top, left, ch, cw) = crop_box(cfg, h, w, rng);
+        let s = self.size;
+        resize_bicubic(img, w, (top, left, ch, cw), s, out);
+        if rng.random::<f32>() < cfg.flip {
+            for row in out.chunks_exact_mut(s * 3) {
+                for x in 0..s / 2 {
+                    for c in 0..3 {
+                        row.swap(x * 3 + c, (s - 1 - x) * 3 + c);
+                    }
+                }
+            }
+        }
+        if rng.random::<f32>() < cfg.jitter {
+            colour_jitter(cfg, rng, out);
+        }
+        if rng.random::<f32>() < cfg.grayscale {
+            out.chunks_exact_mut(3).for_each(|p| p.fill(gray(p)));
+        }
+        if rng.random::<f32>() < cfg.blur {
+            let sigma = rng.random_range(cfg.blur_sigma.0..=cfg.blur_sigma.1);
+            gaussian_blur(out, s, blur_kernel_size(s), sigma);
+        }
+        if rng.random::<f32>() < cfg.solarize {
+            out.iter_mut().for_each(|v| {
+                if *v >= 0.5 {
+                    *v = 1.0 - *v
+                }
+            });
+        }
+        for p in out.chunks_exact_mut(3) {
+            for c in 0..3 {
+                p[c] = (p[c] - self.mean[c]) / self.std[c];
+            }
+        }
+    }
+}
+
+/// Blur kernel: about 10% of the side, odd (23 at 224 px, 3 at 32 px).
+pub fn blur_kernel_size(side: usize) -> usize {
+    ((side as f32 * 0.1).round() as usize).max(1) | 1
+}
+
+/// torchvision's `RandomResizedCrop.get_params`: ten tries at a random area and log-uniform
+/// aspect ratio that fits, else the largest centred crop within the ratio range.
+/// Returns (top, left, height, width).
+pub fn crop_box(
+    cfg: &ViewConfig,
+    h: usize,
+    w: usize,
+    rng: &mut impl Rng,
+) -> (usize, usize, usize, usize) {
+    let area = (h * w) as f32;
+    let (lr0, lr1) = (cfg.crop_ratio.0.ln(), cfg.crop_ratio.1.ln());
+    for _ in 0..10 {
+        let target = area * rng.random_range(cfg.crop_scale.0..=cfg.crop_scale.1);
+        let ratio = rng.random_range(lr0..=lr1).exp();
+        let cw = (target * ratio).sqrt().round() as usize;
+        let ch = (target / ratio).sqrt().round() as usize;
+        if 0 < cw && cw <= w && 0 < ch && ch <= h {
+            return (
+                rng.random_range(0..=h - ch),
+                rng.random_range(0..=w - cw),
+                ch,
+                cw,
+            );
+        }
+    }
+    let in_ratio = w as f32 / h as f32;
+    let (ch, cw) = if in_ratio < cfg.crop_ratio.0 {
+        ((w as f32 / cfg.crop_ratio.0).round() as usize, w)
+    } else if in_ratio > cfg.crop_ratio.1 {
+        (h, (h as f32 * cfg.crop_ratio.1).round() as usize)
+    } else {
+        (h, w)
+    };
+    ((h - ch) / 2, (w - cw) / 2, ch, cw)
+}
+
+/// Bicubic convolution weight (PyTorch's A = −0.75).
+fn cubic(x: f32) -> f32 {
+    const A: f32 = -0.75;
+    let x = x.abs();
+    if x <= 1.0 {
+        ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
+    } else if x < 2.0 {
+        ((A * x - 5.0 * A) * x + 8.0 * A) * x - 4.0 * A
+    } else {
+        0.0
+    }
+}
+
+/// Resizes the crop `(top, left, ch, cw)` of `img [·, w, 3]` (u8) to `[size, size, 3]` in
+/// `[0, 1]`, bicubic with half-pixel centres and edge clamping inside the crop (as PyTorch's
+/// `interpolate(mode="bicubic", align_corners=False)` on the cropped tensor), then clamped.
+fn resize_bicubic(
+    img: &[u8],
+    w: usize,
+    crop: (usize, usize, usize, usize),
+    size: usize,
+    out: &mut [f32],
+) {
+    let (top, left, ch, cw) = crop;
+    let taps = |o: usize, extent: usize| -> ([usize; 4], [f32; 4]) {
+        let src = (o as f32 + 0.5) * extent as f32 / size as f32 - 0.5;
+        let base = src.floor();
+        let t = src - base;
+        let idx = [-1, 0, 1, 2].map(|d| (base as isize + d).clamp(0, extent as isize - 1) as usize);
+        (
+            idx,
+            [cubic(1.0 + t), cubic(t), cubic(1.0 - t), cubic(2.0 - t)],
+        )
+    };
+    for oy in 0..size {
+        let (ys, wy) = taps(oy, ch);
+        for ox in 0..size {
+            let (xs, wx) = taps(ox, cw);
+            for c in 0..3 {
+                let mut v = 0.0f32;
+                for (&y, &a) in ys.iter().zip(&wy) {
+                    for (&x, &b) in xs.iter().zip(&wx) {
+                        v += a * b * img[((top + y) * w + left + x) * 3 + c] as f32;
+                    }
+                }
+                out[(oy * size + ox) * 3 + c] = (v / 255.0).clamp(0.0, 1.0);
+            }
+        }
+    }
+}
+
+/// ITU-R 601-2 luma, as torchvision's `rgb_to_grayscale`.
+fn gray(p: &[f32]) -> f32 {
+    0.299 * p[0] + 0.587 * p[1] + 0.114 * p[2]
+}
+
+/// torchvision's ColorJitter: factors drawn once, the four adjustments in random order.
+fn colour_jitter(cfg: &ViewConfig, rng: &mut impl Rng, img: &mut [f32]) {
+    let factor = |rng: &mut dyn rand::RngCore, amount: f32| {
+        rng.random_range((1.0 - amount).max(0.0)..=1.0 + amount)
+    };
+    let b = factor(rng, cfg.brightness);
+    let c = factor(rng, cfg.contrast);
+    let s = factor(rng, cfg.saturation);
+    let h = rng.random_range(-cfg.hue..=cfg.hue);
+    let mut order = [0, 1, 2, 3];
+    order.shuffle(rng);
+    for op in order {
+        match op {
+            0 => img.iter_mut().for_each(|v| *v = (*v * b).clamp(0.0, 1.0)),
+            1 => {
+                let mean = img.chunks_exact(3).map(gray).sum::<f32>() / (img.len() / 3) as f32;
+                img.iter_mut()
+                    .for_each(|v| *v = (c * *v + (1.0 - c) * mean).clamp(0.0, 1.0));
+            }
+            2 => img.chunks_exact_mut(3).for_each(|p| {
+                let g = gray(p);
+                p.iter_mut()
+                    .for_each(|v| *v = (s * *v + (1.0 - s) * g).clamp(0.0, 1.0));
+            }),
+            _ => img.chunks_exact_mut(3).for_each(|p| shift_hue(p, h)),
+        }
+    }
+}
+
+/// Rotates the hue of one RGB pixel by `shift` turns (through HSV, as torchvision).
+fn shift_hue(p: &mut [f32], shift: f32) {
+    let (r, g, b) = (p[0], p[1], p[2]);
+    let max = r.max(g).max(b);
+    let min = r.min(g).min(b);
+    let delta = max - min;
+    if delta <= 0.0 {
+        return; // gray: no hue to turn
+    }
+    let hue = if max == r {
+        ((g - b) / delta).rem_euclid(6.0)
+    } else if max == g {
+        (b - r) / delta + 2.0
+    } else {
+        (r - g) / delta + 4.0
+    } / 6.0;
+    let (h, s, v) = ((hue + shift).rem_euclid(1.0) * 6.0, delta / max, max);
+    let i = (h.floor() as usize).min(5);
+    let f = h - i as f32;
+    let (pp, q, t) = (v * (1.0 - s), v * (1.0 - s * f), v * (1.0 - s * (1.0 - f)));
+    let rgb = match i {
+        0 => [v, t, pp],
+        1 => [q, v, pp],
+        2 => [pp, v, t],
+        3 => [pp, q, v],
+        4 => [t, pp, v],
+        _ => [v, pp, q],
+    };
+    p.copy_from_slice(&rgb);
+}
+
+/// Separable gaussian blur of `img [side, side, 3]`, reflect padding (torchvision's).
+fn gaussian_blur(img: &mut [f32], side: usize, k: usize, sigma: f32) {
+    let half = (k / 2) as isize;
+    let mut weights: Vec<f32> = (-half..=half)
+        .map(|t| (-(t * t) as f32 / (2.0 * sigma * sigma)).exp())
+        .collect();
+    let total: f32 = weights.iter().sum();
+    weights.iter_mut().for_each(|w| *w /= total);
+    let reflect = |i: isize| -> usize {
+        let n = side as isize;
+        let i = if i < 0 { -i } else { i };
+        (if i >= n { 2 * (n - 1) - i } else { i }).clamp(0, n - 1) as usize
+    };
+    let mut tmp = vec![0.0f32; img.len()];
+    for pass in 0..2 {
+        let (src, dst) = if pass == 0 {
+            (&*img, &mut tmp[..])
+        } else {
+            (&tmp[..], &mut *img)
+        };
+        let src = src.to_vec();
+        for y in 0..side {
+            for x in 0..side {
+                for c in 0..3 {
+                    let mut v = 0.0;
+                    for (t, &wgt) in (-half..=half).zip(&weights) {
+                        let (sy, sx) = if pass == 0 {
+                            (y, reflect(x as isize + t))
+                        } else {
+                            (reflect(y as isize + t), x)
+                        };
+                        v += wgt * src[(sy * side + sx) * 3 + c];
+                    }
+                    dst[(y * side + x) * 3 + c] = v;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(h: usize, w: usize, seed: u64) -> Vec<u8> {
+        let mut r = ChaCha8Rng::seed_from_u64(seed);
+        (0..h * w * 3).map(|_| r.random()).collect()
+    }
+    fn unit(cfg: ViewConfig) -> Augmenter {
+        Augmenter {
+            views: [cfg, cfg],
+            size: 8,
+            mean: [0.0; 3],
+            std: [1.0; 3],
+        }
+    }
+
+    #[test]
+    fn identity_view_should_return_the_image_normalised() {
+        let img = image(8, 8, 1);
+        let aug = Augmenter {
+            views: [ViewConfig::IDENTITY; 2],
+            size: 8,
+            mean: [0.5, 0.4, 0.3],
+            std: [0.2, 0.25, 0.5],
+        };
+        let mut out = vec![0.0; 8 * 8 * 3];
+        aug.view(
+            &ViewConfig::IDENTITY,
+            &img,
+            8,
+            8,
+            &mut ChaCha8Rng::seed_from_u64(0),
+            &mut out,
+        );
+        for (i, (&o, &p)) in out.iter().zip(&img).enumerate() {
+            let expected = (p as f32 / 255.0 - aug.mean[i % 3]) / aug.std[i % 3];
+            assert!((o - expected).abs() < 1e-5, "pixel {i}: {o} vs {expected}");
+        }
+    }
+
+    #[test]
+    fn flip_grayscale_and_solarize_should_do_what_they_say() {
+        let img = image(8, 8, 2);
+        let px = |img: &[u8], y: usize, x: usize, c: usize| img[(y * 8 + x) * 3 + c] as f32 / 255.0;
+        let run = |cfg: ViewConfig| {
+            let mut out = vec![0.0; 8 * 8 * 3];
+            unit(cfg).view(
+                &cfg,
+                &img,
+                8,
+                8,
+                &mut ChaCha8Rng::seed_from_u64(0),
+                &mut out,
+            );
+            out
+        };
+        let flipped = run(ViewConfig {
+            flip: 1.0,
+            ..ViewConfig::IDENTITY
+        });
+        assert!((flipped[(3 * 8 + 1) * 3 + 2] - px(&img, 3, 6, 2)).abs() < 1e-5);
+        let gray = run(ViewConfig {
+            grayscale: 1.0,
+            ..ViewConfig::IDENTITY
+        });
+        let g = 0.299 * px(&img, 2, 5, 0) + 0.587 * px(&img, 2, 5, 1) + 0.114 * px(&img, 2, 5, 2);
+        assert!((0..3).all(|c| (gray[(2 * 8 + 5) * 3 + c] - g).abs() < 1e-5));
+        let sol = run(ViewConfig {
+            solarize: 1.0,
+            ..ViewConfig::IDENTITY
+        });
+        for (o, &p) in sol.iter().zip(&img) {
+            let v = p as f32 / 255.0;
+            assert!((o - if v >= 0.5 { 1.0 - v } else { v }).abs() < 1e-5);
+        }
+    }
+
+    #[test]
+    fn hue_shift_should_turn_colours_and_keep_gray() {
+        let mut red = [1.0, 0.0, 0.0];
+        shift_hue(&mut red, 1.0 / 3.0);
+        assert!(
+            (red[0] - 0.0).abs() < 1e-5 && (red[1] - 1.0).abs() < 1e-5 && red[2].abs() < 1e-5,
+            "{red:?}"
+        );
+        let mut p = [0.2, 0.5, 0.9];
+        shift_hue(&mut p, 0.0);
+        assert!(
+            (p[0] - 0.2).abs() < 1e-5 && (p[1] - 0.5).abs() < 1e-5 && (p[2] - 0.9).abs() < 1e-5
+        );
+        let mut g = [0.4, 0.4, 0.4];
+        shift_hue(&mut g, 0.3);
+        assert_eq!(g, [0.4, 0.4, 0.4]);
+    }
+
+    #[test]
+    fn blur_should_preserve_a_constant_image_and_smooth_an_impulse() {
+        let mut flat = vec![0.3f32; 9 * 9 * 3];
+        gaussian_blur(&mut flat, 9, 3, 1.0);
+        assert!(flat.iter().all(|v| (v - 0.3).abs() < 1e-6));
+        let mut dot = vec![0.0f32; 9 * 9 * 3];
+        dot[(4 * 9 + 4) * 3] = 1.0;
+        gaussian_blur(&mut dot, 9, 3, 1.0);
+        let total: f32 = dot.iter().step_by(3).sum();
+        assert!(
+            (total - 1.0).abs() < 1e-5 && dot[(4 * 9 + 4) * 3] < 0.5 && dot[(4 * 9 + 5) * 3] > 0.05
+        );
+        assert_eq!(
+            (
+                blur_kernel_size(224),
+                blur_kernel_size(32),
+                blur_kernel_size(96)
+            ),
+            (23, 3, 11)
+        );
+    }
+
+    #[test]
+    fn crops_should_cover_the_configured_area_and_ratio() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let mut areas = Vec::new();
+        for _ in 0..2000 {
+            let (t, l, h, w) = crop_box(&ViewConfig::BYOL_T, 32, 32, &mut rng);
+            assert!(t + h <= 32 && l + w <= 32 && h > 0 && w > 0);
+            areas.push((h * w) as f32 / 1024.0);
+        }
+        let mean = areas.iter().sum::<f32>() / areas.len() as f32;
+        assert!(
+            (0.45..0.6).contains(&mean),
+            "mean crop area {mean} (uniform on [0.08, 1] gives ~0.54)"
+        );
+        assert!(areas.iter().any(|&a| a < 0.15) && areas.iter().any(|&a| a > 0.9));
+    }
+
+    #[test]
+    fn batches_should_be_reproducible_and_views_differ() {
+        let data = Dataset {
+            name: "t".into(),
+            images: image(16, 16, 4).repeat(4),
+            labels: vec![0; 4],
+            h: 16,
+            w: 16,
+            classes: 1,
+        };
+        let aug = Augmenter {
+            views: [ViewConfig::BYOL_T, ViewConfig::BYOL_T_PRIME],
+            size: 16,
+            mean: [0.5; 3],
+            std: [0.25; 3],
+        };
+        let run = |threads: usize, stream: u64| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let (mut a, mut b) = (vec![0.0; 4 * 768], vec![0.0; 4 * 768]);
+            pool.install(|| aug.batch(&data, &[0, 1, 2, 3], stream, [&mut a, &mut b]));
+            (a, b)
+        };
+        let (a, b) = run(1, 7);
+        assert_eq!(
+            run(3, 7),
+            (a.clone(), b.clone()),
+            "thread count must not matter"
+        );
+        assert_ne!(a, b, "the two views differ");
+        assert_ne!(
+            a[..768],
+            a[768..1536],
+            "the same image gets its own randomness at each position"
+        );
+        assert_ne!(run(1, 8).0, a, "another batch, other views");
+        assert!(a.iter().all(|v| v.is_finite()));
+    }
+}
