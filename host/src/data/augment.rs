@@ -170,8 +170,8 @@ impl Augmenter {
             });
         }
         for p in out.chunks_exact_mut(3) {
-            for c in 0..3 {
-                p[c] = (p[c] - self.mean[c]) / self.std[c];
+            for ((v, m), s) in p.iter_mut().zip(self.mean).zip(self.std) {
+                *v = (*v - m) / s;
             }
         }
     }
