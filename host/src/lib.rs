@@ -3,12 +3,15 @@
 
 pub mod backend;
 pub mod byol;
+pub mod checkpoint;
 pub mod cpu;
 pub mod data;
 pub mod error;
+pub mod eval;
 pub mod mlp;
 pub mod nn;
 pub mod ptx;
+pub mod train;
 
 pub use backend::cpu::Cpu;
 #[cfg(feature = "cuda")]

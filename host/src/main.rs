@@ -1,14 +1,14 @@
-//! `host`: the BYOL command line. Only what works is offered; later milestones add the rest.
+//! `host`: the BYOL command line. Only what works is offered; planned commands say so.
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use host::byol::schedule::preset;
+use host::train::{RunOptions, TrainConfig};
+use host::{checkpoint, Error};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(
-    name = "host",
-    version,
-    about = "BYOL (Bootstrap Your Own Latent) self-supervised training in Rust"
-)]
+#[command(name = "host", version, about = "BYOL (Bootstrap Your Own Latent) self-supervised training in Rust")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -16,43 +16,120 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// [planned, not yet implemented] Train a ResNet encoder with BYOL.
-    Train,
-    /// [planned, not yet implemented] Evaluate a checkpoint (kNN monitor or linear evaluation).
-    Eval,
-    /// [planned, not yet implemented] Write the online encoder of a checkpoint for PyTorch.
-    Export,
+    /// Train a ResNet encoder with BYOL (no flags: the embedded data set, about ten minutes on two cores).
+    Train(TrainArgs),
+    /// Evaluate a checkpoint's online encoder.
+    #[command(subcommand)]
+    Eval(EvalCommand),
+    /// Write a checkpoint's online encoder alone, under torchvision's names (safetensors).
+    Export {
+        /// A training checkpoint (`checkpoint.safetensors` of a run).
+        checkpoint: PathBuf,
+        /// Where to write the encoder.
+        out: PathBuf,
+    },
     /// [planned, not yet implemented] Run one of the paper's ablation studies.
     Ablate,
     /// Check the GPU path: open GPU 0, load the kernels, report the device (needs `--features cuda`).
     GpuInfo,
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let planned = |what: &str| {
-        eprintln!("`{what}` is planned but not implemented yet: this build has the kernels and their backends only.");
-        ExitCode::from(2)
-    };
-    match cli.command {
-        Command::Train => planned("train"),
-        Command::Eval => planned("eval"),
-        Command::Export => planned("export"),
-        Command::Ablate => planned("ablate"),
-        Command::GpuInfo => gpu_info(),
+#[derive(Subcommand)]
+enum EvalCommand {
+    /// kNN accuracy (k = 200, temperature 0.1 unless the run said otherwise) on the held-out split.
+    Knn { checkpoint: PathBuf },
+    /// [planned, not yet implemented] Linear evaluation: a linear classifier on the frozen encoder.
+    Linear { checkpoint: PathBuf },
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// Output folder: metrics.jsonl, checkpoint.safetensors, config.json.
+    #[arg(long, default_value = "runs/byol")]
+    out: PathBuf,
+    /// Continue from a checkpoint of the same configuration.
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// Stop after this many epochs in total (the schedules still span --epochs); resume later.
+    #[arg(long)]
+    stop_after_epochs: Option<usize>,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// The official hyper-parameters for a length: 40, 100, 300 or 1000 epochs
+    /// (sets epochs, base lr, weight decay and τ_base; explicit flags override).
+    #[arg(long)]
+    preset: Option<String>,
+    #[arg(long)]
+    dataset: Option<String>,
+    /// Images in the synthetic training split.
+    #[arg(long)]
+    train_size: Option<usize>,
+    /// Images in the synthetic held-out split.
+    #[arg(long)]
+    test_size: Option<usize>,
+    /// resnet18, resnet34 or resnet50.
+    #[arg(long)]
+    arch: Option<String>,
+    /// cifar (3×3, no max-pool) or imagenet (7×7 stride 2, max-pool).
+    #[arg(long)]
+    stem: Option<String>,
+    /// Channels of the first stage (torchvision: 64).
+    #[arg(long)]
+    width: Option<usize>,
+    #[arg(long)]
+    epochs: Option<usize>,
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Learning rate per 256 images (lr = base_lr · batch / 256).
+    #[arg(long)]
+    base_lr: Option<f64>,
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    /// Target decay at step 0, rising to 1 along a cosine.
+    #[arg(long)]
+    tau_base: Option<f64>,
+    #[arg(long)]
+    warmup_epochs: Option<usize>,
+    #[arg(long)]
+    projector_hidden: Option<usize>,
+    #[arg(long)]
+    projection_dim: Option<usize>,
+    #[arg(long)]
+    predictor_hidden: Option<usize>,
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+impl TrainArgs {
+    fn config(&self) -> Result<TrainConfig, Error> {
+        let mut c = TrainConfig::default();
+        if let Some(name) = &self.preset {
+            let p = preset(name).ok_or_else(|| Error::InvalidArgument(format!("unknown preset {name:?}: expected 40, 100, 300 or 1000")))?;
+            (c.epochs, c.base_lr, c.weight_decay, c.tau_base) = (p.epochs, p.base_lr, p.weight_decay, p.tau_base);
+            c.warmup_epochs = 10;
+        }
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = &self.$f { c.$f = v.clone(); } )* };
+        }
+        set!(dataset, train_size, test_size, arch, stem, width, epochs, batch_size, base_lr, weight_decay, tau_base);
+        set!(warmup_epochs, projector_hidden, projection_dim, predictor_hidden, seed);
+        Ok(c)
     }
 }
 
-#[cfg(feature = "cuda")]
-fn gpu_info() -> ExitCode {
-    match host::Cuda::new(0).and_then(|g| g.device_name()) {
-        Ok(name) => {
-            println!(
-                "GPU 0: {name}; {} kernels loaded from the embedded PTX",
-                host::ptx::KERNEL_NAMES.len()
-            );
-            ExitCode::SUCCESS
-        }
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Train(args) => train(&args),
+        Command::Eval(EvalCommand::Knn { checkpoint }) => eval_knn(&checkpoint),
+        Command::Eval(EvalCommand::Linear { .. }) => planned("eval linear"),
+        Command::Export { checkpoint, out } => export(&checkpoint, &out),
+        Command::Ablate => planned("ablate"),
+        Command::GpuInfo => gpu_info(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
@@ -60,10 +137,85 @@ fn gpu_info() -> ExitCode {
     }
 }
 
-#[cfg(not(feature = "cuda"))]
-fn gpu_info() -> ExitCode {
+fn planned(what: &str) -> Result<(), Error> {
+    Err(Error::InvalidArgument(format!("`{what}` is planned but not implemented yet")))
+}
+
+fn train(args: &TrainArgs) -> Result<(), Error> {
+    let cfg = args.config()?;
+    if let Some(t) = args.threads {
+        rayon::ThreadPoolBuilder::new().num_threads(t.max(1)).build_global().map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    }
+    let opts = RunOptions { out: args.out.clone(), resume: args.resume.clone(), stop_after_epochs: args.stop_after_epochs, progress: true };
     eprintln!(
-        "error: this binary was built without the `cuda` feature; rebuild with `--features cuda`"
+        "BYOL: {} (width {}, {} stem) on {} ({} train / {} held-out images), {} epochs of batch {}, {} threads → {}",
+        cfg.arch,
+        cfg.width,
+        cfg.stem,
+        cfg.dataset,
+        cfg.train_size,
+        cfg.test_size,
+        cfg.epochs,
+        cfg.batch_size,
+        rayon::current_num_threads(),
+        args.out.display()
     );
-    ExitCode::FAILURE
+    let s = host::train::train(&cfg, &opts)?;
+    println!("\nsummary ({})", s.out.display());
+    println!("  epoch   loss     kNN top-1");
+    if let Some(k) = s.knn_init {
+        println!("  init    -        {:6.2}%", 100.0 * k);
+    }
+    for e in &s.epochs {
+        println!("  {:<6}  {:.4}   {:6.2}%", e.epoch, e.loss, 100.0 * e.knn_top1);
+    }
+    if let (Some(k0), Some(last)) = (s.knn_init, s.epochs.last()) {
+        println!("  kNN top-1: {:.2}% at initialisation → {:.2}% trained", 100.0 * k0, 100.0 * last.knn_top1);
+    }
+    println!("  throughput {:.0} images/s (two views each)", s.images_per_s);
+    Ok(())
+}
+
+/// The run configuration stored in a checkpoint.
+fn stored_config(path: &Path) -> Result<TrainConfig, Error> {
+    let bad = |reason: String| Error::Checkpoint { path: path.into(), reason };
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(format!("not a safetensors file ({e})")))?;
+    let json = header.metadata().as_ref().and_then(|m| m.get("config").cloned()).ok_or_else(|| bad("no run configuration in its metadata".into()))?;
+    serde_json::from_str(&json).map_err(|e| bad(format!("unreadable configuration ({e})")))
+}
+
+fn eval_knn(path: &Path) -> Result<(), Error> {
+    let cfg = stored_config(path)?;
+    let byol = host::byol::Byol::new(cfg.byol_config()?)?;
+    let (state, _) = checkpoint::load(path, &byol)?;
+    let (train, test) = host::train::load_data(&cfg);
+    let aug = host::train::augmenter(&train);
+    let (enc, run) = (byol.encoder_params(), byol.encoder_running());
+    let bank = host::eval::embed(&byol.encoder, &state.online[enc.clone()], &state.online_running[run.clone()], &train, &aug, 256)?;
+    let q = host::eval::embed(&byol.encoder, &state.online[enc], &state.online_running[run], &test, &aug, 256)?;
+    let acc = host::eval::knn_accuracy(&bank, &train.labels, &q, &test.labels, byol.encoder.repr_dim(), train.classes, cfg.knn_k, cfg.knn_temperature as f32);
+    println!("kNN top-1 (k = {}, T = {}): {:.2}% on {} held-out images", cfg.knn_k, cfg.knn_temperature, 100.0 * acc, test.len());
+    Ok(())
+}
+
+fn export(path: &Path, out: &Path) -> Result<(), Error> {
+    let cfg = stored_config(path)?;
+    let byol = host::byol::Byol::new(cfg.byol_config()?)?;
+    let (state, _) = checkpoint::load(path, &byol)?;
+    checkpoint::export_encoder(out, &byol, &state)?;
+    println!("wrote the online encoder ({}, width {}) to {}", cfg.arch, cfg.width, out.display());
+    Ok(())
+}
+
+#[cfg(feature = "cuda")]
+fn gpu_info() -> Result<(), Error> {
+    let gpu = host::Cuda::new(0)?;
+    println!("GPU 0: {}; {} kernels loaded from the embedded PTX", gpu.device_name()?, host::ptx::KERNEL_NAMES.len());
+    Ok(())
+}
+
+#[cfg(not(feature = "cuda"))]
+fn gpu_info() -> Result<(), Error> {
+    Err(Error::InvalidArgument("this binary was built without the `cuda` feature; rebuild with `--features cuda`".into()))
 }

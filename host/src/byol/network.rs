@@ -287,7 +287,8 @@ impl Byol {
             Some(&mut work.grad_p),
         );
         if !loss.is_finite() {
-            return Err(Error::InvalidArgument(format!("loss is {loss}")));
+            // Stop before the non-finite gradient reaches any parameter.
+            return Err(Error::Diverged { step: state.step, loss });
         }
         let (genc, rest) = work.grads.split_at_mut(enc.end);
         let (gproj, gpred) = rest.split_at_mut(proj.len());

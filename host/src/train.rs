@@ -1,0 +1,315 @@
+//! The training run: data, augmentation on a prefetch thread, the BYOL step with its
+//! schedules, the kNN monitor after every epoch, metrics (JSONL), checkpoints and resuming.
+//!
+//! Files in the output folder: `metrics.jsonl` (one record per step and per epoch),
+//! `checkpoint.safetensors` (after every epoch, written atomically), `config.json`.
+//! A run is a pure function of its configuration: the seed fixes initialisation, data order
+//! and augmentations, so with the same thread count two runs are bit-identical, and a run
+//! resumed from an epoch's checkpoint continues exactly as the uninterrupted one.
+
+use crate::byol::schedule::{learning_rate, tau};
+use crate::byol::{Byol, ByolConfig, LarsConfig};
+use crate::checkpoint;
+use crate::data::augment::{mix, Augmenter, ViewConfig};
+use crate::data::{synthetic, Dataset};
+use crate::error::{Error, Result};
+use crate::eval::{embed, knn_accuracy};
+use crate::nn::{Arch, ResNetConfig, Stem};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Everything that defines a run. The defaults are the embedded data set at a size that
+/// trains in about ten minutes on two cores.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// `synthetic` (the embedded data set).
+    pub dataset: String,
+    /// Images in the synthetic training and held-out splits.
+    pub train_size: usize,
+    pub test_size: usize,
+    pub arch: String,
+    /// `cifar` or `imagenet`.
+    pub stem: String,
+    pub width: usize,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub base_lr: f64,
+    pub weight_decay: f64,
+    pub tau_base: f64,
+    pub warmup_epochs: usize,
+    pub projector_hidden: usize,
+    pub projection_dim: usize,
+    pub predictor_hidden: usize,
+    pub knn_k: usize,
+    pub knn_temperature: f64,
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            dataset: "synthetic".into(),
+            train_size: 5000,
+            test_size: 1000,
+            arch: "resnet18".into(),
+            stem: "cifar".into(),
+            width: 16,
+            epochs: 20,
+            batch_size: 128,
+            // The official 40-epoch preset (the shortest): base lr 0.45, weight decay 1e-6, τ 0.97.
+            base_lr: 0.45,
+            weight_decay: 1e-6,
+            tau_base: 0.97,
+            warmup_epochs: 2,
+            projector_hidden: 4096,
+            projection_dim: 256,
+            predictor_hidden: 4096,
+            knn_k: 200,
+            knn_temperature: 0.1,
+            seed: 0,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Rejects settings no run can use, naming the field.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidArgument(m));
+        if self.dataset != "synthetic" {
+            return bad(format!("dataset {:?} is not available: this build has `synthetic` only", self.dataset));
+        }
+        if self.epochs == 0 {
+            return bad("epochs must be at least 1".into());
+        }
+        if self.batch_size < 2 {
+            return bad(format!("batch size must be at least 2 (BatchNorm needs two samples), got {}", self.batch_size));
+        }
+        if self.batch_size > self.train_size {
+            return bad(format!("batch size {} is larger than the training set ({} images)", self.batch_size, self.train_size));
+        }
+        if !(self.base_lr > 0.0 && self.base_lr.is_finite()) {
+            return bad(format!("base lr must be positive, got {}", self.base_lr));
+        }
+        if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
+            return bad(format!("weight decay must be ≥ 0, got {}", self.weight_decay));
+        }
+        if !(0.0..=1.0).contains(&self.tau_base) {
+            return bad(format!("tau_base must lie in [0, 1], got {}", self.tau_base));
+        }
+        if self.test_size == 0 || self.knn_k == 0 || self.knn_temperature <= 0.0 {
+            return bad("the kNN monitor needs a test split, k ≥ 1 and a positive temperature".into());
+        }
+        self.byol_config().map(|_| ())
+    }
+
+    pub fn byol_config(&self) -> Result<ByolConfig> {
+        let stem = match self.stem.as_str() {
+            "cifar" => Stem::Cifar,
+            "imagenet" => Stem::ImageNet,
+            s => return Err(Error::InvalidArgument(format!("stem {s:?}: expected cifar or imagenet"))),
+        };
+        let arch: Arch = self.arch.parse()?;
+        Ok(ByolConfig {
+            encoder: ResNetConfig { arch, stem, width: self.width, in_channels: 3 },
+            projector_hidden: self.projector_hidden,
+            projection: self.projection_dim,
+            predictor_hidden: self.predictor_hidden,
+        })
+    }
+
+    fn json(&self) -> String {
+        serde_json::to_string(self).expect("a config serialises")
+    }
+}
+
+/// One epoch's results.
+#[derive(Clone, Debug, Serialize)]
+pub struct EpochRecord {
+    pub epoch: usize,
+    pub loss: f64,
+    pub knn_top1: f64,
+    pub seconds: f64,
+}
+
+/// What a run reports at its end.
+#[derive(Clone, Debug)]
+pub struct Summary {
+    /// kNN accuracy of the encoder at initialisation (absent when resumed).
+    pub knn_init: Option<f64>,
+    pub epochs: Vec<EpochRecord>,
+    pub images_per_s: f64,
+    pub out: PathBuf,
+}
+
+/// Where a run writes, and whether it resumes or stops early.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    pub out: PathBuf,
+    pub resume: Option<PathBuf>,
+    /// Stop after this many epochs in total (the schedules still span `epochs`).
+    pub stop_after_epochs: Option<usize>,
+    /// Print progress to standard error.
+    pub progress: bool,
+}
+
+/// The data of a configuration: train and held-out splits.
+pub fn load_data(cfg: &TrainConfig) -> (Dataset, Dataset) {
+    synthetic::synthetic(cfg.seed, cfg.train_size, cfg.test_size)
+}
+
+/// The augmentations and normalisation for `train`.
+pub fn augmenter(train: &Dataset) -> Augmenter {
+    let (mean, std) = train.channel_stats();
+    Augmenter { views: [ViewConfig::BYOL_T, ViewConfig::BYOL_T_PRIME], size: train.h, mean, std }
+}
+
+/// Checks, before any work, that the output folder can be written.
+fn prepare_out(out: &Path) -> Result<()> {
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let probe = out.join(".write-test");
+    std::fs::write(&probe, b"").map_err(|e| Error::io(out, e))?;
+    std::fs::remove_file(&probe).map_err(|e| Error::io(&probe, e))
+}
+
+fn knn_of(byol: &Byol, state: &crate::byol::ByolState, train: &Dataset, test: &Dataset, aug: &Augmenter, cfg: &TrainConfig) -> Result<f64> {
+    let (enc, run) = (byol.encoder_params(), byol.encoder_running());
+    let bank = embed(&byol.encoder, &state.online[enc.clone()], &state.online_running[run.clone()], train, aug, 256)?;
+    let queries = embed(&byol.encoder, &state.online[enc], &state.online_running[run], test, aug, 256)?;
+    let dim = byol.encoder.repr_dim();
+    Ok(knn_accuracy(&bank, &train.labels, &queries, &test.labels, dim, train.classes, cfg.knn_k, cfg.knn_temperature as f32))
+}
+
+/// Trains as configured. Returns the per-epoch record.
+pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
+    cfg.validate()?;
+    prepare_out(&opts.out)?;
+    let (train, test) = load_data(cfg);
+    let aug = augmenter(&train);
+    let byol = Byol::new(cfg.byol_config()?)?;
+    let mut state = match &opts.resume {
+        None => byol.init(cfg.seed),
+        Some(path) => {
+            let (state, stored) = checkpoint::load(path, &byol)?;
+            let stored: TrainConfig = serde_json::from_str(&stored).map_err(|e| Error::Checkpoint { path: path.clone(), reason: format!("unreadable configuration ({e})") })?;
+            if &stored != cfg {
+                return Err(Error::Checkpoint { path: path.clone(), reason: format!("it was written by another configuration: {}", config_diff(&stored, cfg)) });
+            }
+            state
+        }
+    };
+    std::fs::write(opts.out.join("config.json"), serde_json::to_string_pretty(cfg).unwrap()).map_err(|e| Error::io(opts.out.join("config.json"), e))?;
+    let metrics_path = opts.out.join("metrics.jsonl");
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(opts.resume.is_some())
+        .write(true)
+        .truncate(opts.resume.is_none())
+        .open(&metrics_path)
+        .map_err(|e| Error::io(&metrics_path, e))?;
+    let mut record = |line: serde_json::Value| -> Result<()> { writeln!(metrics, "{line}").map_err(|e| Error::io(&metrics_path, e)) };
+
+    let (b, n) = (cfg.batch_size, train.len());
+    let steps_per_epoch = n / b;
+    let total = (cfg.epochs * steps_per_epoch) as u64;
+    let warmup = cfg.warmup_epochs * steps_per_epoch;
+    let peak = cfg.base_lr * b as f64 / 256.0;
+    let lars = LarsConfig { weight_decay: cfg.weight_decay as f32, ..LarsConfig::default() };
+    let first_epoch = (state.step / steps_per_epoch as u64) as usize;
+    let last_epoch = opts.stop_after_epochs.unwrap_or(cfg.epochs).min(cfg.epochs);
+
+    let knn_init = if opts.resume.is_none() {
+        let acc = knn_of(&byol, &state, &train, &test, &aug, cfg)?;
+        record(serde_json::json!({"kind": "epoch", "epoch": 0, "knn_top1": acc}))?;
+        if opts.progress {
+            eprintln!("kNN top-1 at initialisation: {:.2}%", 100.0 * acc);
+        }
+        Some(acc)
+    } else {
+        None
+    };
+    let mut work = byol.work(b, aug.size, aug.size)?;
+    let px = aug.size * aug.size * 3;
+    let mut epochs = Vec::new();
+    let (run_start, mut images) = (Instant::now(), 0usize);
+    for epoch in first_epoch..last_epoch {
+        let start = Instant::now();
+        let mut order: Vec<usize> = (0..n).collect();
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(mix(cfg.seed ^ mix(epoch as u64))));
+        let mut loss_sum = 0.0f64;
+        // Augmentation runs on its own thread, up to two batches ahead of the step.
+        std::thread::scope(|scope| -> Result<()> {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<[Vec<f32>; 2]>(2);
+            let (aug, train, order) = (&aug, &train, &order);
+            scope.spawn(move || {
+                for s in 0..steps_per_epoch {
+                    let k = (epoch * steps_per_epoch + s) as u64;
+                    let (mut v1, mut v2) = (vec![0.0f32; b * px], vec![0.0f32; b * px]);
+                    aug.batch(train, &order[s * b..(s + 1) * b], mix(cfg.seed ^ mix(k ^ 0x5eed)), [&mut v1, &mut v2]);
+                    if tx.send([v1, v2]).is_err() {
+                        return; // the step stopped (an error): nothing more to make
+                    }
+                }
+            });
+            for s in 0..steps_per_epoch {
+                let [v1, v2] = rx.recv().expect("the augmentation thread sends every batch");
+                let k = state.step as usize;
+                let (lr, t) = (learning_rate(peak, k, warmup, total as usize), tau(cfg.tau_base, k, total as usize));
+                let step_start = Instant::now();
+                let loss = byol.step(&mut state, &mut work, [&v1, &v2], lr as f32, t as f32, &lars)?.loss;
+                loss_sum += loss as f64;
+                images += b;
+                let ips = b as f64 / step_start.elapsed().as_secs_f64();
+                record(serde_json::json!({"kind": "step", "step": k, "epoch": epoch + 1, "loss": loss, "lr": lr, "tau": t, "images_per_s": ips}))?;
+                if opts.progress {
+                    let ips = images as f64 / run_start.elapsed().as_secs_f64();
+                    let left = (total - state.step) as usize * b;
+                    progress(epoch + 1, cfg.epochs, s + 1, steps_per_epoch, loss, lr, t, ips, left);
+                }
+            }
+            Ok(())
+        })?;
+        let acc = knn_of(&byol, &state, &train, &test, &aug, cfg)?;
+        let rec = EpochRecord { epoch: epoch + 1, loss: loss_sum / steps_per_epoch as f64, knn_top1: acc, seconds: start.elapsed().as_secs_f64() };
+        record(serde_json::json!({"kind": "epoch", "epoch": rec.epoch, "loss": rec.loss, "knn_top1": acc, "seconds": rec.seconds}))?;
+        checkpoint::save(&opts.out.join("checkpoint.safetensors"), &byol, &state, &cfg.json())?;
+        if opts.progress {
+            let line = format!("epoch {}/{}: loss {:.4}, kNN top-1 {:.2}%, {:.0} s", rec.epoch, cfg.epochs, rec.loss, 100.0 * acc, rec.seconds);
+            eprintln!("{}{line}", if std::io::stderr().is_terminal() { "\r\x1b[2K" } else { "" });
+        }
+        epochs.push(rec);
+    }
+    Ok(Summary { knn_init, epochs, images_per_s: images as f64 / run_start.elapsed().as_secs_f64(), out: opts.out.clone() })
+}
+
+/// The progress line: a bar over the epoch, loss, lr, τ, throughput and time left.
+#[allow(clippy::too_many_arguments)]
+fn progress(epoch: usize, epochs: usize, s: usize, steps: usize, loss: f32, lr: f64, tau: f64, ips: f64, images_left: usize) {
+    let width = 20;
+    let filled = width * s / steps;
+    let bar = "#".repeat(filled) + &".".repeat(width - filled);
+    let eta = (images_left as f64 / ips.max(1e-9)) as u64;
+    let line = format!(
+        "epoch {epoch}/{epochs} [{bar}] step {s}/{steps} loss {loss:.4} lr {lr:.4} τ {tau:.4} {ips:.0} img/s ETA {}m{:02}s",
+        eta / 60,
+        eta % 60
+    );
+    if std::io::stderr().is_terminal() {
+        eprint!("\r\x1b[2K{line}");
+    } else if s == steps || s % 10 == 0 {
+        eprintln!("{line}");
+    }
+}
+
+/// The fields in which two configurations differ, `name: stored → requested`.
+fn config_diff(stored: &TrainConfig, requested: &TrainConfig) -> String {
+    let (a, b) = (serde_json::to_value(stored).unwrap(), serde_json::to_value(requested).unwrap());
+    let (a, b) = (a.as_object().unwrap(), b.as_object().unwrap());
+    let diffs: Vec<String> = a.iter().filter(|(k, v)| b.get(*k) != Some(v)).map(|(k, v)| format!("{k}: {v} → {}", b[k])).collect();
+    diffs.join(", ")
+}
