@@ -16,8 +16,21 @@ use safetensors::SafeTensors;
 use std::collections::HashMap;
 use std::path::Path;
 
-/// Metadata stored beside the tensors.
+/// The checkpoint format's name.
 pub const FORMAT: &str = "byol-rs checkpoint v1";
+
+/// The one metadata entry of a training checkpoint. One entry, because safetensors takes
+/// metadata as a `HashMap`, whose order (and so the file's bytes) would vary between saves.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Meta {
+    format: String,
+    step: u64,
+    /// The run's configuration, as JSON.
+    config: String,
+}
+
+/// The metadata key holding [`Meta`].
+const META_KEY: &str = "byol-rs";
 
 fn to_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
@@ -25,23 +38,63 @@ fn to_bytes(v: &[f32]) -> Vec<u8> {
 
 /// `(name, shape, bytes)` of every parameter of `registry` in `flat`, in PyTorch's layout,
 /// limited to those that end before `limit` (the target has no predictor).
-fn param_tensors(registry: &Registry, prefix: &str, flat: &[f32], limit: usize) -> Vec<(String, Vec<usize>, Vec<u8>)> {
+fn param_tensors(
+    registry: &Registry,
+    prefix: &str,
+    flat: &[f32],
+    limit: usize,
+) -> Vec<(String, Vec<usize>, Vec<u8>)> {
     let params = registry.params.iter().filter(|p| p.range.end <= limit);
-    params.map(|p| (format!("{prefix}{}", p.name), p.shape.clone(), to_bytes(&registry.to_torch(p, flat)))).collect()
+    params
+        .map(|p| {
+            (
+                format!("{prefix}{}", p.name),
+                p.shape.clone(),
+                to_bytes(&registry.to_torch(p, flat)),
+            )
+        })
+        .collect()
 }
 
-fn buffer_tensors(registry: &Registry, prefix: &str, flat: &[f32]) -> Vec<(String, Vec<usize>, Vec<u8>)> {
-    let buffers = registry.buffers.iter().filter(|b| b.range.end <= flat.len());
-    buffers.map(|b| (format!("{prefix}{}", b.name), b.shape.clone(), to_bytes(&flat[b.range.clone()]))).collect()
+fn buffer_tensors(
+    registry: &Registry,
+    prefix: &str,
+    flat: &[f32],
+) -> Vec<(String, Vec<usize>, Vec<u8>)> {
+    let buffers = registry
+        .buffers
+        .iter()
+        .filter(|b| b.range.end <= flat.len());
+    buffers
+        .map(|b| {
+            (
+                format!("{prefix}{}", b.name),
+                b.shape.clone(),
+                to_bytes(&flat[b.range.clone()]),
+            )
+        })
+        .collect()
 }
 
 /// Serialises `tensors` with `metadata` and writes them to `path` atomically.
-fn write_atomic(path: &Path, tensors: Vec<(String, Vec<usize>, Vec<u8>)>, metadata: HashMap<String, String>) -> Result<()> {
+fn write_atomic(
+    path: &Path,
+    tensors: Vec<(String, Vec<usize>, Vec<u8>)>,
+    metadata: HashMap<String, String>,
+) -> Result<()> {
     let views: Vec<(String, TensorView)> = tensors
         .iter()
-        .map(|(n, s, b)| (n.clone(), TensorView::new(Dtype::F32, s.clone(), b).expect("shape matches bytes")))
+        .map(|(n, s, b)| {
+            (
+                n.clone(),
+                TensorView::new(Dtype::F32, s.clone(), b).expect("shape matches bytes"),
+            )
+        })
         .collect();
-    let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| Error::Checkpoint { path: path.into(), reason: e.to_string() })?;
+    let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| Error::Checkpoint {
+        path: path.into(),
+        reason: e.to_string(),
+    })?;
     let tmp = path.with_extension("safetensors.tmp");
     std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
@@ -51,60 +104,130 @@ fn write_atomic(path: &Path, tensors: Vec<(String, Vec<usize>, Vec<u8>)>, metada
 pub fn save(path: &Path, byol: &Byol, state: &ByolState, config: &str) -> Result<()> {
     let r = &byol.registry;
     let mut t = param_tensors(r, "online.", &state.online, usize::MAX);
-    t.extend(param_tensors(r, "target.", &state.target, state.target.len()));
+    t.extend(param_tensors(
+        r,
+        "target.",
+        &state.target,
+        state.target.len(),
+    ));
     t.extend(param_tensors(r, "momentum.", &state.momentum, usize::MAX));
     t.extend(buffer_tensors(r, "online.", &state.online_running));
     t.extend(buffer_tensors(r, "target.", &state.target_running));
-    let meta = HashMap::from([
-        ("format".to_string(), FORMAT.to_string()),
-        ("config".to_string(), config.to_string()),
-        ("step".to_string(), state.step.to_string()),
-    ]);
-    write_atomic(path, t, meta)
+    let meta = Meta {
+        format: FORMAT.into(),
+        step: state.step,
+        config: config.into(),
+    };
+    write_atomic(
+        path,
+        t,
+        HashMap::from([(
+            META_KEY.to_string(),
+            serde_json::to_string(&meta).expect("serialises"),
+        )]),
+    )
 }
 
 /// Reads a training checkpoint written by [`save`] for the same networks. Returns the state
 /// and the stored configuration (JSON).
 pub fn load(path: &Path, byol: &Byol) -> Result<(ByolState, String)> {
-    let bad = |reason: String| Error::Checkpoint { path: path.into(), reason };
+    let bad = |reason: String| Error::Checkpoint {
+        path: path.into(),
+        reason,
+    };
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(format!("not a safetensors file ({e})")))?;
-    let meta = header.metadata().clone().unwrap_or_default();
-    if meta.get("format").map(String::as_str) != Some(FORMAT) {
-        return Err(bad(format!("not a training checkpoint of this program (format {:?})", meta.get("format"))));
-    }
+    let (_, header) = SafeTensors::read_metadata(&bytes)
+        .map_err(|e| bad(format!("not a safetensors file ({e})")))?;
+    let meta = read_meta(path, header.metadata().as_ref())?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
     let mut state = byol.init(0);
-    let step = meta.get("step").and_then(|s| s.parse().ok()).ok_or_else(|| bad("metadata lacks the step".into()))?;
-    state.step = step;
+    state.step = meta.step;
     let r = &byol.registry;
     let read = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
-        let t = st.tensor(name).map_err(|_| bad(format!("lacks tensor {name}: it was written for other networks")))?;
+        let t = st.tensor(name).map_err(|_| {
+            bad(format!(
+                "lacks tensor {name}: it was written for other networks"
+            ))
+        })?;
         if t.dtype() != Dtype::F32 || t.shape() != shape {
-            return Err(bad(format!("tensor {name} is {:?} {:?}, expected F32 {shape:?}: other networks", t.dtype(), t.shape())));
+            return Err(bad(format!(
+                "tensor {name} is {:?} {:?}, expected F32 {shape:?}: other networks",
+                t.dtype(),
+                t.shape()
+            )));
         }
-        Ok(t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+        Ok(t.data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect())
     };
-    for (prefix, flat) in [("online.", &mut state.online), ("target.", &mut state.target), ("momentum.", &mut state.momentum)] {
+    for (prefix, flat) in [
+        ("online.", &mut state.online),
+        ("target.", &mut state.target),
+        ("momentum.", &mut state.momentum),
+    ] {
         let len = flat.len();
         for p in r.params.iter().filter(|p| p.range.end <= len) {
             r.from_torch(p, &read(&format!("{prefix}{}", p.name), &p.shape)?, flat);
         }
     }
-    for (prefix, flat) in [("online.", &mut state.online_running), ("target.", &mut state.target_running)] {
+    for (prefix, flat) in [
+        ("online.", &mut state.online_running),
+        ("target.", &mut state.target_running),
+    ] {
         let len = flat.len();
         for b in r.buffers.iter().filter(|b| b.range.end <= len) {
             flat[b.range.clone()].copy_from_slice(&read(&format!("{prefix}{}", b.name), &b.shape)?);
         }
     }
     // What `save` writes: online and momentum parameters, online buffers, and the target's.
-    let target_params = r.params.iter().filter(|p| p.range.end <= state.target.len()).count();
-    let target_buffers = r.buffers.iter().filter(|b| b.range.end <= state.target_running.len()).count();
+    let target_params = r
+        .params
+        .iter()
+        .filter(|p| p.range.end <= state.target.len())
+        .count();
+    let target_buffers = r
+        .buffers
+        .iter()
+        .filter(|b| b.range.end <= state.target_running.len())
+        .count();
     let expected = 2 * r.params.len() + r.buffers.len() + target_params + target_buffers;
     if st.len() != expected {
-        return Err(bad(format!("holds {} tensors, these networks have {expected}: other networks", st.len())));
+        return Err(bad(format!(
+            "holds {} tensors, these networks have {expected}: other networks",
+            st.len()
+        )));
     }
-    Ok((state, meta.get("config").cloned().unwrap_or_default()))
+    Ok((state, meta.config))
+}
+
+fn read_meta(path: &Path, metadata: Option<&HashMap<String, String>>) -> Result<Meta> {
+    let bad = |reason: String| Error::Checkpoint {
+        path: path.into(),
+        reason,
+    };
+    let json = metadata.and_then(|m| m.get(META_KEY)).ok_or_else(|| {
+        bad("not a training checkpoint of this program (no byol-rs metadata)".into())
+    })?;
+    let meta: Meta =
+        serde_json::from_str(json).map_err(|e| bad(format!("unreadable metadata ({e})")))?;
+    if meta.format != FORMAT {
+        return Err(bad(format!(
+            "format {:?}, expected {FORMAT:?}",
+            meta.format
+        )));
+    }
+    Ok(meta)
+}
+
+/// The run configuration (JSON) stored in a training checkpoint, read without its tensors.
+pub fn stored_config(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| Error::Checkpoint {
+        path: path.into(),
+        reason: format!("not a safetensors file ({e})"),
+    })?;
+    Ok(read_meta(path, header.metadata().as_ref())?.config)
 }
 
 /// Writes the online encoder alone, under torchvision's names, in PyTorch's layouts.
@@ -112,7 +235,14 @@ pub fn export_encoder(path: &Path, byol: &Byol, state: &ByolState) -> Result<()>
     let enc = &byol.encoder.registry;
     let n = enc.param_len();
     let mut t = param_tensors(enc, "", &state.online[..n], n);
-    t.extend(buffer_tensors(enc, "", &state.online_running[..enc.buffer_len()]));
-    let meta = HashMap::from([("format".to_string(), "torchvision resnet state_dict (no fc)".to_string())]);
+    t.extend(buffer_tensors(
+        enc,
+        "",
+        &state.online_running[..enc.buffer_len()],
+    ));
+    let meta = HashMap::from([(
+        "format".to_string(),
+        "torchvision resnet state_dict (no fc)".to_string(),
+    )]);
     write_atomic(path, t, meta)
 }

@@ -24,10 +24,16 @@ pub enum Error {
     Cuda(String),
     /// A file that could not be read or written.
     #[error("{path}: {source}")]
-    Io { path: std::path::PathBuf, source: std::io::Error },
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     /// A checkpoint that is not what the run needs (corrupt, or another architecture).
     #[error("checkpoint {path}: {reason}")]
-    Checkpoint { path: std::path::PathBuf, reason: String },
+    Checkpoint {
+        path: std::path::PathBuf,
+        reason: String,
+    },
     /// Training produced a non-finite loss.
     #[error("training diverged at step {step}: the loss is {loss}; the last checkpoint (if any) is intact")]
     Diverged { step: u64, loss: f32 },
@@ -36,7 +42,10 @@ pub enum Error {
 impl Error {
     /// An I/O error naming the file.
     pub fn io(path: impl Into<std::path::PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
 }
 

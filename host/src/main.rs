@@ -8,7 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "host", version, about = "BYOL (Bootstrap Your Own Latent) self-supervised training in Rust")]
+#[command(
+    name = "host",
+    version,
+    about = "BYOL (Bootstrap Your Own Latent) self-supervised training in Rust"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -105,15 +109,38 @@ impl TrainArgs {
     fn config(&self) -> Result<TrainConfig, Error> {
         let mut c = TrainConfig::default();
         if let Some(name) = &self.preset {
-            let p = preset(name).ok_or_else(|| Error::InvalidArgument(format!("unknown preset {name:?}: expected 40, 100, 300 or 1000")))?;
-            (c.epochs, c.base_lr, c.weight_decay, c.tau_base) = (p.epochs, p.base_lr, p.weight_decay, p.tau_base);
+            let p = preset(name).ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "unknown preset {name:?}: expected 40, 100, 300 or 1000"
+                ))
+            })?;
+            (c.epochs, c.base_lr, c.weight_decay, c.tau_base) =
+                (p.epochs, p.base_lr, p.weight_decay, p.tau_base);
             c.warmup_epochs = 10;
         }
         macro_rules! set {
             ($($f:ident),*) => { $( if let Some(v) = &self.$f { c.$f = v.clone(); } )* };
         }
-        set!(dataset, train_size, test_size, arch, stem, width, epochs, batch_size, base_lr, weight_decay, tau_base);
-        set!(warmup_epochs, projector_hidden, projection_dim, predictor_hidden, seed);
+        set!(
+            dataset,
+            train_size,
+            test_size,
+            arch,
+            stem,
+            width,
+            epochs,
+            batch_size,
+            base_lr,
+            weight_decay,
+            tau_base
+        );
+        set!(
+            warmup_epochs,
+            projector_hidden,
+            projection_dim,
+            predictor_hidden,
+            seed
+        );
         Ok(c)
     }
 }
@@ -138,15 +165,25 @@ fn main() -> ExitCode {
 }
 
 fn planned(what: &str) -> Result<(), Error> {
-    Err(Error::InvalidArgument(format!("`{what}` is planned but not implemented yet")))
+    Err(Error::InvalidArgument(format!(
+        "`{what}` is planned but not implemented yet"
+    )))
 }
 
 fn train(args: &TrainArgs) -> Result<(), Error> {
     let cfg = args.config()?;
     if let Some(t) = args.threads {
-        rayon::ThreadPoolBuilder::new().num_threads(t.max(1)).build_global().map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(t.max(1))
+            .build_global()
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
     }
-    let opts = RunOptions { out: args.out.clone(), resume: args.resume.clone(), stop_after_epochs: args.stop_after_epochs, progress: true };
+    let opts = RunOptions {
+        out: args.out.clone(),
+        resume: args.resume.clone(),
+        stop_after_epochs: args.stop_after_epochs,
+        progress: true,
+    };
     eprintln!(
         "BYOL: {} (width {}, {} stem) on {} ({} train / {} held-out images), {} epochs of batch {}, {} threads → {}",
         cfg.arch,
@@ -167,22 +204,34 @@ fn train(args: &TrainArgs) -> Result<(), Error> {
         println!("  init    -        {:6.2}%", 100.0 * k);
     }
     for e in &s.epochs {
-        println!("  {:<6}  {:.4}   {:6.2}%", e.epoch, e.loss, 100.0 * e.knn_top1);
+        println!(
+            "  {:<6}  {:.4}   {:6.2}%",
+            e.epoch,
+            e.loss,
+            100.0 * e.knn_top1
+        );
     }
     if let (Some(k0), Some(last)) = (s.knn_init, s.epochs.last()) {
-        println!("  kNN top-1: {:.2}% at initialisation → {:.2}% trained", 100.0 * k0, 100.0 * last.knn_top1);
+        println!(
+            "  kNN top-1: {:.2}% at initialisation → {:.2}% trained",
+            100.0 * k0,
+            100.0 * last.knn_top1
+        );
     }
-    println!("  throughput {:.0} images/s (two views each)", s.images_per_s);
+    println!(
+        "  throughput {:.0} images/s (two views each)",
+        s.images_per_s
+    );
     Ok(())
 }
 
 /// The run configuration stored in a checkpoint.
 fn stored_config(path: &Path) -> Result<TrainConfig, Error> {
-    let bad = |reason: String| Error::Checkpoint { path: path.into(), reason };
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(format!("not a safetensors file ({e})")))?;
-    let json = header.metadata().as_ref().and_then(|m| m.get("config").cloned()).ok_or_else(|| bad("no run configuration in its metadata".into()))?;
-    serde_json::from_str(&json).map_err(|e| bad(format!("unreadable configuration ({e})")))
+    let json = checkpoint::stored_config(path)?;
+    serde_json::from_str(&json).map_err(|e| Error::Checkpoint {
+        path: path.into(),
+        reason: format!("unreadable configuration ({e})"),
+    })
 }
 
 fn eval_knn(path: &Path) -> Result<(), Error> {
@@ -192,10 +241,39 @@ fn eval_knn(path: &Path) -> Result<(), Error> {
     let (train, test) = host::train::load_data(&cfg);
     let aug = host::train::augmenter(&train);
     let (enc, run) = (byol.encoder_params(), byol.encoder_running());
-    let bank = host::eval::embed(&byol.encoder, &state.online[enc.clone()], &state.online_running[run.clone()], &train, &aug, 256)?;
-    let q = host::eval::embed(&byol.encoder, &state.online[enc], &state.online_running[run], &test, &aug, 256)?;
-    let acc = host::eval::knn_accuracy(&bank, &train.labels, &q, &test.labels, byol.encoder.repr_dim(), train.classes, cfg.knn_k, cfg.knn_temperature as f32);
-    println!("kNN top-1 (k = {}, T = {}): {:.2}% on {} held-out images", cfg.knn_k, cfg.knn_temperature, 100.0 * acc, test.len());
+    let bank = host::eval::embed(
+        &byol.encoder,
+        &state.online[enc.clone()],
+        &state.online_running[run.clone()],
+        &train,
+        &aug,
+        256,
+    )?;
+    let q = host::eval::embed(
+        &byol.encoder,
+        &state.online[enc],
+        &state.online_running[run],
+        &test,
+        &aug,
+        256,
+    )?;
+    let acc = host::eval::knn_accuracy(
+        &bank,
+        &train.labels,
+        &q,
+        &test.labels,
+        byol.encoder.repr_dim(),
+        train.classes,
+        cfg.knn_k,
+        cfg.knn_temperature as f32,
+    );
+    println!(
+        "kNN top-1 (k = {}, T = {}): {:.2}% on {} held-out images",
+        cfg.knn_k,
+        cfg.knn_temperature,
+        100.0 * acc,
+        test.len()
+    );
     Ok(())
 }
 
@@ -204,18 +282,29 @@ fn export(path: &Path, out: &Path) -> Result<(), Error> {
     let byol = host::byol::Byol::new(cfg.byol_config()?)?;
     let (state, _) = checkpoint::load(path, &byol)?;
     checkpoint::export_encoder(out, &byol, &state)?;
-    println!("wrote the online encoder ({}, width {}) to {}", cfg.arch, cfg.width, out.display());
+    println!(
+        "wrote the online encoder ({}, width {}) to {}",
+        cfg.arch,
+        cfg.width,
+        out.display()
+    );
     Ok(())
 }
 
 #[cfg(feature = "cuda")]
 fn gpu_info() -> Result<(), Error> {
     let gpu = host::Cuda::new(0)?;
-    println!("GPU 0: {}; {} kernels loaded from the embedded PTX", gpu.device_name()?, host::ptx::KERNEL_NAMES.len());
+    println!(
+        "GPU 0: {}; {} kernels loaded from the embedded PTX",
+        gpu.device_name()?,
+        host::ptx::KERNEL_NAMES.len()
+    );
     Ok(())
 }
 
 #[cfg(not(feature = "cuda"))]
 fn gpu_info() -> Result<(), Error> {
-    Err(Error::InvalidArgument("this binary was built without the `cuda` feature; rebuild with `--features cuda`".into()))
+    Err(Error::InvalidArgument(
+        "this binary was built without the `cuda` feature; rebuild with `--features cuda`".into(),
+    ))
 }

@@ -82,28 +82,45 @@ impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::InvalidArgument(m));
         if self.dataset != "synthetic" {
-            return bad(format!("dataset {:?} is not available: this build has `synthetic` only", self.dataset));
+            return bad(format!(
+                "dataset {:?} is not available: this build has `synthetic` only",
+                self.dataset
+            ));
         }
         if self.epochs == 0 {
             return bad("epochs must be at least 1".into());
         }
         if self.batch_size < 2 {
-            return bad(format!("batch size must be at least 2 (BatchNorm needs two samples), got {}", self.batch_size));
+            return bad(format!(
+                "batch size must be at least 2 (BatchNorm needs two samples), got {}",
+                self.batch_size
+            ));
         }
         if self.batch_size > self.train_size {
-            return bad(format!("batch size {} is larger than the training set ({} images)", self.batch_size, self.train_size));
+            return bad(format!(
+                "batch size {} is larger than the training set ({} images)",
+                self.batch_size, self.train_size
+            ));
         }
         if !(self.base_lr > 0.0 && self.base_lr.is_finite()) {
             return bad(format!("base lr must be positive, got {}", self.base_lr));
         }
         if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
-            return bad(format!("weight decay must be ≥ 0, got {}", self.weight_decay));
+            return bad(format!(
+                "weight decay must be ≥ 0, got {}",
+                self.weight_decay
+            ));
         }
         if !(0.0..=1.0).contains(&self.tau_base) {
-            return bad(format!("tau_base must lie in [0, 1], got {}", self.tau_base));
+            return bad(format!(
+                "tau_base must lie in [0, 1], got {}",
+                self.tau_base
+            ));
         }
         if self.test_size == 0 || self.knn_k == 0 || self.knn_temperature <= 0.0 {
-            return bad("the kNN monitor needs a test split, k ≥ 1 and a positive temperature".into());
+            return bad(
+                "the kNN monitor needs a test split, k ≥ 1 and a positive temperature".into(),
+            );
         }
         self.byol_config().map(|_| ())
     }
@@ -112,11 +129,20 @@ impl TrainConfig {
         let stem = match self.stem.as_str() {
             "cifar" => Stem::Cifar,
             "imagenet" => Stem::ImageNet,
-            s => return Err(Error::InvalidArgument(format!("stem {s:?}: expected cifar or imagenet"))),
+            s => {
+                return Err(Error::InvalidArgument(format!(
+                    "stem {s:?}: expected cifar or imagenet"
+                )))
+            }
         };
         let arch: Arch = self.arch.parse()?;
         Ok(ByolConfig {
-            encoder: ResNetConfig { arch, stem, width: self.width, in_channels: 3 },
+            encoder: ResNetConfig {
+                arch,
+                stem,
+                width: self.width,
+                in_channels: 3,
+            },
             projector_hidden: self.projector_hidden,
             projection: self.projection_dim,
             predictor_hidden: self.predictor_hidden,
@@ -166,7 +192,12 @@ pub fn load_data(cfg: &TrainConfig) -> (Dataset, Dataset) {
 /// The augmentations and normalisation for `train`.
 pub fn augmenter(train: &Dataset) -> Augmenter {
     let (mean, std) = train.channel_stats();
-    Augmenter { views: [ViewConfig::BYOL_T, ViewConfig::BYOL_T_PRIME], size: train.h, mean, std }
+    Augmenter {
+        views: [ViewConfig::BYOL_T, ViewConfig::BYOL_T_PRIME],
+        size: train.h,
+        mean,
+        std,
+    }
 }
 
 /// Checks, before any work, that the output folder can be written.
@@ -177,12 +208,42 @@ fn prepare_out(out: &Path) -> Result<()> {
     std::fs::remove_file(&probe).map_err(|e| Error::io(&probe, e))
 }
 
-fn knn_of(byol: &Byol, state: &crate::byol::ByolState, train: &Dataset, test: &Dataset, aug: &Augmenter, cfg: &TrainConfig) -> Result<f64> {
+fn knn_of(
+    byol: &Byol,
+    state: &crate::byol::ByolState,
+    train: &Dataset,
+    test: &Dataset,
+    aug: &Augmenter,
+    cfg: &TrainConfig,
+) -> Result<f64> {
     let (enc, run) = (byol.encoder_params(), byol.encoder_running());
-    let bank = embed(&byol.encoder, &state.online[enc.clone()], &state.online_running[run.clone()], train, aug, 256)?;
-    let queries = embed(&byol.encoder, &state.online[enc], &state.online_running[run], test, aug, 256)?;
+    let bank = embed(
+        &byol.encoder,
+        &state.online[enc.clone()],
+        &state.online_running[run.clone()],
+        train,
+        aug,
+        256,
+    )?;
+    let queries = embed(
+        &byol.encoder,
+        &state.online[enc],
+        &state.online_running[run],
+        test,
+        aug,
+        256,
+    )?;
     let dim = byol.encoder.repr_dim();
-    Ok(knn_accuracy(&bank, &train.labels, &queries, &test.labels, dim, train.classes, cfg.knn_k, cfg.knn_temperature as f32))
+    Ok(knn_accuracy(
+        &bank,
+        &train.labels,
+        &queries,
+        &test.labels,
+        dim,
+        train.classes,
+        cfg.knn_k,
+        cfg.knn_temperature as f32,
+    ))
 }
 
 /// Trains as configured. Returns the per-epoch record.
@@ -196,14 +257,28 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         None => byol.init(cfg.seed),
         Some(path) => {
             let (state, stored) = checkpoint::load(path, &byol)?;
-            let stored: TrainConfig = serde_json::from_str(&stored).map_err(|e| Error::Checkpoint { path: path.clone(), reason: format!("unreadable configuration ({e})") })?;
+            let stored: TrainConfig =
+                serde_json::from_str(&stored).map_err(|e| Error::Checkpoint {
+                    path: path.clone(),
+                    reason: format!("unreadable configuration ({e})"),
+                })?;
             if &stored != cfg {
-                return Err(Error::Checkpoint { path: path.clone(), reason: format!("it was written by another configuration: {}", config_diff(&stored, cfg)) });
+                return Err(Error::Checkpoint {
+                    path: path.clone(),
+                    reason: format!(
+                        "it was written by another configuration: {}",
+                        config_diff(&stored, cfg)
+                    ),
+                });
             }
             state
         }
     };
-    std::fs::write(opts.out.join("config.json"), serde_json::to_string_pretty(cfg).unwrap()).map_err(|e| Error::io(opts.out.join("config.json"), e))?;
+    std::fs::write(
+        opts.out.join("config.json"),
+        serde_json::to_string_pretty(cfg).unwrap(),
+    )
+    .map_err(|e| Error::io(opts.out.join("config.json"), e))?;
     let metrics_path = opts.out.join("metrics.jsonl");
     let mut metrics = std::fs::OpenOptions::new()
         .create(true)
@@ -212,14 +287,19 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         .truncate(opts.resume.is_none())
         .open(&metrics_path)
         .map_err(|e| Error::io(&metrics_path, e))?;
-    let mut record = |line: serde_json::Value| -> Result<()> { writeln!(metrics, "{line}").map_err(|e| Error::io(&metrics_path, e)) };
+    let mut record = |line: serde_json::Value| -> Result<()> {
+        writeln!(metrics, "{line}").map_err(|e| Error::io(&metrics_path, e))
+    };
 
     let (b, n) = (cfg.batch_size, train.len());
     let steps_per_epoch = n / b;
     let total = (cfg.epochs * steps_per_epoch) as u64;
     let warmup = cfg.warmup_epochs * steps_per_epoch;
     let peak = cfg.base_lr * b as f64 / 256.0;
-    let lars = LarsConfig { weight_decay: cfg.weight_decay as f32, ..LarsConfig::default() };
+    let lars = LarsConfig {
+        weight_decay: cfg.weight_decay as f32,
+        ..LarsConfig::default()
+    };
     let first_epoch = (state.step / steps_per_epoch as u64) as usize;
     let last_epoch = opts.stop_after_epochs.unwrap_or(cfg.epochs).min(cfg.epochs);
 
@@ -240,7 +320,9 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
     for epoch in first_epoch..last_epoch {
         let start = Instant::now();
         let mut order: Vec<usize> = (0..n).collect();
-        order.shuffle(&mut ChaCha8Rng::seed_from_u64(mix(cfg.seed ^ mix(epoch as u64))));
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(mix(
+            cfg.seed ^ mix(epoch as u64)
+        )));
         let mut loss_sum = 0.0f64;
         // Augmentation runs on its own thread, up to two batches ahead of the step.
         std::thread::scope(|scope| -> Result<()> {
@@ -250,46 +332,118 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
                 for s in 0..steps_per_epoch {
                     let k = (epoch * steps_per_epoch + s) as u64;
                     let (mut v1, mut v2) = (vec![0.0f32; b * px], vec![0.0f32; b * px]);
-                    aug.batch(train, &order[s * b..(s + 1) * b], mix(cfg.seed ^ mix(k ^ 0x5eed)), [&mut v1, &mut v2]);
+                    aug.batch(
+                        train,
+                        &order[s * b..(s + 1) * b],
+                        mix(cfg.seed ^ mix(k ^ 0x5eed)),
+                        [&mut v1, &mut v2],
+                    );
                     if tx.send([v1, v2]).is_err() {
                         return; // the step stopped (an error): nothing more to make
                     }
                 }
             });
             for s in 0..steps_per_epoch {
-                let [v1, v2] = rx.recv().expect("the augmentation thread sends every batch");
+                let [v1, v2] = rx
+                    .recv()
+                    .expect("the augmentation thread sends every batch");
                 let k = state.step as usize;
-                let (lr, t) = (learning_rate(peak, k, warmup, total as usize), tau(cfg.tau_base, k, total as usize));
+                let (lr, t) = (
+                    learning_rate(peak, k, warmup, total as usize),
+                    tau(cfg.tau_base, k, total as usize),
+                );
                 let step_start = Instant::now();
-                let loss = byol.step(&mut state, &mut work, [&v1, &v2], lr as f32, t as f32, &lars)?.loss;
+                let loss = byol
+                    .step(
+                        &mut state,
+                        &mut work,
+                        [&v1, &v2],
+                        lr as f32,
+                        t as f32,
+                        &lars,
+                    )?
+                    .loss;
                 loss_sum += loss as f64;
                 images += b;
                 let ips = b as f64 / step_start.elapsed().as_secs_f64();
-                record(serde_json::json!({"kind": "step", "step": k, "epoch": epoch + 1, "loss": loss, "lr": lr, "tau": t, "images_per_s": ips}))?;
+                record(
+                    serde_json::json!({"kind": "step", "step": k, "epoch": epoch + 1, "loss": loss, "lr": lr, "tau": t, "images_per_s": ips}),
+                )?;
                 if opts.progress {
                     let ips = images as f64 / run_start.elapsed().as_secs_f64();
                     let left = (total - state.step) as usize * b;
-                    progress(epoch + 1, cfg.epochs, s + 1, steps_per_epoch, loss, lr, t, ips, left);
+                    progress(
+                        epoch + 1,
+                        cfg.epochs,
+                        s + 1,
+                        steps_per_epoch,
+                        loss,
+                        lr,
+                        t,
+                        ips,
+                        left,
+                    );
                 }
             }
             Ok(())
         })?;
         let acc = knn_of(&byol, &state, &train, &test, &aug, cfg)?;
-        let rec = EpochRecord { epoch: epoch + 1, loss: loss_sum / steps_per_epoch as f64, knn_top1: acc, seconds: start.elapsed().as_secs_f64() };
-        record(serde_json::json!({"kind": "epoch", "epoch": rec.epoch, "loss": rec.loss, "knn_top1": acc, "seconds": rec.seconds}))?;
-        checkpoint::save(&opts.out.join("checkpoint.safetensors"), &byol, &state, &cfg.json())?;
+        let rec = EpochRecord {
+            epoch: epoch + 1,
+            loss: loss_sum / steps_per_epoch as f64,
+            knn_top1: acc,
+            seconds: start.elapsed().as_secs_f64(),
+        };
+        record(
+            serde_json::json!({"kind": "epoch", "epoch": rec.epoch, "loss": rec.loss, "knn_top1": acc, "seconds": rec.seconds}),
+        )?;
+        checkpoint::save(
+            &opts.out.join("checkpoint.safetensors"),
+            &byol,
+            &state,
+            &cfg.json(),
+        )?;
         if opts.progress {
-            let line = format!("epoch {}/{}: loss {:.4}, kNN top-1 {:.2}%, {:.0} s", rec.epoch, cfg.epochs, rec.loss, 100.0 * acc, rec.seconds);
-            eprintln!("{}{line}", if std::io::stderr().is_terminal() { "\r\x1b[2K" } else { "" });
+            let line = format!(
+                "epoch {}/{}: loss {:.4}, kNN top-1 {:.2}%, {:.0} s",
+                rec.epoch,
+                cfg.epochs,
+                rec.loss,
+                100.0 * acc,
+                rec.seconds
+            );
+            eprintln!(
+                "{}{line}",
+                if std::io::stderr().is_terminal() {
+                    "\r\x1b[2K"
+                } else {
+                    ""
+                }
+            );
         }
         epochs.push(rec);
     }
-    Ok(Summary { knn_init, epochs, images_per_s: images as f64 / run_start.elapsed().as_secs_f64(), out: opts.out.clone() })
+    Ok(Summary {
+        knn_init,
+        epochs,
+        images_per_s: images as f64 / run_start.elapsed().as_secs_f64(),
+        out: opts.out.clone(),
+    })
 }
 
 /// The progress line: a bar over the epoch, loss, lr, τ, throughput and time left.
 #[allow(clippy::too_many_arguments)]
-fn progress(epoch: usize, epochs: usize, s: usize, steps: usize, loss: f32, lr: f64, tau: f64, ips: f64, images_left: usize) {
+fn progress(
+    epoch: usize,
+    epochs: usize,
+    s: usize,
+    steps: usize,
+    loss: f32,
+    lr: f64,
+    tau: f64,
+    ips: f64,
+    images_left: usize,
+) {
     let width = 20;
     let filled = width * s / steps;
     let bar = "#".repeat(filled) + &".".repeat(width - filled);
@@ -308,8 +462,15 @@ fn progress(epoch: usize, epochs: usize, s: usize, steps: usize, loss: f32, lr: 
 
 /// The fields in which two configurations differ, `name: stored → requested`.
 fn config_diff(stored: &TrainConfig, requested: &TrainConfig) -> String {
-    let (a, b) = (serde_json::to_value(stored).unwrap(), serde_json::to_value(requested).unwrap());
+    let (a, b) = (
+        serde_json::to_value(stored).unwrap(),
+        serde_json::to_value(requested).unwrap(),
+    );
     let (a, b) = (a.as_object().unwrap(), b.as_object().unwrap());
-    let diffs: Vec<String> = a.iter().filter(|(k, v)| b.get(*k) != Some(v)).map(|(k, v)| format!("{k}: {v} → {}", b[k])).collect();
+    let diffs: Vec<String> = a
+        .iter()
+        .filter(|(k, v)| b.get(*k) != Some(v))
+        .map(|(k, v)| format!("{k}: {v} → {}", b[k]))
+        .collect();
     diffs.join(", ")
 }

@@ -288,7 +288,10 @@ impl Byol {
         );
         if !loss.is_finite() {
             // Stop before the non-finite gradient reaches any parameter.
-            return Err(Error::Diverged { step: state.step, loss });
+            return Err(Error::Diverged {
+                step: state.step,
+                loss,
+            });
         }
         let (genc, rest) = work.grads.split_at_mut(enc.end);
         let (gproj, gpred) = rest.split_at_mut(proj.len());

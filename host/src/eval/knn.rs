@@ -12,7 +12,14 @@ use crate::nn::ResNet;
 use rayon::prelude::*;
 
 /// Representations `[n, repr_dim]` of every image of `data`, in batches of `batch`.
-pub fn embed(encoder: &ResNet, params: &[f32], running: &[f32], data: &Dataset, aug: &Augmenter, batch: usize) -> Result<Vec<f32>> {
+pub fn embed(
+    encoder: &ResNet,
+    params: &[f32],
+    running: &[f32],
+    data: &Dataset,
+    aug: &Augmenter,
+    batch: usize,
+) -> Result<Vec<f32>> {
     let dim = encoder.repr_dim();
     let mut out = vec![0.0f32; data.len() * dim];
     let mut running = running.to_vec(); // evaluation mode reads it and leaves it as it is
@@ -23,7 +30,10 @@ pub fn embed(encoder: &ResNet, params: &[f32], running: &[f32], data: &Dataset, 
         let idx: Vec<usize> = (start..data.len().min(start + batch)).collect();
         let n = idx.len();
         aug.plain(data, &idx, &mut images);
-        if acts.as_ref().is_none_or(|a: &crate::nn::Activations| a.n != n) {
+        if acts
+            .as_ref()
+            .is_none_or(|a: &crate::nn::Activations| a.n != n)
+        {
             acts = Some(encoder.activations(n, aug.size, aug.size)?);
         }
         let acts = acts.as_mut().unwrap();
@@ -65,7 +75,10 @@ pub fn knn_accuracy(
         correct += sims[..m * n]
             .par_chunks(n)
             .enumerate()
-            .filter(|&(i, row)| predict(row, bank_labels, classes, k, temperature) == query_labels[c * CHUNK + i] as usize)
+            .filter(|&(i, row)| {
+                predict(row, bank_labels, classes, k, temperature)
+                    == query_labels[c * CHUNK + i] as usize
+            })
             .count();
     }
     correct as f64 / query_labels.len().max(1) as f64
@@ -91,7 +104,16 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     /// Brute force in f64: sort every similarity, sum the weights of the k best per class.
-    fn reference(bank: &[f32], bl: &[u16], q: &[f32], ql: &[u16], dim: usize, classes: usize, k: usize, t: f64) -> f64 {
+    fn reference(
+        bank: &[f32],
+        bl: &[u16],
+        q: &[f32],
+        ql: &[u16],
+        dim: usize,
+        classes: usize,
+        k: usize,
+        t: f64,
+    ) -> f64 {
         let norm = |v: &[f32]| -> Vec<f64> {
             let n = v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
             v.iter().map(|&x| x as f64 / n).collect()
@@ -99,8 +121,11 @@ mod tests {
         let bank: Vec<Vec<f64>> = bank.chunks(dim).map(norm).collect();
         let mut correct = 0;
         for (qi, qv) in q.chunks(dim).map(norm).enumerate() {
-            let mut s: Vec<(f64, usize)> =
-                bank.iter().enumerate().map(|(j, b)| (b.iter().zip(&qv).map(|(a, c)| a * c).sum(), j)).collect();
+            let mut s: Vec<(f64, usize)> = bank
+                .iter()
+                .enumerate()
+                .map(|(j, b)| (b.iter().zip(&qv).map(|(a, c)| a * c).sum(), j))
+                .collect();
             s.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap());
             let mut votes = vec![0.0; classes];
             for &(sim, j) in &s[..k] {
@@ -117,11 +142,20 @@ mod tests {
         let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(1);
         let (dim, classes) = (8, 3);
         // Three noisy clusters, so accuracy is neither 0 nor 1.
-        let centres: Vec<Vec<f32>> = (0..classes).map(|_| (0..dim).map(|_| r.random_range(-1.0..1.0)).collect()).collect();
+        let centres: Vec<Vec<f32>> = (0..classes)
+            .map(|_| (0..dim).map(|_| r.random_range(-1.0..1.0)).collect())
+            .collect();
         let mut sample = |n: usize| {
             let labels: Vec<u16> = (0..n).map(|i| (i % classes) as u16).collect();
-            let feats: Vec<f32> =
-                labels.iter().flat_map(|&l| centres[l as usize].iter().map(|c| c + r.random_range(-1.2..1.2)).collect::<Vec<_>>()).collect();
+            let feats: Vec<f32> = labels
+                .iter()
+                .flat_map(|&l| {
+                    centres[l as usize]
+                        .iter()
+                        .map(|c| c + r.random_range(-1.2..1.2))
+                        .collect::<Vec<_>>()
+                })
+                .collect();
             (feats, labels)
         };
         let (bank, bl) = sample(300);
@@ -129,7 +163,10 @@ mod tests {
         for (k, t) in [(1, 0.1), (20, 0.1), (200, 0.07), (300, 1.0)] {
             let ours = knn_accuracy(&bank, &bl, &q, &ql, dim, classes, k, t as f32);
             let expected = reference(&bank, &bl, &q, &ql, dim, classes, k, t);
-            assert!((ours - expected).abs() <= 1.0 / 290.0 + 1e-12, "k {k}: {ours} vs {expected}");
+            assert!(
+                (ours - expected).abs() <= 1.0 / 290.0 + 1e-12,
+                "k {k}: {ours} vs {expected}"
+            );
             assert!(ours > 0.4 && ours < 1.0, "k {k}: {ours}");
         }
     }

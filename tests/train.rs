@@ -1,0 +1,308 @@
+//! Training runs end to end on a tiny configuration: reproducibility, resuming, checkpoints
+//! and export, bad input, divergence.
+
+use host::train::{train, RunOptions, TrainConfig};
+use host::Error;
+use std::path::{Path, PathBuf};
+
+fn tiny() -> TrainConfig {
+    TrainConfig {
+        train_size: 64,
+        test_size: 32,
+        width: 4,
+        epochs: 2,
+        batch_size: 16,
+        warmup_epochs: 1,
+        projector_hidden: 64,
+        projection_dim: 32,
+        predictor_hidden: 64,
+        knn_k: 10,
+        ..TrainConfig::default()
+    }
+}
+
+fn dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("byol-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn opts(out: &Path) -> RunOptions {
+    RunOptions {
+        out: out.to_path_buf(),
+        ..RunOptions::default()
+    }
+}
+
+fn losses(out: &Path) -> Vec<String> {
+    let m = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    m.lines()
+        .filter(|l| l.contains("\"step\""))
+        .map(|l| {
+            l.split("\"loss\":")
+                .nth(1)
+                .unwrap()
+                .split(',')
+                .next()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn same_seed_should_give_bit_identical_runs() {
+    let (a, b) = (dir("rep-a"), dir("rep-b"));
+    let sa = train(&tiny(), &opts(&a)).unwrap();
+    train(&tiny(), &opts(&b)).unwrap();
+    let read = |d: &Path| std::fs::read(d.join("checkpoint.safetensors")).unwrap();
+    assert_eq!(read(&a), read(&b), "checkpoints differ");
+    assert_eq!(losses(&a), losses(&b));
+    assert_eq!(losses(&a).len(), 8, "2 epochs of 64/16 steps");
+    assert!(sa.knn_init.is_some() && sa.epochs.len() == 2);
+    let c = dir("rep-c");
+    train(&TrainConfig { seed: 1, ..tiny() }, &opts(&c)).unwrap();
+    assert_ne!(losses(&a), losses(&c), "another seed, another run");
+}
+
+#[test]
+fn a_resumed_run_should_equal_the_uninterrupted_run() {
+    let (full, part) = (dir("full"), dir("part"));
+    train(&tiny(), &opts(&full)).unwrap();
+    train(
+        &tiny(),
+        &RunOptions {
+            stop_after_epochs: Some(1),
+            ..opts(&part)
+        },
+    )
+    .unwrap();
+    let resume = RunOptions {
+        resume: Some(part.join("checkpoint.safetensors")),
+        ..opts(&part)
+    };
+    let s = train(&tiny(), &resume).unwrap();
+    assert_eq!(s.epochs.len(), 1, "one epoch left");
+    let read = |d: &Path| std::fs::read(d.join("checkpoint.safetensors")).unwrap();
+    assert_eq!(
+        losses(&full),
+        losses(&part),
+        "metrics.jsonl continues where it stopped"
+    );
+    assert!(
+        read(&full) == read(&part),
+        "resumed checkpoint differs from the uninterrupted one"
+    );
+}
+
+#[test]
+fn export_should_write_the_encoder_under_torchvision_names() {
+    let out = dir("export");
+    train(
+        &TrainConfig {
+            epochs: 1,
+            ..tiny()
+        },
+        &opts(&out),
+    )
+    .unwrap();
+    let cfg = tiny();
+    let byol = host::byol::Byol::new(cfg.byol_config().unwrap()).unwrap();
+    let (state, _) = host::checkpoint::load(&out.join("checkpoint.safetensors"), &byol).unwrap();
+    let path = out.join("encoder.safetensors");
+    host::checkpoint::export_encoder(&path, &byol, &state).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut names = st.names();
+    names.sort();
+    let mut expected: Vec<String> = byol
+        .encoder
+        .registry
+        .params
+        .iter()
+        .map(|p| p.name.clone())
+        .collect();
+    expected.extend(byol.encoder.registry.buffers.iter().map(|b| b.name.clone()));
+    expected.sort();
+    assert_eq!(
+        names.into_iter().map(String::from).collect::<Vec<_>>(),
+        expected
+    );
+    assert_eq!(st.tensor("conv1.weight").unwrap().shape(), [4, 3, 3, 3]);
+}
+
+#[test]
+fn bad_input_should_be_refused_before_any_work_with_a_clear_error() {
+    let out = dir("bad");
+    let cases: Vec<(TrainConfig, &str)> = vec![
+        (
+            TrainConfig {
+                batch_size: 1,
+                ..tiny()
+            },
+            "batch size must be at least 2",
+        ),
+        (
+            TrainConfig {
+                batch_size: 65,
+                ..tiny()
+            },
+            "larger than the training set",
+        ),
+        (
+            TrainConfig {
+                tau_base: 1.5,
+                ..tiny()
+            },
+            "tau_base must lie in [0, 1]",
+        ),
+        (
+            TrainConfig {
+                base_lr: 0.0,
+                ..tiny()
+            },
+            "base lr must be positive",
+        ),
+        (
+            TrainConfig {
+                epochs: 0,
+                ..tiny()
+            },
+            "epochs must be at least 1",
+        ),
+        (
+            TrainConfig {
+                arch: "vgg".into(),
+                ..tiny()
+            },
+            "unknown architecture",
+        ),
+        (
+            TrainConfig {
+                dataset: "imagenet".into(),
+                ..tiny()
+            },
+            "not available",
+        ),
+    ];
+    for (cfg, message) in cases {
+        let e = train(&cfg, &opts(&out)).unwrap_err().to_string();
+        assert!(e.contains(message), "{e:?} should say {message:?}");
+    }
+    // An output folder that cannot be created (a file stands in its way).
+    let blocker = dir("blocker");
+    std::fs::write(&blocker, b"x").unwrap();
+    let e = train(&tiny(), &opts(&blocker.join("run"))).unwrap_err();
+    assert!(matches!(e, Error::Io { .. }), "{e}");
+    assert!(e.to_string().contains("blocker"), "{e}");
+}
+
+#[test]
+fn resume_should_refuse_other_checkpoints_with_a_clear_error() {
+    let out = dir("resume-bad");
+    train(
+        &TrainConfig {
+            epochs: 1,
+            ..tiny()
+        },
+        &opts(&out),
+    )
+    .unwrap();
+    let ckpt = out.join("checkpoint.safetensors");
+    // Another architecture.
+    let other = TrainConfig {
+        epochs: 1,
+        width: 8,
+        ..tiny()
+    };
+    let e = train(
+        &other,
+        &RunOptions {
+            resume: Some(ckpt.clone()),
+            ..opts(&dir("r2"))
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("checkpoint") && (e.contains("width") || e.contains("other networks")),
+        "{e}"
+    );
+    // Another configuration of the same networks.
+    let e = train(
+        &TrainConfig {
+            epochs: 1,
+            seed: 5,
+            ..tiny()
+        },
+        &RunOptions {
+            resume: Some(ckpt.clone()),
+            ..opts(&dir("r3"))
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("seed: 0 → 5"), "{e}");
+    // A truncated file, and a missing one.
+    let cut = dir("cut.safetensors");
+    let bytes = std::fs::read(&ckpt).unwrap();
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let e = train(
+        &TrainConfig {
+            epochs: 1,
+            ..tiny()
+        },
+        &RunOptions {
+            resume: Some(cut.clone()),
+            ..opts(&dir("r4"))
+        },
+    )
+    .unwrap_err();
+    assert!(
+        matches!(e, Error::Checkpoint { .. }) && e.to_string().contains("cut.safetensors"),
+        "{e}"
+    );
+    let e = train(
+        &TrainConfig {
+            epochs: 1,
+            ..tiny()
+        },
+        &RunOptions {
+            resume: Some(dir("missing")),
+            ..opts(&dir("r5"))
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(e, Error::Io { .. }), "{e}");
+}
+
+#[test]
+fn a_diverging_run_should_stop_at_once_and_leave_the_last_checkpoint_intact() {
+    let out = dir("diverge");
+    train(
+        &TrainConfig {
+            epochs: 1,
+            ..tiny()
+        },
+        &opts(&out),
+    )
+    .unwrap();
+    let before = std::fs::read(out.join("checkpoint.safetensors")).unwrap();
+    // An absurd learning rate: the weights overflow within the first epoch.
+    let wild = TrainConfig {
+        base_lr: 1e30,
+        warmup_epochs: 0,
+        epochs: 1,
+        ..tiny()
+    };
+    let e = train(&wild, &opts(&out)).unwrap_err();
+    match e {
+        Error::Diverged { step, .. } => assert!(step < 4, "stopped at step {step}"),
+        other => panic!("expected divergence, got {other}"),
+    }
+    assert_eq!(
+        std::fs::read(out.join("checkpoint.safetensors")).unwrap(),
+        before,
+        "the last good checkpoint must survive"
+    );
+}
