@@ -28,6 +28,12 @@ pub enum Error {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    /// A data file that is missing, truncated or not in the expected format.
+    #[error("{path}: {reason}")]
+    Data {
+        path: std::path::PathBuf,
+        reason: String,
+    },
     /// A checkpoint that is not what the run needs (corrupt, or another architecture).
     #[error("checkpoint {path}: {reason}")]
     Checkpoint {

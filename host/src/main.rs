@@ -21,7 +21,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Train a ResNet encoder with BYOL (no flags: the embedded data set, about ten minutes on two cores).
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Evaluate a checkpoint's online encoder.
     #[command(subcommand)]
     Eval(EvalCommand),
@@ -42,12 +42,26 @@ enum Command {
 enum EvalCommand {
     /// kNN accuracy (k = 200, temperature 0.1 unless the run said otherwise) on the held-out split.
     Knn { checkpoint: PathBuf },
-    /// [planned, not yet implemented] Linear evaluation: a linear classifier on the frozen encoder.
-    Linear { checkpoint: PathBuf },
+    /// Linear evaluation: a softmax classifier on the frozen encoder, lr swept over the paper's values.
+    Linear {
+        checkpoint: PathBuf,
+        /// Epochs of the classifier's training.
+        #[arg(long, default_value_t = 80)]
+        epochs: usize,
+    },
 }
 
 #[derive(Args)]
 struct TrainArgs {
+    /// A TOML file of configuration fields (as config.json names them); flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Folder of the data set's files (cifar10, cifar100, stl10, mnist, folder).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Side the `folder` data set's images are resized to.
+    #[arg(long)]
+    image_size: Option<usize>,
     /// Output folder: metrics.jsonl, checkpoint.safetensors, config.json.
     #[arg(long, default_value = "runs/byol")]
     out: PathBuf,
@@ -64,6 +78,7 @@ struct TrainArgs {
     /// (sets epochs, base lr, weight decay and τ_base; explicit flags override).
     #[arg(long)]
     preset: Option<String>,
+    /// synthetic (embedded, the default), cifar10, cifar100, stl10, mnist or folder.
     #[arg(long)]
     dataset: Option<String>,
     /// Images in the synthetic training split.
@@ -107,7 +122,10 @@ struct TrainArgs {
 
 impl TrainArgs {
     fn config(&self) -> Result<TrainConfig, Error> {
-        let mut c = TrainConfig::default();
+        let mut c = match &self.config {
+            Some(path) => host::train::read_config(path)?,
+            None => TrainConfig::default(),
+        };
         if let Some(name) = &self.preset {
             let p = preset(name).ok_or_else(|| {
                 Error::InvalidArgument(format!(
@@ -150,7 +168,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Train(args) => train(&args),
         Command::Eval(EvalCommand::Knn { checkpoint }) => eval_knn(&checkpoint),
-        Command::Eval(EvalCommand::Linear { .. }) => planned("eval linear"),
+        Command::Eval(EvalCommand::Linear { checkpoint, epochs }) => {
+            eval_linear(&checkpoint, epochs)
+        }
         Command::Export { checkpoint, out } => export(&checkpoint, &out),
         Command::Ablate => planned("ablate"),
         Command::GpuInfo => gpu_info(),
@@ -234,45 +254,67 @@ fn stored_config(path: &Path) -> Result<TrainConfig, Error> {
     })
 }
 
-fn eval_knn(path: &Path) -> Result<(), Error> {
+/// A checkpoint's networks, state, configuration and data.
+fn open_run(path: &Path) -> Result<(host::byol::Byol, host::byol::ByolState, TrainConfig), Error> {
     let cfg = stored_config(path)?;
     let byol = host::byol::Byol::new(cfg.byol_config()?)?;
     let (state, _) = checkpoint::load(path, &byol)?;
-    let (train, test) = host::train::load_data(&cfg);
+    Ok((byol, state, cfg))
+}
+
+fn eval_knn(path: &Path) -> Result<(), Error> {
+    let (byol, state, cfg) = open_run(path)?;
+    let (train, test) = host::train::load_data(&cfg)?;
     let aug = host::train::augmenter(&train);
-    let (enc, run) = (byol.encoder_params(), byol.encoder_running());
-    let bank = host::eval::embed(
-        &byol.encoder,
-        &state.online[enc.clone()],
-        &state.online_running[run.clone()],
-        &train,
-        &aug,
-        256,
-    )?;
-    let q = host::eval::embed(
-        &byol.encoder,
-        &state.online[enc],
-        &state.online_running[run],
-        &test,
-        &aug,
-        256,
-    )?;
-    let acc = host::eval::knn_accuracy(
-        &bank,
-        &train.labels,
-        &q,
-        &test.labels,
-        byol.encoder.repr_dim(),
-        train.classes,
-        cfg.knn_k,
-        cfg.knn_temperature as f32,
-    );
+    let acc = host::train::knn_of(&byol, &state, &train, &test, &aug, &cfg)?;
     println!(
         "kNN top-1 (k = {}, T = {}): {:.2}% on {} held-out images",
         cfg.knn_k,
         cfg.knn_temperature,
         100.0 * acc,
         test.len()
+    );
+    Ok(())
+}
+
+fn eval_linear(path: &Path, epochs: usize) -> Result<(), Error> {
+    let (byol, state, cfg) = open_run(path)?;
+    let (train, test) = host::train::load_data(&cfg)?;
+    let aug = host::train::augmenter(&train);
+    let (enc, run) = (byol.encoder_params(), byol.encoder_running());
+    let (params, running) = (&state.online[enc], &state.online_running[run]);
+    let (train_idx, test_idx) = (host::train::labelled(&train), host::train::labelled(&test));
+    let x = host::eval::embed(
+        &byol.encoder,
+        params,
+        running,
+        &train,
+        &train_idx,
+        &aug,
+        256,
+    )?;
+    let tx = host::eval::embed(&byol.encoder, params, running, &test, &test_idx, &aug, 256)?;
+    let y: Vec<u16> = train_idx.iter().map(|&i| train.labels[i]).collect();
+    let ty: Vec<u16> = test_idx.iter().map(|&i| test.labels[i]).collect();
+    let lin = host::eval::LinearConfig {
+        epochs,
+        ..Default::default()
+    };
+    let r = host::eval::linear_eval(
+        &x,
+        &y,
+        &tx,
+        &ty,
+        byol.encoder.repr_dim(),
+        train.classes,
+        &lin,
+    );
+    println!(
+        "linear evaluation: {:.2}% top-1 on {} held-out images (lr {} chosen on a validation split at {:.2}%)",
+        100.0 * r.test_accuracy,
+        ty.len(),
+        r.lr,
+        100.0 * r.val_accuracy
     );
     Ok(())
 }

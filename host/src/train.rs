@@ -11,6 +11,7 @@ use crate::byol::schedule::{learning_rate, tau};
 use crate::byol::{Byol, ByolConfig, LarsConfig};
 use crate::checkpoint;
 use crate::data::augment::{mix, Augmenter, ViewConfig};
+use crate::data::formats::{self, UNLABELED};
 use crate::data::{synthetic, Dataset};
 use crate::error::{Error, Result};
 use crate::eval::{embed, knn_accuracy};
@@ -26,10 +27,15 @@ use std::time::Instant;
 /// Everything that defines a run. The defaults are the embedded data set at a size that
 /// trains in about ten minutes on two cores.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
-    /// `synthetic` (the embedded data set).
+    /// `synthetic` (embedded), `cifar10`, `cifar100`, `stl10` (pre-training on train +
+    /// unlabelled), `mnist`, or `folder` (one subfolder per class).
     pub dataset: String,
+    /// Folder of the data set's files (all but `synthetic`).
+    pub data_dir: Option<PathBuf>,
+    /// Side the `folder` data set's images are resized to.
+    pub image_size: usize,
     /// Images in the synthetic training and held-out splits.
     pub train_size: usize,
     pub test_size: usize,
@@ -55,12 +61,14 @@ impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
             dataset: "synthetic".into(),
+            data_dir: None,
+            image_size: 64,
             train_size: 5000,
             test_size: 1000,
             arch: "resnet18".into(),
             stem: "cifar".into(),
             width: 16,
-            epochs: 20,
+            epochs: 18,
             batch_size: 128,
             // The official 40-epoch preset (the shortest): base lr 0.45, weight decay 1e-6, τ 0.97.
             base_lr: 0.45,
@@ -96,7 +104,7 @@ impl TrainConfig {
                 self.batch_size
             ));
         }
-        if self.batch_size > self.train_size {
+        if self.dataset == "synthetic" && self.batch_size > self.train_size {
             return bad(format!(
                 "batch size {} is larger than the training set ({} images)",
                 self.batch_size, self.train_size
@@ -184,9 +192,31 @@ pub struct RunOptions {
     pub progress: bool,
 }
 
-/// The data of a configuration: train and held-out splits.
-pub fn load_data(cfg: &TrainConfig) -> (Dataset, Dataset) {
-    synthetic::synthetic(cfg.seed, cfg.train_size, cfg.test_size)
+/// The data of a configuration: train (for pre-training; it may hold unlabelled images)
+/// and held-out splits.
+pub fn load_data(cfg: &TrainConfig) -> Result<(Dataset, Dataset)> {
+    let dir = cfg.data_dir.as_deref().unwrap_or(Path::new("."));
+    match cfg.dataset.as_str() {
+        "cifar10" => formats::cifar10(dir),
+        "cifar100" => formats::cifar100(dir),
+        "stl10" => formats::stl10(dir, true),
+        "mnist" => formats::mnist(dir),
+        "folder" => formats::image_folder(dir, cfg.image_size),
+        _ => Ok(synthetic::synthetic(
+            cfg.seed,
+            cfg.train_size,
+            cfg.test_size,
+        )),
+    }
+}
+
+/// Reads a TOML configuration; missing fields keep their defaults, unknown ones are errors.
+pub fn read_config(path: &Path) -> Result<TrainConfig> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    toml::from_str(&text).map_err(|e| Error::Data {
+        path: path.into(),
+        reason: format!("not a valid configuration: {e}"),
+    })
 }
 
 /// The augmentations and normalisation for `train`.
@@ -208,7 +238,15 @@ fn prepare_out(out: &Path) -> Result<()> {
     std::fs::remove_file(&probe).map_err(|e| Error::io(&probe, e))
 }
 
-fn knn_of(
+/// The labelled images of a split (STL-10's unlabelled ones only serve pre-training).
+pub fn labelled(data: &Dataset) -> Vec<usize> {
+    (0..data.len())
+        .filter(|&i| data.labels[i] != UNLABELED)
+        .collect()
+}
+
+/// kNN accuracy of the online encoder: bank = labelled training images, queries = held-out.
+pub fn knn_of(
     byol: &Byol,
     state: &crate::byol::ByolState,
     train: &Dataset,
@@ -217,26 +255,23 @@ fn knn_of(
     cfg: &TrainConfig,
 ) -> Result<f64> {
     let (enc, run) = (byol.encoder_params(), byol.encoder_running());
-    let bank = embed(
-        &byol.encoder,
-        &state.online[enc.clone()],
-        &state.online_running[run.clone()],
-        train,
-        aug,
-        256,
-    )?;
+    let (params, running) = (&state.online[enc], &state.online_running[run]);
+    let bank_idx = labelled(train);
+    let bank = embed(&byol.encoder, params, running, train, &bank_idx, aug, 256)?;
     let queries = embed(
         &byol.encoder,
-        &state.online[enc],
-        &state.online_running[run],
+        params,
+        running,
         test,
+        &labelled(test),
         aug,
         256,
     )?;
+    let bank_labels: Vec<u16> = bank_idx.iter().map(|&i| train.labels[i]).collect();
     let dim = byol.encoder.repr_dim();
     Ok(knn_accuracy(
         &bank,
-        &train.labels,
+        &bank_labels,
         &queries,
         &test.labels,
         dim,
@@ -250,7 +285,20 @@ fn knn_of(
 pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
     cfg.validate()?;
     prepare_out(&opts.out)?;
-    let (train, test) = load_data(cfg);
+    let (train, test) = load_data(cfg)?;
+    if cfg.batch_size > train.len() {
+        return Err(Error::InvalidArgument(format!(
+            "batch size {} is larger than the training set ({} images)",
+            cfg.batch_size,
+            train.len()
+        )));
+    }
+    if train.h != train.w {
+        return Err(Error::InvalidArgument(format!(
+            "images are {}×{}: BYOL's crops need square images",
+            train.h, train.w
+        )));
+    }
     let aug = augmenter(&train);
     let byol = Byol::new(cfg.byol_config()?)?;
     let mut state = match &opts.resume {
@@ -455,7 +503,7 @@ fn progress(
     );
     if std::io::stderr().is_terminal() {
         eprint!("\r\x1b[2K{line}");
-    } else if s == steps || s % 10 == 0 {
+    } else if s == steps || s.is_multiple_of(10) {
         eprintln!("{line}");
     }
 }

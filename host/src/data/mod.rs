@@ -1,6 +1,7 @@
 //! Data: in-memory image data sets (`u8` NHWC, RGB) and the augmentations of BYOL.
 
 pub mod augment;
+pub mod formats;
 pub mod synthetic;
 
 /// Images `[n, h, w, 3]` (RGB, `u8`) with labels in `0..classes`.

@@ -11,25 +11,28 @@ use crate::mlp::BnMode;
 use crate::nn::ResNet;
 use rayon::prelude::*;
 
-/// Representations `[n, repr_dim]` of every image of `data`, in batches of `batch`.
+/// Representations `[indices.len(), repr_dim]` of the images `indices` of `data`, in batches
+/// of `batch`.
+#[allow(clippy::too_many_arguments)]
 pub fn embed(
     encoder: &ResNet,
     params: &[f32],
     running: &[f32],
     data: &Dataset,
+    indices: &[usize],
     aug: &Augmenter,
     batch: usize,
 ) -> Result<Vec<f32>> {
     let dim = encoder.repr_dim();
-    let mut out = vec![0.0f32; data.len() * dim];
+    let mut out = vec![0.0f32; indices.len() * dim];
     let mut running = running.to_vec(); // evaluation mode reads it and leaves it as it is
     let px = aug.size * aug.size * 3;
     let mut images = vec![0.0f32; batch * px];
     let mut acts = None;
-    for start in (0..data.len()).step_by(batch) {
-        let idx: Vec<usize> = (start..data.len().min(start + batch)).collect();
+    for start in (0..indices.len()).step_by(batch) {
+        let idx = &indices[start..indices.len().min(start + batch)];
         let n = idx.len();
-        aug.plain(data, &idx, &mut images);
+        aug.plain(data, idx, &mut images);
         if acts
             .as_ref()
             .is_none_or(|a: &crate::nn::Activations| a.n != n)
@@ -104,6 +107,7 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     /// Brute force in f64: sort every similarity, sum the weights of the k best per class.
+    #[allow(clippy::too_many_arguments)]
     fn reference(
         bank: &[f32],
         bl: &[u16],

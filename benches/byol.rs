@@ -1,0 +1,165 @@
+//! The BYOL training step and its data pipeline, beside PyTorch in the same run.
+//!
+//! - Augmentation: both views (T and T′) of a batch, images/s at 32×32 and 96×96.
+//! - The step: ResNet-18 (CIFAR stem) online and target, projector 512→4096→256, predictor
+//!   256→4096→256, batch 128 of 32×32 images: two target passes, two online passes with
+//!   backward, LARS, EMA. Images/s (each image seen in two views), peak memory, and PyTorch's
+//!   same step (`scripts/torch/bench_byol_step.py`) with the ratio.
+//!
+//! Run: `cargo bench --bench byol` (`-- --no-torch`, `--batch N`, `--width N`, `--iters N`;
+//! `BYOL_BENCH_THREADS` sets the threads, default 2).
+
+use host::byol::{Byol, ByolConfig, LarsConfig};
+use host::data::augment::{Augmenter, ViewConfig};
+use host::data::Dataset;
+use host::nn::{Arch, ResNetConfig, Stem};
+use rand::{Rng, SeedableRng};
+use std::time::Instant;
+
+fn arg(name: &str, default: &str) -> String {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+        .unwrap_or_else(|| default.into())
+}
+
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .map_or(f64::NAN, |k| k / 1024.0)
+}
+
+fn bench_augmentation(side: usize) {
+    let n = 256;
+    let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+    let data = Dataset {
+        name: "random".into(),
+        images: (0..n * side * side * 3).map(|_| r.random()).collect(),
+        labels: vec![0; n],
+        h: side,
+        w: side,
+        classes: 1,
+    };
+    let aug = Augmenter {
+        views: [ViewConfig::BYOL_T, ViewConfig::BYOL_T_PRIME],
+        size: side,
+        mean: [0.5; 3],
+        std: [0.25; 3],
+    };
+    let idx: Vec<usize> = (0..n).collect();
+    let (mut a, mut b) = (
+        vec![0.0; n * side * side * 3],
+        vec![0.0; n * side * side * 3],
+    );
+    aug.batch(&data, &idx, 0, [&mut a, &mut b]);
+    let t = Instant::now();
+    let reps = 3;
+    for s in 0..reps {
+        aug.batch(&data, &idx, s + 1, [&mut a, &mut b]);
+    }
+    let ips = (reps as usize * n) as f64 / t.elapsed().as_secs_f64();
+    println!("augment {side}x{side}: {ips:.0} images/s (both views of each)");
+}
+
+fn main() {
+    let threads: usize = std::env::var("BYOL_BENCH_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .unwrap();
+    bench_augmentation(32);
+    bench_augmentation(96);
+
+    let batch: usize = arg("--batch", "128").parse().unwrap();
+    let width: usize = arg("--width", "64").parse().unwrap();
+    let iters: usize = arg("--iters", "3").parse().unwrap();
+    let cfg = ByolConfig {
+        encoder: ResNetConfig {
+            arch: Arch::ResNet18,
+            stem: Stem::Cifar,
+            width,
+            in_channels: 3,
+        },
+        projector_hidden: 4096,
+        projection: 256,
+        predictor_hidden: 4096,
+    };
+    let byol = Byol::new(cfg).unwrap();
+    let mut state = byol.init(0);
+    let mut work = byol.work(batch, 32, 32).unwrap();
+    let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(2);
+    let views: Vec<Vec<f32>> = (0..2)
+        .map(|_| {
+            (0..batch * 32 * 32 * 3)
+                .map(|_| r.random_range(-1.0..1.0))
+                .collect()
+        })
+        .collect();
+    let lars = LarsConfig::default();
+    let mut step = || {
+        byol.step(
+            &mut state,
+            &mut work,
+            [&views[0], &views[1]],
+            0.1,
+            0.99,
+            &lars,
+        )
+        .unwrap();
+    };
+    step();
+    let mut times: Vec<f64> = (0..iters)
+        .map(|_| {
+            let t = Instant::now();
+            step();
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let median = times[iters / 2];
+    let (ips, rss) = (batch as f64 / median, peak_rss_mib());
+    println!("rust  byol-step batch={batch} width={width} threads={threads} images_per_s={ips:.2} step_s={median:.3} peak_rss_mib={rss:.0}");
+    if std::env::args().any(|a| a == "--no-torch") || width != 64 {
+        return;
+    }
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scripts/torch/bench_byol_step.py"
+    );
+    let out = std::process::Command::new("python3")
+        .args([
+            script,
+            "--batch",
+            &batch.to_string(),
+            "--threads",
+            &threads.to_string(),
+            "--iters",
+            &iters.to_string(),
+        ])
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {
+            let line = String::from_utf8_lossy(&o.stdout).trim().to_string();
+            println!("{line}");
+            let field = |k: &str| -> Option<f64> {
+                line.split_whitespace()
+                    .find_map(|f| f.strip_prefix(k)?.parse().ok())
+            };
+            if let (Some(t_ips), Some(t_rss)) = (field("images_per_s="), field("peak_rss_mib=")) {
+                println!(
+                    "ratio rust/torch: throughput {:.2}x, peak memory {:.2}x",
+                    ips / t_ips,
+                    rss / t_rss
+                );
+            }
+        }
+        _ => println!("torch baseline skipped: python3 with torch and torchvision not found"),
+    }
+}

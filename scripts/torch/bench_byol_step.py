@@ -1,0 +1,81 @@
+"""PyTorch baseline for `cargo bench --bench byol`: one BYOL training step on the CPU.
+
+The same computation as the Rust step: target encoder+projector on both views (no gradient),
+online encoder+projector+predictor on each view, the symmetric normalised-MSE loss (the two
+directions summed), backward, an optimiser step, and the EMA of the target. Networks:
+torchvision's ResNet with the CIFAR stem and no fc; projector Linear(repr, 4096) → BN → ReLU →
+Linear(4096, 256, no bias); predictor the same from 256. PyTorch has no LARS; SGD with momentum
+stands in (the optimiser is one pass over the parameters, negligible beside the networks).
+Prints `torch images_per_s=... step_s=... peak_rss_mib=...`.
+
+Usage: python3 scripts/torch/bench_byol_step.py [--batch 128] [--width 64] [--threads 2] [--iters 3]
+"""
+import argparse
+import copy
+import resource
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from bench_resnet import cifar_resnet  # noqa: E402  (same folder)
+
+
+def mlp(inp: int, hidden: int = 4096, out: int = 256) -> nn.Module:
+    return nn.Sequential(nn.Linear(inp, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+                         nn.Linear(hidden, out, bias=False))
+
+
+def loss_fn(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    return 2 - 2 * (F.normalize(p, dim=-1) * F.normalize(z, dim=-1)).sum(dim=-1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--width", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--iters", type=int, default=3)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    if a.width != 64:
+        raise SystemExit("this baseline runs torchvision's width 64 only")
+    encoder = cifar_resnet("resnet18").train()
+    online = nn.Sequential(encoder, mlp(512))
+    predictor = mlp(256)
+    target = copy.deepcopy(online)
+    for p in target.parameters():
+        p.requires_grad_(False)
+    params = list(online.parameters()) + list(predictor.parameters())
+    opt = torch.optim.SGD(params, lr=0.1, momentum=0.9)
+    v1, v2 = torch.randn(a.batch, 3, 32, 32), torch.randn(a.batch, 3, 32, 32)
+
+    def step() -> None:
+        with torch.no_grad():
+            t1, t2 = target(v1), target(v2)
+        p1, p2 = predictor(online(v1)), predictor(online(v2))
+        loss = loss_fn(p1, t2).mean() + loss_fn(p2, t1).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            for pt, po in zip(target.parameters(), online.parameters()):
+                pt.mul_(0.99).add_(po, alpha=0.01)
+
+    step()
+    times = []
+    for _ in range(a.iters):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    times.sort()
+    median = times[len(times) // 2]
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"torch byol-step batch={a.batch} threads={a.threads} images_per_s={a.batch / median:.2f} "
+          f"step_s={median:.3f} peak_rss_mib={rss:.0f}")
+
+
+if __name__ == "__main__":
+    main()
