@@ -10,6 +10,7 @@ pub mod error;
 pub mod eval;
 pub mod mlp;
 pub mod nn;
+pub mod plot;
 pub mod ptx;
 pub mod train;
 

@@ -32,6 +32,19 @@ enum Command {
         /// Where to write the encoder.
         out: PathBuf,
     },
+    /// Download CIFAR-10, CIFAR-100 or STL-10 (binary versions) from their official addresses, checksum-verified.
+    Download {
+        /// cifar10, cifar100 or stl10.
+        dataset: String,
+        /// Folder to unpack into (pass the same as --data-dir to train).
+        #[arg(long, default_value = "data")]
+        dir: PathBuf,
+    },
+    /// Draw training.png (loss, kNN accuracy, lr, τ) from a run folder's metrics.jsonl.
+    Plot {
+        /// A run's output folder.
+        run: PathBuf,
+    },
     /// [planned, not yet implemented] Run one of the paper's ablation studies.
     Ablate,
     /// Check the GPU path: open GPU 0, load the kernels, report the device (needs `--features cuda`).
@@ -172,6 +185,14 @@ fn main() -> ExitCode {
             eval_linear(&checkpoint, epochs)
         }
         Command::Export { checkpoint, out } => export(&checkpoint, &out),
+        Command::Download { dataset, dir } => host::data::download::source(&dataset)
+            .and_then(|src| host::data::download::download(&src, &dir, true))
+            .map(|p| println!("{dataset} is in {}", p.display())),
+        Command::Plot { run } => {
+            let out = run.join("training.png");
+            host::plot::plot_metrics(&run.join("metrics.jsonl"), &out)
+                .map(|()| println!("wrote {}", out.display()))
+        }
         Command::Ablate => planned("ablate"),
         Command::GpuInfo => gpu_info(),
     };

@@ -2,7 +2,8 @@
 //! schedules, the kNN monitor after every epoch, metrics (JSONL), checkpoints and resuming.
 //!
 //! Files in the output folder: `metrics.jsonl` (one record per step and per epoch),
-//! `checkpoint.safetensors` (after every epoch, written atomically), `config.json`.
+//! `checkpoint.safetensors` (after every epoch, written atomically), `config.json`, and at
+//! the end `training.png` (loss, kNN accuracy, lr and τ).
 //! A run is a pure function of its configuration: the seed fixes initialisation, data order
 //! and augmentations, so with the same thread count two runs are bit-identical, and a run
 //! resumed from an epoch's checkpoint continues exactly as the uninterrupted one.

@@ -1,6 +1,7 @@
 //! Data: in-memory image data sets (`u8` NHWC, RGB) and the augmentations of BYOL.
 
 pub mod augment;
+pub mod download;
 pub mod formats;
 pub mod synthetic;
 

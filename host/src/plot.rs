@@ -1,0 +1,257 @@
+//! PNG plots of a run: loss, kNN accuracy, learning rate and τ, one panel each, in one image.
+//! Drawn into an RGB buffer with an 8×8 bitmap font (`font8x8`), so no system font is needed.
+
+use crate::error::{Error, Result};
+use std::path::Path;
+
+const PANEL_W: u32 = 480;
+const PANEL_H: u32 = 300;
+const MARGIN_L: u32 = 64;
+const MARGIN_R: u32 = 16;
+const MARGIN_T: u32 = 28;
+const MARGIN_B: u32 = 32;
+
+/// One panel: a title and a series of (x, y) points.
+pub struct Series<'a> {
+    pub title: &'a str,
+    pub x_label: &'a str,
+    pub points: &'a [(f64, f64)],
+}
+
+struct Canvas {
+    img: image::RgbImage,
+}
+
+impl Canvas {
+    fn pixel(&mut self, x: i64, y: i64, c: [u8; 3]) {
+        if x >= 0 && y >= 0 && (x as u32) < self.img.width() && (y as u32) < self.img.height() {
+            self.img.put_pixel(x as u32, y as u32, image::Rgb(c));
+        }
+    }
+    /// A line, by Bresenham.
+    fn line(&mut self, (x0, y0): (i64, i64), (x1, y1): (i64, i64), c: [u8; 3]) {
+        let (dx, dy) = ((x1 - x0).abs(), -(y1 - y0).abs());
+        let (sx, sy) = (if x0 < x1 { 1 } else { -1 }, if y0 < y1 { 1 } else { -1 });
+        let (mut x, mut y, mut err) = (x0, y0, dx + dy);
+        loop {
+            self.pixel(x, y, c);
+            if x == x1 && y == y1 {
+                break;
+            }
+            let e2 = 2 * err;
+            if e2 >= dy {
+                err += dy;
+                x += sx;
+            }
+            if e2 <= dx {
+                err += dx;
+                y += sy;
+            }
+        }
+    }
+    fn text(&mut self, x: i64, y: i64, s: &str, c: [u8; 3]) {
+        for (i, ch) in s.chars().enumerate() {
+            let code = if ch.is_ascii() {
+                ch as usize
+            } else {
+                b'?' as usize
+            };
+            let glyph = font8x8::legacy::BASIC_LEGACY[code];
+            for (row, bits) in glyph.iter().enumerate() {
+                for col in 0..8 {
+                    if bits >> col & 1 == 1 {
+                        self.pixel(x + i as i64 * 8 + col, y + row as i64, c);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A number in at most 8 characters.
+fn fmt(v: f64) -> String {
+    let a = v.abs();
+    if v.fract() == 0.0 && a < 1e7 {
+        format!("{v:.0}")
+    } else if a != 0.0 && !(1e-3..1e5).contains(&a) {
+        format!("{v:.1e}")
+    } else if a >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+fn panel(c: &mut Canvas, ox: u32, oy: u32, s: &Series) {
+    let (black, grey, blue) = ([0, 0, 0], [200, 200, 200], [31, 90, 180]);
+    let (x0, y0) = ((ox + MARGIN_L) as i64, (oy + MARGIN_T) as i64);
+    let (x1, y1) = (
+        (ox + PANEL_W - MARGIN_R) as i64,
+        (oy + PANEL_H - MARGIN_B) as i64,
+    );
+    c.text(x0, oy as i64 + 8, s.title, black);
+    let finite: Vec<(f64, f64)> = s
+        .points
+        .iter()
+        .copied()
+        .filter(|(x, y)| x.is_finite() && y.is_finite())
+        .collect();
+    if finite.is_empty() {
+        c.text(x0 + 8, (y0 + y1) / 2, "no data", grey);
+        return;
+    }
+    let (xmin, xmax) = finite
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
+    let (mut ymin, mut ymax) = finite
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
+    if ymax - ymin < 1e-12 {
+        (ymin, ymax) = (ymin - 0.5, ymax + 0.5);
+    }
+    let xs = |x: f64| x0 + ((x - xmin) / (xmax - xmin).max(1e-12) * (x1 - x0) as f64) as i64;
+    let ys = |y: f64| y1 - ((y - ymin) / (ymax - ymin) * (y1 - y0) as f64) as i64;
+    for k in 0..=4 {
+        let gy = y0 + (y1 - y0) * k / 4;
+        c.line((x0, gy), (x1, gy), grey);
+        c.text(
+            ox as i64 + 2,
+            gy - 4,
+            &fmt(ymax - (ymax - ymin) * k as f64 / 4.0),
+            black,
+        );
+    }
+    c.line((x0, y0), (x0, y1), black);
+    c.line((x0, y1), (x1, y1), black);
+    c.text(x0, y1 + 6, &fmt(xmin), black);
+    let right = fmt(xmax);
+    c.text(x1 - 8 * right.len() as i64, y1 + 6, &right, black);
+    c.text(
+        (x0 + x1) / 2 - 4 * s.x_label.len() as i64,
+        y1 + 18,
+        s.x_label,
+        black,
+    );
+    let mut prev = None;
+    for &(x, y) in &finite {
+        let p = (xs(x), ys(y));
+        if let Some(q) = prev {
+            c.line(q, p, blue);
+        } else if finite.len() == 1 {
+            c.line((p.0 - 2, p.1), (p.0 + 2, p.1), blue);
+        }
+        prev = Some(p);
+    }
+}
+
+/// Writes the panels side by side in a grid two panels wide, as a PNG.
+pub fn plot(path: &Path, series: &[Series]) -> Result<()> {
+    let rows = series.len().div_ceil(2) as u32;
+    let mut c = Canvas {
+        img: image::RgbImage::from_pixel(2 * PANEL_W, rows * PANEL_H, image::Rgb([255, 255, 255])),
+    };
+    for (i, s) in series.iter().enumerate() {
+        panel(
+            &mut c,
+            (i as u32 % 2) * PANEL_W,
+            (i as u32 / 2) * PANEL_H,
+            s,
+        );
+    }
+    let tmp = path.with_extension("png.tmp");
+    c.img
+        .save_with_format(&tmp, image::ImageFormat::Png)
+        .map_err(|e| Error::Data {
+            path: tmp.clone(),
+            reason: e.to_string(),
+        })?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+/// The plots of a run from its `metrics.jsonl`: loss, kNN top-1, lr and τ.
+pub fn plot_metrics(metrics: &Path, out: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(metrics).map_err(|e| Error::io(metrics, e))?;
+    let (mut loss, mut knn, mut lr, mut tau) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| Error::Data {
+            path: metrics.into(),
+            reason: format!("bad line ({e})"),
+        })?;
+        let f = |k: &str| v.get(k).and_then(|x| x.as_f64());
+        match v.get("kind").and_then(|k| k.as_str()) {
+            Some("step") => {
+                let s = f("step").unwrap_or(0.0);
+                loss.push((s, f("loss").unwrap_or(f64::NAN)));
+                lr.push((s, f("lr").unwrap_or(f64::NAN)));
+                tau.push((s, f("tau").unwrap_or(f64::NAN)));
+            }
+            Some("epoch") => knn.push((
+                f("epoch").unwrap_or(0.0),
+                100.0 * f("knn_top1").unwrap_or(f64::NAN),
+            )),
+            _ => {}
+        }
+    }
+    plot(
+        out,
+        &[
+            Series {
+                title: "BYOL loss",
+                x_label: "step",
+                points: &loss,
+            },
+            Series {
+                title: "kNN top-1 (%)",
+                x_label: "epoch",
+                points: &knn,
+            },
+            Series {
+                title: "learning rate",
+                x_label: "step",
+                points: &lr,
+            },
+            Series {
+                title: "target decay tau",
+                x_label: "step",
+                points: &tau,
+            },
+        ],
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plots_should_draw_lines_and_labels() {
+        let dir = std::env::temp_dir().join(format!("byol-plot-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pts: Vec<(f64, f64)> = (0..50)
+            .map(|i| (i as f64, (i as f64 / 10.0).sin()))
+            .collect();
+        let path = dir.join("p.png");
+        plot(
+            &path,
+            &[
+                Series {
+                    title: "sine",
+                    x_label: "x",
+                    points: &pts,
+                },
+                Series {
+                    title: "empty",
+                    x_label: "x",
+                    points: &[],
+                },
+            ],
+        )
+        .unwrap();
+        let img = image::open(&path).unwrap().to_rgb8();
+        assert_eq!(img.dimensions(), (2 * PANEL_W, PANEL_H));
+        let blue = img.pixels().filter(|p| p.0 == [31, 90, 180]).count();
+        let black = img.pixels().filter(|p| p.0 == [0, 0, 0]).count();
+        assert!(blue > 300 && black > 500, "blue {blue}, black {black}");
+        assert!(!dir.join("p.png.tmp").exists());
+    }
+}
