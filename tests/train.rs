@@ -60,6 +60,7 @@ fn same_seed_should_give_bit_identical_runs() {
     assert_eq!(losses(&a), losses(&b));
     assert_eq!(losses(&a).len(), 8, "2 epochs of 64/16 steps");
     assert!(sa.knn_init.is_some() && sa.epochs.len() == 2);
+    assert!(a.join("training.png").exists() && a.join("config.json").exists());
     let c = dir("rep-c");
     train(&TrainConfig { seed: 1, ..tiny() }, &opts(&c)).unwrap();
     assert_ne!(losses(&a), losses(&c), "another seed, another run");
@@ -305,4 +306,43 @@ fn a_diverging_run_should_stop_at_once_and_leave_the_last_checkpoint_intact() {
         before,
         "the last good checkpoint must survive"
     );
+}
+
+#[test]
+fn toml_configs_should_fill_defaults_and_refuse_unknown_fields() {
+    let d = dir("toml");
+    std::fs::create_dir_all(&d).unwrap();
+    let path = d.join("run.toml");
+    std::fs::write(
+        &path,
+        "epochs = 3\nwidth = 8\ntau_base = 0.99\nout = \"somewhere\"\nthreads = 2\n",
+    )
+    .unwrap();
+    let file = host::train::read_config(&path).unwrap();
+    assert_eq!(
+        (file.train.epochs, file.train.width, file.train.tau_base),
+        (3, 8, 0.99)
+    );
+    assert_eq!(
+        file.train.batch_size,
+        TrainConfig::default().batch_size,
+        "unset fields keep their defaults"
+    );
+    assert_eq!(
+        (file.out, file.threads),
+        (Some(PathBuf::from("somewhere")), Some(2))
+    );
+    std::fs::write(&path, "epoch = 3\n").unwrap();
+    let e = host::train::read_config(&path).unwrap_err().to_string();
+    assert!(
+        e.contains("run.toml") && e.contains("unknown field `epoch`"),
+        "{e}"
+    );
+    std::fs::write(&path, "threads = 0\n").unwrap();
+    assert!(host::train::read_config(&path)
+        .unwrap_err()
+        .to_string()
+        .contains("threads must be a positive integer"));
+    std::fs::write(&path, "width = \"wide\"\n").unwrap();
+    assert!(host::train::read_config(&path).is_err());
 }

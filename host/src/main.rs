@@ -75,9 +75,10 @@ struct TrainArgs {
     /// Side the `folder` data set's images are resized to.
     #[arg(long)]
     image_size: Option<usize>,
-    /// Output folder: metrics.jsonl, checkpoint.safetensors, config.json.
-    #[arg(long, default_value = "runs/byol")]
-    out: PathBuf,
+    /// Output folder: metrics.jsonl, checkpoint.safetensors, config.json, training.png
+    /// [default: runs/byol].
+    #[arg(long)]
+    out: Option<PathBuf>,
     /// Continue from a checkpoint of the same configuration.
     #[arg(long)]
     resume: Option<PathBuf>,
@@ -134,11 +135,19 @@ struct TrainArgs {
 }
 
 impl TrainArgs {
-    fn config(&self) -> Result<TrainConfig, Error> {
-        let mut c = match &self.config {
+    /// The configuration (file, then flags), the output folder and the thread count.
+    fn config(&self) -> Result<(TrainConfig, PathBuf, Option<usize>), Error> {
+        let file = match &self.config {
             Some(path) => host::train::read_config(path)?,
-            None => TrainConfig::default(),
+            None => host::train::ConfigFile::default(),
         };
+        let mut c = file.train;
+        let out = self
+            .out
+            .clone()
+            .or(file.out)
+            .unwrap_or_else(|| PathBuf::from("runs/byol"));
+        let threads = self.threads.or(file.threads);
         if let Some(name) = &self.preset {
             let p = preset(name).ok_or_else(|| {
                 Error::InvalidArgument(format!(
@@ -172,7 +181,7 @@ impl TrainArgs {
             predictor_hidden,
             seed
         );
-        Ok(c)
+        Ok((c, out, threads))
     }
 }
 
@@ -212,15 +221,15 @@ fn planned(what: &str) -> Result<(), Error> {
 }
 
 fn train(args: &TrainArgs) -> Result<(), Error> {
-    let cfg = args.config()?;
-    if let Some(t) = args.threads {
+    let (cfg, out, threads) = args.config()?;
+    if let Some(t) = threads {
         rayon::ThreadPoolBuilder::new()
             .num_threads(t.max(1))
             .build_global()
             .map_err(|e| Error::InvalidArgument(e.to_string()))?;
     }
     let opts = RunOptions {
-        out: args.out.clone(),
+        out: out.clone(),
         resume: args.resume.clone(),
         stop_after_epochs: args.stop_after_epochs,
         progress: true,
@@ -236,7 +245,7 @@ fn train(args: &TrainArgs) -> Result<(), Error> {
         cfg.epochs,
         cfg.batch_size,
         rayon::current_num_threads(),
-        args.out.display()
+        out.display()
     );
     let s = host::train::train(&cfg, &opts)?;
     println!("\nsummary ({})", s.out.display());

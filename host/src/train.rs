@@ -211,12 +211,41 @@ pub fn load_data(cfg: &TrainConfig) -> Result<(Dataset, Dataset)> {
     }
 }
 
-/// Reads a TOML configuration; missing fields keep their defaults, unknown ones are errors.
-pub fn read_config(path: &Path) -> Result<TrainConfig> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    toml::from_str(&text).map_err(|e| Error::Data {
+/// A TOML configuration file: every [`TrainConfig`] field (missing ones keep their
+/// defaults, unknown ones are errors), plus the run's `out` folder and `threads`, which are
+/// not part of what a checkpoint must match.
+#[derive(Clone, Debug, Default)]
+pub struct ConfigFile {
+    pub train: TrainConfig,
+    pub out: Option<PathBuf>,
+    pub threads: Option<usize>,
+}
+
+/// Reads a [`ConfigFile`].
+pub fn read_config(path: &Path) -> Result<ConfigFile> {
+    let bad = |reason: String| Error::Data {
         path: path.into(),
-        reason: format!("not a valid configuration: {e}"),
+        reason: format!("not a valid configuration: {reason}"),
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let mut table: toml::Table = toml::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let out = match table.remove("out") {
+        Some(toml::Value::String(s)) => Some(PathBuf::from(s)),
+        Some(v) => return Err(bad(format!("out must be a path string, got {v}"))),
+        None => None,
+    };
+    let threads = match table.remove("threads") {
+        Some(toml::Value::Integer(n)) if n >= 1 => Some(n as usize),
+        Some(v) => return Err(bad(format!("threads must be a positive integer, got {v}"))),
+        None => None,
+    };
+    let train = table
+        .try_into()
+        .map_err(|e: toml::de::Error| bad(e.to_string()))?;
+    Ok(ConfigFile {
+        train,
+        out,
+        threads,
     })
 }
 
@@ -472,6 +501,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         }
         epochs.push(rec);
     }
+    crate::plot::plot_metrics(&metrics_path, &opts.out.join("training.png"))?;
     Ok(Summary {
         knn_init,
         epochs,
