@@ -16,22 +16,8 @@ use host::nn::{Arch, ResNetConfig, Stem};
 use rand::{Rng, SeedableRng};
 use std::time::Instant;
 
-fn arg(name: &str, default: &str) -> String {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-        .unwrap_or_else(|| default.into())
-}
-
-fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        .map_or(f64::NAN, |k| k / 1024.0)
-}
+mod common;
+use common::{arg, flag, median_secs, peak_rss_mib, torch_baseline};
 
 fn bench_augmentation(side: usize) {
     let n = 256;
@@ -66,14 +52,7 @@ fn bench_augmentation(side: usize) {
 }
 
 fn main() {
-    let threads: usize = std::env::var("BYOL_BENCH_THREADS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2);
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build_global()
-        .unwrap();
+    let threads = common::threads();
     bench_augmentation(32);
     bench_augmentation(96);
 
@@ -103,7 +82,7 @@ fn main() {
         })
         .collect();
     let lars = LarsConfig::default();
-    let mut step = || {
+    let median = median_secs(1, iters, || {
         byol.step(
             &mut state,
             &mut work,
@@ -113,53 +92,21 @@ fn main() {
             &lars,
         )
         .unwrap();
-    };
-    step();
-    let mut times: Vec<f64> = (0..iters)
-        .map(|_| {
-            let t = Instant::now();
-            step();
-            t.elapsed().as_secs_f64()
-        })
-        .collect();
-    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let median = times[iters / 2];
+    });
     let (ips, rss) = (batch as f64 / median, peak_rss_mib());
     println!("rust  byol-step batch={batch} width={width} threads={threads} images_per_s={ips:.2} step_s={median:.3} peak_rss_mib={rss:.0}");
-    if std::env::args().any(|a| a == "--no-torch") || width != 64 {
-        return;
-    }
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/scripts/torch/bench_byol_step.py"
-    );
-    let out = std::process::Command::new("python3")
-        .args([
-            script,
+    if !flag("--no-torch") && width == 64 {
+        let args: Vec<String> = [
             "--batch",
             &batch.to_string(),
             "--threads",
             &threads.to_string(),
             "--iters",
             &iters.to_string(),
-        ])
-        .output();
-    match out {
-        Ok(o) if o.status.success() => {
-            let line = String::from_utf8_lossy(&o.stdout).trim().to_string();
-            println!("{line}");
-            let field = |k: &str| -> Option<f64> {
-                line.split_whitespace()
-                    .find_map(|f| f.strip_prefix(k)?.parse().ok())
-            };
-            if let (Some(t_ips), Some(t_rss)) = (field("images_per_s="), field("peak_rss_mib=")) {
-                println!(
-                    "ratio rust/torch: throughput {:.2}x, peak memory {:.2}x",
-                    ips / t_ips,
-                    rss / t_rss
-                );
-            }
-        }
-        _ => println!("torch baseline skipped: python3 with torch and torchvision not found"),
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect();
+        torch_baseline("bench_byol_step.py", &args, ips, rss);
     }
 }

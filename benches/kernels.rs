@@ -13,23 +13,9 @@ use host::{Backend, BnMode, Cpu, Mlp, MlpState};
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 use std::hint::black_box;
-use std::time::Instant;
 
-/// Median seconds of `iters` timed runs after `warmup` untimed ones.
-fn median_secs(warmup: usize, iters: usize, mut f: impl FnMut()) -> f64 {
-    for _ in 0..warmup {
-        f();
-    }
-    let mut t: Vec<f64> = (0..iters)
-        .map(|_| {
-            let s = Instant::now();
-            f();
-            s.elapsed().as_secs_f64()
-        })
-        .collect();
-    t.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    t[iters / 2]
-}
+mod common;
+use common::median_secs;
 
 fn random(n: usize, seed: u64) -> Vec<f32> {
     let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
@@ -330,8 +316,7 @@ fn bench_gpu() {
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; nothing else is accepted.
-    println!("threads: {}", rayon::current_num_threads());
+    println!("threads: {}", common::threads());
     bench_ema_cpu();
     bench_loss_cpu();
     bench_mlp_cpu();

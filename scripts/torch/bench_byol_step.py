@@ -12,14 +12,12 @@ Usage: python3 scripts/torch/bench_byol_step.py [--batch 128] [--width 64] [--th
 """
 import argparse
 import copy
-import resource
-import time
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bench_resnet import cifar_resnet  # noqa: E402  (same folder)
+from bench_resnet import cifar_resnet, median_seconds, peak_rss_mib  # same folder
 
 
 def mlp(inp: int, hidden: int = 4096, out: int = 256) -> nn.Module:
@@ -64,15 +62,8 @@ def main() -> None:
             for pt, po in zip(target.parameters(), online.parameters()):
                 pt.mul_(0.99).add_(po, alpha=0.01)
 
-    step()
-    times = []
-    for _ in range(a.iters):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
-    times.sort()
-    median = times[len(times) // 2]
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    median = median_seconds(step, a.iters)
+    rss = peak_rss_mib()
     print(f"torch byol-step batch={a.batch} threads={a.threads} images_per_s={a.batch / median:.2f} "
           f"step_s={median:.3f} peak_rss_mib={rss:.0f}")
 

@@ -24,6 +24,23 @@ def cifar_resnet(arch: str) -> nn.Module:
     return net
 
 
+def median_seconds(step, iters: int) -> float:
+    """Median wall time of `iters` calls of `step` after one warm-up call (allocations, oneDNN
+    primitive creation)."""
+    step()
+    times = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--arch", default="resnet18")
@@ -42,15 +59,8 @@ def main() -> None:
         net.zero_grad(set_to_none=False)
         (net(x) * w).sum().backward()
 
-    step()  # warm-up (allocations, oneDNN primitive creation)
-    times = []
-    for _ in range(a.iters):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
-    times.sort()
-    median = times[len(times) // 2]
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    median = median_seconds(step, a.iters)
+    rss = peak_rss_mib()
     print(f"torch {a.arch} batch={a.batch} size={a.size} threads={a.threads} "
           f"images_per_s={a.batch / median:.2f} step_s={median:.3f} peak_rss_mib={rss:.0f}")
 

@@ -42,6 +42,15 @@ pub struct Conv2d {
 }
 
 impl Conv2d {
+    pub const fn new(cin: usize, cout: usize, k: usize, stride: usize, pad: usize) -> Self {
+        Conv2d {
+            cin,
+            cout,
+            k,
+            stride,
+            pad,
+        }
+    }
     pub fn geometry(&self, h: usize, w: usize) -> ConvGeometry {
         ConvGeometry {
             h,

@@ -202,13 +202,7 @@ impl ResNet {
         net.add_unit(
             "conv1",
             "bn1",
-            Conv2d {
-                cin: config.in_channels,
-                cout: w,
-                k,
-                stride,
-                pad,
-            },
+            Conv2d::new(config.in_channels, w, k, stride, pad),
             true,
         );
         let (expansion, mut inplanes) = (config.arch.expansion(), w);
@@ -221,45 +215,15 @@ impl ResNet {
                 let mut units = Vec::new();
                 let convs = if expansion == 1 {
                     vec![
-                        Conv2d {
-                            cin: inplanes,
-                            cout: planes,
-                            k: 3,
-                            stride,
-                            pad: 1,
-                        },
-                        Conv2d {
-                            cin: planes,
-                            cout: planes,
-                            k: 3,
-                            stride: 1,
-                            pad: 1,
-                        },
+                        Conv2d::new(inplanes, planes, 3, stride, 1),
+                        Conv2d::new(planes, planes, 3, 1, 1),
                     ]
                 } else {
                     // torchvision's ResNet v1.5: the stride sits on the 3×3 convolution.
                     vec![
-                        Conv2d {
-                            cin: inplanes,
-                            cout: planes,
-                            k: 1,
-                            stride: 1,
-                            pad: 0,
-                        },
-                        Conv2d {
-                            cin: planes,
-                            cout: planes,
-                            k: 3,
-                            stride,
-                            pad: 1,
-                        },
-                        Conv2d {
-                            cin: planes,
-                            cout: planes * expansion,
-                            k: 1,
-                            stride: 1,
-                            pad: 0,
-                        },
+                        Conv2d::new(inplanes, planes, 1, 1, 0),
+                        Conv2d::new(planes, planes, 3, stride, 1),
+                        Conv2d::new(planes, planes * expansion, 1, 1, 0),
                     ]
                 };
                 for (i, conv) in convs.into_iter().enumerate() {
@@ -267,13 +231,7 @@ impl ResNet {
                     units.push(net.add_unit(&cn, &bn, conv, true));
                 }
                 let downsample = (stride != 1 || inplanes != planes * expansion).then(|| {
-                    let conv = Conv2d {
-                        cin: inplanes,
-                        cout: planes * expansion,
-                        k: 1,
-                        stride,
-                        pad: 0,
-                    };
+                    let conv = Conv2d::new(inplanes, planes * expansion, 1, stride, 0);
                     net.add_unit(
                         &format!("{p}.downsample.0"),
                         &format!("{p}.downsample.1"),
