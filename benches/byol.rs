@@ -9,7 +9,7 @@
 //! Run: `cargo bench --bench byol` (`-- --no-torch`, `--batch N`, `--width N`, `--iters N`;
 //! `BYOL_BENCH_THREADS` sets the threads, default 2).
 
-use host::byol::{Byol, ByolConfig, LarsConfig};
+use host::byol::{Byol, ByolConfig, LarsConfig, LrMultipliers};
 use host::data::augment::{Augmenter, ViewConfig};
 use host::data::Dataset;
 use host::nn::{Arch, ResNetConfig, Stem};
@@ -69,6 +69,7 @@ fn main() {
         projector_hidden: 4096,
         projection: 256,
         predictor_hidden: 4096,
+        predictor: true,
     };
     let byol = Byol::new(cfg).unwrap();
     let mut state = byol.init(0);
@@ -90,6 +91,7 @@ fn main() {
             0.1,
             0.99,
             &lars,
+            LrMultipliers::default(),
         )
         .unwrap();
     });

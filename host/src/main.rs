@@ -132,6 +132,23 @@ struct TrainArgs {
     predictor_hidden: Option<usize>,
     #[arg(long)]
     seed: Option<u64>,
+    /// Ablation: a constant target decay instead of the cosine schedule (0: the target copies
+    /// the online network every step; 1: it stays at its random initialisation).
+    #[arg(long)]
+    tau_constant: Option<f64>,
+    /// Ablation: no predictor (the online projection is compared with the target's directly).
+    #[arg(long)]
+    no_predictor: bool,
+    /// Ablation: learning-rate multiplier of the predictor (λ).
+    #[arg(long)]
+    predictor_lr_mult: Option<f64>,
+    /// Ablation: learning-rate multiplier of the projector (μ).
+    #[arg(long)]
+    projector_lr_mult: Option<f64>,
+    /// Augmentation set: full, symmetric, no-colour, no-grayscale, no-blur, no-flip,
+    /// crop-only, crop-flip, crop-colour, crop-blur.
+    #[arg(long)]
+    augmentations: Option<String>,
 }
 
 impl TrainArgs {
@@ -179,8 +196,19 @@ impl TrainArgs {
             projector_hidden,
             projection_dim,
             predictor_hidden,
-            seed
+            seed,
+            image_size
         );
+        set!(predictor_lr_mult, projector_lr_mult, augmentations);
+        if let Some(d) = &self.data_dir {
+            c.data_dir = Some(d.clone());
+        }
+        if let Some(t) = self.tau_constant {
+            c.tau_constant = Some(t);
+        }
+        if self.no_predictor {
+            c.predictor = false;
+        }
         Ok((c, out, threads))
     }
 }
@@ -249,16 +277,20 @@ fn train(args: &TrainArgs) -> Result<(), Error> {
     );
     let s = host::train::train(&cfg, &opts)?;
     println!("\nsummary ({})", s.out.display());
-    println!("  epoch   loss     kNN top-1");
+    println!("  epoch   loss     kNN top-1   std·√d   eff. rank");
     if let Some(k) = s.knn_init {
         println!("  init    -        {:6.2}%", 100.0 * k);
     }
     for e in &s.epochs {
+        let c = &e.collapse;
+        let flag = if c.collapsed { "  collapsed" } else { "" };
+        let spread = c.projection_std / c.healthy_std;
         println!(
-            "  {:<6}  {:.4}   {:6.2}%",
+            "  {:<6}  {:.4}   {:6.2}%     {spread:.3}    {:6.1}{flag}",
             e.epoch,
             e.loss,
-            100.0 * e.knn_top1
+            100.0 * e.knn_top1,
+            c.effective_rank
         );
     }
     if let (Some(k0), Some(last)) = (s.knn_init, s.epochs.last()) {
@@ -295,8 +327,8 @@ fn open_run(path: &Path) -> Result<(host::byol::Byol, host::byol::ByolState, Tra
 fn eval_knn(path: &Path) -> Result<(), Error> {
     let (byol, state, cfg) = open_run(path)?;
     let (train, test) = host::train::load_data(&cfg)?;
-    let aug = host::train::augmenter(&train);
-    let acc = host::train::knn_of(&byol, &state, &train, &test, &aug, &cfg)?;
+    let aug = host::train::augmenter(&train, &cfg)?;
+    let acc = host::train::monitor(&byol, &state, &train, &test, &aug, &cfg)?.knn_top1;
     println!(
         "kNN top-1 (k = {}, T = {}): {:.2}% on {} held-out images",
         cfg.knn_k,
@@ -310,7 +342,7 @@ fn eval_knn(path: &Path) -> Result<(), Error> {
 fn eval_linear(path: &Path, epochs: usize) -> Result<(), Error> {
     let (byol, state, cfg) = open_run(path)?;
     let (train, test) = host::train::load_data(&cfg)?;
-    let aug = host::train::augmenter(&train);
+    let aug = host::train::augmenter(&train, &cfg)?;
     let (enc, run) = (byol.encoder_params(), byol.encoder_running());
     let (params, running) = (&state.online[enc], &state.online_running[run]);
     let (train_idx, test_idx) = (host::train::labelled(&train), host::train::labelled(&test));
@@ -379,4 +411,129 @@ fn gpu_info() -> Result<(), Error> {
     Err(Error::InvalidArgument(
         "this binary was built without the `cuda` feature; rebuild with `--features cuda`".into(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config_of(args: &[&str]) -> (TrainConfig, PathBuf, Option<usize>) {
+        let cli = Cli::try_parse_from(["host", "train"].iter().chain(args)).unwrap();
+        let Command::Train(a) = cli.command else {
+            panic!("not train")
+        };
+        a.config().unwrap()
+    }
+
+    #[test]
+    fn every_train_flag_should_reach_the_configuration() {
+        let (c, out, threads) = config_of(&[
+            "--dataset",
+            "cifar10",
+            "--data-dir",
+            "/d",
+            "--image-size",
+            "48",
+            "--train-size",
+            "7",
+            "--test-size",
+            "3",
+            "--arch",
+            "resnet50",
+            "--stem",
+            "imagenet",
+            "--width",
+            "8",
+            "--epochs",
+            "5",
+            "--batch-size",
+            "4",
+            "--base-lr",
+            "0.3",
+            "--weight-decay",
+            "0.01",
+            "--tau-base",
+            "0.9",
+            "--warmup-epochs",
+            "1",
+            "--projector-hidden",
+            "64",
+            "--projection-dim",
+            "32",
+            "--predictor-hidden",
+            "16",
+            "--seed",
+            "9",
+            "--tau-constant",
+            "0",
+            "--no-predictor",
+            "--predictor-lr-mult",
+            "10",
+            "--projector-lr-mult",
+            "1.5",
+            "--augmentations",
+            "crop-only",
+            "--out",
+            "/o",
+            "--threads",
+            "3",
+        ]);
+        let expected = TrainConfig {
+            dataset: "cifar10".into(),
+            data_dir: Some("/d".into()),
+            image_size: 48,
+            train_size: 7,
+            test_size: 3,
+            arch: "resnet50".into(),
+            stem: "imagenet".into(),
+            width: 8,
+            epochs: 5,
+            batch_size: 4,
+            base_lr: 0.3,
+            weight_decay: 0.01,
+            tau_base: 0.9,
+            warmup_epochs: 1,
+            projector_hidden: 64,
+            projection_dim: 32,
+            predictor_hidden: 16,
+            seed: 9,
+            tau_constant: Some(0.0),
+            predictor: false,
+            predictor_lr_mult: 10.0,
+            projector_lr_mult: 1.5,
+            augmentations: "crop-only".into(),
+            ..TrainConfig::default()
+        };
+        assert_eq!(c, expected);
+        assert_eq!((out, threads), (PathBuf::from("/o"), Some(3)));
+    }
+
+    #[test]
+    fn presets_and_defaults_should_apply_under_explicit_flags() {
+        let (c, out, threads) = config_of(&[]);
+        assert_eq!(
+            (c, out, threads),
+            (TrainConfig::default(), PathBuf::from("runs/byol"), None)
+        );
+        let (c, _, _) = config_of(&["--preset", "1000", "--epochs", "2"]);
+        assert_eq!(
+            (
+                c.epochs,
+                c.base_lr,
+                c.weight_decay,
+                c.tau_base,
+                c.warmup_epochs
+            ),
+            (2, 0.2, 1.5e-6, 0.996, 10)
+        );
+        let cli = Cli::try_parse_from(["host", "train", "--preset", "50"]).unwrap();
+        let Command::Train(a) = cli.command else {
+            panic!()
+        };
+        assert!(a
+            .config()
+            .unwrap_err()
+            .to_string()
+            .contains("unknown preset"));
+    }
 }

@@ -9,13 +9,15 @@
 //! resumed from an epoch's checkpoint continues exactly as the uninterrupted one.
 
 use crate::byol::schedule::{learning_rate, tau};
-use crate::byol::{Byol, ByolConfig, LarsConfig};
+use crate::byol::{Byol, ByolConfig, LarsConfig, LrMultipliers};
 use crate::checkpoint;
+use crate::cpu::mlp::{mlp_forward, MlpBuffers};
 use crate::data::augment::{mix, Augmenter, ViewConfig};
 use crate::data::formats::{self, UNLABELED};
 use crate::data::{synthetic, Dataset};
 use crate::error::{Error, Result};
-use crate::eval::{embed, knn_accuracy};
+use crate::eval::{diagnose, embed, knn_accuracy, Collapse};
+use crate::mlp::BnMode;
 use crate::nn::{Arch, ResNetConfig, Stem};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -56,6 +58,16 @@ pub struct TrainConfig {
     pub knn_k: usize,
     pub knn_temperature: f64,
     pub seed: u64,
+    /// A constant target decay instead of the cosine schedule from `tau_base`: 0 makes the
+    /// target a copy of the online network every step, 1 keeps it at its random start.
+    pub tau_constant: Option<f64>,
+    /// Whether the online network has a predictor.
+    pub predictor: bool,
+    /// Learning-rate multipliers of the predictor (λ) and the projector (μ).
+    pub predictor_lr_mult: f64,
+    pub projector_lr_mult: f64,
+    /// A named augmentation set (see [`ViewConfig::named`]): `full` is the paper's T and T′.
+    pub augmentations: String,
 }
 
 impl Default for TrainConfig {
@@ -82,6 +94,11 @@ impl Default for TrainConfig {
             knn_k: 200,
             knn_temperature: 0.1,
             seed: 0,
+            tau_constant: None,
+            predictor: true,
+            predictor_lr_mult: 1.0,
+            projector_lr_mult: 1.0,
+            augmentations: "full".into(),
         }
     }
 }
@@ -120,6 +137,13 @@ impl TrainConfig {
                 self.weight_decay
             ));
         }
+        if let Some(t) = self.tau_constant.filter(|t| !(0.0..=1.0).contains(t)) {
+            return bad(format!("tau_constant must lie in [0, 1], got {t}"));
+        }
+        if !(self.predictor_lr_mult > 0.0 && self.projector_lr_mult > 0.0) {
+            return bad("learning-rate multipliers must be positive".into());
+        }
+        ViewConfig::named(&self.augmentations)?;
         if !(0.0..=1.0).contains(&self.tau_base) {
             return bad(format!(
                 "tau_base must lie in [0, 1], got {}",
@@ -155,6 +179,7 @@ impl TrainConfig {
             projector_hidden: self.projector_hidden,
             projection: self.projection_dim,
             predictor_hidden: self.predictor_hidden,
+            predictor: self.predictor,
         })
     }
 
@@ -169,7 +194,15 @@ pub struct EpochRecord {
     pub epoch: usize,
     pub loss: f64,
     pub knn_top1: f64,
+    pub collapse: Collapse,
     pub seconds: f64,
+}
+
+/// The monitor's reading of an encoder: kNN accuracy and collapse diagnostics.
+#[derive(Clone, Copy, Debug)]
+pub struct Monitor {
+    pub knn_top1: f64,
+    pub collapse: Collapse,
 }
 
 /// What a run reports at its end.
@@ -178,6 +211,8 @@ pub struct Summary {
     /// kNN accuracy of the encoder at initialisation (absent when resumed).
     pub knn_init: Option<f64>,
     pub epochs: Vec<EpochRecord>,
+    /// The first epoch whose diagnostics said "collapsed", and the step count then.
+    pub collapsed_at: Option<(usize, u64)>,
     pub images_per_s: f64,
     pub out: PathBuf,
 }
@@ -250,14 +285,14 @@ pub fn read_config(path: &Path) -> Result<ConfigFile> {
 }
 
 /// The augmentations and normalisation for `train`.
-pub fn augmenter(train: &Dataset) -> Augmenter {
+pub fn augmenter(train: &Dataset, cfg: &TrainConfig) -> Result<Augmenter> {
     let (mean, std) = train.channel_stats();
-    Augmenter {
-        views: [ViewConfig::BYOL_T, ViewConfig::BYOL_T_PRIME],
+    Ok(Augmenter {
+        views: ViewConfig::named(&cfg.augmentations)?,
         size: train.h,
         mean,
         std,
-    }
+    })
 }
 
 /// Checks, before any work, that the output folder can be written.
@@ -275,15 +310,17 @@ pub fn labelled(data: &Dataset) -> Vec<usize> {
         .collect()
 }
 
-/// kNN accuracy of the online encoder: bank = labelled training images, queries = held-out.
-pub fn knn_of(
+/// The monitor after an epoch: kNN accuracy of the online encoder (bank = labelled training
+/// images, queries = held-out), and collapse diagnostics on up to 1024 of the bank's
+/// representations and their projections (evaluation-mode BatchNorm).
+pub fn monitor(
     byol: &Byol,
     state: &crate::byol::ByolState,
     train: &Dataset,
     test: &Dataset,
     aug: &Augmenter,
     cfg: &TrainConfig,
-) -> Result<f64> {
+) -> Result<Monitor> {
     let (enc, run) = (byol.encoder_params(), byol.encoder_running());
     let (params, running) = (&state.online[enc], &state.online_running[run]);
     let bank_idx = labelled(train);
@@ -299,7 +336,7 @@ pub fn knn_of(
     )?;
     let bank_labels: Vec<u16> = bank_idx.iter().map(|&i| train.labels[i]).collect();
     let dim = byol.encoder.repr_dim();
-    Ok(knn_accuracy(
+    let knn_top1 = knn_accuracy(
         &bank,
         &bank_labels,
         &queries,
@@ -308,7 +345,38 @@ pub fn knn_of(
         train.classes,
         cfg.knn_k,
         cfg.knn_temperature as f32,
-    ))
+    );
+    let n = bank_idx.len().min(1024);
+    let (p, m) = (&byol.projector, n * byol.projector.hidden);
+    let mut proj_running = state.online_running[byol.projector_running()].to_vec();
+    let (mut h, mut a, mut stats, mut gh) = (
+        vec![0.0; m],
+        vec![0.0; m],
+        vec![0.0; 2 * p.hidden],
+        vec![0.0; m],
+    );
+    let mut z = vec![0.0; n * p.output];
+    let buffers = MlpBuffers {
+        h: &mut h,
+        a: &mut a,
+        stats: &mut stats,
+        grad_hidden: &mut gh,
+    };
+    let w = &state.online[byol.projector_params()];
+    mlp_forward(
+        p,
+        w,
+        &mut proj_running,
+        &bank[..n * dim],
+        n,
+        BnMode::Eval,
+        buffers,
+        &mut z,
+    );
+    Ok(Monitor {
+        knn_top1,
+        collapse: diagnose(&bank[..n * dim], dim, &z, p.output),
+    })
 }
 
 /// Trains as configured. Returns the per-epoch record.
@@ -329,7 +397,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
             train.h, train.w
         )));
     }
-    let aug = augmenter(&train);
+    let aug = augmenter(&train, cfg)?;
     let byol = Byol::new(cfg.byol_config()?)?;
     let mut state = match &opts.resume {
         None => byol.init(cfg.seed),
@@ -374,6 +442,10 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
     let total = (cfg.epochs * steps_per_epoch) as u64;
     let warmup = cfg.warmup_epochs * steps_per_epoch;
     let peak = cfg.base_lr * b as f64 / 256.0;
+    let lr_mult = LrMultipliers {
+        projector: cfg.projector_lr_mult as f32,
+        predictor: cfg.predictor_lr_mult as f32,
+    };
     let lars = LarsConfig {
         weight_decay: cfg.weight_decay as f32,
         ..LarsConfig::default()
@@ -382,7 +454,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
     let last_epoch = opts.stop_after_epochs.unwrap_or(cfg.epochs).min(cfg.epochs);
 
     let knn_init = if opts.resume.is_none() {
-        let acc = knn_of(&byol, &state, &train, &test, &aug, cfg)?;
+        let acc = monitor(&byol, &state, &train, &test, &aug, cfg)?.knn_top1;
         record(serde_json::json!({"kind": "epoch", "epoch": 0, "knn_top1": acc}))?;
         if opts.progress {
             eprintln!("kNN top-1 at initialisation: {:.2}%", 100.0 * acc);
@@ -394,6 +466,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
     let mut work = byol.work(b, aug.size, aug.size)?;
     let px = aug.size * aug.size * 3;
     let mut epochs = Vec::new();
+    let mut collapsed_at = None;
     let (run_start, mut images) = (Instant::now(), 0usize);
     for epoch in first_epoch..last_epoch {
         let start = Instant::now();
@@ -428,7 +501,8 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
                 let k = state.step as usize;
                 let (lr, t) = (
                     learning_rate(peak, k, warmup, total as usize),
-                    tau(cfg.tau_base, k, total as usize),
+                    cfg.tau_constant
+                        .unwrap_or_else(|| tau(cfg.tau_base, k, total as usize)),
                 );
                 let step_start = Instant::now();
                 let loss = byol
@@ -439,6 +513,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
                         lr as f32,
                         t as f32,
                         &lars,
+                        lr_mult,
                     )?
                     .loss;
                 loss_sum += loss as f64;
@@ -465,16 +540,25 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
             }
             Ok(())
         })?;
-        let acc = knn_of(&byol, &state, &train, &test, &aug, cfg)?;
+        let Monitor {
+            knn_top1: acc,
+            collapse,
+        } = monitor(&byol, &state, &train, &test, &aug, cfg)?;
         let rec = EpochRecord {
             epoch: epoch + 1,
             loss: loss_sum / steps_per_epoch as f64,
             knn_top1: acc,
+            collapse,
             seconds: start.elapsed().as_secs_f64(),
         };
-        record(
-            serde_json::json!({"kind": "epoch", "epoch": rec.epoch, "loss": rec.loss, "knn_top1": acc, "seconds": rec.seconds}),
-        )?;
+        if collapse.collapsed && collapsed_at.is_none() {
+            collapsed_at = Some((rec.epoch, state.step));
+        }
+        record(serde_json::json!({
+            "kind": "epoch", "epoch": rec.epoch, "loss": rec.loss, "knn_top1": acc, "seconds": rec.seconds,
+            "projection_std": collapse.projection_std, "healthy_std": collapse.healthy_std,
+            "effective_rank": collapse.effective_rank, "collapsed": collapse.collapsed,
+        }))?;
         checkpoint::save(
             &opts.out.join("checkpoint.safetensors"),
             &byol,
@@ -483,11 +567,14 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         )?;
         if opts.progress {
             let line = format!(
-                "epoch {}/{}: loss {:.4}, kNN top-1 {:.2}%, {:.0} s",
+                "epoch {}/{}: loss {:.4}, kNN top-1 {:.2}%, projection std·√d {:.3}, effective rank {:.1}{}, {:.0} s",
                 rec.epoch,
                 cfg.epochs,
                 rec.loss,
                 100.0 * acc,
+                collapse.projection_std / collapse.healthy_std,
+                collapse.effective_rank,
+                if collapse.collapsed { " COLLAPSED" } else { "" },
                 rec.seconds
             );
             eprintln!(
@@ -505,6 +592,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
     Ok(Summary {
         knn_init,
         epochs,
+        collapsed_at,
         images_per_s: images as f64 / run_start.elapsed().as_secs_f64(),
         out: opts.out.clone(),
     })

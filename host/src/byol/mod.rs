@@ -5,4 +5,4 @@ pub mod network;
 pub mod schedule;
 
 pub use lars::{lars_step, LarsConfig};
-pub use network::{Byol, ByolConfig, ByolState, ByolWork, StepReport};
+pub use network::{Byol, ByolConfig, ByolState, ByolWork, LrMultipliers, StepReport};

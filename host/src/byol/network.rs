@@ -29,6 +29,26 @@ pub struct ByolConfig {
     pub projector_hidden: usize,
     pub projection: usize,
     pub predictor_hidden: usize,
+    /// Whether the online network has a predictor (the paper's ablation removes it: p = z).
+    pub predictor: bool,
+}
+
+/// Learning-rate multipliers of the projector (μ) and the predictor (λ), for the paper's
+/// ablations (its appendix: with τ = 0 a predictor learning faster than the rest restores
+/// learning). Both 1 in plain BYOL.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LrMultipliers {
+    pub projector: f32,
+    pub predictor: f32,
+}
+
+impl Default for LrMultipliers {
+    fn default() -> Self {
+        LrMultipliers {
+            projector: 1.0,
+            predictor: 1.0,
+        }
+    }
 }
 
 /// Structure and layout of the online and target networks (parameters live in [`ByolState`]).
@@ -36,7 +56,8 @@ pub struct Byol {
     pub config: ByolConfig,
     pub encoder: ResNet,
     pub projector: Mlp,
-    pub predictor: Mlp,
+    /// `None` when the configuration removes it.
+    pub predictor: Option<Mlp>,
     /// Every online parameter and running buffer, in buffer order.
     pub registry: Registry,
 }
@@ -57,7 +78,8 @@ pub struct ByolState {
 pub struct ByolWork {
     batch: usize,
     acts: Activations,
-    mlp: [MlpScratch; 2],
+    projector_scratch: MlpScratch,
+    predictor_scratch: Option<MlpScratch>,
     z: Vec<f32>,
     p: Vec<f32>,
     target_z: [Vec<f32>; 2],
@@ -111,18 +133,20 @@ impl Byol {
             output: config.projection,
             last_bias: false,
         };
-        let predictor = Mlp {
+        let predictor = config.predictor.then_some(Mlp {
             input: config.projection,
             hidden: config.predictor_hidden,
             output: config.projection,
             last_bias: false,
-        };
+        });
         projector.validate()?;
-        predictor.validate()?;
         let mut registry = Registry::default();
         registry.extend_prefixed(&encoder.registry, "encoder");
         projector.register(&mut registry, "projector");
-        predictor.register(&mut registry, "predictor");
+        if let Some(q) = &predictor {
+            q.validate()?;
+            q.register(&mut registry, "predictor");
+        }
         Ok(Byol {
             config,
             encoder,
@@ -142,7 +166,7 @@ impl Byol {
     }
     pub fn predictor_params(&self) -> Range<usize> {
         let s = self.projector_params().end;
-        s..s + self.predictor.num_params()
+        s..s + self.predictor.as_ref().map_or(0, Mlp::num_params)
     }
     /// Running-statistics ranges of the three parts.
     pub fn encoder_running(&self) -> Range<usize> {
@@ -154,7 +178,7 @@ impl Byol {
     }
     pub fn predictor_running(&self) -> Range<usize> {
         let s = self.projector_running().end;
-        s..s + self.predictor.running_len()
+        s..s + self.predictor.as_ref().map_or(0, Mlp::running_len)
     }
 
     /// A fresh run: online and target initialised from different seeds (as the official
@@ -165,7 +189,7 @@ impl Byol {
             self.init_params(seed ^ 0x9e37_79b9_7f4a_7c15)[..self.projector_params().end].to_vec();
         let mut running = self.encoder.init_running();
         running.extend(self.projector.init_running());
-        running.extend(self.predictor.init_running());
+        running.extend(self.predictor.iter().flat_map(Mlp::init_running));
         let target_running = running[..self.projector_running().end].to_vec();
         ByolState {
             momentum: vec![0.0; online.len()],
@@ -181,7 +205,9 @@ impl Byol {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut p = self.encoder.init_params(&mut rng);
         p.extend(self.projector.init_params(&mut rng));
-        p.extend(self.predictor.init_params(&mut rng));
+        if let Some(q) = &self.predictor {
+            p.extend(q.init_params(&mut rng));
+        }
         p
     }
 
@@ -191,10 +217,8 @@ impl Byol {
         Ok(ByolWork {
             batch,
             acts: self.encoder.activations(batch, h, w)?,
-            mlp: [
-                MlpScratch::new(&self.projector, batch),
-                MlpScratch::new(&self.predictor, batch),
-            ],
+            projector_scratch: MlpScratch::new(&self.projector, batch),
+            predictor_scratch: self.predictor.as_ref().map(|q| MlpScratch::new(q, batch)),
             z: vec![0.0; batch * proj],
             p: vec![0.0; batch * proj],
             target_z: [vec![0.0; batch * proj], vec![0.0; batch * proj]],
@@ -220,7 +244,7 @@ impl Byol {
             self.encoder
                 .forward(&state.target[enc], er, x, BnMode::Train, &mut work.acts)?;
         let out = &mut work.target_z[view];
-        let buffers = work.mlp[0].buffers();
+        let buffers = work.projector_scratch.buffers();
         mlp_forward(
             &self.projector,
             &state.target[proj],
@@ -232,6 +256,17 @@ impl Byol {
             out,
         );
         Ok(())
+    }
+
+    /// The multiplier of one parameter tensor's learning rate.
+    fn lr_multiplier(&self, p: &crate::nn::Param, m: LrMultipliers) -> f32 {
+        if self.projector_params().contains(&p.range.start) {
+            m.projector
+        } else if self.predictor_params().contains(&p.range.start) {
+            m.predictor
+        } else {
+            1.0
+        }
     }
 
     /// Online pass on one view against the other view's target projection: forward, loss,
@@ -257,7 +292,7 @@ impl Byol {
             .encoder
             .forward(&online[enc.clone()], er, x, BnMode::Train, &mut work.acts)?
             .to_vec();
-        let [proj_scratch, pred_scratch] = &mut work.mlp;
+        let proj_scratch = &mut work.projector_scratch;
         mlp_forward(
             &self.projector,
             &online[proj.clone()],
@@ -268,16 +303,22 @@ impl Byol {
             proj_scratch.buffers(),
             &mut work.z,
         );
-        mlp_forward(
-            &self.predictor,
-            &online[pred.clone()],
-            qr,
-            &work.z,
-            b,
-            BnMode::Train,
-            pred_scratch.buffers(),
-            &mut work.p,
-        );
+        match (&self.predictor, &mut work.predictor_scratch) {
+            (Some(q), Some(scratch)) => {
+                let w = &online[pred.clone()];
+                mlp_forward(
+                    q,
+                    w,
+                    qr,
+                    &work.z,
+                    b,
+                    BnMode::Train,
+                    scratch.buffers(),
+                    &mut work.p,
+                )
+            }
+            _ => work.p.copy_from_slice(&work.z), // no predictor: p = z
+        }
         let dim = self.config.projection;
         let loss = nmse_loss(
             &work.p,
@@ -295,16 +336,22 @@ impl Byol {
         }
         let (genc, rest) = work.grads.split_at_mut(enc.end);
         let (gproj, gpred) = rest.split_at_mut(proj.len());
-        mlp_backward(
-            &self.predictor,
-            &online[pred],
-            &work.z,
-            b,
-            pred_scratch.buffers(),
-            &work.grad_p,
-            gpred,
-            &mut work.grad_z,
-        );
+        match (&self.predictor, &mut work.predictor_scratch) {
+            (Some(q), Some(scratch)) => {
+                let (w, z) = (&online[pred], &work.z);
+                mlp_backward(
+                    q,
+                    w,
+                    z,
+                    b,
+                    scratch.buffers(),
+                    &work.grad_p,
+                    gpred,
+                    &mut work.grad_z,
+                )
+            }
+            _ => work.grad_z.copy_from_slice(&work.grad_p),
+        }
         mlp_backward(
             &self.projector,
             &online[proj],
@@ -321,8 +368,9 @@ impl Byol {
     }
 
     /// One BYOL step on views `v1 = t(x)`, `v2 = t′(x)`: the gradient of
-    /// `L(v1→v2) + L(v2→v1)`, a LARS step at learning rate `lr`, then the target's EMA with
-    /// decay `tau`.
+    /// `L(v1→v2) + L(v2→v1)`, a LARS step at learning rate `lr` (times `lr_mult` for the
+    /// projector and predictor), then the target's EMA with decay `tau`.
+    #[allow(clippy::too_many_arguments)]
     pub fn step(
         &self,
         state: &mut ByolState,
@@ -331,6 +379,7 @@ impl Byol {
         lr: f32,
         tau: f32,
         lars: &LarsConfig,
+        lr_mult: LrMultipliers,
     ) -> Result<StepReport> {
         check_len(
             "BYOL online parameters",
@@ -358,7 +407,7 @@ impl Byol {
             &work.grads,
             &mut state.momentum,
             lr,
-            |_| 1.0,
+            |p| self.lr_multiplier(p, lr_mult),
         );
         let shared = self.projector_params().end;
         ema_update(&mut state.target, &state.online[..shared], tau);

@@ -16,6 +16,7 @@
 //! batch is the same whatever the thread count, and a resumed run sees the same views.
 
 use super::Dataset;
+use crate::error::{Error, Result};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -76,6 +77,76 @@ impl ViewConfig {
         solarize: 0.0,
     };
 }
+
+impl ViewConfig {
+    /// A named pair (T, T′) for the paper's augmentation ablations: `full` (the paper's),
+    /// `symmetric` (T′ = T), `no-colour` (no jitter, no grayscale), `no-grayscale`, `no-blur`,
+    /// `no-flip`, `crop-only`, `crop-flip`, `crop-colour` (crop, jitter, grayscale),
+    /// `crop-blur`. Every set keeps the random resized crop.
+    pub fn named(name: &str) -> Result<[ViewConfig; 2]> {
+        let (t, t2) = (ViewConfig::BYOL_T, ViewConfig::BYOL_T_PRIME);
+        let crop = ViewConfig {
+            crop_scale: t.crop_scale,
+            crop_ratio: t.crop_ratio,
+            ..ViewConfig::IDENTITY
+        };
+        let both = |f: &dyn Fn(ViewConfig) -> ViewConfig| [f(t), f(t2)];
+        Ok(match name {
+            "full" => [t, t2],
+            "symmetric" => [t, t],
+            "no-colour" => both(&|v| ViewConfig {
+                jitter: 0.0,
+                grayscale: 0.0,
+                ..v
+            }),
+            "no-grayscale" => both(&|v| ViewConfig {
+                grayscale: 0.0,
+                ..v
+            }),
+            "no-blur" => both(&|v| ViewConfig { blur: 0.0, ..v }),
+            "no-flip" => both(&|v| ViewConfig { flip: 0.0, ..v }),
+            "crop-only" => [crop, crop],
+            "crop-flip" => both(&|v| ViewConfig {
+                flip: v.flip,
+                ..crop
+            }),
+            "crop-colour" => both(&|v| ViewConfig {
+                jitter: v.jitter,
+                brightness: v.brightness,
+                contrast: v.contrast,
+                saturation: v.saturation,
+                hue: v.hue,
+                grayscale: v.grayscale,
+                ..crop
+            }),
+            "crop-blur" => both(&|v| ViewConfig {
+                blur: v.blur,
+                blur_sigma: v.blur_sigma,
+                ..crop
+            }),
+            _ => {
+                return Err(Error::InvalidArgument(format!(
+                    "unknown augmentation set {name:?}: expected one of {}",
+                    AUGMENTATION_SETS.join(", ")
+                )))
+            }
+        })
+    }
+}
+
+/// The names [`ViewConfig::named`] knows.
+pub const AUGMENTATION_SETS: [&str; 10] = [
+    "full",
+    "symmetric",
+    "no-colour",
+    "no-grayscale",
+    "no-blur",
+    "no-flip",
+    "crop-only",
+    "crop-flip",
+    "crop-colour",
+    "crop-blur",
+];
 
 /// The two views' distributions, the output size and the normalisation.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -389,6 +460,44 @@ mod tests {
             mean: [0.0; 3],
             std: [1.0; 3],
         }
+    }
+
+    #[test]
+    fn named_sets_should_switch_off_exactly_what_they_name() {
+        for name in AUGMENTATION_SETS {
+            let [a, b] = ViewConfig::named(name).unwrap();
+            assert_eq!(
+                (a.crop_scale, b.crop_scale),
+                ((0.08, 1.0), (0.08, 1.0)),
+                "{name} keeps the crop"
+            );
+        }
+        assert_eq!(
+            ViewConfig::named("full").unwrap(),
+            [ViewConfig::BYOL_T, ViewConfig::BYOL_T_PRIME]
+        );
+        assert_eq!(
+            ViewConfig::named("symmetric").unwrap(),
+            [ViewConfig::BYOL_T; 2]
+        );
+        let [a, b] = ViewConfig::named("no-colour").unwrap();
+        assert!(
+            a.jitter == 0.0
+                && a.grayscale == 0.0
+                && a.blur == 1.0
+                && b.solarize == 0.2
+                && b.blur == 0.1
+        );
+        let [a, b] = ViewConfig::named("crop-only").unwrap();
+        assert!([a.flip, a.jitter, a.grayscale, a.blur, b.solarize] == [0.0; 5]);
+        let [a, b] = ViewConfig::named("crop-blur").unwrap();
+        assert!(a.blur == 1.0 && b.blur == 0.1 && a.jitter == 0.0 && b.flip == 0.0);
+        let [a, _] = ViewConfig::named("crop-colour").unwrap();
+        assert!(a.jitter == 0.8 && a.grayscale == 0.2 && a.blur == 0.0 && a.flip == 0.0);
+        assert!(ViewConfig::named("colour-only")
+            .unwrap_err()
+            .to_string()
+            .contains("crop-blur"));
     }
 
     #[test]
