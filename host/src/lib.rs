@@ -1,6 +1,7 @@
 //! BYOL host: the CPU and GPU backends over the `kernels` crate, the projector/predictor MLP,
 //! and (in later milestones) the ResNet encoder, the training loop and evaluation.
 
+pub mod ablate;
 pub mod backend;
 pub mod byol;
 pub mod checkpoint;

@@ -45,8 +45,21 @@ enum Command {
         /// A run's output folder.
         run: PathBuf,
     },
-    /// [planned, not yet implemented] Run one of the paper's ablation studies.
-    Ablate,
+    /// Run one of the paper's ablation studies: tau, predictor-lr, predictor-projector-lr,
+    /// augmentations, batch-size, weight-decay (depth, closed-form-predictor, beta and
+    /// normalisation are planned). Writes <out>/<study>/results.md beside the paper's numbers.
+    Ablate {
+        study: String,
+        /// Folder of the studies' runs; a rerun skips finished runs and resumes interrupted ones.
+        #[arg(long, default_value = "runs/ablations")]
+        out: PathBuf,
+        /// Epochs per run (default 6: a study fits about half an hour on two cores).
+        #[arg(long)]
+        epochs: Option<usize>,
+        /// Training images per run (synthetic data set).
+        #[arg(long)]
+        train_size: Option<usize>,
+    },
     /// Check the GPU path: open GPU 0, load the kernels, report the device (needs `--features cuda`).
     GpuInfo,
 }
@@ -230,7 +243,17 @@ fn main() -> ExitCode {
             host::plot::plot_metrics(&run.join("metrics.jsonl"), &out)
                 .map(|()| println!("wrote {}", out.display()))
         }
-        Command::Ablate => planned("ablate"),
+        Command::Ablate {
+            study,
+            out,
+            epochs,
+            train_size,
+        } => {
+            let mut base = host::ablate::base();
+            base.epochs = epochs.unwrap_or(base.epochs);
+            base.train_size = train_size.unwrap_or(base.train_size);
+            host::ablate::run_study(&study, &base, &out, true).map(|table| println!("{table}"))
+        }
         Command::GpuInfo => gpu_info(),
     };
     match result {
@@ -240,12 +263,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn planned(what: &str) -> Result<(), Error> {
-    Err(Error::InvalidArgument(format!(
-        "`{what}` is planned but not implemented yet"
-    )))
 }
 
 fn train(args: &TrainArgs) -> Result<(), Error> {

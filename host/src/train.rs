@@ -140,8 +140,8 @@ impl TrainConfig {
         if let Some(t) = self.tau_constant.filter(|t| !(0.0..=1.0).contains(t)) {
             return bad(format!("tau_constant must lie in [0, 1], got {t}"));
         }
-        if !(self.predictor_lr_mult > 0.0 && self.projector_lr_mult > 0.0) {
-            return bad("learning-rate multipliers must be positive".into());
+        if !(self.predictor_lr_mult >= 0.0 && self.projector_lr_mult >= 0.0) {
+            return bad("learning-rate multipliers must be ≥ 0 (0 freezes the part)".into());
         }
         ViewConfig::named(&self.augmentations)?;
         if !(0.0..=1.0).contains(&self.tau_base) {

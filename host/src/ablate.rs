@@ -1,0 +1,334 @@
+//! The paper's ablations as studies (DESIGN.md §2): a study is a list of runs, each a change
+//! to a base configuration, paired with the paper's ImageNet top-1 for the same setting.
+//! Every run trains in its own folder, is evaluated by kNN, linear evaluation and the collapse
+//! flag, and leaves `result.json`; a study skips finished runs and resumes interrupted ones
+//! from their checkpoint. The table (`results.md`) puts our numbers beside the paper's; at
+//! this scale the numbers differ from ImageNet, the qualitative findings are what to compare.
+
+use crate::error::{Error, Result};
+use crate::train::{self, RunOptions, TrainConfig};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// One run of a study: a label, its configuration, and the paper's result for the setting.
+#[derive(Clone, Debug)]
+pub struct StudyRun {
+    pub label: String,
+    pub config: TrainConfig,
+    pub paper: &'static str,
+}
+
+/// What a finished run reports (its `result.json`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RunResult {
+    pub label: String,
+    pub knn_top1: f64,
+    pub linear_top1: f64,
+    pub collapsed_at_epoch: Option<usize>,
+    pub projection_spread: f64,
+}
+
+/// The studies [`study`] knows, and those that need knobs not built yet.
+pub const STUDIES: [&str; 6] = [
+    "tau",
+    "predictor-lr",
+    "predictor-projector-lr",
+    "augmentations",
+    "batch-size",
+    "weight-decay",
+];
+pub const PLANNED: [&str; 4] = ["depth", "closed-form-predictor", "beta", "normalisation"];
+
+/// The base configuration of studies: the default run, shortened to 6 epochs so that a study
+/// fits about half an hour on two cores (scale it with `--epochs`, `--train-size`).
+pub fn base() -> TrainConfig {
+    TrainConfig {
+        epochs: 6,
+        warmup_epochs: 1,
+        ..TrainConfig::default()
+    }
+}
+
+/// The runs of study `name` over `base`.
+pub fn study(name: &str, base: &TrainConfig) -> Result<Vec<StudyRun>> {
+    let run = |label: String, paper: &'static str, f: &dyn Fn(&mut TrainConfig)| {
+        let mut config = base.clone();
+        f(&mut config);
+        StudyRun {
+            label,
+            config,
+            paper,
+        }
+    };
+    Ok(match name {
+        "tau" => [
+            (1.0, "18.8"),
+            (0.999, "69.8"),
+            (0.99, "72.5"),
+            (0.9, "68.4"),
+            (0.0, "0.3"),
+        ]
+        .into_iter()
+        .map(|(t, paper)| run(format!("tau={t}"), paper, &|c| c.tau_constant = Some(t)))
+        .collect(),
+        "predictor-lr" => [
+            (0.0, "0.01"),
+            (1.0, "5.5"),
+            (2.0, "62.8"),
+            (10.0, "66.6"),
+            (20.0, "66.3"),
+        ]
+        .into_iter()
+        .map(|(l, paper)| {
+            run(format!("tau=0,lambda={l}"), paper, &|c| {
+                c.tau_constant = Some(0.0);
+                c.predictor_lr_mult = l;
+            })
+        })
+        .collect(),
+        "predictor-projector-lr" => [(1.0, "66.9"), (1.5, "66.0"), (5.0, "60.5"), (10.0, "8.3")]
+            .into_iter()
+            .map(|(m, paper)| {
+                run(format!("tau=0,lambda=10,mu={m}"), paper, &|c| {
+                    c.tau_constant = Some(0.0);
+                    c.predictor_lr_mult = 10.0;
+                    c.projector_lr_mult = m;
+                })
+            })
+            .collect(),
+        "augmentations" => [
+            ("full", "72.5"),
+            ("symmetric", "72.5"),
+            ("no-colour", "63.4"),
+            ("no-grayscale", "70.3"),
+            ("crop-colour", "70.7"),
+            ("crop-blur", "61.1"),
+            ("crop-flip", "60.1"),
+            ("crop-only", "59.4"),
+        ]
+        .into_iter()
+        .map(|(a, paper)| run(a.to_string(), paper, &|c| c.augmentations = a.into()))
+        .collect(),
+        "batch-size" => [(256, "71.8"), (128, "69.6"), (64, "59.7"), (32, "—")]
+            .into_iter()
+            .map(|(b, paper)| run(format!("batch={b}"), paper, &|c| c.batch_size = b))
+            .collect(),
+        "weight-decay" => [
+            (1e-5, "69.6"),
+            (1e-6, "72.5"),
+            (5e-7, "72.6"),
+            (0.0, "diverges"),
+        ]
+        .into_iter()
+        .map(|(w, paper)| run(format!("wd={w:e}"), paper, &|c| c.weight_decay = w))
+        .collect(),
+        n if PLANNED.contains(&n) => {
+            return Err(Error::InvalidArgument(format!(
+                "study {n:?} needs knobs that are not built yet (planned: {})",
+                PLANNED.join(", ")
+            )))
+        }
+        n => {
+            return Err(Error::InvalidArgument(format!(
+                "unknown study {n:?}: expected one of {}",
+                STUDIES.join(", ")
+            )))
+        }
+    })
+}
+
+/// Trains (or resumes, or skips) one run in `dir` and evaluates it.
+pub fn run_one(r: &StudyRun, dir: &Path, progress: bool) -> Result<RunResult> {
+    let result_path = dir.join("result.json");
+    if let Ok(text) = std::fs::read_to_string(&result_path) {
+        if let Ok(done) = serde_json::from_str::<RunResult>(&text) {
+            return Ok(done);
+        }
+    }
+    let ckpt = dir.join("checkpoint.safetensors");
+    let resume = ckpt.exists().then(|| ckpt.clone());
+    let summary = match train::train(
+        &r.config,
+        &RunOptions {
+            out: dir.to_path_buf(),
+            resume,
+            stop_after_epochs: None,
+            progress,
+        },
+    ) {
+        Ok(s) => s,
+        Err(Error::Diverged { .. }) => {
+            let diverged = RunResult {
+                label: r.label.clone(),
+                knn_top1: f64::NAN,
+                linear_top1: f64::NAN,
+                collapsed_at_epoch: None,
+                projection_spread: f64::NAN,
+            };
+            write_result(&result_path, &diverged)?;
+            return Ok(diverged);
+        }
+        Err(e) => return Err(e),
+    };
+    let last = summary.epochs.last();
+    let linear = linear_top1(&r.config, &ckpt)?;
+    let result = RunResult {
+        label: r.label.clone(),
+        knn_top1: last.map_or(f64::NAN, |e| e.knn_top1),
+        linear_top1: linear,
+        collapsed_at_epoch: summary.collapsed_at.map(|(e, _)| e),
+        projection_spread: last.map_or(f64::NAN, |e| {
+            e.collapse.projection_std / e.collapse.healthy_std
+        }),
+    };
+    write_result(&result_path, &result)?;
+    Ok(result)
+}
+
+fn write_result(path: &Path, r: &RunResult) -> Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_string_pretty(r).unwrap())
+        .map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+/// Linear evaluation of a finished run's checkpoint.
+fn linear_top1(cfg: &TrainConfig, ckpt: &Path) -> Result<f64> {
+    let byol = crate::byol::Byol::new(cfg.byol_config()?)?;
+    let (state, _) = crate::checkpoint::load(ckpt, &byol)?;
+    let (train_set, test) = train::load_data(cfg)?;
+    let aug = train::augmenter(&train_set, cfg)?;
+    let (enc, run) = (byol.encoder_params(), byol.encoder_running());
+    let (params, running) = (&state.online[enc], &state.online_running[run]);
+    let (ti, qi) = (train::labelled(&train_set), train::labelled(&test));
+    let x = crate::eval::embed(&byol.encoder, params, running, &train_set, &ti, &aug, 256)?;
+    let tx = crate::eval::embed(&byol.encoder, params, running, &test, &qi, &aug, 256)?;
+    let y: Vec<u16> = ti.iter().map(|&i| train_set.labels[i]).collect();
+    let ty: Vec<u16> = qi.iter().map(|&i| test.labels[i]).collect();
+    let lin = crate::eval::LinearConfig {
+        epochs: 40,
+        ..Default::default()
+    };
+    Ok(crate::eval::linear_eval(
+        &x,
+        &y,
+        &tx,
+        &ty,
+        byol.encoder.repr_dim(),
+        train_set.classes,
+        &lin,
+    )
+    .test_accuracy)
+}
+
+/// The Markdown table of a study.
+pub fn table(name: &str, runs: &[StudyRun], results: &[RunResult]) -> String {
+    let pct = |v: f64| {
+        if v.is_nan() {
+            "diverged".to_string()
+        } else {
+            format!("{:.1}", 100.0 * v)
+        }
+    };
+    let mut t = format!("### Study `{name}`\n\n| setting | paper (ImageNet top-1, 300 epochs) | our kNN top-1 | our linear top-1 | projection spread (std·√d) | collapsed |\n|---|---|---|---|---|---|\n");
+    for (r, res) in runs.iter().zip(results) {
+        let collapsed = res
+            .collapsed_at_epoch
+            .map_or("no".to_string(), |e| format!("yes, from epoch {e}"));
+        t += &format!(
+            "| {} | {} | {} | {} | {:.3} | {collapsed} |\n",
+            r.label,
+            r.paper,
+            pct(res.knn_top1),
+            pct(res.linear_top1),
+            res.projection_spread
+        );
+    }
+    t
+}
+
+/// Runs study `name` over `base` in `out/<name>/<run>/`; writes `results.md` and
+/// `results.png` there and returns the table.
+pub fn run_study(name: &str, base: &TrainConfig, out: &Path, progress: bool) -> Result<String> {
+    let runs = study(name, base)?;
+    let dir = out.join(name);
+    let mut results = Vec::new();
+    for (i, r) in runs.iter().enumerate() {
+        if progress {
+            eprintln!("[{name} {}/{}] {}", i + 1, runs.len(), r.label);
+        }
+        results.push(run_one(
+            r,
+            &dir.join(r.label.replace(['=', ','], "_")),
+            progress,
+        )?);
+    }
+    let t = table(name, &runs, &results);
+    std::fs::write(dir.join("results.md"), &t).map_err(|e| Error::io(dir.join("results.md"), e))?;
+    let knn: Vec<(f64, f64)> = results
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (i as f64 + 1.0, 100.0 * r.knn_top1))
+        .collect();
+    let lin: Vec<(f64, f64)> = results
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (i as f64 + 1.0, 100.0 * r.linear_top1))
+        .collect();
+    let spread: Vec<(f64, f64)> = results
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (i as f64 + 1.0, r.projection_spread))
+        .collect();
+    crate::plot::plot(
+        &dir.join("results.png"),
+        &[
+            crate::plot::Series {
+                title: "kNN top-1 (%) by run",
+                x_label: "run (results.md order)",
+                points: &knn,
+            },
+            crate::plot::Series {
+                title: "linear top-1 (%) by run",
+                x_label: "run",
+                points: &lin,
+            },
+            crate::plot::Series {
+                title: "projection spread std*sqrt(d)",
+                x_label: "run",
+                points: &spread,
+            },
+        ],
+    )?;
+    Ok(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn studies_should_change_only_their_knob() {
+        let base = base();
+        for name in STUDIES {
+            let runs = study(name, &base).unwrap();
+            assert!(runs.len() >= 4, "{name}");
+            for r in &runs {
+                r.config.validate().unwrap();
+                let mut c = r.config.clone();
+                (c.tau_constant, c.predictor_lr_mult, c.projector_lr_mult) = (None, 1.0, 1.0);
+                (c.augmentations, c.batch_size, c.weight_decay) = (
+                    base.augmentations.clone(),
+                    base.batch_size,
+                    base.weight_decay,
+                );
+                assert_eq!(c, base, "{name}/{} changes something else", r.label);
+            }
+        }
+        assert!(study("beta", &base)
+            .unwrap_err()
+            .to_string()
+            .contains("not built yet"));
+        assert!(study("nope", &base).is_err());
+    }
+}
