@@ -1,5 +1,10 @@
-//! BYOL host: the CPU and GPU backends over the `kernels` crate, the projector/predictor MLP,
-//! and (in later milestones) the ResNet encoder, the training loop and evaluation.
+//! BYOL host, by layer:
+//! - [`cpu`] and [`backend`]: the kernels' CPU drivers, and the CPU and CUDA backends;
+//! - [`nn`]: the ResNet encoder and its parameter registry; [`mlp`]: projector/predictor;
+//! - [`byol`]: the networks, the training step, LARS and the schedules;
+//! - [`data`]: data sets, their readers and downloads, the augmentations;
+//! - [`eval`]: kNN monitor, collapse diagnostics, linear evaluation;
+//! - [`train`], [`checkpoint`], [`plot`], [`ablate`]: runs, their files, and studies.
 
 pub mod ablate;
 pub mod backend;
