@@ -186,10 +186,7 @@ pub fn run_one(r: &StudyRun, dir: &Path, progress: bool) -> Result<RunResult> {
 }
 
 fn write_result(path: &Path, r: &RunResult) -> Result<()> {
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_string_pretty(r).unwrap())
-        .map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    crate::files::write_atomic(path, serde_json::to_string_pretty(r).unwrap().as_bytes())
 }
 
 /// Linear evaluation of a finished run's checkpoint.
@@ -264,7 +261,7 @@ pub fn run_study(name: &str, base: &TrainConfig, out: &Path, progress: bool) -> 
         )?);
     }
     let t = table(name, &runs, &results);
-    std::fs::write(dir.join("results.md"), &t).map_err(|e| Error::io(dir.join("results.md"), e))?;
+    crate::files::write_atomic(&dir.join("results.md"), t.as_bytes())?;
     let knn: Vec<(f64, f64)> = results
         .iter()
         .enumerate()

@@ -95,9 +95,7 @@ fn write_atomic(
         path: path.into(),
         reason: e.to_string(),
     })?;
-    let tmp = path.with_extension("safetensors.tmp");
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    crate::files::write_atomic(path, &bytes)
 }
 
 /// Writes a training checkpoint; `config` is the run's configuration as JSON.

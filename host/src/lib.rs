@@ -4,7 +4,7 @@
 //! - [`byol`]: the networks, the training step, LARS and the schedules;
 //! - [`data`]: data sets, their readers and downloads, the augmentations;
 //! - [`eval`]: kNN monitor, collapse diagnostics, linear evaluation;
-//! - [`train`], [`checkpoint`], [`plot`], [`ablate`]: runs, their files, and studies.
+//! - [`train`], [`checkpoint`], [`plot`], [`ablate`], [`files`]: runs, their files, studies.
 
 pub mod ablate;
 pub mod backend;
@@ -14,6 +14,7 @@ pub mod cpu;
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod files;
 pub mod mlp;
 pub mod nn;
 pub mod plot;

@@ -158,14 +158,14 @@ pub fn plot(path: &Path, series: &[Series]) -> Result<()> {
             s,
         );
     }
-    let tmp = path.with_extension("png.tmp");
+    let mut png = std::io::Cursor::new(Vec::new());
     c.img
-        .save_with_format(&tmp, image::ImageFormat::Png)
+        .write_to(&mut png, image::ImageFormat::Png)
         .map_err(|e| Error::Data {
-            path: tmp.clone(),
+            path: path.into(),
             reason: e.to_string(),
         })?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    crate::files::write_atomic(path, png.get_ref())
 }
 
 /// The plots of a run from its `metrics.jsonl`: loss, kNN top-1, lr and τ.
@@ -252,6 +252,6 @@ mod tests {
         let blue = img.pixels().filter(|p| p.0 == [31, 90, 180]).count();
         let black = img.pixels().filter(|p| p.0 == [0, 0, 0]).count();
         assert!(blue > 300 && black > 500, "blue {blue}, black {black}");
-        assert!(!dir.join("p.png.tmp").exists());
+        assert!(!dir.join("p.png.tmp").exists(), "no temporary file left");
     }
 }

@@ -420,11 +420,8 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
             state
         }
     };
-    std::fs::write(
-        opts.out.join("config.json"),
-        serde_json::to_string_pretty(cfg).unwrap(),
-    )
-    .map_err(|e| Error::io(opts.out.join("config.json"), e))?;
+    let config_json = serde_json::to_string_pretty(cfg).expect("a config serialises");
+    crate::files::write_atomic(&opts.out.join("config.json"), config_json.as_bytes())?;
     let metrics_path = opts.out.join("metrics.jsonl");
     let mut metrics = std::fs::OpenOptions::new()
         .create(true)
