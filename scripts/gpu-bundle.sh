@@ -32,6 +32,8 @@ cd "$(dirname "$0")"
 for d in $(python3 -c 'import nvidia, os; r = nvidia.__path__[0]; print(" ".join(os.path.join(r, s, "lib") for s in ("cu13", "cublas")))' 2>/dev/null) /usr/local/cuda/lib64; do
   [ -d "$d" ] && export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"
 done
+# The PyTorch fixtures of tests/resnet.rs, when the bundle sits in a copy of the repository.
+[ -d ../tests/fixtures ] && export BYOL_FIXTURES="$(cd ../tests/fixtures && pwd)"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null || echo "nvidia-smi not found"
 status=0
 for t in ./test-*; do

@@ -9,8 +9,12 @@ use host::nn::{Arch, ResNet, ResNetConfig, Stem};
 use host::{BnMode, Error};
 use safetensors::SafeTensors;
 
+/// The fixtures folder: `BYOL_FIXTURES` when set (a test binary run away from its source
+/// tree, as `scripts/gpu-bundle.sh` ships them), else the source tree's.
 fn fixtures() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    std::env::var_os("BYOL_FIXTURES")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"))
 }
 
 const ARCHS: [Arch; 3] = [Arch::ResNet18, Arch::ResNet34, Arch::ResNet50];
