@@ -85,6 +85,7 @@ pub struct ByolWork {
     target_z: [Vec<f32>; 2],
     grad_p: Vec<f32>,
     grad_z: Vec<f32>,
+    repr: Vec<f32>,
     grad_repr: Vec<f32>,
     pub grads: Vec<f32>,
 }
@@ -224,6 +225,7 @@ impl Byol {
             target_z: [vec![0.0; batch * proj], vec![0.0; batch * proj]],
             grad_p: vec![0.0; batch * proj],
             grad_z: vec![0.0; batch * proj],
+            repr: vec![0.0; batch * self.encoder.repr_dim()],
             grad_repr: vec![0.0; batch * self.encoder.repr_dim()],
             grads: vec![0.0; self.registry.param_len()],
         })
@@ -288,16 +290,18 @@ impl Byol {
         let (er, rest) = state.online_running.split_at_mut(enc_r.end);
         let (pr, qr) = rest.split_at_mut(proj_r.len());
         let online = &state.online;
-        let repr = self
-            .encoder
-            .forward(&online[enc.clone()], er, x, BnMode::Train, &mut work.acts)?
-            .to_vec();
+        let out =
+            self.encoder
+                .forward(&online[enc.clone()], er, x, BnMode::Train, &mut work.acts)?;
+        // Kept in the work buffers: the projector's backward needs it after `acts` moves on.
+        work.repr.copy_from_slice(out);
+        let repr = &work.repr;
         let proj_scratch = &mut work.projector_scratch;
         mlp_forward(
             &self.projector,
             &online[proj.clone()],
             pr,
-            &repr,
+            repr,
             b,
             BnMode::Train,
             proj_scratch.buffers(),
@@ -355,7 +359,7 @@ impl Byol {
         mlp_backward(
             &self.projector,
             &online[proj],
-            &repr,
+            repr,
             b,
             proj_scratch.buffers(),
             &work.grad_z,
