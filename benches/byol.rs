@@ -59,18 +59,13 @@ fn main() {
     let batch: usize = arg("--batch", "128").parse().unwrap();
     let width: usize = arg("--width", "64").parse().unwrap();
     let iters: usize = arg("--iters", "3").parse().unwrap();
-    let cfg = ByolConfig {
-        encoder: ResNetConfig {
-            arch: Arch::ResNet18,
-            stem: Stem::Cifar,
-            width,
-            in_channels: 3,
-        },
-        projector_hidden: 4096,
-        projection: 256,
-        predictor_hidden: 4096,
-        predictor: true,
+    let encoder = ResNetConfig {
+        arch: Arch::ResNet18,
+        stem: Stem::Cifar,
+        width,
+        in_channels: 3,
     };
+    let cfg = ByolConfig::byol(encoder, 4096, 256, 4096);
     let byol = Byol::new(cfg).unwrap();
     let mut state = byol.init(0);
     let mut work = byol.work(batch, 32, 32).unwrap();

@@ -84,12 +84,41 @@ fn mlp_objective(
 
 #[test]
 fn mlp_gradients_should_match_finite_differences() {
-    let mlp = Mlp {
-        input: 5,
-        hidden: 6,
-        output: 4,
-        last_bias: true,
-    };
+    // Depth 2 is BYOL's MLP; 1 and 3 are the depth ablation's.
+    for depth in [1, 2, 3] {
+        mlp_gradients_match_finite_differences(Mlp {
+            input: 5,
+            hidden: 6,
+            output: 4,
+            last_bias: true,
+            depth,
+        });
+    }
+}
+
+/// Which tensor of `mlp`'s layout holds parameter `k`.
+fn param_name(mlp: &Mlp, k: usize) -> String {
+    for b in 0..mlp.hidden_layers() {
+        let block = mlp.block(b);
+        for (name, r) in [
+            ("weight", block.weight),
+            ("bias", block.bias),
+            ("gamma", block.gamma),
+            ("beta", block.beta),
+        ] {
+            if r.contains(&k) {
+                return format!("block{b}.{name}");
+            }
+        }
+    }
+    if mlp.last_weight().contains(&k) {
+        "last.weight".into()
+    } else {
+        "last.bias".into()
+    }
+}
+
+fn mlp_gradients_match_finite_differences(mlp: Mlp) {
     let batch = 5;
     let case = MlpCase::new(mlp, 3);
     let mut r = rng(4);
@@ -120,25 +149,16 @@ fn mlp_gradients_should_match_finite_differences() {
         let fd = (plus.0 - minus.0) / (2.0 * eps as f64);
         assert!(
             (fd - analytic as f64).abs() <= 3e-3 + 2e-2 * fd.abs(),
-            "{name}[{k}]: analytic {analytic} vs numeric {fd}"
+            "depth {}: {name}[{k}]: analytic {analytic} vs numeric {fd}",
+            mlp.depth
         );
     };
     let mut params = case.params.clone();
-    let groups = [
-        ("w1", mlp.w1()),
-        ("b1", mlp.b1()),
-        ("gamma", mlp.gamma()),
-        ("beta", mlp.beta()),
-        ("w2", mlp.w2()),
-        ("b2", mlp.b2()),
-    ];
-    for (name, range) in groups {
-        for k in range {
-            let pm = perturbed(&mut params, k, eps, |p| {
-                mlp_objective(mlp, p, &x, batch, &weights)
-            });
-            check(name, k, grads[k], pm);
-        }
+    for (k, &analytic) in grads.iter().enumerate() {
+        let pm = perturbed(&mut params, k, eps, |p| {
+            mlp_objective(mlp, p, &x, batch, &weights)
+        });
+        check(&param_name(&mlp, k), k, analytic, pm);
     }
     for (k, &analytic) in gx.iter().enumerate() {
         let pm = perturbed(&mut x, k, eps, |x| {
@@ -148,7 +168,8 @@ fn mlp_gradients_should_match_finite_differences() {
     }
     assert!(
         checked >= mlp.num_params(),
-        "only {checked} coordinates checked"
+        "depth {}: only {checked} coordinates checked",
+        mlp.depth
     );
     assert!(
         skipped * 10 <= checked,

@@ -46,8 +46,8 @@ enum Command {
         run: PathBuf,
     },
     /// Run one of the paper's ablation studies: tau, predictor-lr, predictor-projector-lr,
-    /// augmentations, batch-size, weight-decay (depth, closed-form-predictor, beta and
-    /// normalisation are planned). Writes <out>/<study>/results.md beside the paper's numbers.
+    /// closed-form-predictor, beta, augmentations, batch-size, weight-decay, depth,
+    /// normalisation. Writes <out>/<study>/results.md beside the paper's numbers.
     Ablate {
         study: String,
         /// Folder of the studies' runs; a rerun skips finished runs and resumes interrupted ones.
@@ -162,6 +162,29 @@ struct TrainArgs {
     /// crop-only, crop-flip, crop-colour, crop-blur.
     #[arg(long)]
     augmentations: Option<String>,
+    /// Ablation: the closed-form optimal linear predictor (least squares on each batch) in
+    /// place of the learned one; needs batch size > projection dim.
+    #[arg(long)]
+    closed_form_predictor: bool,
+    /// Ablation: Linear layers of the projector (2 in the paper; 1 is a single Linear).
+    #[arg(long)]
+    projector_depth: Option<usize>,
+    /// Ablation: Linear layers of the predictor.
+    #[arg(long)]
+    predictor_depth: Option<usize>,
+    /// Ablation: no target network; the loss compares with the online projection itself,
+    /// gradient included (with --contrastive-beta 1 --no-predictor: SimCLR).
+    #[arg(long)]
+    no_target_network: bool,
+    /// Ablation: weight β of the contrastive (InfoNCE) term; 0 is BYOL.
+    #[arg(long)]
+    contrastive_beta: Option<f64>,
+    /// Temperature α of the contrastive term.
+    #[arg(long)]
+    contrastive_temperature: Option<f64>,
+    /// Ablation: loss normalisation: l2 (BYOL), none, layernorm, batchnorm.
+    #[arg(long)]
+    loss_normalisation: Option<String>,
 }
 
 impl TrainArgs {
@@ -213,6 +236,13 @@ impl TrainArgs {
             image_size
         );
         set!(predictor_lr_mult, projector_lr_mult, augmentations);
+        set!(
+            projector_depth,
+            predictor_depth,
+            contrastive_beta,
+            contrastive_temperature,
+            loss_normalisation
+        );
         if let Some(d) = &self.data_dir {
             c.data_dir = Some(d.clone());
         }
@@ -221,6 +251,12 @@ impl TrainArgs {
         }
         if self.no_predictor {
             c.predictor = false;
+        }
+        if self.closed_form_predictor {
+            c.closed_form_predictor = true;
+        }
+        if self.no_target_network {
+            c.target_network = false;
         }
         Ok((c, out, threads))
     }
@@ -490,6 +526,18 @@ mod tests {
             "1.5",
             "--augmentations",
             "crop-only",
+            "--closed-form-predictor",
+            "--projector-depth",
+            "3",
+            "--predictor-depth",
+            "1",
+            "--no-target-network",
+            "--contrastive-beta",
+            "0.5",
+            "--contrastive-temperature",
+            "0.2",
+            "--loss-normalisation",
+            "layernorm",
             "--out",
             "/o",
             "--threads",
@@ -519,6 +567,13 @@ mod tests {
             predictor_lr_mult: 10.0,
             projector_lr_mult: 1.5,
             augmentations: "crop-only".into(),
+            closed_form_predictor: true,
+            projector_depth: 3,
+            predictor_depth: 1,
+            target_network: false,
+            contrastive_beta: 0.5,
+            contrastive_temperature: 0.2,
+            loss_normalisation: "layernorm".into(),
             ..TrainConfig::default()
         };
         assert_eq!(c, expected);

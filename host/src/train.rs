@@ -9,9 +9,11 @@
 //! resumed from an epoch's checkpoint continues exactly as the uninterrupted one.
 
 use crate::byol::schedule::{learning_rate, tau};
-use crate::byol::{Byol, ByolConfig, LarsConfig, LrMultipliers};
+use crate::byol::{
+    closed_form, Byol, ByolConfig, LarsConfig, LrMultipliers, Objective, PredictorKind,
+};
 use crate::checkpoint;
-use crate::cpu::mlp::{mlp_forward, MlpBuffers};
+use crate::cpu::mlp::{mlp_forward, MlpScratch};
 use crate::data::augment::{mix, Augmenter, ViewConfig};
 use crate::data::formats::{self, UNLABELED};
 use crate::data::{synthetic, Dataset};
@@ -63,6 +65,21 @@ pub struct TrainConfig {
     pub tau_constant: Option<f64>,
     /// Whether the online network has a predictor.
     pub predictor: bool,
+    /// The closed-form optimal linear predictor (least squares on each batch) in place of
+    /// the learned one.
+    pub closed_form_predictor: bool,
+    /// Linear layers of the projector and the predictor (2 in the paper; 1 is one Linear).
+    pub projector_depth: usize,
+    pub predictor_depth: usize,
+    /// Whether ψ comes from a target network; `false` compares with the online projection
+    /// itself, gradient included (with β = 1 and no predictor: SimCLR).
+    pub target_network: bool,
+    /// Weight β of the contrastive term and its temperature α (paper §4.4).
+    pub contrastive_beta: f64,
+    pub contrastive_temperature: f64,
+    /// How predictions and targets are normalised in the loss: `l2` (BYOL), `none`,
+    /// `layernorm` or `batchnorm`.
+    pub loss_normalisation: String,
     /// Learning-rate multipliers of the predictor (λ) and the projector (μ).
     pub predictor_lr_mult: f64,
     pub projector_lr_mult: f64,
@@ -96,6 +113,13 @@ impl Default for TrainConfig {
             seed: 0,
             tau_constant: None,
             predictor: true,
+            closed_form_predictor: false,
+            projector_depth: 2,
+            predictor_depth: 2,
+            target_network: true,
+            contrastive_beta: 0.0,
+            contrastive_temperature: 0.1,
+            loss_normalisation: "l2".into(),
             predictor_lr_mult: 1.0,
             projector_lr_mult: 1.0,
             augmentations: "full".into(),
@@ -169,6 +193,36 @@ impl TrainConfig {
             }
         };
         let arch: Arch = self.arch.parse()?;
+        let predictor = match (self.predictor, self.closed_form_predictor) {
+            (true, false) => PredictorKind::Learned,
+            (true, true) => PredictorKind::ClosedForm,
+            (false, false) => PredictorKind::None,
+            (false, true) => {
+                return Err(Error::InvalidArgument(
+                    "closed_form_predictor replaces the predictor: it cannot be combined with predictor = false"
+                        .into(),
+                ))
+            }
+        };
+        if self.closed_form_predictor {
+            closed_form::check_shape(self.batch_size, self.projection_dim)?;
+        }
+        if self.projector_depth == 0 || self.predictor_depth == 0 {
+            return Err(Error::InvalidArgument(
+                "projector_depth and predictor_depth count Linear layers: at least 1".into(),
+            ));
+        }
+        if !self.target_network && self.tau_constant.is_some() {
+            return Err(Error::InvalidArgument(
+                "tau_constant sets the target network's decay, but target_network = false".into(),
+            ));
+        }
+        let objective = Objective {
+            normalisation: self.loss_normalisation.parse()?,
+            beta: self.contrastive_beta as f32,
+            temperature: self.contrastive_temperature as f32,
+        };
+        objective.validate()?;
         Ok(ByolConfig {
             encoder: ResNetConfig {
                 arch,
@@ -179,7 +233,11 @@ impl TrainConfig {
             projector_hidden: self.projector_hidden,
             projection: self.projection_dim,
             predictor_hidden: self.predictor_hidden,
-            predictor: self.predictor,
+            projector_depth: self.projector_depth,
+            predictor_depth: self.predictor_depth,
+            predictor,
+            target_network: self.target_network,
+            objective,
         })
     }
 
@@ -347,21 +405,11 @@ pub fn monitor(
         cfg.knn_temperature as f32,
     );
     let n = bank_idx.len().min(1024);
-    let (p, m) = (&byol.projector, n * byol.projector.hidden);
+    let p = &byol.projector;
     let mut proj_running = state.online_running[byol.projector_running()].to_vec();
-    let (mut h, mut a, mut stats, mut gh) = (
-        vec![0.0; m],
-        vec![0.0; m],
-        vec![0.0; 2 * p.hidden],
-        vec![0.0; m],
-    );
+    let mut scratch = MlpScratch::new(p, n);
     let mut z = vec![0.0; n * p.output];
-    let buffers = MlpBuffers {
-        h: &mut h,
-        a: &mut a,
-        stats: &mut stats,
-        grad_hidden: &mut gh,
-    };
+    let buffers = scratch.buffers();
     let w = &state.online[byol.projector_params()];
     mlp_forward(
         p,

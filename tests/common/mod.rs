@@ -76,18 +76,21 @@ impl MlpCase {
         let mut r = rng(seed);
         let mut params = mlp.init_params(&mut r);
         // Random γ and β (not 1 and 0) so the affine's gradients are exercised.
-        for v in &mut params[mlp.gamma()] {
-            *v = r.random_range(0.5..1.5);
-        }
-        for v in &mut params[mlp.beta()] {
-            *v = r.random_range(-0.3..0.3);
-        }
         let mut running = mlp.init_running();
-        for v in &mut running[mlp.running_mean()] {
-            *v = r.random_range(-0.2..0.2);
-        }
-        for v in &mut running[mlp.running_var()] {
-            *v = r.random_range(0.5..2.0);
+        for k in 0..mlp.hidden_layers() {
+            let block = mlp.block(k);
+            for v in &mut params[block.gamma] {
+                *v = r.random_range(0.5..1.5);
+            }
+            for v in &mut params[block.beta] {
+                *v = r.random_range(-0.3..0.3);
+            }
+            for v in &mut running[mlp.running_mean_of(k)] {
+                *v = r.random_range(-0.2..0.2);
+            }
+            for v in &mut running[mlp.running_var_of(k)] {
+                *v = r.random_range(0.5..2.0);
+            }
         }
         MlpCase {
             mlp,
@@ -129,6 +132,7 @@ pub fn mlp_shapes() -> Vec<(Mlp, usize)> {
                 hidden: 5,
                 output: 7,
                 last_bias: false,
+                depth: 2,
             },
             2,
         ),
@@ -138,6 +142,7 @@ pub fn mlp_shapes() -> Vec<(Mlp, usize)> {
                 hidden: 33,
                 output: 9,
                 last_bias: true,
+                depth: 2,
             },
             7,
         ),
@@ -147,6 +152,7 @@ pub fn mlp_shapes() -> Vec<(Mlp, usize)> {
                 hidden: 17,
                 output: 31,
                 last_bias: false,
+                depth: 2,
             },
             65,
         ),
@@ -156,6 +162,7 @@ pub fn mlp_shapes() -> Vec<(Mlp, usize)> {
                 hidden: 4096,
                 output: 256,
                 last_bias: false,
+                depth: 2,
             },
             12,
         ),
@@ -369,6 +376,7 @@ pub fn mlp_eval_uses_running_statistics<B: Backend>(be: &B) {
         hidden: 19,
         output: 5,
         last_bias: true,
+        depth: 2,
     };
     let case = MlpCase::new(mlp, 7);
     let rf = case.reference();
@@ -426,6 +434,7 @@ pub fn mlp_running_statistics_follow_recurrence<B: Backend>(be: &B) {
         hidden: 21,
         output: 3,
         last_bias: false,
+        depth: 2,
     };
     let case = MlpCase::new(mlp, 11);
     let rf = case.reference();
@@ -506,6 +515,7 @@ pub fn bad_input_is_an_error<B: Backend>(be: &B) {
         hidden: 8,
         output: 3,
         last_bias: false,
+        depth: 2,
     };
     let case = MlpCase::new(mlp, 1);
     let mut st = case.state(be);

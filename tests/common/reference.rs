@@ -208,3 +208,83 @@ impl RefMlp {
         g
     }
 }
+
+/// Cosine of two rows (norms clamped at 1e-12).
+fn cosine(a: &[f64], b: &[f64]) -> f64 {
+    let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-12);
+    a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>() / (norm(a) * norm(b))
+}
+
+/// `2 − InfoNCE_{α,β}` of one direction, term by term from the paper's eq. (8):
+/// `InfoNCE = (2/B) Σ_i S(v_i, v′_i) − β (2α/B) Σ_i ln(Σ_{j≠i} exp(S(v_i, v_j)/α) +
+/// Σ_j exp(S(v_i, v′_j)/α))`, `S` the cosine of an anchor (`a`) with a ψ row: of the other
+/// view (`o`) or of the same view (`s`). All `[rows, dim]`.
+pub fn info_nce_loss(
+    a: &[f64],
+    o: &[f64],
+    s: &[f64],
+    rows: usize,
+    dim: usize,
+    alpha: f64,
+    beta: f64,
+) -> f64 {
+    let row = |m: &[f64], i: usize| m[i * dim..(i + 1) * dim].to_vec();
+    let b = rows as f64;
+    let mut positives = 0.0;
+    let mut log_terms = 0.0;
+    for i in 0..rows {
+        let ai = row(a, i);
+        positives += cosine(&ai, &row(o, i));
+        let mut sum = 0.0;
+        for j in 0..rows {
+            if j != i {
+                sum += (cosine(&ai, &row(s, j)) / alpha).exp();
+            }
+            sum += (cosine(&ai, &row(o, j)) / alpha).exp();
+        }
+        log_terms += sum.ln();
+    }
+    let info_nce = 2.0 / b * positives - beta * 2.0 * alpha / b * log_terms;
+    2.0 - info_nce
+}
+
+/// Batch mean of `scale·‖n(a_i) − n(p_i)‖²` where `n` standardises each row (`by_rows`) or
+/// each column over the batch to zero mean and unit (biased) variance, ε = 1e-5 under the
+/// square root; `n` is the identity when `standardise` is false.
+pub fn normalised_squared_error(
+    a: &[f64],
+    p: &[f64],
+    rows: usize,
+    dim: usize,
+    standardise: Option<bool>,
+) -> f64 {
+    let norm = |m: &[f64]| -> Vec<f64> {
+        let Some(by_rows) = standardise else {
+            return m.to_vec();
+        };
+        let mut out = m.to_vec();
+        let (groups, len) = if by_rows { (rows, dim) } else { (dim, rows) };
+        for g in 0..groups {
+            let idx: Vec<usize> = (0..len)
+                .map(|k| if by_rows { g * dim + k } else { k * dim + g })
+                .collect();
+            let mean = idx.iter().map(|&i| m[i]).sum::<f64>() / len as f64;
+            let var = idx.iter().map(|&i| (m[i] - mean).powi(2)).sum::<f64>() / len as f64;
+            for &i in &idx {
+                out[i] = (m[i] - mean) / (var + 1e-5).sqrt();
+            }
+        }
+        out
+    };
+    let (na, np) = (norm(a), norm(p));
+    let scale = if standardise.is_some() {
+        1.0 / dim as f64
+    } else {
+        1.0
+    };
+    na.iter()
+        .zip(&np)
+        .map(|(x, y)| scale * (x - y).powi(2))
+        .sum::<f64>()
+        / rows as f64
+}

@@ -10,7 +10,7 @@
 
 use super::{Backend, MlpSaved, MlpState};
 use crate::error::{Error, Result};
-use crate::mlp::BnMode;
+use crate::mlp::{BnMode, Mlp};
 use crate::ptx;
 use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
 use cudarc::driver::{
@@ -287,6 +287,7 @@ impl Backend for Cuda {
         out: &mut CudaSlice<f32>,
     ) -> Result<()> {
         let (mlp, b) = (state.mlp, saved.batch);
+        depth_two_only(&mlp)?;
         let at = |r: std::ops::Range<usize>| self.ptr(&state.params, r.start);
         let (h, a) = (self.ptr(&saved.h, 0), self.ptr(&saved.a, 0));
         self.linear_forward(
@@ -355,6 +356,7 @@ impl Backend for Cuda {
         grad_x: &mut CudaSlice<f32>,
     ) -> Result<()> {
         let (mlp, b) = (state.mlp, saved.batch);
+        depth_two_only(&mlp)?;
         let (i, hd, o) = (mlp.input, mlp.hidden, mlp.output);
         let p = |r: std::ops::Range<usize>| self.ptr(&state.params, r.start);
         let g = |r: std::ops::Range<usize>| self.ptr(grads, r.start);
@@ -407,4 +409,16 @@ impl Backend for Cuda {
             false,
         )
     }
+}
+
+/// The GPU MLP is the paper's depth-2 projector; other depths (the depth ablation) run on the
+/// CPU backend.
+fn depth_two_only(mlp: &Mlp) -> Result<()> {
+    if mlp.depth != 2 {
+        return Err(Error::InvalidArgument(format!(
+            "the CUDA backend's MLP has depth 2 (Linear, BatchNorm, ReLU, Linear); depth {} runs on the CPU backend",
+            mlp.depth
+        )));
+    }
+    Ok(())
 }

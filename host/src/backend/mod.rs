@@ -119,10 +119,10 @@ pub trait Backend {
         mlp.validate()?;
         Ok(MlpSaved {
             batch,
-            h: self.zeros(batch * mlp.hidden)?,
-            a: self.zeros(batch * mlp.hidden)?,
-            stats: self.zeros(2 * mlp.hidden)?,
-            grad_hidden: self.zeros(batch * mlp.hidden)?,
+            h: self.zeros(batch * mlp.hidden * mlp.hidden_layers())?,
+            a: self.zeros(batch * mlp.hidden * mlp.hidden_layers())?,
+            stats: self.zeros(2 * mlp.hidden * mlp.hidden_layers())?,
+            grad_hidden: self.zeros(batch * mlp.hidden * mlp.hidden_layers())?,
             mode: None,
         })
     }
@@ -214,24 +214,32 @@ fn check_mlp_state<B: Backend + ?Sized>(state: &MlpState<B::Buffer>) -> Result<(
         state.mlp.num_params(),
     )?;
     check_len(
-        "MLP running statistics [2·hidden]",
+        "MLP running statistics [layers, 2·hidden]",
         B::len(&state.running),
         state.mlp.running_len(),
     )
 }
 
 fn check_saved<B: Backend + ?Sized>(mlp: &Mlp, saved: &MlpSaved<B::Buffer>) -> Result<()> {
-    let bh = saved.batch * mlp.hidden;
-    check_len("MLP saved h [batch, hidden]", B::len(&saved.h), bh)?;
-    check_len("MLP saved a [batch, hidden]", B::len(&saved.a), bh)?;
+    let (layers, bh) = (mlp.hidden_layers(), saved.batch * mlp.hidden);
     check_len(
-        "MLP saved grad_hidden [batch, hidden]",
-        B::len(&saved.grad_hidden),
-        bh,
+        "MLP saved h [layers, batch, hidden]",
+        B::len(&saved.h),
+        layers * bh,
     )?;
     check_len(
-        "MLP saved stats [2·hidden]",
+        "MLP saved a [layers, batch, hidden]",
+        B::len(&saved.a),
+        layers * bh,
+    )?;
+    check_len(
+        "MLP saved grad_hidden [layers, batch, hidden]",
+        B::len(&saved.grad_hidden),
+        layers * bh,
+    )?;
+    check_len(
+        "MLP saved stats [layers, 2·hidden]",
         B::len(&saved.stats),
-        2 * mlp.hidden,
+        2 * mlp.hidden * layers,
     )
 }

@@ -8,13 +8,22 @@
 //! `projector.linear1.weight`, …, `predictor.bn.running_var`). BatchNorm running statistics
 //! are separate flat buffers with the same order. Views are NHWC `[batch, h, w, 3]`.
 //!
-//! Memory: each loss term depends on one view's online pass, so the step runs the target on
-//! both views first, then each view's online forward and backward in turn, reusing one set of
-//! activation buffers; BatchNorm statistics are per view, as in the official code.
+//! Memory: with a target network each loss term depends on one view's online pass, so the
+//! step runs the target on both views first, then each view's online forward and backward in
+//! turn, reusing one set of activation buffers. Without a target network (the paper's ablation
+//! and SimCLR) ψ is the online projection with its gradient, so each term depends on both
+//! views: both passes are kept (twice the activation memory). BatchNorm statistics are per
+//! view, as in the official code.
+//!
+//! The paper's ablations are configuration: the projector's and predictor's depth, a learned,
+//! closed-form ([`super::closed_form`]) or no predictor, no target network, and the loss
+//! ([`super::objective`]: normalisation and the contrastive β term).
 
+use super::closed_form;
 use super::lars::{lars_step, LarsConfig};
-use crate::cpu::mlp::{mlp_backward, mlp_forward, MlpBuffers};
-use crate::cpu::{ema_update, nmse_loss};
+use super::objective::{DirectionGrads, Objective};
+use crate::cpu::ema_update;
+use crate::cpu::mlp::{mlp_backward, mlp_forward, MlpScratch};
 use crate::error::{check_len, Error, Result};
 use crate::mlp::{BnMode, Mlp};
 use crate::nn::{Activations, Registry, ResNet, ResNetConfig};
@@ -22,15 +31,54 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::ops::Range;
 
-/// The shape of the BYOL networks.
+/// The predictor of the online network.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PredictorKind {
+    /// BYOL's MLP, trained with the rest.
+    Learned,
+    /// The least-squares linear map on each batch (paper's appendix), no parameters.
+    ClosedForm,
+    /// No predictor: p = z (the paper's ablation).
+    None,
+}
+
+/// The shape of the BYOL networks and the loss they train with.
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ByolConfig {
     pub encoder: ResNetConfig,
     pub projector_hidden: usize,
     pub projection: usize,
     pub predictor_hidden: usize,
-    /// Whether the online network has a predictor (the paper's ablation removes it: p = z).
-    pub predictor: bool,
+    /// Linear layers of the projector and the learned predictor (2 in the paper).
+    pub projector_depth: usize,
+    pub predictor_depth: usize,
+    pub predictor: PredictorKind,
+    /// Whether ψ comes from a target network; without one, ψ is the online projection and
+    /// gets a gradient (SimCLR's side of the paper's ablation).
+    pub target_network: bool,
+    pub objective: Objective,
+}
+
+impl ByolConfig {
+    /// BYOL as the paper trains it, with this encoder and these MLP sizes.
+    pub fn byol(
+        encoder: ResNetConfig,
+        projector_hidden: usize,
+        projection: usize,
+        predictor_hidden: usize,
+    ) -> Self {
+        ByolConfig {
+            encoder,
+            projector_hidden,
+            projection,
+            predictor_hidden,
+            projector_depth: 2,
+            predictor_depth: 2,
+            predictor: PredictorKind::Learned,
+            target_network: true,
+            objective: Objective::default(),
+        }
+    }
 }
 
 /// Learning-rate multipliers of the projector (μ) and the predictor (λ), for the paper's
@@ -74,48 +122,34 @@ pub struct ByolState {
     pub step: u64,
 }
 
-/// Buffers a step needs, allocated once per batch shape.
+/// Buffers a step needs, allocated once per batch shape. Per view: `z`, `p [batch,
+/// projection]`, their gradients, the target projections and the closed-form map.
 pub struct ByolWork {
     batch: usize,
-    acts: Activations,
-    projector_scratch: MlpScratch,
-    predictor_scratch: Option<MlpScratch>,
-    z: Vec<f32>,
-    p: Vec<f32>,
+    /// What an online pass keeps for its backward: one slot with a target network, two
+    /// without (module docs).
+    passes: Vec<OnlinePass>,
+    z: [Vec<f32>; 2],
+    p: [Vec<f32>; 2],
     target_z: [Vec<f32>; 2],
-    grad_p: Vec<f32>,
-    grad_z: Vec<f32>,
-    repr: Vec<f32>,
+    grad_p: [Vec<f32>; 2],
+    grad_z: [Vec<f32>; 2],
+    /// `W*ᵀ [projection, projection]` of the closed-form predictor.
+    predictor_wt: [Vec<f32>; 2],
+    /// The learned predictor's input gradient, before it joins `grad_z`.
+    grad_predictor_in: Vec<f32>,
     grad_repr: Vec<f32>,
     pub grads: Vec<f32>,
 }
 
-/// What one MLP forward keeps for its backward.
-struct MlpScratch {
-    h: Vec<f32>,
-    a: Vec<f32>,
-    stats: Vec<f32>,
-    grad_hidden: Vec<f32>,
-}
-
-impl MlpScratch {
-    fn new(mlp: &Mlp, batch: usize) -> Self {
-        let bh = batch * mlp.hidden;
-        MlpScratch {
-            h: vec![0.0; bh],
-            a: vec![0.0; bh],
-            stats: vec![0.0; 2 * mlp.hidden],
-            grad_hidden: vec![0.0; bh],
-        }
-    }
-    fn buffers(&mut self) -> MlpBuffers<'_> {
-        MlpBuffers {
-            h: &mut self.h,
-            a: &mut self.a,
-            stats: &mut self.stats,
-            grad_hidden: &mut self.grad_hidden,
-        }
-    }
+/// One online pass's saved state.
+struct OnlinePass {
+    acts: Activations,
+    /// The encoder's output, kept here because the projector's backward needs it after
+    /// `acts` has moved on.
+    repr: Vec<f32>,
+    projector: MlpScratch,
+    predictor: Option<MlpScratch>,
 }
 
 /// What one step reports.
@@ -133,14 +167,17 @@ impl Byol {
             hidden: config.projector_hidden,
             output: config.projection,
             last_bias: false,
+            depth: config.projector_depth,
         };
-        let predictor = config.predictor.then_some(Mlp {
+        let predictor = (config.predictor == PredictorKind::Learned).then_some(Mlp {
             input: config.projection,
             hidden: config.predictor_hidden,
             output: config.projection,
             last_bias: false,
+            depth: config.predictor_depth,
         });
         projector.validate()?;
+        config.objective.validate()?;
         let mut registry = Registry::default();
         registry.extend_prefixed(&encoder.registry, "encoder");
         projector.register(&mut registry, "projector");
@@ -182,16 +219,28 @@ impl Byol {
         s..s + self.predictor.as_ref().map_or(0, Mlp::running_len)
     }
 
+    /// Parameters of the target network: `[encoder | projector]`, or none without one.
+    pub fn target_len(&self) -> usize {
+        if self.config.target_network {
+            self.projector_params().end
+        } else {
+            0
+        }
+    }
+
     /// A fresh run: online and target initialised from different seeds (as the official
     /// code does), momentum zero.
     pub fn init(&self, seed: u64) -> ByolState {
         let online = self.init_params(seed);
-        let target =
-            self.init_params(seed ^ 0x9e37_79b9_7f4a_7c15)[..self.projector_params().end].to_vec();
+        let target = self.init_params(seed ^ 0x9e37_79b9_7f4a_7c15)[..self.target_len()].to_vec();
         let mut running = self.encoder.init_running();
         running.extend(self.projector.init_running());
         running.extend(self.predictor.iter().flat_map(Mlp::init_running));
-        let target_running = running[..self.projector_running().end].to_vec();
+        let target_running = if self.config.target_network {
+            running[..self.projector_running().end].to_vec()
+        } else {
+            Vec::new()
+        };
         ByolState {
             momentum: vec![0.0; online.len()],
             online,
@@ -215,17 +264,36 @@ impl Byol {
     /// Buffers for batches of `batch` images of `h × w`.
     pub fn work(&self, batch: usize, h: usize, w: usize) -> Result<ByolWork> {
         let proj = self.config.projection;
+        if self.config.predictor == PredictorKind::ClosedForm {
+            closed_form::check_shape(batch, proj)?;
+        }
+        let slots = if self.config.target_network { 1 } else { 2 };
+        let passes = (0..slots)
+            .map(|_| {
+                Ok(OnlinePass {
+                    acts: self.encoder.activations(batch, h, w)?,
+                    repr: vec![0.0; batch * self.encoder.repr_dim()],
+                    projector: MlpScratch::new(&self.projector, batch),
+                    predictor: self.predictor.as_ref().map(|q| MlpScratch::new(q, batch)),
+                })
+            })
+            .collect::<Result<_>>()?;
+        let per_view = |len: usize| [vec![0.0; len], vec![0.0; len]];
+        let wt_len = if self.config.predictor == PredictorKind::ClosedForm {
+            proj * proj
+        } else {
+            0
+        };
         Ok(ByolWork {
             batch,
-            acts: self.encoder.activations(batch, h, w)?,
-            projector_scratch: MlpScratch::new(&self.projector, batch),
-            predictor_scratch: self.predictor.as_ref().map(|q| MlpScratch::new(q, batch)),
-            z: vec![0.0; batch * proj],
-            p: vec![0.0; batch * proj],
-            target_z: [vec![0.0; batch * proj], vec![0.0; batch * proj]],
-            grad_p: vec![0.0; batch * proj],
-            grad_z: vec![0.0; batch * proj],
-            repr: vec![0.0; batch * self.encoder.repr_dim()],
+            passes,
+            z: per_view(batch * proj),
+            p: per_view(batch * proj),
+            target_z: per_view(batch * proj),
+            grad_p: per_view(batch * proj),
+            grad_z: per_view(batch * proj),
+            predictor_wt: per_view(wt_len),
+            grad_predictor_in: vec![0.0; batch * proj],
             grad_repr: vec![0.0; batch * self.encoder.repr_dim()],
             grads: vec![0.0; self.registry.param_len()],
         })
@@ -242,11 +310,12 @@ impl Byol {
         let (enc, proj) = (self.encoder_params(), self.projector_params());
         let (enc_r, proj_r) = (self.encoder_running(), self.projector_running());
         let (er, pr) = state.target_running.split_at_mut(enc_r.end);
+        let pass = &mut work.passes[0];
         let repr =
             self.encoder
-                .forward(&state.target[enc], er, x, BnMode::Train, &mut work.acts)?;
+                .forward(&state.target[enc], er, x, BnMode::Train, &mut pass.acts)?;
         let out = &mut work.target_z[view];
-        let buffers = work.projector_scratch.buffers();
+        let buffers = pass.projector.buffers();
         mlp_forward(
             &self.projector,
             &state.target[proj],
@@ -271,65 +340,105 @@ impl Byol {
         }
     }
 
-    /// Online pass on one view against the other view's target projection: forward, loss,
-    /// backward; gradients accumulate into `work.grads`. Returns the loss (batch mean).
-    fn online_term(
+    /// Online encoder and projector on `view` (its pass kept in `slot`): `z[view]`.
+    fn project(
         &self,
         state: &mut ByolState,
         x: &[f32],
-        target_view: usize,
+        view: usize,
+        slot: usize,
         work: &mut ByolWork,
-    ) -> Result<f32> {
-        let (enc, proj, pred) = (
-            self.encoder_params(),
-            self.projector_params(),
-            self.predictor_params(),
-        );
+    ) -> Result<()> {
+        let (enc, proj) = (self.encoder_params(), self.projector_params());
         let (enc_r, proj_r) = (self.encoder_running(), self.projector_running());
-        let b = work.batch;
         let (er, rest) = state.online_running.split_at_mut(enc_r.end);
-        let (pr, qr) = rest.split_at_mut(proj_r.len());
-        let online = &state.online;
-        let out =
-            self.encoder
-                .forward(&online[enc.clone()], er, x, BnMode::Train, &mut work.acts)?;
-        // Kept in the work buffers: the projector's backward needs it after `acts` moves on.
-        work.repr.copy_from_slice(out);
-        let repr = &work.repr;
-        let proj_scratch = &mut work.projector_scratch;
+        let pass = &mut work.passes[slot];
+        let out = self
+            .encoder
+            .forward(&state.online[enc], er, x, BnMode::Train, &mut pass.acts)?;
+        pass.repr.copy_from_slice(out);
         mlp_forward(
             &self.projector,
-            &online[proj.clone()],
-            pr,
-            repr,
-            b,
+            &state.online[proj],
+            &mut rest[..proj_r.len()],
+            &pass.repr,
+            work.batch,
             BnMode::Train,
-            proj_scratch.buffers(),
-            &mut work.z,
+            pass.projector.buffers(),
+            &mut work.z[view],
         );
-        match (&self.predictor, &mut work.predictor_scratch) {
-            (Some(q), Some(scratch)) => {
-                let w = &online[pred.clone()];
+        Ok(())
+    }
+
+    /// ψ of `view`: the target's projection, or the online one without a target network.
+    fn psi<'a>(&self, work: &'a ByolWork, view: usize) -> &'a [f32] {
+        if self.config.target_network {
+            &work.target_z[view]
+        } else {
+            &work.z[view]
+        }
+    }
+
+    /// The predictor on `z[view]`: `p[view]`.
+    fn predict(
+        &self,
+        state: &mut ByolState,
+        view: usize,
+        slot: usize,
+        work: &mut ByolWork,
+    ) -> Result<()> {
+        let (b, d) = (work.batch, self.config.projection);
+        match self.config.predictor {
+            PredictorKind::Learned => {
+                let q = self.predictor.as_ref().expect("a learned predictor exists");
+                let scratch = work.passes[slot].predictor.as_mut().expect("its scratch");
+                let qr = &mut state.online_running[self.predictor_running()];
                 mlp_forward(
                     q,
-                    w,
+                    &state.online[self.predictor_params()],
                     qr,
-                    &work.z,
+                    &work.z[view],
                     b,
                     BnMode::Train,
                     scratch.buffers(),
-                    &mut work.p,
-                )
+                    &mut work.p[view],
+                );
             }
-            _ => work.p.copy_from_slice(&work.z), // no predictor: p = z
+            PredictorKind::ClosedForm => {
+                let wt =
+                    closed_form::optimal_predictor(&work.z[view], self.psi(work, 1 - view), b, d)?;
+                closed_form::predict(&wt, &work.z[view], b, d, &mut work.p[view]);
+                work.predictor_wt[view] = wt;
+            }
+            PredictorKind::None => work.p[view].copy_from_slice(&work.z[view]),
         }
-        let dim = self.config.projection;
-        let loss = nmse_loss(
-            &work.p,
-            &work.target_z[target_view],
+        Ok(())
+    }
+
+    /// The loss of the direction whose anchors are `p[view]` (batch mean); writes
+    /// `grad_p[view]`, and adds to `grad_z` of both views when ψ is the online projection.
+    fn direction(&self, state: &ByolState, view: usize, work: &mut ByolWork) -> Result<f32> {
+        let (b, d) = (work.batch, self.config.projection);
+        let other = 1 - view;
+        let (gz0, gz1) = work.grad_z.split_at_mut(1);
+        let (same_grad, positive_grad) = if view == 0 {
+            (&mut gz0[0], &mut gz1[0])
+        } else {
+            (&mut gz1[0], &mut gz0[0])
+        };
+        let online_psi = !self.config.target_network;
+        let psi = if online_psi { &work.z } else { &work.target_z };
+        let loss = self.config.objective.direction(
+            &work.p[view],
+            &psi[other],
+            &psi[view],
             b,
-            dim,
-            Some(&mut work.grad_p),
+            d,
+            DirectionGrads {
+                anchors: &mut work.grad_p[view],
+                positives: online_psi.then_some(&mut positive_grad[..]),
+                same_view: online_psi.then_some(&mut same_grad[..]),
+            },
         );
         if !loss.is_finite() {
             // Stop before the non-finite gradient reaches any parameter.
@@ -338,42 +447,74 @@ impl Byol {
                 loss,
             });
         }
+        Ok(loss)
+    }
+
+    /// Backward of `view`'s online pass (kept in `slot`) from `grad_p[view]` and
+    /// `grad_z[view]`; parameter gradients accumulate into `work.grads`.
+    fn online_backward(
+        &self,
+        state: &ByolState,
+        x: &[f32],
+        view: usize,
+        slot: usize,
+        work: &mut ByolWork,
+    ) -> Result<()> {
+        let (enc, proj, pred) = (
+            self.encoder_params(),
+            self.projector_params(),
+            self.predictor_params(),
+        );
+        let (b, d) = (work.batch, self.config.projection);
+        let online = &state.online;
         let (genc, rest) = work.grads.split_at_mut(enc.end);
         let (gproj, gpred) = rest.split_at_mut(proj.len());
-        match (&self.predictor, &mut work.predictor_scratch) {
-            (Some(q), Some(scratch)) => {
-                let (w, z) = (&online[pred], &work.z);
+        let pass = &mut work.passes[slot];
+        let grad_z = &mut work.grad_z[view];
+        match self.config.predictor {
+            PredictorKind::Learned => {
+                let q = self.predictor.as_ref().expect("a learned predictor exists");
+                let scratch = pass.predictor.as_mut().expect("its scratch");
+                let gin = &mut work.grad_predictor_in;
                 mlp_backward(
                     q,
-                    w,
-                    z,
+                    &online[pred],
+                    &work.z[view],
                     b,
                     scratch.buffers(),
-                    &work.grad_p,
+                    &work.grad_p[view],
                     gpred,
-                    &mut work.grad_z,
-                )
+                    gin,
+                );
+                grad_z.iter_mut().zip(gin.iter()).for_each(|(g, v)| *g += v);
             }
-            _ => work.grad_z.copy_from_slice(&work.grad_p),
+            PredictorKind::ClosedForm => {
+                let wt = &work.predictor_wt[view];
+                closed_form::predict_backward(wt, &work.grad_p[view], b, d, grad_z);
+            }
+            PredictorKind::None => {
+                let gp = &work.grad_p[view];
+                grad_z.iter_mut().zip(gp).for_each(|(g, v)| *g += v);
+            }
         }
         mlp_backward(
             &self.projector,
             &online[proj],
-            repr,
+            &pass.repr,
             b,
-            proj_scratch.buffers(),
-            &work.grad_z,
+            pass.projector.buffers(),
+            grad_z,
             gproj,
             &mut work.grad_repr,
         );
         self.encoder
-            .backward(&online[enc], x, &mut work.acts, &work.grad_repr, genc, None)?;
-        Ok(loss)
+            .backward(&online[enc], x, &mut pass.acts, &work.grad_repr, genc, None)
     }
 
     /// One BYOL step on views `v1 = t(x)`, `v2 = t′(x)`: the gradient of
     /// `L(v1→v2) + L(v2→v1)`, a LARS step at learning rate `lr` (times `lr_mult` for the
-    /// projector and predictor), then the target's EMA with decay `tau`.
+    /// projector and predictor), then the target's EMA with decay `tau` (nothing to do
+    /// without a target network).
     #[allow(clippy::too_many_arguments)]
     pub fn step(
         &self,
@@ -393,16 +534,39 @@ impl Byol {
         check_len(
             "BYOL target parameters",
             state.target.len(),
-            self.projector_params().end,
+            self.target_len(),
         )?;
-        // Target projections of both views: no gradient.
-        for (view, x) in views.iter().enumerate() {
-            self.target_projection(state, x, work, view)?;
-        }
-        // Gradient of the symmetric loss, one online pass per view.
         work.grads.fill(0.0);
-        let loss = self.online_term(state, views[0], 1, work)?
-            + self.online_term(state, views[1], 0, work)?;
+        let loss = if self.config.target_network {
+            // Target projections of both views (no gradient), then one view's online pass
+            // at a time: forward, its loss term, backward.
+            for (view, x) in views.iter().enumerate() {
+                self.target_projection(state, x, work, view)?;
+            }
+            let mut loss = 0.0;
+            for (view, x) in views.iter().enumerate() {
+                self.project(state, x, view, 0, work)?;
+                self.predict(state, view, 0, work)?;
+                work.grad_z[view].fill(0.0);
+                loss += self.direction(state, view, work)?;
+                self.online_backward(state, x, view, 0, work)?;
+            }
+            loss
+        } else {
+            // ψ is online: both passes first, then both terms, then both backwards.
+            for (view, x) in views.iter().enumerate() {
+                self.project(state, x, view, view, work)?;
+            }
+            for view in 0..2 {
+                self.predict(state, view, view, work)?;
+                work.grad_z[view].fill(0.0);
+            }
+            let loss = self.direction(state, 0, work)? + self.direction(state, 1, work)?;
+            for (view, x) in views.iter().enumerate() {
+                self.online_backward(state, x, view, view, work)?;
+            }
+            loss
+        };
         // LARS on every online parameter, then the EMA of the whole target in one call.
         lars_step(
             lars,
@@ -413,7 +577,7 @@ impl Byol {
             lr,
             |p| self.lr_multiplier(p, lr_mult),
         );
-        let shared = self.projector_params().end;
+        let shared = self.target_len();
         ema_update(&mut state.target, &state.online[..shared], tau);
         state.step += 1;
         Ok(StepReport { loss })

@@ -1,0 +1,60 @@
+//! The closed-form optimal linear predictor of the paper's appendix: instead of a learned
+//! predictor, each step uses the linear map that best predicts the targets from the online
+//! projections on the current batch.
+//!
+//! With online projections `Z [B, d]` and targets `Y [B, d]` (the other view's ψ), the
+//! least-squares map is `W* = argmin_W Σ_i ‖W z_i − y_i‖²`, that is
+//! `W*ᵀ = (ZᵀZ + λI)⁻¹ ZᵀY`, and the predictions are `P = Z W*ᵀ`. A tiny ridge
+//! `λ = 1e-6 · tr(ZᵀZ)/d` only guards the Cholesky factorisation; the problem must be
+//! overdetermined (`B > d`), or `P = Y` exactly and nothing is learned, which
+//! [`check_shape`] rejects. `W*` is a function of the batch treated as a constant: the
+//! gradient reaches `Z` through `P = Z W*ᵀ` only (`∂L/∂Z = ∂L/∂P · W*`).
+
+use crate::cpu::gemm::matmul;
+use crate::error::{Error, Result};
+use nalgebra::DMatrix;
+
+/// Relative ridge added to `ZᵀZ`.
+const RIDGE: f64 = 1e-6;
+
+/// Rejects shapes where the least-squares map interpolates the targets.
+pub fn check_shape(batch: usize, dim: usize) -> Result<()> {
+    if batch <= dim {
+        return Err(Error::InvalidArgument(format!(
+            "the closed-form predictor needs more samples than projection dimensions (batch {batch} ≤ projection {dim}): with B ≤ d it fits the targets exactly; raise the batch size or lower projection_dim"
+        )));
+    }
+    Ok(())
+}
+
+/// `W*ᵀ [d, d]` (row-major) for online projections `z` and targets `y`, both `[batch, dim]`.
+pub fn optimal_predictor(z: &[f32], y: &[f32], batch: usize, dim: usize) -> Result<Vec<f32>> {
+    let zm = DMatrix::from_row_iterator(batch, dim, z.iter().map(|&v| v as f64));
+    let ym = DMatrix::from_row_iterator(batch, dim, y.iter().map(|&v| v as f64));
+    let mut gram = zm.transpose() * &zm;
+    let ridge = RIDGE * gram.trace() / dim as f64 + f64::MIN_POSITIVE;
+    for k in 0..dim {
+        gram[(k, k)] += ridge;
+    }
+    let chol = gram.cholesky().ok_or_else(|| {
+        Error::InvalidArgument(
+            "closed-form predictor: ZᵀZ is not positive definite (non-finite projections?)".into(),
+        )
+    })?;
+    let wt = chol.solve(&(zm.transpose() * ym));
+    // nalgebra is column-major: read it out row by row.
+    Ok((0..dim)
+        .flat_map(|r| (0..dim).map(move |c| (r, c)))
+        .map(|(r, c)| wt[(r, c)] as f32)
+        .collect())
+}
+
+/// `p [batch, dim] = z W*ᵀ`.
+pub fn predict(wt: &[f32], z: &[f32], batch: usize, dim: usize, p: &mut [f32]) {
+    matmul(p, batch, dim, dim, z, false, wt, false, false);
+}
+
+/// `grad_z += grad_p · W*` (W* held constant).
+pub fn predict_backward(wt: &[f32], grad_p: &[f32], batch: usize, dim: usize, grad_z: &mut [f32]) {
+    matmul(grad_z, batch, dim, dim, grad_p, false, wt, true, true);
+}
