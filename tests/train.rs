@@ -185,6 +185,50 @@ fn bad_input_should_be_refused_before_any_work_with_a_clear_error() {
             },
             "not available",
         ),
+        (
+            TrainConfig {
+                dataset: "cifar10".into(),
+                ..tiny()
+            },
+            "give their folder as data_dir",
+        ),
+        (
+            TrainConfig {
+                closed_form_predictor: true,
+                ..tiny()
+            },
+            "batch 16 ≤ projection 32",
+        ),
+        (
+            TrainConfig {
+                contrastive_beta: 1.0,
+                loss_normalisation: "none".into(),
+                ..tiny()
+            },
+            "needs the l2 loss normalisation",
+        ),
+        (
+            TrainConfig {
+                loss_normalisation: "cosine".into(),
+                ..tiny()
+            },
+            "expected l2, none, layernorm or batchnorm",
+        ),
+        (
+            TrainConfig {
+                projector_depth: 0,
+                ..tiny()
+            },
+            "at least 1",
+        ),
+        (
+            TrainConfig {
+                target_network: false,
+                tau_constant: Some(0.0),
+                ..tiny()
+            },
+            "target_network = false",
+        ),
     ];
     for (cfg, message) in cases {
         let e = train(&cfg, &opts(&out)).unwrap_err().to_string();
@@ -345,4 +389,38 @@ fn toml_configs_should_fill_defaults_and_refuse_unknown_fields() {
         .contains("threads must be a positive integer"));
     std::fs::write(&path, "width = \"wide\"\n").unwrap();
     assert!(host::train::read_config(&path).is_err());
+}
+
+#[test]
+fn a_run_should_train_on_cifar10_files() {
+    // A CIFAR-10 folder in the binary format: 5 training batches and a test batch, 8 images
+    // each, labels cycling through the classes.
+    let data = dir("cifar10-data");
+    std::fs::create_dir_all(&data).unwrap();
+    let record = |i: usize| -> Vec<u8> {
+        let mut r = vec![(i % 10) as u8];
+        r.extend((0..3 * 32 * 32).map(|k| ((k * 7 + i * 31) % 256) as u8));
+        r
+    };
+    for b in 1..=5 {
+        let bytes: Vec<u8> = (0..8).flat_map(|i| record(b * 8 + i)).collect();
+        std::fs::write(data.join(format!("data_batch_{b}.bin")), bytes).unwrap();
+    }
+    let test: Vec<u8> = (0..8).flat_map(record).collect();
+    std::fs::write(data.join("test_batch.bin"), test).unwrap();
+    let out = dir("cifar10-run");
+    let summary = train(
+        &TrainConfig {
+            dataset: "cifar10".into(),
+            data_dir: Some(data),
+            epochs: 1,
+            knn_k: 5,
+            ..tiny()
+        },
+        &opts(&out),
+    )
+    .unwrap();
+    assert_eq!(summary.epochs.len(), 1);
+    assert!(summary.epochs[0].loss.is_finite());
+    assert!(out.join("checkpoint.safetensors").exists());
 }

@@ -29,6 +29,16 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+/// The data sets [`load_data`] reads.
+pub const DATASETS: [&str; 6] = [
+    "synthetic",
+    "cifar10",
+    "cifar100",
+    "stl10",
+    "mnist",
+    "folder",
+];
+
 /// Everything that defines a run. The defaults are the embedded data set at a size that
 /// trains in about ten minutes on two cores.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -131,9 +141,16 @@ impl TrainConfig {
     /// Rejects settings no run can use, naming the field.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::InvalidArgument(m));
-        if self.dataset != "synthetic" {
+        if !DATASETS.contains(&self.dataset.as_str()) {
             return bad(format!(
-                "dataset {:?} is not available: this build has `synthetic` only",
+                "dataset {:?} is not available: expected one of {}",
+                self.dataset,
+                DATASETS.join(", ")
+            ));
+        }
+        if self.dataset != "synthetic" && self.data_dir.is_none() {
+            return bad(format!(
+                "dataset {:?} reads files: give their folder as data_dir (--data-dir)",
                 self.dataset
             ));
         }
@@ -296,11 +313,15 @@ pub fn load_data(cfg: &TrainConfig) -> Result<(Dataset, Dataset)> {
         "stl10" => formats::stl10(dir, true),
         "mnist" => formats::mnist(dir),
         "folder" => formats::image_folder(dir, cfg.image_size),
-        _ => Ok(synthetic::synthetic(
+        "synthetic" => Ok(synthetic::synthetic(
             cfg.seed,
             cfg.train_size,
             cfg.test_size,
         )),
+        other => Err(Error::InvalidArgument(format!(
+            "dataset {other:?} is not available: expected one of {}",
+            DATASETS.join(", ")
+        ))),
     }
 }
 
