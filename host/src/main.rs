@@ -316,18 +316,28 @@ fn train(args: &TrainArgs) -> Result<(), Error> {
         progress: true,
     };
     eprintln!(
-        "BYOL: {} (width {}, {} stem) on {} ({} train / {} held-out images), {} epochs of batch {}, {} threads → {}",
+        "BYOL: {} (width {}, {} stem) on {}{}, {} epochs of batch {}, {} threads → {}",
         cfg.arch,
         cfg.width,
         cfg.stem,
         cfg.dataset,
-        cfg.train_size,
-        cfg.test_size,
+        if cfg.dataset == "synthetic" {
+            format!(
+                " ({} train / {} held-out images)",
+                cfg.train_size, cfg.test_size
+            )
+        } else {
+            String::new()
+        },
         cfg.epochs,
         cfg.batch_size,
         rayon::current_num_threads(),
         out.display()
     );
+    let ablations = cfg.ablations();
+    if !ablations.is_empty() {
+        eprintln!("  ablation: {}", ablations.join(", "));
+    }
     let s = host::train::train(&cfg, &opts)?;
     println!("\nsummary ({})", s.out.display());
     println!("  epoch   loss     kNN top-1   std·√d   eff. rank");
@@ -578,6 +588,26 @@ mod tests {
         };
         assert_eq!(c, expected);
         assert_eq!((out, threads), (PathBuf::from("/o"), Some(3)));
+    }
+
+    #[test]
+    fn the_banner_should_list_exactly_the_ablation_knobs_turned() {
+        assert!(config_of(&["--epochs", "3"]).0.ablations().is_empty());
+        let (c, _, _) = config_of(&[
+            "--no-predictor",
+            "--contrastive-beta",
+            "1",
+            "--projector-depth",
+            "1",
+        ]);
+        assert_eq!(
+            c.ablations(),
+            [
+                "predictor=false",
+                "depth(projector,predictor)=1,2",
+                "contrastive_beta=1 (α 0.1)"
+            ]
+        );
     }
 
     #[test]

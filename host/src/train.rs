@@ -258,6 +258,41 @@ impl TrainConfig {
         })
     }
 
+    /// The ablation knobs set away from BYOL's defaults, as `field=value` (for the banner).
+    pub fn ablations(&self) -> Vec<String> {
+        let d = TrainConfig::default();
+        let mut out = Vec::new();
+        let mut differs = |name: &str, value: String, default: String| {
+            if value != default {
+                out.push(format!("{name}={value}"));
+            }
+        };
+        let opt = |t: Option<f64>| t.map_or("schedule".to_string(), |t| t.to_string());
+        differs("tau_constant", opt(self.tau_constant), opt(d.tau_constant));
+        differs(
+            "predictor",
+            self.predictor.to_string(),
+            d.predictor.to_string(),
+        );
+        let (cf, dcf) = (self.closed_form_predictor, d.closed_form_predictor);
+        differs("closed_form_predictor", cf.to_string(), dcf.to_string());
+        let (tn, dtn) = (self.target_network, d.target_network);
+        differs("target_network", tn.to_string(), dtn.to_string());
+        let depths = |c: &TrainConfig| format!("{},{}", c.projector_depth, c.predictor_depth);
+        differs("depth(projector,predictor)", depths(self), depths(&d));
+        let lr = |c: &TrainConfig| format!("{},{}", c.predictor_lr_mult, c.projector_lr_mult);
+        differs("lr_mult(predictor,projector)", lr(self), lr(&d));
+        let beta =
+            |c: &TrainConfig| format!("{} (α {})", c.contrastive_beta, c.contrastive_temperature);
+        if self.contrastive_beta != 0.0 {
+            differs("contrastive_beta", beta(self), beta(&d));
+        }
+        let norm = self.loss_normalisation.clone();
+        differs("loss_normalisation", norm, d.loss_normalisation.clone());
+        differs("augmentations", self.augmentations.clone(), d.augmentations);
+        out
+    }
+
     fn json(&self) -> String {
         serde_json::to_string(self).expect("a config serialises")
     }
