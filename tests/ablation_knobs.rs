@@ -304,14 +304,7 @@ fn closed_form_predictor_should_have_no_parameters_and_need_more_samples_than_di
 /// reports, at the coordinates with the largest gradients of each part of the network.
 fn step_gradient_matches_finite_differences(byol: &Byol, what: &str) {
     let (batch, side) = (6, 8);
-    let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(7);
-    let v: Vec<Vec<f32>> = (0..2)
-        .map(|_| {
-            (0..batch * side * side * 3)
-                .map(|_| r.random_range(-1.0..1.0))
-                .collect()
-        })
-        .collect();
+    let v = views(batch); // 8 × 8 images
     let state0 = byol.init(3);
     let loss_and_grads = |online: &[f32]| {
         let mut state = state0.clone();

@@ -285,7 +285,8 @@ fn closed_form_predictor_should_equal_an_independent_least_squares_solution() {
     let mut r = rng(6);
     let z = uniform(&mut r, n * d, 1.0);
     let y = uniform(&mut r, n * d, 1.0);
-    let wt = closed_form::optimal_predictor(&z, &y, n, d).unwrap();
+    let mut wt = vec![0.0; d * d];
+    closed_form::optimal_predictor(&z, &y, n, d, &mut wt).unwrap();
     let expected = least_squares_qr(&to_f64(&z), &to_f64(&y), n, d);
     assert_close("W*ᵀ", &wt, &expected, 1e-4, 1e-4);
     // Predictions, and the normal equations: the residual is orthogonal to every column of Z.

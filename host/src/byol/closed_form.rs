@@ -27,8 +27,15 @@ pub fn check_shape(batch: usize, dim: usize) -> Result<()> {
     Ok(())
 }
 
-/// `W*ᵀ [d, d]` (row-major) for online projections `z` and targets `y`, both `[batch, dim]`.
-pub fn optimal_predictor(z: &[f32], y: &[f32], batch: usize, dim: usize) -> Result<Vec<f32>> {
+/// Writes `W*ᵀ [d, d]` (row-major) to `wt` for online projections `z` and targets `y`, both
+/// `[batch, dim]`.
+pub fn optimal_predictor(
+    z: &[f32],
+    y: &[f32],
+    batch: usize,
+    dim: usize,
+    wt: &mut [f32],
+) -> Result<()> {
     let zm = DMatrix::from_row_iterator(batch, dim, z.iter().map(|&v| v as f64));
     let ym = DMatrix::from_row_iterator(batch, dim, y.iter().map(|&v| v as f64));
     let mut gram = zm.transpose() * &zm;
@@ -41,12 +48,14 @@ pub fn optimal_predictor(z: &[f32], y: &[f32], batch: usize, dim: usize) -> Resu
             "closed-form predictor: ZᵀZ is not positive definite (non-finite projections?)".into(),
         )
     })?;
-    let wt = chol.solve(&(zm.transpose() * ym));
-    // nalgebra is column-major: read it out row by row.
-    Ok((0..dim)
-        .flat_map(|r| (0..dim).map(move |c| (r, c)))
-        .map(|(r, c)| wt[(r, c)] as f32)
-        .collect())
+    let solution = chol.solve(&(zm.transpose() * ym));
+    // nalgebra is column-major: write it out row by row.
+    for (r, row) in wt.chunks_mut(dim).enumerate() {
+        for (c, v) in row.iter_mut().enumerate() {
+            *v = solution[(r, c)] as f32;
+        }
+    }
+    Ok(())
 }
 
 /// `p [batch, dim] = z W*ᵀ`.

@@ -289,7 +289,11 @@ impl Byol {
             passes,
             z: per_view(batch * proj),
             p: per_view(batch * proj),
-            target_z: per_view(batch * proj),
+            target_z: per_view(if self.config.target_network {
+                batch * proj
+            } else {
+                0
+            }),
             grad_p: per_view(batch * proj),
             grad_z: per_view(batch * proj),
             predictor_wt: per_view(wt_len),
@@ -370,12 +374,13 @@ impl Byol {
         Ok(())
     }
 
-    /// ψ of `view`: the target's projection, or the online one without a target network.
-    fn psi<'a>(&self, work: &'a ByolWork, view: usize) -> &'a [f32] {
+    /// ψ of both views: the target's projections, or the online ones without a target
+    /// network. (Fields, not the whole work, so callers can write other buffers meanwhile.)
+    fn psi<'a>(&self, z: &'a [Vec<f32>; 2], target_z: &'a [Vec<f32>; 2]) -> &'a [Vec<f32>; 2] {
         if self.config.target_network {
-            &work.target_z[view]
+            target_z
         } else {
-            &work.z[view]
+            z
         }
     }
 
@@ -405,10 +410,10 @@ impl Byol {
                 );
             }
             PredictorKind::ClosedForm => {
-                let wt =
-                    closed_form::optimal_predictor(&work.z[view], self.psi(work, 1 - view), b, d)?;
-                closed_form::predict(&wt, &work.z[view], b, d, &mut work.p[view]);
-                work.predictor_wt[view] = wt;
+                let targets = &self.psi(&work.z, &work.target_z)[1 - view];
+                let wt = &mut work.predictor_wt[view];
+                closed_form::optimal_predictor(&work.z[view], targets, b, d, wt)?;
+                closed_form::predict(wt, &work.z[view], b, d, &mut work.p[view]);
             }
             PredictorKind::None => work.p[view].copy_from_slice(&work.z[view]),
         }
@@ -420,14 +425,10 @@ impl Byol {
     fn direction(&self, state: &ByolState, view: usize, work: &mut ByolWork) -> Result<f32> {
         let (b, d) = (work.batch, self.config.projection);
         let other = 1 - view;
-        let (gz0, gz1) = work.grad_z.split_at_mut(1);
-        let (same_grad, positive_grad) = if view == 0 {
-            (&mut gz0[0], &mut gz1[0])
-        } else {
-            (&mut gz1[0], &mut gz0[0])
-        };
+        let [gz0, gz1] = &mut work.grad_z;
+        let (same_grad, positive_grad) = if view == 0 { (gz0, gz1) } else { (gz1, gz0) };
         let online_psi = !self.config.target_network;
-        let psi = if online_psi { &work.z } else { &work.target_z };
+        let psi = self.psi(&work.z, &work.target_z);
         let loss = self.config.objective.direction(
             &work.p[view],
             &psi[other],
