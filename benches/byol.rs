@@ -9,7 +9,7 @@
 //! Run: `cargo bench --bench byol` (`-- --no-torch`, `--batch N`, `--width N`, `--iters N`;
 //! `BYOL_BENCH_THREADS` sets the threads, default 2).
 
-use host::byol::{Byol, ByolConfig, LarsConfig, LrMultipliers};
+use host::byol::{Byol, ByolConfig, LrMultipliers, Optimizer};
 use host::data::augment::{Augmenter, ViewConfig};
 use host::data::Dataset;
 use host::nn::{Arch, ResNetConfig, Stem};
@@ -77,7 +77,7 @@ fn main() {
                 .collect()
         })
         .collect();
-    let lars = LarsConfig::default();
+    let lars = Optimizer::official_lars(1.5e-6);
     let median = median_secs(1, iters, || {
         byol.step(
             &mut state,

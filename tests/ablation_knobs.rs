@@ -3,7 +3,7 @@
 //! BYOL's default does not.
 
 use host::byol::{
-    Byol, ByolConfig, LarsConfig, LrMultipliers, Normalisation, Objective, PredictorKind,
+    Byol, ByolConfig, LrMultipliers, Normalisation, Objective, Optimizer, PredictorKind,
 };
 use host::nn::{Arch, ResNetConfig, Stem};
 use host::train::{train, RunOptions, TrainConfig};
@@ -54,7 +54,7 @@ fn one_step(byol: &Byol, mult: LrMultipliers) -> Vec<f32> {
         [&v[0], &v[1]],
         0.5,
         0.99,
-        &LarsConfig::default(),
+        &Optimizer::official_lars(1.5e-6),
         mult,
     )
     .unwrap();
@@ -140,7 +140,7 @@ fn constant_tau_should_copy_or_freeze_the_target() {
             [&v[0], &v[1]],
             0.5,
             tau,
-            &LarsConfig::default(),
+            &Optimizer::official_lars(1.5e-6),
             LrMultipliers::default(),
         )
         .unwrap();
@@ -286,7 +286,7 @@ fn closed_form_predictor_should_have_no_parameters_and_need_more_samples_than_di
                 [&v[0], &v[1]],
                 0.5,
                 0.0,
-                &LarsConfig::default(),
+                &Optimizer::official_lars(1.5e-6),
                 LrMultipliers::default(),
             )
             .unwrap();
@@ -317,7 +317,7 @@ fn step_gradient_matches_finite_differences(byol: &Byol, what: &str) {
                 [&v[0], &v[1]],
                 0.0,
                 1.0,
-                &LarsConfig::default(),
+                &Optimizer::official_lars(1.5e-6),
                 LrMultipliers::default(),
             )
             .unwrap();

@@ -97,6 +97,53 @@ fn a_resumed_run_should_equal_the_uninterrupted_run() {
 }
 
 #[test]
+fn every_optimizer_should_resume_bit_for_bit() {
+    // AdamW's second moment and step count travel in the checkpoint like LARS's momentum.
+    for optimizer in ["adamw", "sgd", "lars"] {
+        let cfg = TrainConfig {
+            optimizer: optimizer.into(),
+            base_lr: if optimizer == "adamw" { 1e-3 } else { 0.1 },
+            ..tiny()
+        };
+        let (full, part) = (
+            dir(&format!("{optimizer}-full")),
+            dir(&format!("{optimizer}-part")),
+        );
+        train(&cfg, &opts(&full)).unwrap();
+        let stop = RunOptions {
+            stop_after_epochs: Some(1),
+            ..opts(&part)
+        };
+        train(&cfg, &stop).unwrap();
+        let resume = RunOptions {
+            resume: Some(part.join("checkpoint.safetensors")),
+            ..opts(&part)
+        };
+        train(&cfg, &resume).unwrap();
+        let read = |d: &Path| std::fs::read(d.join("checkpoint.safetensors")).unwrap();
+        assert_eq!(losses(&full), losses(&part), "{optimizer}");
+        assert!(
+            read(&full) == read(&part),
+            "{optimizer}: resumed checkpoint differs"
+        );
+    }
+}
+
+#[test]
+fn the_target_should_start_as_configured() {
+    for (init, same) in [("copy", true), ("independent", false)] {
+        let cfg = TrainConfig {
+            target_init: init.into(),
+            ..tiny()
+        };
+        let byol = host::byol::Byol::new(cfg.byol_config().unwrap()).unwrap();
+        let s = byol.init(cfg.seed);
+        assert_eq!(s.target[..] == s.online[..s.target.len()], same, "{init}");
+        assert_eq!(s.target.len(), byol.projector_params().end);
+    }
+}
+
+#[test]
 fn export_should_write_the_encoder_under_torchvision_names() {
     let out = dir("export");
     train(
@@ -228,6 +275,56 @@ fn bad_input_should_be_refused_before_any_work_with_a_clear_error() {
                 ..tiny()
             },
             "target_network = false",
+        ),
+        (
+            TrainConfig {
+                optimizer: "adam".into(),
+                ..tiny()
+            },
+            "optimizer \"adam\": expected lars, sgd or adamw",
+        ),
+        (
+            TrainConfig {
+                lars_eta: 0.0,
+                ..tiny()
+            },
+            "lars_eta (the trust coefficient) must be positive",
+        ),
+        (
+            TrainConfig {
+                tau_base: 0.99,
+                tau_end: 0.9,
+                ..tiny()
+            },
+            "tau_end must lie in [tau_base, 1]",
+        ),
+        (
+            TrainConfig {
+                blur_t_prime: 1.5,
+                ..tiny()
+            },
+            "blur_t_prime is a probability",
+        ),
+        (
+            TrainConfig {
+                crop_min_scale: 0.0,
+                ..tiny()
+            },
+            "crop_min_scale is a fraction of the image",
+        ),
+        (
+            TrainConfig {
+                target_init: "same".into(),
+                ..tiny()
+            },
+            "target_init \"same\": expected copy or independent",
+        ),
+        (
+            TrainConfig {
+                recipe: "huge".into(),
+                ..tiny()
+            },
+            "unknown recipe \"huge\"",
         ),
     ];
     for (cfg, message) in cases {

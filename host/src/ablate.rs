@@ -5,7 +5,9 @@
 //! from their checkpoint. The table (`results.md`) puts our numbers beside the paper's; at
 //! this scale the numbers differ from ImageNet, the qualitative findings are what to compare.
 
+use crate::byol::schedule::PRESETS;
 use crate::error::{Error, Result};
+use crate::recipe::{imagenet, SMALL};
 use crate::train::{self, RunOptions, TrainConfig};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -29,7 +31,8 @@ pub struct RunResult {
 }
 
 /// The studies [`study`] knows.
-pub const STUDIES: [&str; 10] = [
+pub const STUDIES: [&str; 11] = [
+    "recipe",
     "tau",
     "predictor-lr",
     "predictor-projector-lr",
@@ -64,6 +67,10 @@ pub fn study(name: &str, base: &TrainConfig) -> Result<Vec<StudyRun>> {
         }
     };
     Ok(match name {
+        "recipe" => recipe_study(base)
+            .into_iter()
+            .map(|(label, f)| run(label, "—", &*f))
+            .collect(),
         "tau" => [
             (1.0, "18.8"),
             (0.999, "69.8"),
@@ -195,6 +202,86 @@ pub fn study(name: &str, base: &TrainConfig) -> Result<Vec<StudyRun>> {
             )))
         }
     })
+}
+
+/// A change to a configuration.
+type Change = Box<dyn Fn(&mut TrainConfig)>;
+
+/// The elements in which the small-image recipe differs from the official one, each a
+/// change that copies the small recipe's values of its fields.
+pub fn recipe_elements() -> Vec<(&'static str, Change)> {
+    let s = SMALL;
+    vec![
+        (
+            "optimizer",
+            Box::new(move |c: &mut TrainConfig| {
+                c.optimizer = s.optimizer.into();
+                (c.base_lr, c.weight_decay) = (s.base_lr, s.weight_decay);
+                (c.lars_eta, c.lars_clip) = (s.lars_eta, s.lars_clip);
+            }),
+        ),
+        (
+            "target-copy",
+            Box::new(move |c| c.target_init = s.target_init.into()),
+        ),
+        (
+            "tau",
+            Box::new(move |c| (c.tau_base, c.tau_end) = (s.tau_base, s.tau_end)),
+        ),
+        (
+            "blur",
+            Box::new(move |c| [c.blur_t, c.blur_t_prime] = s.blur),
+        ),
+        (
+            "crop",
+            Box::new(move |c| c.crop_min_scale = s.crop_min_scale),
+        ),
+        (
+            "predictor-lr",
+            Box::new(move |c| c.predictor_lr_mult = s.predictor_lr_mult),
+        ),
+    ]
+}
+
+/// The runs of the `recipe` study over `base`'s budget: the official recipe
+/// (`imagenet-40`'s values), each element of `small` turned on alone, and all together;
+/// elements in which the two recipes agree are left out.
+fn recipe_study(base: &TrainConfig) -> Vec<(String, Change)> {
+    let (epochs, warmup) = (base.epochs, base.warmup_epochs);
+    let official = move |c: &mut TrainConfig| {
+        imagenet(PRESETS[0]).apply(c);
+        (c.epochs, c.warmup_epochs) = (epochs, warmup);
+    };
+    let mut runs: Vec<(String, Change)> = vec![("official".into(), Box::new(official))];
+    let mut all: Vec<Change> = Vec::new();
+    for (label, element) in recipe_elements() {
+        let (mut a, mut b) = (base.clone(), base.clone());
+        official(&mut a);
+        official(&mut b);
+        element(&mut b);
+        if a == b {
+            continue;
+        }
+        let element = std::rc::Rc::new(element);
+        let e = element.clone();
+        runs.push((
+            format!("official+{label}"),
+            Box::new(move |c| {
+                official(c);
+                e(c)
+            }),
+        ));
+        all.push(Box::new(move |c| element(c)));
+    }
+    runs.push((
+        "small".into(),
+        Box::new(move |c| {
+            official(c);
+            all.iter().for_each(|e| e(c));
+            c.recipe = SMALL.name.into();
+        }),
+    ));
+    runs
 }
 
 /// Trains (or resumes, or skips) one run in `dir` and evaluates it.
@@ -367,7 +454,7 @@ mod tests {
     #[test]
     fn studies_should_change_only_their_knob() {
         let base = base();
-        for name in STUDIES {
+        for name in STUDIES.into_iter().filter(|&n| n != "recipe") {
             let runs = study(name, &base).unwrap();
             assert!(runs.len() >= 3, "{name}");
             for r in &runs {
@@ -390,5 +477,35 @@ mod tests {
             }
         }
         assert!(study("nope", &base).is_err());
+    }
+
+    #[test]
+    fn the_recipe_study_should_go_from_the_official_recipe_to_the_small_one() {
+        let base = base();
+        let runs = study("recipe", &base).unwrap();
+        let budget = |mut c: TrainConfig| {
+            (c.epochs, c.warmup_epochs) = (base.epochs, base.warmup_epochs);
+            c
+        };
+        let mut official = base.clone();
+        imagenet(PRESETS[0]).apply(&mut official);
+        assert_eq!(
+            runs[0].config,
+            budget(official.clone()),
+            "the official recipe"
+        );
+        assert_eq!(
+            runs.last().unwrap().config,
+            base,
+            "all elements: the small recipe"
+        );
+        // Each middle run turns on one element: it differs from the official run, and from
+        // the small one, unless the small recipe has that one element alone.
+        assert!(runs.len() >= 4);
+        for r in &runs[1..runs.len() - 1] {
+            r.config.validate().unwrap();
+            assert_ne!(r.config, runs[0].config, "{}", r.label);
+            assert_ne!(r.config, base, "{}", r.label);
+        }
     }
 }

@@ -2,8 +2,8 @@
 //! a rename), so a crash never leaves half a file.
 //!
 //! A training checkpoint holds, under the registry's names (`encoder.conv1.weight`, …):
-//! `online.*`, `target.*` and `momentum.*` parameters, `online.*` and `target.*` running
-//! statistics, and in its metadata the run's configuration (JSON) and step. Encoder weights
+//! `online.*`, `target.*` and `momentum.*` parameters (and `second_moment.*` for AdamW),
+//! `online.*` and `target.*` running statistics, and in its metadata the run's configuration (JSON) and step. Encoder weights
 //! are stored in PyTorch's layout (OIHW). [`export_encoder`] writes the online encoder alone
 //! under torchvision's names, loadable with `torchvision.models.resnet18().load_state_dict(…,
 //! strict=False)` (no `fc`, no `num_batches_tracked`).
@@ -109,6 +109,10 @@ pub fn save(path: &Path, byol: &Byol, state: &ByolState, config: &str) -> Result
         state.target.len(),
     ));
     t.extend(param_tensors(r, "momentum.", &state.momentum, usize::MAX));
+    if !state.second_moment.is_empty() {
+        let v = &state.second_moment;
+        t.extend(param_tensors(r, "second_moment.", v, usize::MAX));
+    }
     t.extend(buffer_tensors(r, "online.", &state.online_running));
     t.extend(buffer_tensors(r, "target.", &state.target_running));
     let meta = Meta {
@@ -159,10 +163,19 @@ pub fn load(path: &Path, byol: &Byol) -> Result<(ByolState, String)> {
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect())
     };
+    // AdamW's second moment is there when the first parameter's is.
+    let first = r
+        .params
+        .first()
+        .map(|p| format!("second_moment.{}", p.name));
+    if first.is_some_and(|name| st.tensor(&name).is_ok()) {
+        state.second_moment = vec![0.0; state.online.len()];
+    }
     for (prefix, flat) in [
         ("online.", &mut state.online),
         ("target.", &mut state.target),
         ("momentum.", &mut state.momentum),
+        ("second_moment.", &mut state.second_moment),
     ] {
         let len = flat.len();
         for p in r.params.iter().filter(|p| p.range.end <= len) {
@@ -189,7 +202,8 @@ pub fn load(path: &Path, byol: &Byol) -> Result<(ByolState, String)> {
         .iter()
         .filter(|b| b.range.end <= state.target_running.len())
         .count();
-    let expected = 2 * r.params.len() + r.buffers.len() + target_params + target_buffers;
+    let moments = if state.second_moment.is_empty() { 2 } else { 3 };
+    let expected = moments * r.params.len() + r.buffers.len() + target_params + target_buffers;
     if st.len() != expected {
         return Err(bad(format!(
             "holds {} tensors, these networks have {expected}: other networks",

@@ -19,6 +19,7 @@ pub mod mlp;
 pub mod nn;
 pub mod plot;
 pub mod ptx;
+pub mod recipe;
 pub mod train;
 
 pub use backend::cpu::Cpu;

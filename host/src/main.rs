@@ -1,7 +1,6 @@
 //! `host`: the BYOL command line. Only what works is offered; planned commands say so.
 
 use clap::{Args, Parser, Subcommand};
-use host::byol::schedule::preset;
 use host::train::{RunOptions, TrainConfig};
 use host::{checkpoint, Error};
 use std::path::{Path, PathBuf};
@@ -32,6 +31,27 @@ enum Command {
         /// Where to write the encoder.
         out: PathBuf,
     },
+    /// Write a data set's training and held-out images and labels as one safetensors file,
+    /// for other programs (the PyTorch reference trains on exactly these pixels).
+    ExportData {
+        /// Where to write (safetensors: train.images, train.labels, test.images, test.labels).
+        out: PathBuf,
+        /// synthetic (embedded), cifar10, cifar100, stl10, mnist or folder.
+        #[arg(long, default_value = "synthetic")]
+        dataset: String,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Side the `folder` data set's images are resized to.
+        #[arg(long, default_value_t = 64)]
+        image_size: usize,
+        /// Images in the synthetic splits, and its seed (as `train`).
+        #[arg(long, default_value_t = 5000)]
+        train_size: usize,
+        #[arg(long, default_value_t = 1000)]
+        test_size: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
     /// Download CIFAR-10, CIFAR-100 or STL-10 (binary versions) from their official addresses, checksum-verified.
     Download {
         /// cifar10, cifar100 or stl10.
@@ -59,6 +79,11 @@ enum Command {
         /// Training images per run (synthetic data set).
         #[arg(long)]
         train_size: Option<usize>,
+        /// The data set of every run (default: the embedded one), and its files.
+        #[arg(long)]
+        dataset: Option<String>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
     },
     /// Check the GPU path: open GPU 0, load the kernels, report the device (needs `--features cuda`).
     GpuInfo,
@@ -101,10 +126,39 @@ struct TrainArgs {
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
-    /// The official hyper-parameters for a length: 40, 100, 300 or 1000 epochs
-    /// (sets epochs, base lr, weight decay and τ_base; explicit flags override).
+    /// The official ImageNet hyper-parameters for a length: 40, 100, 300 or 1000 epochs
+    /// (the recipe imagenet-<N>; explicit flags override).
     #[arg(long)]
     preset: Option<String>,
+    /// The recipe the hyper-parameters start from: small, imagenet-40, imagenet-100,
+    /// imagenet-300, imagenet-1000 [default: small for images of 96 px and below, else
+    /// imagenet-40]. Explicit flags override its fields.
+    #[arg(long)]
+    recipe: Option<String>,
+    /// lars (the paper's), sgd or adamw.
+    #[arg(long)]
+    optimizer: Option<String>,
+    /// LARS trust coefficient η (official 1e-3).
+    #[arg(long)]
+    lars_eta: Option<f64>,
+    /// Cap LARS's per-tensor rate at the scheduled learning rate (true or false).
+    #[arg(long)]
+    lars_clip: Option<bool>,
+    /// How the target network starts: copy (of the online network) or independent (official).
+    #[arg(long)]
+    target_init: Option<String>,
+    /// Where the cosine τ schedule ends (1 in the paper).
+    #[arg(long)]
+    tau_end: Option<f64>,
+    /// Probability of the gaussian blur in T (view 1; paper 1.0).
+    #[arg(long)]
+    blur_t: Option<f64>,
+    /// Probability of the gaussian blur in T′ (view 2; paper 0.1).
+    #[arg(long)]
+    blur_t_prime: Option<f64>,
+    /// Smallest area of the random resized crop, as a fraction of the image (paper 0.08).
+    #[arg(long)]
+    crop_min_scale: Option<f64>,
     /// synthetic (embedded, the default), cifar10, cifar100, stl10, mnist or folder.
     #[arg(long)]
     dataset: Option<String>,
@@ -188,29 +242,50 @@ struct TrainArgs {
 }
 
 impl TrainArgs {
-    /// The configuration (file, then flags), the output folder and the thread count.
+    /// The configuration (recipe, then file, then flags), the output folder and the thread
+    /// count.
     fn config(&self) -> Result<(TrainConfig, PathBuf, Option<usize>), Error> {
         let file = match &self.config {
             Some(path) => host::train::read_config(path)?,
             None => host::train::ConfigFile::default(),
         };
-        let mut c = file.train;
         let out = self
             .out
             .clone()
-            .or(file.out)
+            .or(file.out.clone())
             .unwrap_or_else(|| PathBuf::from("runs/byol"));
         let threads = self.threads.or(file.threads);
-        if let Some(name) = &self.preset {
-            let p = preset(name).ok_or_else(|| {
-                Error::InvalidArgument(format!(
-                    "unknown preset {name:?}: expected 40, 100, 300 or 1000"
+        let recipe = match (&self.preset, &self.recipe) {
+            (Some(_), Some(_)) => {
+                return Err(Error::InvalidArgument(
+                    "--preset names an ImageNet recipe: give --preset or --recipe, not both".into(),
                 ))
-            })?;
-            (c.epochs, c.base_lr, c.weight_decay, c.tau_base) =
-                (p.epochs, p.base_lr, p.weight_decay, p.tau_base);
-            c.warmup_epochs = 10;
-        }
+            }
+            (Some(name), None) => Some(host::recipe::named(&format!("imagenet-{name}")).map_err(
+                |_| {
+                    Error::InvalidArgument(format!(
+                        "unknown preset {name:?}: expected 40, 100, 300 or 1000"
+                    ))
+                },
+            )?),
+            (None, Some(name)) => Some(host::recipe::named(name)?),
+            // Which data decides the recipe: the flags', else the file's.
+            (None, None) if self.dataset.is_some() || self.image_size.is_some() => {
+                let mut probe = file.train.clone();
+                probe.dataset = self.dataset.clone().unwrap_or(probe.dataset);
+                probe.image_size = self.image_size.unwrap_or(probe.image_size);
+                match file.table.get("recipe") {
+                    Some(_) => Some(host::recipe::named(&probe.recipe)?),
+                    None => Some(host::recipe::for_image_side(probe.image_side())),
+                }
+            }
+            (None, None) => None,
+        };
+        let mut c = match recipe {
+            None => file.train.clone(),
+            Some(r) => host::train::over_recipe(&file.table, Some(r))
+                .map_err(|e| Error::InvalidArgument(format!("configuration file: {e}")))?,
+        };
         macro_rules! set {
             ($($f:ident),*) => { $( if let Some(v) = &self.$f { c.$f = v.clone(); } )* };
         }
@@ -236,6 +311,16 @@ impl TrainArgs {
             image_size
         );
         set!(predictor_lr_mult, projector_lr_mult, augmentations);
+        set!(
+            optimizer,
+            lars_eta,
+            lars_clip,
+            target_init,
+            tau_end,
+            blur_t,
+            blur_t_prime,
+            crop_min_scale
+        );
         set!(
             projector_depth,
             predictor_depth,
@@ -271,6 +356,38 @@ fn main() -> ExitCode {
             eval_linear(&checkpoint, epochs)
         }
         Command::Export { checkpoint, out } => export(&checkpoint, &out),
+        Command::ExportData {
+            out,
+            dataset,
+            data_dir,
+            image_size,
+            train_size,
+            test_size,
+            seed,
+        } => {
+            let cfg = TrainConfig {
+                dataset,
+                data_dir,
+                image_size,
+                train_size,
+                test_size,
+                seed,
+                ..TrainConfig::default()
+            };
+            cfg.validate()
+                .and_then(|()| host::train::load_data(&cfg))
+                .and_then(|(train, test)| {
+                    host::data::write_splits(&out, &train, &test)?;
+                    println!(
+                        "wrote {} training and {} held-out images of {} to {}",
+                        train.len(),
+                        test.len(),
+                        cfg.dataset,
+                        out.display()
+                    );
+                    Ok(())
+                })
+        }
         Command::Download { dataset, dir } => host::data::download::source(&dataset)
             .and_then(|src| host::data::download::download(&src, &dir, true))
             .map(|p| println!("{dataset} is in {}", p.display())),
@@ -284,10 +401,14 @@ fn main() -> ExitCode {
             out,
             epochs,
             train_size,
+            dataset,
+            data_dir,
         } => {
             let mut base = host::ablate::base();
             base.epochs = epochs.unwrap_or(base.epochs);
             base.train_size = train_size.unwrap_or(base.train_size);
+            base.dataset = dataset.unwrap_or(base.dataset);
+            base.data_dir = data_dir.or(base.data_dir);
             host::ablate::run_study(&study, &base, &out, true).map(|table| println!("{table}"))
         }
         Command::GpuInfo => gpu_info(),
@@ -333,6 +454,24 @@ fn train(args: &TrainArgs) -> Result<(), Error> {
         cfg.batch_size,
         rayon::current_num_threads(),
         out.display()
+    );
+    eprintln!(
+        "  recipe {}: {} lr {}·batch/256, weight decay {:e}{}, τ {} → {}, target {}, blur {}/{}, {} warm-up epochs",
+        cfg.recipe,
+        cfg.optimizer,
+        cfg.base_lr,
+        cfg.weight_decay,
+        if cfg.optimizer == "lars" {
+            format!(", η {}{}", cfg.lars_eta, if cfg.lars_clip { " clipped" } else { "" })
+        } else {
+            String::new()
+        },
+        cfg.tau_base,
+        cfg.tau_end,
+        cfg.target_init,
+        cfg.blur_t,
+        cfg.blur_t_prime,
+        cfg.warmup_epochs
     );
     let ablations = cfg.ablations();
     if !ablations.is_empty() {
@@ -548,6 +687,22 @@ mod tests {
             "0.2",
             "--loss-normalisation",
             "layernorm",
+            "--optimizer",
+            "adamw",
+            "--lars-eta",
+            "0.05",
+            "--lars-clip",
+            "false",
+            "--target-init",
+            "independent",
+            "--tau-end",
+            "0.995",
+            "--blur-t",
+            "0.5",
+            "--blur-t-prime",
+            "0.25",
+            "--crop-min-scale",
+            "0.3",
             "--out",
             "/o",
             "--threads",
@@ -584,10 +739,76 @@ mod tests {
             contrastive_beta: 0.5,
             contrastive_temperature: 0.2,
             loss_normalisation: "layernorm".into(),
+            optimizer: "adamw".into(),
+            lars_eta: 0.05,
+            lars_clip: false,
+            target_init: "independent".into(),
+            tau_end: 0.995,
+            blur_t: 0.5,
+            blur_t_prime: 0.25,
+            crop_min_scale: 0.3,
             ..TrainConfig::default()
         };
         assert_eq!(c, expected);
         assert_eq!((out, threads), (PathBuf::from("/o"), Some(3)));
+    }
+
+    #[test]
+    fn the_recipe_should_follow_the_images_unless_one_is_named() {
+        let recipe = |args: &[&str]| config_of(args).0.recipe;
+        assert_eq!(recipe(&[]), "small");
+        assert_eq!(recipe(&["--dataset", "stl10", "--data-dir", "d"]), "small");
+        assert_eq!(recipe(&["--dataset", "folder", "--data-dir", "d"]), "small");
+        let large = [
+            "--dataset",
+            "folder",
+            "--data-dir",
+            "d",
+            "--image-size",
+            "128",
+        ];
+        assert_eq!(recipe(&large), "imagenet-40");
+        let (c, _, _) = config_of(&[&large[..], &["--recipe", "small", "--epochs", "3"]].concat());
+        assert_eq!((c.recipe.as_str(), c.epochs), ("small", 3));
+        assert_eq!(c.lars_eta, host::recipe::SMALL.lars_eta);
+        let cli = Cli::try_parse_from(["host", "train", "--preset", "40", "--recipe", "small"]);
+        let Command::Train(a) = cli.unwrap().command else {
+            panic!()
+        };
+        assert!(a.config().unwrap_err().to_string().contains("not both"));
+    }
+
+    #[test]
+    fn a_config_file_should_lay_its_fields_over_its_recipe() {
+        let dir = std::env::temp_dir().join(format!("byol-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("run.toml");
+        std::fs::write(&path, "recipe = \"imagenet-100\"\nepochs = 7\n").unwrap();
+        let file = path.to_str().unwrap();
+        let (c, _, _) = config_of(&["--config", file]);
+        let mut expected = TrainConfig::default();
+        host::recipe::named("imagenet-100")
+            .unwrap()
+            .apply(&mut expected);
+        expected.epochs = 7;
+        assert_eq!(c, expected);
+        // A data flag makes the recipe be chosen again; the file's named recipe still holds.
+        assert_eq!(
+            config_of(&["--config", file, "--dataset", "mnist"])
+                .0
+                .recipe,
+            "imagenet-100"
+        );
+        // Images above 96 px in the file choose the official recipe.
+        std::fs::write(&path, "dataset = \"folder\"\nimage_size = 160\nwidth = 8\n").unwrap();
+        let (c, _, _) = config_of(&["--config", file]);
+        assert_eq!(
+            (c.recipe.as_str(), c.width, c.lars_eta),
+            ("imagenet-40", 8, 1e-3)
+        );
+        // Every field written out is a configuration file of the same run.
+        std::fs::write(&path, toml::to_string(&c).unwrap()).unwrap();
+        assert_eq!(config_of(&["--config", file]).0, c);
     }
 
     #[test]
@@ -628,6 +849,14 @@ mod tests {
             ),
             (2, 0.2, 1.5e-6, 0.996, 10)
         );
+        // A preset is the whole official recipe, whatever the default recipe is.
+        let (c, _, _) = config_of(&["--preset", "40"]);
+        let mut official = TrainConfig::default();
+        host::recipe::named("imagenet-40")
+            .unwrap()
+            .apply(&mut official);
+        assert_eq!(c, official);
+        assert_eq!(config_of(&["--recipe", "imagenet-40"]).0, official);
         let cli = Cli::try_parse_from(["host", "train", "--preset", "50"]).unwrap();
         let Command::Train(a) = cli.command else {
             panic!()

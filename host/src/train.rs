@@ -8,9 +8,10 @@
 //! and augmentations, so with the same thread count two runs are bit-identical, and a run
 //! resumed from an epoch's checkpoint continues exactly as the uninterrupted one.
 
-use crate::byol::schedule::{learning_rate, tau};
+use crate::byol::schedule::{learning_rate, tau_to};
 use crate::byol::{
-    closed_form, Byol, ByolConfig, LarsConfig, LrMultipliers, Objective, PredictorKind,
+    closed_form, Byol, ByolConfig, LrMultipliers, Objective, Optimizer, OptimizerKind,
+    PredictorKind,
 };
 use crate::checkpoint;
 use crate::cpu::mlp::{mlp_forward, MlpScratch};
@@ -95,11 +96,31 @@ pub struct TrainConfig {
     pub projector_lr_mult: f64,
     /// A named augmentation set (see [`ViewConfig::named`]): `full` is the paper's T and T′.
     pub augmentations: String,
+    /// The recipe the hyper-parameters started from (see [`crate::recipe`]): `small` for
+    /// images of 96 px and below, `imagenet-40|100|300|1000` for the official presets.
+    /// Fields set explicitly override it; it is recorded so a run says where it came from.
+    pub recipe: String,
+    /// `lars` (the paper's), `sgd` (momentum 0.9) or `adamw` (β₁ 0.9).
+    pub optimizer: String,
+    /// LARS trust coefficient η (1e-3 in the official code).
+    pub lars_eta: f64,
+    /// Cap LARS's per-tensor rate at the scheduled learning rate (LARC's clip mode).
+    pub lars_clip: bool,
+    /// How the target network starts: `independent` (official) or `copy` of the online one.
+    pub target_init: String,
+    /// Where the cosine τ schedule ends (1 in the paper).
+    pub tau_end: f64,
+    /// Probability of the gaussian blur in T and T′ (paper: 1.0 and 0.1).
+    pub blur_t: f64,
+    pub blur_t_prime: f64,
+    /// Smallest area of the random resized crop, as a fraction of the image (paper: 0.08).
+    pub crop_min_scale: f64,
 }
 
 impl Default for TrainConfig {
+    /// The embedded data set with the small-image recipe ([`crate::recipe::SMALL`]).
     fn default() -> Self {
-        TrainConfig {
+        let mut c = TrainConfig {
             dataset: "synthetic".into(),
             data_dir: None,
             image_size: 64,
@@ -110,7 +131,6 @@ impl Default for TrainConfig {
             width: 16,
             epochs: 18,
             batch_size: 128,
-            // The official 40-epoch preset (the shortest): base lr 0.45, weight decay 1e-6, τ 0.97.
             base_lr: 0.45,
             weight_decay: 1e-6,
             tau_base: 0.97,
@@ -133,7 +153,18 @@ impl Default for TrainConfig {
             predictor_lr_mult: 1.0,
             projector_lr_mult: 1.0,
             augmentations: "full".into(),
-        }
+            recipe: String::new(),
+            optimizer: "lars".into(),
+            lars_eta: 1e-3,
+            lars_clip: false,
+            target_init: "independent".into(),
+            tau_end: 1.0,
+            blur_t: 1.0,
+            blur_t_prime: 0.1,
+            crop_min_scale: 0.08,
+        };
+        crate::recipe::SMALL.apply(&mut c);
+        c
     }
 }
 
@@ -184,7 +215,34 @@ impl TrainConfig {
         if !(self.predictor_lr_mult >= 0.0 && self.projector_lr_mult >= 0.0) {
             return bad("learning-rate multipliers must be ≥ 0 (0 freezes the part)".into());
         }
-        ViewConfig::named(&self.augmentations)?;
+        self.views()?;
+        if !(self.tau_end >= self.tau_base && self.tau_end <= 1.0) {
+            return bad(format!(
+                "tau_end must lie in [tau_base, 1] = [{}, 1], got {}",
+                self.tau_base, self.tau_end
+            ));
+        }
+        for (name, p) in [("blur_t", self.blur_t), ("blur_t_prime", self.blur_t_prime)] {
+            if !(0.0..=1.0).contains(&p) {
+                return bad(format!("{name} is a probability: expected [0, 1], got {p}"));
+            }
+        }
+        if !(self.crop_min_scale > 0.0 && self.crop_min_scale <= 1.0) {
+            return bad(format!(
+                "crop_min_scale is a fraction of the image: expected (0, 1], got {}",
+                self.crop_min_scale
+            ));
+        }
+        if !(self.lars_eta > 0.0 && self.lars_eta.is_finite()) {
+            return bad(format!(
+                "lars_eta (the trust coefficient) must be positive, got {}",
+                self.lars_eta
+            ));
+        }
+        self.optimizer()?;
+        if !self.recipe.is_empty() {
+            crate::recipe::named(&self.recipe)?;
+        }
         if !(0.0..=1.0).contains(&self.tau_base) {
             return bad(format!(
                 "tau_base must lie in [0, 1], got {}",
@@ -254,8 +312,61 @@ impl TrainConfig {
             predictor_depth: self.predictor_depth,
             predictor,
             target_network: self.target_network,
+            target_init: self.target_init.parse()?,
             objective,
         })
+    }
+
+    /// The optimiser of the run, from `optimizer`, `lars_eta`, `lars_clip` and `weight_decay`.
+    pub fn optimizer(&self) -> Result<Optimizer> {
+        let kind = match self.optimizer.as_str() {
+            "lars" => OptimizerKind::Lars {
+                trust_coefficient: self.lars_eta as f32,
+                clip: self.lars_clip,
+            },
+            "sgd" => OptimizerKind::Sgd,
+            "adamw" => OptimizerKind::AdamW,
+            o => {
+                return Err(Error::InvalidArgument(format!(
+                    "optimizer {o:?}: expected lars, sgd or adamw"
+                )))
+            }
+        };
+        Ok(Optimizer {
+            kind,
+            momentum: 0.9,
+            weight_decay: self.weight_decay as f32,
+        })
+    }
+
+    /// The side of the images the encoder sees, known from the configuration alone (the
+    /// recipe is chosen by it).
+    pub fn image_side(&self) -> usize {
+        match self.dataset.as_str() {
+            "stl10" => 96,
+            "mnist" => 28,
+            "folder" => self.image_size,
+            _ => 32,
+        }
+    }
+
+    /// The two augmentation distributions: the named set over the paper's T and T′ with this
+    /// run's blur probabilities and smallest crop.
+    pub fn views(&self) -> Result<[ViewConfig; 2]> {
+        let crop_scale = (self.crop_min_scale as f32, 1.0);
+        let base = [
+            ViewConfig {
+                blur: self.blur_t as f32,
+                crop_scale,
+                ..ViewConfig::BYOL_T
+            },
+            ViewConfig {
+                blur: self.blur_t_prime as f32,
+                crop_scale,
+                ..ViewConfig::BYOL_T_PRIME
+            },
+        ];
+        ViewConfig::named_over(&self.augmentations, base)
     }
 
     /// The ablation knobs set away from BYOL's defaults, as `field=value` (for the banner).
@@ -360,14 +471,52 @@ pub fn load_data(cfg: &TrainConfig) -> Result<(Dataset, Dataset)> {
     }
 }
 
-/// A TOML configuration file: every [`TrainConfig`] field (missing ones keep their
-/// defaults, unknown ones are errors), plus the run's `out` folder and `threads`, which are
+/// A TOML configuration file: every [`TrainConfig`] field (missing ones keep the values of
+/// the recipe, unknown ones are errors), plus the run's `out` folder and `threads`, which are
 /// not part of what a checkpoint must match.
 #[derive(Clone, Debug, Default)]
 pub struct ConfigFile {
+    /// The file's fields over the recipe it names, or else the recipe for its images.
     pub train: TrainConfig,
+    /// The fields the file sets, as written (to lay over another recipe).
+    pub table: toml::Table,
     pub out: Option<PathBuf>,
     pub threads: Option<usize>,
+}
+
+/// `base` with the fields of `table` set; the error is the TOML reader's.
+pub fn overlay(
+    base: &TrainConfig,
+    table: &toml::Table,
+) -> std::result::Result<TrainConfig, String> {
+    let mut merged = toml::Table::try_from(base).map_err(|e| e.to_string())?;
+    merged.extend(table.iter().map(|(k, v)| (k.clone(), v.clone())));
+    merged
+        .try_into()
+        .map_err(|e: toml::de::Error| e.to_string())
+}
+
+/// The configuration with `table`'s fields over `recipe` (or, when `None`, over the recipe
+/// the table names, else the one for its images' side).
+pub fn over_recipe(
+    table: &toml::Table,
+    recipe: Option<crate::recipe::Recipe>,
+) -> std::result::Result<TrainConfig, String> {
+    let recipe = match recipe {
+        Some(r) => r,
+        None => {
+            let probe = overlay(&TrainConfig::default(), table)?;
+            match table.get("recipe") {
+                Some(_) => crate::recipe::named(&probe.recipe).map_err(|e| e.to_string())?,
+                None => crate::recipe::for_image_side(probe.image_side()),
+            }
+        }
+    };
+    let mut base = TrainConfig::default();
+    recipe.apply(&mut base);
+    let mut c = overlay(&base, table)?;
+    c.recipe = recipe.name.into();
+    Ok(c)
 }
 
 /// Reads a [`ConfigFile`].
@@ -388,11 +537,10 @@ pub fn read_config(path: &Path) -> Result<ConfigFile> {
         Some(v) => return Err(bad(format!("threads must be a positive integer, got {v}"))),
         None => None,
     };
-    let train = table
-        .try_into()
-        .map_err(|e: toml::de::Error| bad(e.to_string()))?;
+    let train = over_recipe(&table, None).map_err(bad)?;
     Ok(ConfigFile {
         train,
+        table,
         out,
         threads,
     })
@@ -402,7 +550,7 @@ pub fn read_config(path: &Path) -> Result<ConfigFile> {
 pub fn augmenter(train: &Dataset, cfg: &TrainConfig) -> Result<Augmenter> {
     let (mean, std) = train.channel_stats();
     Ok(Augmenter {
-        views: ViewConfig::named(&cfg.augmentations)?,
+        views: cfg.views()?,
         size: train.h,
         mean,
         std,
@@ -547,10 +695,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         projector: cfg.projector_lr_mult as f32,
         predictor: cfg.predictor_lr_mult as f32,
     };
-    let lars = LarsConfig {
-        weight_decay: cfg.weight_decay as f32,
-        ..LarsConfig::default()
-    };
+    let optimizer = cfg.optimizer()?;
     let first_epoch = (state.step / steps_per_epoch as u64) as usize;
     let last_epoch = opts.stop_after_epochs.unwrap_or(cfg.epochs).min(cfg.epochs);
 
@@ -603,7 +748,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
                 let (lr, t) = (
                     learning_rate(peak, k, warmup, total as usize),
                     cfg.tau_constant
-                        .unwrap_or_else(|| tau(cfg.tau_base, k, total as usize)),
+                        .unwrap_or_else(|| tau_to(cfg.tau_base, cfg.tau_end, k, total as usize)),
                 );
                 let step_start = Instant::now();
                 let loss = byol
@@ -613,7 +758,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
                         [&v1, &v2],
                         lr as f32,
                         t as f32,
-                        &lars,
+                        &optimizer,
                         lr_mult,
                     )?
                     .loss;

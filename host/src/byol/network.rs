@@ -20,8 +20,8 @@
 //! ([`super::objective`]: normalisation and the contrastive β term).
 
 use super::closed_form;
-use super::lars::{lars_step, LarsConfig};
 use super::objective::{DirectionGrads, Objective};
+use super::optimizer::Optimizer;
 use crate::cpu::ema_update;
 use crate::cpu::mlp::{mlp_backward, mlp_forward, MlpScratch};
 use crate::error::{check_len, Error, Result};
@@ -42,6 +42,29 @@ pub enum PredictorKind {
     None,
 }
 
+/// How the target network starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TargetInit {
+    /// From its own random seed, as the official code does.
+    Independent,
+    /// As a copy of the online network (byol-pytorch, solo-learn, lightly): the first
+    /// steps regress onto the online network's own features, not onto an unrelated one.
+    Copy,
+}
+
+impl std::str::FromStr for TargetInit {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "independent" => Ok(TargetInit::Independent),
+            "copy" => Ok(TargetInit::Copy),
+            _ => Err(Error::InvalidArgument(format!(
+                "target_init {s:?}: expected copy or independent"
+            ))),
+        }
+    }
+}
+
 /// The shape of the BYOL networks and the loss they train with.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ByolConfig {
@@ -56,6 +79,8 @@ pub struct ByolConfig {
     /// Whether ψ comes from a target network; without one, ψ is the online projection and
     /// gets a gradient (SimCLR's side of the paper's ablation).
     pub target_network: bool,
+    /// How the target starts (ignored without a target network).
+    pub target_init: TargetInit,
     pub objective: Objective,
 }
 
@@ -76,6 +101,7 @@ impl ByolConfig {
             predictor_depth: 2,
             predictor: PredictorKind::Learned,
             target_network: true,
+            target_init: TargetInit::Independent,
             objective: Objective::default(),
         }
     }
@@ -118,6 +144,8 @@ pub struct ByolState {
     pub online_running: Vec<f32>,
     pub target_running: Vec<f32>,
     pub momentum: Vec<f32>,
+    /// AdamW's second moment (empty for LARS and SGD, which keep none).
+    pub second_moment: Vec<f32>,
     /// Optimiser steps taken.
     pub step: u64,
 }
@@ -228,11 +256,15 @@ impl Byol {
         }
     }
 
-    /// A fresh run: online and target initialised from different seeds (as the official
-    /// code does), momentum zero.
+    /// A fresh run: the online network from `seed`; the target from a different seed (as the
+    /// official code does) or as a copy of the online network ([`TargetInit`]); momentum zero.
     pub fn init(&self, seed: u64) -> ByolState {
         let online = self.init_params(seed);
-        let target = self.init_params(seed ^ 0x9e37_79b9_7f4a_7c15)[..self.target_len()].to_vec();
+        let target = match self.config.target_init {
+            TargetInit::Independent => self.init_params(seed ^ 0x9e37_79b9_7f4a_7c15),
+            TargetInit::Copy => online.clone(),
+        }[..self.target_len()]
+            .to_vec();
         let mut running = self.encoder.init_running();
         running.extend(self.projector.init_running());
         running.extend(self.predictor.iter().flat_map(Mlp::init_running));
@@ -243,6 +275,7 @@ impl Byol {
         };
         ByolState {
             momentum: vec![0.0; online.len()],
+            second_moment: Vec::new(),
             online,
             target,
             online_running: running,
@@ -513,9 +546,9 @@ impl Byol {
     }
 
     /// One BYOL step on views `v1 = t(x)`, `v2 = t′(x)`: the gradient of
-    /// `L(v1→v2) + L(v2→v1)`, a LARS step at learning rate `lr` (times `lr_mult` for the
-    /// projector and predictor), then the target's EMA with decay `tau` (nothing to do
-    /// without a target network).
+    /// `L(v1→v2) + L(v2→v1)`, an optimiser step (LARS in the paper) at learning rate `lr`
+    /// (times `lr_mult` for the projector and predictor), then the target's EMA with decay
+    /// `tau` (nothing to do without a target network).
     #[allow(clippy::too_many_arguments)]
     pub fn step(
         &self,
@@ -524,7 +557,7 @@ impl Byol {
         views: [&[f32]; 2],
         lr: f32,
         tau: f32,
-        lars: &LarsConfig,
+        optimizer: &Optimizer,
         lr_mult: LrMultipliers,
     ) -> Result<StepReport> {
         check_len(
@@ -568,13 +601,18 @@ impl Byol {
             }
             loss
         };
-        // LARS on every online parameter, then the EMA of the whole target in one call.
-        lars_step(
-            lars,
+        // LARS (or the configured optimiser) on every online parameter, then the EMA of the
+        // whole target in one call.
+        if optimizer.needs_second_moment() && state.second_moment.len() != state.online.len() {
+            state.second_moment = vec![0.0; state.online.len()];
+        }
+        optimizer.step(
             &self.registry.params,
             &mut state.online,
             &work.grads,
             &mut state.momentum,
+            &mut state.second_moment,
+            state.step + 1,
             lr,
             |p| self.lr_multiplier(p, lr_mult),
         );

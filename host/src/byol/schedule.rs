@@ -1,5 +1,6 @@
 //! BYOL's schedules (DESIGN.md §1): the learning rate (linear warm-up, then cosine decay to 0)
-//! and the target decay τ (cosine from τ_base up to 1), plus the official presets by length.
+//! and the target decay τ (cosine from τ_base up to 1, or to a chosen end), plus the official
+//! presets by length.
 
 use std::f64::consts::PI;
 
@@ -18,12 +19,19 @@ pub fn learning_rate(peak: f64, k: usize, warmup: usize, total: usize) -> f64 {
 
 /// Target decay at step `k` of `total`: `τ_k = 1 − (1 − τ_base)·(cos(π·k/K) + 1)/2`.
 pub fn tau(tau_base: f64, k: usize, total: usize) -> f64 {
+    tau_to(tau_base, 1.0, k, total)
+}
+
+/// The same cosine ending at `tau_end` instead of 1: `τ_end − (τ_end − τ_base)·(cos(π·k/K) +
+/// 1)/2`. In a short run a target that freezes (τ → 1) stops learning half-way; an end below
+/// 1 keeps it moving. With `tau_end = 1` this is [`tau`], bit for bit.
+pub fn tau_to(tau_base: f64, tau_end: f64, k: usize, total: usize) -> f64 {
     let t = if total == 0 {
         0.0
     } else {
         k as f64 / total as f64
     };
-    1.0 - (1.0 - tau_base) * ((PI * t.min(1.0)).cos() + 1.0) / 2.0
+    tau_end - (tau_end - tau_base) * ((PI * t.min(1.0)).cos() + 1.0) / 2.0
 }
 
 /// Hyper-parameters the official configuration ties to the run's length.
@@ -92,6 +100,12 @@ mod tests {
         assert!((tau(0.996, 100, 100) - 1.0).abs() < 1e-12);
         assert_eq!(tau(1.0, 30, 100), 1.0);
         assert_eq!(tau(0.0, 0, 100), 0.0);
+        assert!((tau_to(0.99, 0.995, 0, 100) - 0.99).abs() < 1e-12);
+        assert!((tau_to(0.99, 0.995, 50, 100) - 0.9925).abs() < 1e-12);
+        assert!((tau_to(0.99, 0.995, 100, 100) - 0.995).abs() < 1e-12);
+        for k in [0, 7, 50, 99, 100] {
+            assert_eq!(tau_to(0.97, 1.0, k, 100), tau(0.97, k, 100));
+        }
     }
 
     #[test]

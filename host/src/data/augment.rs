@@ -84,7 +84,13 @@ impl ViewConfig {
     /// `no-flip`, `crop-only`, `crop-flip`, `crop-colour` (crop, jitter, grayscale),
     /// `crop-blur`. Every set keeps the random resized crop.
     pub fn named(name: &str) -> Result<[ViewConfig; 2]> {
-        let (t, t2) = (ViewConfig::BYOL_T, ViewConfig::BYOL_T_PRIME);
+        Self::named_over(name, [ViewConfig::BYOL_T, ViewConfig::BYOL_T_PRIME])
+    }
+
+    /// [`ViewConfig::named`] over another base pair (T, T′): the recipes change the blur
+    /// probabilities of the paper's pair, and the named sets keep or drop what the base has.
+    pub fn named_over(name: &str, base: [ViewConfig; 2]) -> Result<[ViewConfig; 2]> {
+        let [t, t2] = base;
         let crop = ViewConfig {
             crop_scale: t.crop_scale,
             crop_ratio: t.crop_ratio,

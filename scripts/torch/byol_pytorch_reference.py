@@ -1,0 +1,135 @@
+"""The reference run beside ours: `byol-pytorch` with its defaults, on the same data, encoder,
+batch and epochs, scored with the same kNN protocol as `host train`'s monitor.
+
+- Data: a file written by `host export-data` (the exact pixels and splits `host train` uses).
+- Encoder: torchvision's ResNet with every stage scaled to `--width` and the CIFAR stem, no fc
+  (the `Encoder` of make_fixtures.py, the same network as `host`'s `--arch resnet18 --stem
+  cifar --width W`).
+- Training: `byol_pytorch.BYOL(net, image_size, hidden_layer=-1)` with every default of the
+  package (its augmentations, drawn once per batch; projector and predictor 4096 → 256;
+  τ = 0.99 constant; target copied from the online network), Adam at 3e-4 as its README
+  trains it, `update_moving_average()` after every step. Each epoch is one pass over a seeded
+  shuffle in batches of `--batch` (the last partial batch dropped, as `host train` does).
+- kNN (as `host::eval::knn`): representations of unaugmented images in evaluation mode,
+  ℓ2-normalised; the `k` most similar training images vote with weight exp(s / T); top-1 on
+  the held-out split. Inputs are normalised as each encoder was trained: ImageNet statistics
+  for byol-pytorch (its pipeline ends with them), the training split's channel statistics
+  for ours.
+- `--ours ENCODER.safetensors` (from `host export`) scores our trained encoder the same way.
+
+Prints one JSON object: per-epoch kNN and cumulative training seconds of byol-pytorch, the
+kNN at initialisation, and the kNN of each `--ours` encoder.
+
+Needs torch, torchvision, safetensors and byol-pytorch (0.9.1 measured; installed by hand,
+CI never runs this):
+    python3 scripts/torch/byol_pytorch_reference.py --data data/mnist.safetensors \\
+        --epochs 10 --ours runs/x/encoder.safetensors
+"""
+import argparse
+import json
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from make_fixtures import Encoder  # same folder
+
+IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+
+def load(path):
+    t = load_file(path)
+    def images(key):  # u8 NHWC -> f32 NCHW in [0, 1]
+        return t[key].permute(0, 3, 1, 2).float() / 255.0
+    def labels(key):
+        return t[key].to(torch.int64)
+    return images("train.images"), labels("train.labels"), images("test.images"), labels("test.labels")
+
+
+@torch.no_grad()
+def features(net, x, mean, std, batch=256):
+    net.eval()
+    out = [net((x[i:i + batch] - mean) / std) for i in range(0, len(x), batch)]
+    net.train()
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def knn_top1(bank, bank_labels, queries, query_labels, classes, k=200, t=0.1):
+    bank, queries = F.normalize(bank, dim=1), F.normalize(queries, dim=1)
+    sims = queries @ bank.T
+    k = min(k, len(bank))
+    top, idx = sims.topk(k, dim=1)
+    votes = torch.zeros(len(queries), classes, dtype=torch.float64)
+    votes.scatter_add_(1, bank_labels[idx], (top.double() / t).exp())
+    return (votes.argmax(dim=1) == query_labels).double().mean().item()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True, help="a file from `host export-data`")
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--width", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=3e-4, help="Adam's learning rate (byol-pytorch's README)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--ours", action="append", default=[], help="an encoder from `host export` (repeatable)")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed)
+    x, y, tx, ty = load(a.data)
+    labelled = y != 65535  # STL-10's unlabelled images pre-train but are not in the kNN bank
+    classes = int(max(y[labelled].max(), ty.max()).item()) + 1
+    result = {"data": a.data, "epochs": a.epochs, "batch": a.batch, "width": a.width}
+
+    mean = x.mean(dim=(0, 2, 3)).view(1, 3, 1, 1)
+    std = x.std(dim=(0, 2, 3), unbiased=False).view(1, 3, 1, 1)
+    ours = {}
+    for path in a.ours:
+        net = Encoder("resnet18", "cifar", a.width)
+        missing, unexpected = net.load_state_dict(load_file(path), strict=False)
+        if unexpected or any(not m.endswith("num_batches_tracked") for m in missing):
+            sys.exit(f"{path}: not a resnet18 width {a.width} encoder ({missing[:3]}, {unexpected[:3]})")
+        f, tf = features(net, x[labelled], mean, std), features(net, tx, mean, std)
+        ours[path] = knn_top1(f, y[labelled], tf, ty, classes)
+    result["ours_knn_top1"] = ours
+
+    from byol_pytorch import BYOL
+    net = Encoder("resnet18", "cifar", a.width)
+    learner = BYOL(net, image_size=x.shape[-1], hidden_layer=-1)
+    opt = torch.optim.Adam(learner.parameters(), lr=a.lr)
+
+    def score():
+        return knn_top1(features(net, x[labelled], IMAGENET_MEAN, IMAGENET_STD), y[labelled],
+                        features(net, tx, IMAGENET_MEAN, IMAGENET_STD), ty, classes)
+
+    result["byol_pytorch_knn_init"] = score()
+    print(f"byol-pytorch kNN at initialisation: {100 * result['byol_pytorch_knn_init']:.2f}%", file=sys.stderr)
+    g = torch.Generator().manual_seed(a.seed)
+    steps = len(x) // a.batch
+    seconds, per_epoch = 0.0, []
+    for epoch in range(a.epochs):
+        order = torch.randperm(len(x), generator=g)
+        start, loss_sum = time.perf_counter(), 0.0
+        for s in range(steps):
+            loss = learner(x[order[s * a.batch:(s + 1) * a.batch]])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            learner.update_moving_average()
+            loss_sum += loss.item()
+        seconds += time.perf_counter() - start
+        acc = score()
+        per_epoch.append({"epoch": epoch + 1, "loss": loss_sum / steps, "knn_top1": acc, "train_seconds": seconds})
+        print(f"byol-pytorch epoch {epoch + 1}: loss {loss_sum / steps:.4f}, kNN top-1 {100 * acc:.2f}%, {seconds:.0f} s",
+              file=sys.stderr)
+    result["byol_pytorch"] = per_epoch
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
