@@ -461,7 +461,8 @@ mod tests {
                 r.config.validate().unwrap();
                 // Reset every knob a study may turn; what is left must be the base.
                 let mut c = r.config.clone();
-                (c.tau_constant, c.predictor_lr_mult, c.projector_lr_mult) = (None, 1.0, 1.0);
+                (c.tau_constant, c.predictor_lr_mult, c.projector_lr_mult) =
+                    (None, base.predictor_lr_mult, 1.0);
                 (c.augmentations, c.batch_size, c.weight_decay) = (
                     base.augmentations.clone(),
                     base.batch_size,

@@ -45,7 +45,7 @@ pub const SMALL: Recipe = Recipe {
     optimizer: "lars",
     base_lr: 1.0,
     weight_decay: 1e-5,
-    lars_eta: 0.02,
+    lars_eta: 0.05,
     lars_clip: true,
     tau_base: 0.99,
     tau_end: 1.0,
