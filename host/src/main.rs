@@ -19,7 +19,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Train a ResNet encoder with BYOL (no flags: the embedded data set, about ten minutes on two cores).
+    /// Train a ResNet encoder with BYOL (no flags: the embedded data set, the small-image recipe, about five minutes on two cores).
     Train(Box<TrainArgs>),
     /// Evaluate a checkpoint's online encoder.
     #[command(subcommand)]

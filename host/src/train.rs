@@ -40,8 +40,8 @@ pub const DATASETS: [&str; 6] = [
     "folder",
 ];
 
-/// Everything that defines a run. The defaults are the embedded data set at a size that
-/// trains in about ten minutes on two cores.
+/// Everything that defines a run. The defaults are the embedded data set with the small-image
+/// recipe: about five minutes on two cores.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {

@@ -27,7 +27,7 @@ for ((i = 0; i < ${#args[@]}; i++)); do
 done
 "$host" export-data "$out/data.safetensors" "${data[@]}"
 start=$(date +%s)
-"$host" train --out "$out/ours" "$@" 2>&1 | grep -v '^epoch [0-9]*/[0-9]* \[' | tee "$out/ours.log"
+"$host" train --out "$out/ours" "$@" 2>&1 | grep --line-buffered -v '^epoch [0-9]*/[0-9]* \[' | tee "$out/ours.log"
 echo "ours: $(( $(date +%s) - start )) s wall" | tee -a "$out/ours.log"
 "$host" export "$out/ours/checkpoint.safetensors" "$out/ours-encoder.safetensors"
 epochs=$(python3 -c "import json; print(json.load(open('$out/ours/config.json'))['epochs'])")
