@@ -44,7 +44,7 @@ pub const SMALL: Recipe = Recipe {
     warmup_epochs: 1,
     optimizer: "lars",
     base_lr: 1.0,
-    weight_decay: 1e-5,
+    weight_decay: 1e-4,
     lars_eta: 0.05,
     lars_clip: true,
     tau_base: 0.99,
