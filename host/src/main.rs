@@ -67,7 +67,8 @@ enum Command {
     },
     /// Run one of the paper's ablation studies: tau, predictor-lr, predictor-projector-lr,
     /// closed-form-predictor, beta, augmentations, batch-size, weight-decay, depth,
-    /// normalisation. Writes <out>/<study>/results.md beside the paper's numbers.
+    /// normalisation; or `recipe` (the official recipe, each element of the small one alone,
+    /// and the small one). Writes <out>/<study>/results.md beside the paper's numbers.
     Ablate {
         study: String,
         /// Folder of the studies' runs; a rerun skips finished runs and resumes interrupted ones.
