@@ -216,12 +216,6 @@ impl TrainConfig {
             return bad("learning-rate multipliers must be ≥ 0 (0 freezes the part)".into());
         }
         self.views()?;
-        if !(self.tau_end >= self.tau_base && self.tau_end <= 1.0) {
-            return bad(format!(
-                "tau_end must lie in [tau_base, 1] = [{}, 1], got {}",
-                self.tau_base, self.tau_end
-            ));
-        }
         for (name, p) in [("blur_t", self.blur_t), ("blur_t_prime", self.blur_t_prime)] {
             if !(0.0..=1.0).contains(&p) {
                 return bad(format!("{name} is a probability: expected [0, 1], got {p}"));
@@ -247,6 +241,12 @@ impl TrainConfig {
             return bad(format!(
                 "tau_base must lie in [0, 1], got {}",
                 self.tau_base
+            ));
+        }
+        if !(self.tau_end >= self.tau_base && self.tau_end <= 1.0) {
+            return bad(format!(
+                "tau_end must lie in [tau_base, 1] = [{}, 1], got {}",
+                self.tau_base, self.tau_end
             ));
         }
         if self.test_size == 0 || self.knn_k == 0 || self.knn_temperature <= 0.0 {
