@@ -275,10 +275,7 @@ impl TrainArgs {
                 let mut probe = file.train.clone();
                 probe.dataset = self.dataset.clone().unwrap_or(probe.dataset);
                 probe.image_size = self.image_size.unwrap_or(probe.image_size);
-                match file.table.get("recipe") {
-                    Some(_) => Some(host::recipe::named(&probe.recipe)?),
-                    None => Some(host::recipe::for_image_side(probe.image_side())),
-                }
+                Some(host::train::recipe_of(&file.table, &probe)?)
             }
             (None, None) => None,
         };

@@ -1,6 +1,6 @@
 //! Recipes: the hyper-parameters a run starts from, chosen by the scale of the data.
 //!
-//! The official presets (`imagenet-40|100|300|1000`, DESIGN.md §1) are the paper's ImageNet
+//! The official presets (`imagenet-40|100|300|1000`, README "Recipes") are the paper's ImageNet
 //! schedules at batch 4096: LARS with η = 1e-3, an independently initialised target, τ rising
 //! to 1, blur on every T view. At batch 128 on 32-px images they barely move the weights (a
 //! LARS step moves each tensor by about lr·η of its norm) and the kNN accuracy first falls
@@ -141,7 +141,7 @@ mod tests {
 
     #[test]
     fn imagenet_recipes_should_be_the_official_presets_exactly() {
-        // DESIGN.md §1: epochs → (base lr, weight decay, τ_base), warm-up 10 epochs, LARS
+        // The official configuration: epochs → (base lr, weight decay, τ_base), warm-up 10 epochs, LARS
         // η = 1e-3 unclipped, target from its own seed, τ → 1, blur 1.0 / 0.1.
         for (name, epochs, lr, wd, tau) in [
             ("imagenet-40", 40, 0.45, 1e-6, 0.97),

@@ -496,6 +496,15 @@ pub fn overlay(
         .map_err(|e: toml::de::Error| e.to_string())
 }
 
+/// The recipe a configuration file asks for: the one it names, else the one for the images
+/// of `probe` (its data fields, maybe changed by flags).
+pub fn recipe_of(table: &toml::Table, probe: &TrainConfig) -> Result<crate::recipe::Recipe> {
+    match table.get("recipe") {
+        Some(_) => crate::recipe::named(&probe.recipe),
+        None => Ok(crate::recipe::for_image_side(probe.image_side())),
+    }
+}
+
 /// The configuration with `table`'s fields over `recipe` (or, when `None`, over the recipe
 /// the table names, else the one for its images' side).
 pub fn over_recipe(
@@ -506,10 +515,7 @@ pub fn over_recipe(
         Some(r) => r,
         None => {
             let probe = overlay(&TrainConfig::default(), table)?;
-            match table.get("recipe") {
-                Some(_) => crate::recipe::named(&probe.recipe).map_err(|e| e.to_string())?,
-                None => crate::recipe::for_image_side(probe.image_side()),
-            }
+            recipe_of(table, &probe).map_err(|e| e.to_string())?
         }
     };
     let mut base = TrainConfig::default();

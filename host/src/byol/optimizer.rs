@@ -1,6 +1,6 @@
 //! The optimisers of a BYOL run, over one flat parameter buffer walked tensor by tensor.
 //!
-//! - **LARS** as the official BYOL code runs it (DESIGN.md §1): per tensor `g ← ∇ + wd·w`,
+//! - **LARS** as the official BYOL code runs it: per tensor `g ← ∇ + wd·w`,
 //!   then `g ← r·g` with the trust ratio `r = η·‖w‖/‖g‖` (1 where either norm is 0), then
 //!   `m ← momentum·m + g`, `w ← w − lr·m`. With `clip` the rate a tensor moves at is capped
 //!   at the scheduled lr: `r ← min(r, lr)/lr`, so the step is `min(η‖w‖/‖g‖, lr)`, as LARC's
