@@ -258,6 +258,17 @@ fn image_folders_should_read_classes_resize_and_split() {
         (train.image(10)[0] as i32 - 200).abs() <= 3,
         "dog images are red-ish"
     );
+    // Fewer than ten images a class: the last of each class with two or more is held out.
+    let small = dir("folder-small");
+    for (name, n) in [("a", 3), ("b", 2), ("c", 1)] {
+        std::fs::create_dir_all(small.join(name)).unwrap();
+        for i in 0..n {
+            write_image(&small.join(name).join(format!("{i}.png")), [1, 2, 3], 8);
+        }
+    }
+    let (train, test) = image_folder(&small, 8).unwrap();
+    assert_eq!((train.len(), test.len(), train.classes), (4, 2, 3));
+    assert_eq!(test.labels, [0, 1], "one held out of a and of b, none of c");
     // Explicit train/ and test/ folders win.
     let split = dir("folder-split");
     for part in ["train", "test"] {

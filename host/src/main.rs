@@ -20,13 +20,14 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Train a ResNet encoder with BYOL (no flags: the embedded data set, the small-image recipe, about five minutes on two cores).
+    #[command(allow_negative_numbers = true)]
     Train(Box<TrainArgs>),
     /// Evaluate a checkpoint's online encoder.
     #[command(subcommand)]
     Eval(EvalCommand),
     /// Write a checkpoint's online encoder alone, under torchvision's names (safetensors).
     Export {
-        /// A training checkpoint (`checkpoint.safetensors` of a run).
+        /// A run folder, or a training checkpoint (`checkpoint.safetensors` of a run).
         checkpoint: PathBuf,
         /// Where to write the encoder.
         out: PathBuf,
@@ -93,9 +94,13 @@ enum Command {
 #[derive(Subcommand)]
 enum EvalCommand {
     /// kNN accuracy (k = 200, temperature 0.1 unless the run said otherwise) on the held-out split.
-    Knn { checkpoint: PathBuf },
+    Knn {
+        /// A run folder, or its checkpoint.
+        checkpoint: PathBuf,
+    },
     /// Linear evaluation: a softmax classifier on the frozen encoder, lr swept over the paper's values.
     Linear {
+        /// A run folder, or its checkpoint.
         checkpoint: PathBuf,
         /// Epochs of the classifier's training.
         #[arg(long, default_value_t = 80)]
@@ -105,7 +110,7 @@ enum EvalCommand {
 
 #[derive(Args)]
 struct TrainArgs {
-    /// A TOML file of configuration fields (as config.json names them); flags override it.
+    /// A configuration file: TOML (see configs/), or a run's config.json; flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Folder of the data set's files (cifar10, cifar100, stl10, mnist, folder).
@@ -118,7 +123,8 @@ struct TrainArgs {
     /// [default: runs/byol].
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Continue from a checkpoint of the same configuration.
+    /// Continue a run from its folder (or its checkpoint file) with the configuration saved
+    /// in it; flags that would change the run are refused.
     #[arg(long)]
     resume: Option<PathBuf>,
     /// Stop after this many epochs in total (the schedules still span --epochs); resume later.
@@ -246,6 +252,9 @@ impl TrainArgs {
     /// The configuration (recipe, then file, then flags), the output folder and the thread
     /// count.
     fn config(&self) -> Result<(TrainConfig, PathBuf, Option<usize>), Error> {
+        if let Some(run) = &self.resume {
+            return self.resumed(run);
+        }
         let file = match &self.config {
             Some(path) => host::train::read_config(path)?,
             None => host::train::ConfigFile::default(),
@@ -279,11 +288,41 @@ impl TrainArgs {
             }
             (None, None) => None,
         };
-        let mut c = match recipe {
+        let c = match recipe {
             None => file.train.clone(),
             Some(r) => host::train::over_recipe(&file.table, Some(r))
                 .map_err(|e| Error::InvalidArgument(format!("configuration file: {e}")))?,
         };
+        Ok((self.over_flags(c), out, threads))
+    }
+
+    /// A resumed run: the configuration saved in the checkpoint, the flags laid over it (the
+    /// run refuses any that change it), written back to the run's folder unless `--out` says
+    /// otherwise.
+    fn resumed(&self, run: &Path) -> Result<(TrainConfig, PathBuf, Option<usize>), Error> {
+        if self.config.is_some() || self.preset.is_some() || self.recipe.is_some() {
+            return Err(Error::InvalidArgument(
+                "--resume continues with the configuration saved in the run: drop --config, --preset and --recipe"
+                    .into(),
+            ));
+        }
+        let checkpoint = host::train::checkpoint_path(run);
+        let saved = host::train::saved_config(&checkpoint)?;
+        let out = match (&self.out, checkpoint.parent()) {
+            (Some(out), _) => out.clone(),
+            (None, Some(dir)) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+            (None, _) => PathBuf::from("."),
+        };
+        // The run's own thread count, so that it continues bit for bit.
+        let threads = self.threads.or_else(|| {
+            let dir = checkpoint.parent().unwrap_or(Path::new("."));
+            host::train::saved_threads(dir)
+        });
+        Ok((self.over_flags(saved), out, threads))
+    }
+
+    /// `c` with every configuration flag given on the command line set.
+    fn over_flags(&self, mut c: TrainConfig) -> TrainConfig {
         macro_rules! set {
             ($($f:ident),*) => { $( if let Some(v) = &self.$f { c.$f = v.clone(); } )* };
         }
@@ -341,7 +380,7 @@ impl TrainArgs {
         if self.no_target_network {
             c.target_network = false;
         }
-        Ok((c, out, threads))
+        c
     }
 }
 
@@ -430,7 +469,7 @@ fn train(args: &TrainArgs) -> Result<(), Error> {
     }
     let opts = RunOptions {
         out: out.clone(),
-        resume: args.resume.clone(),
+        resume: args.resume.as_deref().map(host::train::checkpoint_path),
         stop_after_epochs: args.stop_after_epochs,
         progress: true,
     };
@@ -507,18 +546,10 @@ fn train(args: &TrainArgs) -> Result<(), Error> {
     Ok(())
 }
 
-/// The run configuration stored in a checkpoint.
-fn stored_config(path: &Path) -> Result<TrainConfig, Error> {
-    let json = checkpoint::stored_config(path)?;
-    serde_json::from_str(&json).map_err(|e| Error::Checkpoint {
-        path: path.into(),
-        reason: format!("unreadable configuration ({e})"),
-    })
-}
-
 /// A checkpoint's networks, state, configuration and data.
-fn open_run(path: &Path) -> Result<(host::byol::Byol, host::byol::ByolState, TrainConfig), Error> {
-    let cfg = stored_config(path)?;
+fn open_run(run: &Path) -> Result<(host::byol::Byol, host::byol::ByolState, TrainConfig), Error> {
+    let path = &host::train::checkpoint_path(run);
+    let cfg = host::train::saved_config(path)?;
     let byol = host::byol::Byol::new(cfg.byol_config()?)?;
     let (state, _) = checkpoint::load(path, &byol)?;
     Ok((byol, state, cfg))
@@ -581,10 +612,8 @@ fn eval_linear(path: &Path, epochs: usize) -> Result<(), Error> {
     Ok(())
 }
 
-fn export(path: &Path, out: &Path) -> Result<(), Error> {
-    let cfg = stored_config(path)?;
-    let byol = host::byol::Byol::new(cfg.byol_config()?)?;
-    let (state, _) = checkpoint::load(path, &byol)?;
+fn export(run: &Path, out: &Path) -> Result<(), Error> {
+    let (byol, state, cfg) = open_run(run)?;
     checkpoint::export_encoder(out, &byol, &state)?;
     println!(
         "wrote the online encoder ({}, width {}) to {}",

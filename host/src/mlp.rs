@@ -142,7 +142,8 @@ impl Mlp {
     pub fn validate(&self) -> Result<()> {
         if self.input == 0 || self.hidden == 0 || self.output == 0 || self.depth == 0 {
             return Err(Error::InvalidArgument(format!(
-                "MLP sizes must be positive, got {self:?}"
+                "MLP sizes must be positive, got input {}, hidden {}, output {} and depth {}",
+                self.input, self.hidden, self.output, self.depth
             )));
         }
         Ok(())

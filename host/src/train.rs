@@ -30,6 +30,12 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+/// The checkpoint's name in a run folder.
+pub const CHECKPOINT: &str = "checkpoint.safetensors";
+
+/// The configuration's name in a run folder (JSON, a valid `--config` file).
+pub const RUN_CONFIG: &str = "config.json";
+
 /// The data sets [`load_data`] reads.
 pub const DATASETS: [&str; 6] = [
     "synthetic",
@@ -49,6 +55,7 @@ pub struct TrainConfig {
     /// unlabelled), `mnist`, or `folder` (one subfolder per class).
     pub dataset: String,
     /// Folder of the data set's files (all but `synthetic`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
     /// Side the `folder` data set's images are resized to.
     pub image_size: usize,
@@ -73,6 +80,7 @@ pub struct TrainConfig {
     pub seed: u64,
     /// A constant target decay instead of the cosine schedule from `tau_base`: 0 makes the
     /// target a copy of the online network every step, 1 keeps it at its random start.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tau_constant: Option<f64>,
     /// Whether the online network has a predictor.
     pub predictor: bool,
@@ -187,6 +195,17 @@ impl TrainConfig {
         }
         if self.epochs == 0 {
             return bad("epochs must be at least 1".into());
+        }
+        for (name, v) in [
+            ("width", self.width),
+            ("projector_hidden", self.projector_hidden),
+            ("projection_dim", self.projection_dim),
+            ("predictor_hidden", self.predictor_hidden),
+            ("image_size", self.image_size),
+        ] {
+            if v == 0 {
+                return bad(format!("{name} is a size: it must be at least 1, got 0"));
+            }
         }
         if self.batch_size < 2 {
             return bad(format!(
@@ -471,7 +490,7 @@ pub fn load_data(cfg: &TrainConfig) -> Result<(Dataset, Dataset)> {
     }
 }
 
-/// A TOML configuration file: every [`TrainConfig`] field (missing ones keep the values of
+/// A configuration file (TOML, or a run's `config.json`): every [`TrainConfig`] field (missing ones keep the values of
 /// the recipe, unknown ones are errors), plus the run's `out` folder and `threads`, which are
 /// not part of what a checkpoint must match.
 #[derive(Clone, Debug, Default)]
@@ -525,14 +544,43 @@ pub fn over_recipe(
     Ok(c)
 }
 
-/// Reads a [`ConfigFile`].
+/// The checkpoint of a run: `run` itself when it is a file, else `run/checkpoint.safetensors`.
+pub fn checkpoint_path(run: &Path) -> PathBuf {
+    if run.is_dir() {
+        run.join(CHECKPOINT)
+    } else {
+        run.to_path_buf()
+    }
+}
+
+/// The configuration a checkpoint was written with.
+pub fn saved_config(checkpoint: &Path) -> Result<TrainConfig> {
+    let json = checkpoint::stored_config(checkpoint)?;
+    serde_json::from_str(&json).map_err(|e| Error::Checkpoint {
+        path: checkpoint.into(),
+        reason: format!("unreadable configuration ({e})"),
+    })
+}
+
+/// The thread count a run recorded in its folder's `config.json`, if it did.
+pub fn saved_threads(run_dir: &Path) -> Option<usize> {
+    let text = std::fs::read_to_string(run_dir.join(RUN_CONFIG)).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v["threads"].as_u64().map(|n| n as usize)
+}
+
+/// Reads a [`ConfigFile`] (TOML, or JSON when the name ends in `.json`).
 pub fn read_config(path: &Path) -> Result<ConfigFile> {
     let bad = |reason: String| Error::Data {
         path: path.into(),
         reason: format!("not a valid configuration: {reason}"),
     };
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let mut table: toml::Table = toml::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let mut table: toml::Table = if path.extension().is_some_and(|e| e == "json") {
+        serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?
+    } else {
+        toml::from_str(&text).map_err(|e| bad(e.to_string()))?
+    };
     let out = match table.remove("out") {
         Some(toml::Value::String(s)) => Some(PathBuf::from(s)),
         Some(v) => return Err(bad(format!("out must be a path string, got {v}"))),
@@ -678,9 +726,19 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
             state
         }
     };
-    let config_json = serde_json::to_string_pretty(cfg).expect("a config serialises");
-    crate::files::write_atomic(&opts.out.join("config.json"), config_json.as_bytes())?;
+    // config.json is a valid `--config` file; it also records the thread count, on which
+    // the bits of the run depend (the conv layers split their sums by thread).
+    let mut config_json = serde_json::to_value(cfg).expect("a config serialises");
+    config_json["threads"] = rayon::current_num_threads().into();
+    let config_json = serde_json::to_string_pretty(&config_json).expect("JSON serialises");
+    crate::files::write_atomic(&opts.out.join(RUN_CONFIG), config_json.as_bytes())?;
     let metrics_path = opts.out.join("metrics.jsonl");
+    let (b, n) = (cfg.batch_size, train.len());
+    let steps_per_epoch = n / b;
+    let first_epoch = (state.step / steps_per_epoch as u64) as usize;
+    if opts.resume.is_some() {
+        metrics_before(&metrics_path, state.step, first_epoch)?;
+    }
     let mut metrics = std::fs::OpenOptions::new()
         .create(true)
         .append(opts.resume.is_some())
@@ -692,8 +750,6 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         writeln!(metrics, "{line}").map_err(|e| Error::io(&metrics_path, e))
     };
 
-    let (b, n) = (cfg.batch_size, train.len());
-    let steps_per_epoch = n / b;
     let total = (cfg.epochs * steps_per_epoch) as u64;
     let warmup = cfg.warmup_epochs * steps_per_epoch;
     let peak = cfg.base_lr * b as f64 / 256.0;
@@ -702,7 +758,6 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         predictor: cfg.predictor_lr_mult as f32,
     };
     let optimizer = cfg.optimizer()?;
-    let first_epoch = (state.step / steps_per_epoch as u64) as usize;
     let last_epoch = opts.stop_after_epochs.unwrap_or(cfg.epochs).min(cfg.epochs);
 
     let knn_init = if opts.resume.is_none() {
@@ -811,12 +866,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
             "projection_std": collapse.projection_std, "healthy_std": collapse.healthy_std,
             "effective_rank": collapse.effective_rank, "collapsed": collapse.collapsed,
         }))?;
-        checkpoint::save(
-            &opts.out.join("checkpoint.safetensors"),
-            &byol,
-            &state,
-            &cfg.json(),
-        )?;
+        checkpoint::save(&opts.out.join(CHECKPOINT), &byol, &state, &cfg.json())?;
         if opts.progress {
             let line = format!(
                 "epoch {}/{}: loss {:.4}, kNN top-1 {:.2}%, projection std·√d {:.3}, effective rank {:.1}{}, {:.0} s",
@@ -848,6 +898,34 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         images_per_s: images as f64 / run_start.elapsed().as_secs_f64(),
         out: opts.out.clone(),
     })
+}
+
+/// Cuts a resumed run's `metrics.jsonl` back to what the checkpoint holds: the records of
+/// its first `step` steps and of its `epochs` finished epochs, so that the steps an
+/// interruption repeats appear once. A missing file stays missing (the run may resume from
+/// a copied checkpoint).
+fn metrics_before(path: &Path, step: u64, epochs: usize) -> Result<()> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    let mut kept = String::new();
+    for (i, line) in text.lines().enumerate() {
+        let record: serde_json::Value = serde_json::from_str(line).map_err(|e| Error::Data {
+            path: path.into(),
+            reason: format!("line {} is not a JSON record ({e})", i + 1),
+        })?;
+        let keep = match record["kind"].as_str() {
+            Some("step") => record["step"].as_u64().is_some_and(|s| s < step),
+            _ => record["epoch"].as_u64().is_some_and(|e| e <= epochs as u64),
+        };
+        if keep {
+            kept.push_str(line);
+            kept.push('\n');
+        }
+    }
+    crate::files::write_atomic(path, kept.as_bytes())
 }
 
 /// The progress line: a bar over the epoch, loss, lr, τ, throughput and time left.

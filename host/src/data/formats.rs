@@ -7,7 +7,7 @@
 //! - MNIST IDX (`train-images-idx3-ubyte`, …; gzipped or not): gray 28×28, replicated to RGB.
 //! - An image folder: one subfolder per class (sorted names are the labels), PNG or JPEG,
 //!   resized to a square; `train/` and `test/` subfolders when present, else every tenth image
-//!   of each class is held out.
+//!   of each class is held out (the last one of a class of 2 to 9 images).
 //!
 //! Every failure names the file and says what was expected.
 
@@ -360,6 +360,13 @@ fn folder_dataset(
     })
 }
 
+/// Whether image `i` of a class of `n` is held out when a folder has no split: every tenth,
+/// and in a class of 2 to 9 images its last one, so that small folders still have a test set
+/// covering every class that can spare an image.
+fn held_out(i: usize, n: usize) -> bool {
+    i % 10 == 9 || ((2..10).contains(&n) && i == n - 1)
+}
+
 /// An image folder, resized to `size × size`: (train, test).
 pub fn image_folder(root: &Path, size: usize) -> Result<(Dataset, Dataset)> {
     let split = ["test", "val"]
@@ -386,16 +393,17 @@ pub fn image_folder(root: &Path, size: usize) -> Result<(Dataset, Dataset)> {
             (train, test)
         }
         _ => {
-            let classes = class_files(root)?;
-            let all = classes
-                .iter()
-                .enumerate()
-                .flat_map(|(c, (_, f))| f.iter().enumerate().map(move |(i, p)| (i, c, p.clone())));
-            let (test, train): (Vec<_>, Vec<_>) = all.partition(|(i, _, _)| i % 10 == 9);
-            (
-                train.into_iter().map(|(_, c, p)| (c, p)).collect(),
-                test.into_iter().map(|(_, c, p)| (c, p)).collect(),
-            )
+            let (mut train, mut test) = (Vec::new(), Vec::new());
+            for (c, (_, files)) in class_files(root)?.iter().enumerate() {
+                for (i, p) in files.iter().enumerate() {
+                    if held_out(i, files.len()) {
+                        test.push((c, p.clone()));
+                    } else {
+                        train.push((c, p.clone()));
+                    }
+                }
+            }
+            (train, test)
         }
     };
     let classes = train.iter().map(|(c, _)| c + 1).max().unwrap_or(0);

@@ -185,7 +185,8 @@ impl ResNet {
     pub fn new(config: ResNetConfig) -> Result<Self> {
         if config.width == 0 || config.in_channels == 0 {
             return Err(Error::InvalidArgument(format!(
-                "ResNet width and input channels must be positive: {config:?}"
+                "ResNet width and input channels must be positive, got width {} and {} input channels",
+                config.width, config.in_channels
             )));
         }
         let mut net = ResNet {

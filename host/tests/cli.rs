@@ -1,0 +1,224 @@
+//! The `host` binary as a user meets it: every bad input is one sentence on standard error
+//! (never a panic or a Rust debug dump), and a run resumed from its folder alone continues
+//! bit for bit.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn host(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_host"))
+        .args(args)
+        .output()
+        .expect("the host binary runs")
+}
+
+fn dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("byol-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// A run small enough for a test: two epochs of four steps.
+const TINY: [&str; 18] = [
+    "--train-size",
+    "64",
+    "--test-size",
+    "32",
+    "--width",
+    "4",
+    "--batch-size",
+    "16",
+    "--epochs",
+    "2",
+    "--projector-hidden",
+    "64",
+    "--projection-dim",
+    "32",
+    "--predictor-hidden",
+    "64",
+    "--threads",
+    "1",
+];
+
+fn train(extra: &[&str]) -> Output {
+    let args: Vec<&str> = ["train"]
+        .iter()
+        .chain(&TINY)
+        .chain(extra)
+        .copied()
+        .collect();
+    host(&args)
+}
+
+#[test]
+fn bad_input_should_get_one_sentence_naming_what_was_expected() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["train", "--width", "0"], "width is a size"),
+        (
+            &["train", "--base-lr", "-1"],
+            "base lr must be positive, got -1",
+        ),
+        (
+            &["train", "--weight-decay", "-0.5"],
+            "weight decay must be ≥ 0",
+        ),
+        (&["train", "--tau-base", "2"], "tau_base must lie in [0, 1]"),
+        (
+            &["train", "--batch-size", "1"],
+            "batch size must be at least 2",
+        ),
+        (&["train", "--epochs", "0"], "epochs must be at least 1"),
+        (
+            &["train", "--dataset", "imagenet"],
+            "expected one of synthetic",
+        ),
+        (
+            &["train", "--dataset", "cifar10"],
+            "give their folder as data_dir",
+        ),
+        (
+            &["train", "--optimizer", "adam"],
+            "expected lars, sgd or adamw",
+        ),
+        (&["train", "--lars-eta", "0"], "lars_eta"),
+        (&["train", "--augmentations", "all"], "all"),
+        (&["train", "--recipe", "huge"], "huge"),
+        (&["train", "--preset", "7"], "expected 40, 100, 300 or 1000"),
+        (
+            &["train", "--projection-dim", "0"],
+            "projection_dim is a size",
+        ),
+        (
+            &["train", "--config", "/nonexistent/x.toml"],
+            "/nonexistent/x.toml",
+        ),
+        (
+            &["train", "--resume", "/nonexistent/run"],
+            "/nonexistent/run",
+        ),
+        (&["eval", "knn", "/nonexistent/run"], "/nonexistent/run"),
+        (
+            &["export", "/nonexistent/run", "/tmp/x"],
+            "/nonexistent/run",
+        ),
+        (&["plot", "/nonexistent/run"], "/nonexistent/run"),
+        (&["ablate", "nothing"], "nothing"),
+        (&["train", "--epochs", "many"], "invalid value 'many'"),
+    ];
+    for (args, expected) in cases {
+        let out = host(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        let what = args.join(" ");
+        assert!(!out.status.success(), "{what}: should fail");
+        assert!(err.contains(expected), "{what}: {err}");
+        assert!(!err.contains("panicked"), "{what}: a panic: {err}");
+        let last = err.lines().rfind(|l| l.starts_with("error:"));
+        let last = last.unwrap_or_else(|| panic!("{what}: no `error:` line: {err}"));
+        // A debug dump looks like `Name { field: …`; sentences do not.
+        let dump = last
+            .split_whitespace()
+            .zip(last.split_whitespace().skip(1))
+            .any(|(a, b)| a.starts_with(char::is_uppercase) && a.len() > 3 && b == "{");
+        assert!(!dump, "{what}: a debug dump: {last}");
+    }
+}
+
+fn read(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The step records of a metrics file without their timings: (step, loss, lr, τ).
+fn steps(run: &Path) -> Vec<String> {
+    let text = String::from_utf8(read(&run.join("metrics.jsonl"))).unwrap();
+    text.lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["kind"] == "step")
+        .map(|r| format!("{} {} {} {}", r["step"], r["loss"], r["lr"], r["tau"]))
+        .collect()
+}
+
+#[test]
+fn resume_from_the_run_folder_alone_should_continue_bit_for_bit() {
+    let (full, part) = (dir("full"), dir("part"));
+    let full_s = full.to_str().unwrap();
+    let part_s = part.to_str().unwrap();
+    assert!(train(&["--out", full_s]).status.success());
+    let stopped = train(&["--out", part_s, "--stop-after-epochs", "1"]);
+    assert!(stopped.status.success(), "{stopped:?}");
+    // As if killed in the middle of epoch 2: its first steps are already in metrics.jsonl.
+    let full_metrics = String::from_utf8(read(&full.join("metrics.jsonl"))).unwrap();
+    let epoch2_first_step = full_metrics
+        .lines()
+        .find(|l| l.contains("\"step\":4,"))
+        .unwrap();
+    let mut interrupted = String::from_utf8(read(&part.join("metrics.jsonl"))).unwrap();
+    interrupted.push_str(epoch2_first_step);
+    interrupted.push('\n');
+    std::fs::write(part.join("metrics.jsonl"), interrupted).unwrap();
+
+    let resumed = host(&["train", "--resume", part_s]);
+    let err = String::from_utf8_lossy(&resumed.stderr);
+    assert!(resumed.status.success(), "{err}");
+    let ckpt = "checkpoint.safetensors";
+    assert!(
+        read(&full.join(ckpt)) == read(&part.join(ckpt)),
+        "checkpoints differ"
+    );
+    assert_eq!(
+        steps(&full),
+        steps(&part),
+        "each step once, as in the full run"
+    );
+    assert_eq!(steps(&full).len(), 8);
+
+    // Flags may not change a resumed run, except those that do not change its result.
+    let changed = host(&["train", "--resume", part_s, "--epochs", "3"]);
+    let err = String::from_utf8_lossy(&changed.stderr);
+    assert!(!changed.status.success());
+    assert!(err.contains("epochs: 2 → 3"), "{err}");
+    let again = host(&[
+        "train",
+        "--resume",
+        part_s,
+        "--threads",
+        "1",
+        "--batch-size",
+        "16",
+    ]);
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+}
+
+#[test]
+fn a_runs_config_json_should_be_a_config_file_that_repeats_the_run() {
+    let (a, b) = (dir("config-a"), dir("config-b"));
+    let a_s = a.to_str().unwrap();
+    let done = train(&["--out", a_s, "--optimizer", "adamw"]);
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let config = a.join("config.json");
+    let again = host(&[
+        "train",
+        "--config",
+        config.to_str().unwrap(),
+        "--out",
+        b.to_str().unwrap(),
+    ]);
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let ckpt = "checkpoint.safetensors";
+    assert!(
+        read(&a.join(ckpt)) == read(&b.join(ckpt)),
+        "the same run, bit for bit"
+    );
+    assert_eq!(read(&a.join("config.json")), read(&b.join("config.json")));
+}
