@@ -10,8 +10,9 @@
 
 use crate::byol::{Byol, ByolState};
 use crate::error::{Error, Result};
+use crate::files::Tensor;
 use crate::nn::Registry;
-use safetensors::tensor::{Dtype, TensorView};
+use safetensors::tensor::Dtype;
 use safetensors::SafeTensors;
 use std::collections::HashMap;
 use std::path::Path;
@@ -76,26 +77,25 @@ fn buffer_tensors(
         .collect()
 }
 
-/// Serialises `tensors` with `metadata` and writes them to `path` atomically.
+/// Serialises `tensors` (all f32) with `metadata` and writes them to `path` atomically.
 fn write_atomic(
     path: &Path,
     tensors: Vec<(String, Vec<usize>, Vec<u8>)>,
     metadata: HashMap<String, String>,
 ) -> Result<()> {
-    let views: Vec<(String, TensorView)> = tensors
-        .iter()
-        .map(|(n, s, b)| {
-            (
-                n.clone(),
-                TensorView::new(Dtype::F32, s.clone(), b).expect("shape matches bytes"),
-            )
+    let tensors: Vec<Tensor> = tensors
+        .into_iter()
+        .map(|(name, shape, bytes)| Tensor {
+            name,
+            dtype: Dtype::F32,
+            shape,
+            bytes,
         })
         .collect();
-    let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| Error::Checkpoint {
-        path: path.into(),
-        reason: e.to_string(),
-    })?;
-    crate::files::write_atomic(path, &bytes)
+    crate::files::write_safetensors(path, &tensors, metadata).map_err(|e| match e {
+        Error::Data { path, reason } => Error::Checkpoint { path, reason },
+        e => e,
+    })
 }
 
 /// Writes a training checkpoint; `config` is the run's configuration as JSON.

@@ -1,8 +1,96 @@
 //! Writing files so that a crash never leaves half of one: a temporary file in the same
-//! folder, then a rename (atomic on POSIX file systems).
+//! folder, then a rename (atomic on POSIX file systems). Also the two tensor formats the
+//! project writes: safetensors (checkpoints, data, embeddings) and NumPy's `.npy`.
 
 use crate::error::{Error, Result};
+use safetensors::tensor::{Dtype, TensorView};
+use std::collections::HashMap;
 use std::path::Path;
+
+/// A tensor to write: name, element type, shape and little-endian bytes.
+pub struct Tensor {
+    pub name: String,
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    pub bytes: Vec<u8>,
+}
+
+impl Tensor {
+    pub fn f32(name: impl Into<String>, shape: Vec<usize>, values: &[f32]) -> Self {
+        let bytes = values.iter().flat_map(|x| x.to_le_bytes()).collect();
+        Tensor {
+            name: name.into(),
+            dtype: Dtype::F32,
+            shape,
+            bytes,
+        }
+    }
+    pub fn u16(name: impl Into<String>, shape: Vec<usize>, values: &[u16]) -> Self {
+        let bytes = values.iter().flat_map(|x| x.to_le_bytes()).collect();
+        Tensor {
+            name: name.into(),
+            dtype: Dtype::U16,
+            shape,
+            bytes,
+        }
+    }
+    pub fn u8(name: impl Into<String>, shape: Vec<usize>, values: &[u8]) -> Self {
+        Tensor {
+            name: name.into(),
+            dtype: Dtype::U8,
+            shape,
+            bytes: values.to_vec(),
+        }
+    }
+}
+
+/// Writes `tensors` and `metadata` as one safetensors file, atomically.
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &[Tensor],
+    metadata: HashMap<String, String>,
+) -> Result<()> {
+    let views = tensors.iter().map(|t| {
+        let view = TensorView::new(t.dtype, t.shape.clone(), &t.bytes);
+        (t.name.as_str(), view.expect("shape matches bytes"))
+    });
+    let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| Error::Data {
+        path: path.into(),
+        reason: format!("cannot serialise as safetensors ({e})"),
+    })?;
+    write_atomic(path, &bytes)
+}
+
+/// Writes one tensor as a NumPy `.npy` file (format 1.0: magic, a header dict padded to a
+/// multiple of 64 bytes, then the data in C order), atomically.
+pub fn write_npy(path: &Path, t: &Tensor) -> Result<()> {
+    let descr = match t.dtype {
+        Dtype::F32 => "<f4",
+        Dtype::U16 => "<u2",
+        Dtype::U8 => "|u1",
+        d => {
+            return Err(Error::InvalidArgument(format!(
+                "{}: no .npy type for {d:?}",
+                path.display()
+            )))
+        }
+    };
+    let dims: Vec<String> = t.shape.iter().map(|d| d.to_string()).collect();
+    let shape = match dims.len() {
+        1 => format!("({},)", dims[0]),
+        _ => format!("({})", dims.join(", ")),
+    };
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+    // magic (6) + version (2) + header length (2) + header, ending in a newline.
+    let unpadded = 10 + header.len() + 1;
+    header.push_str(&" ".repeat(unpadded.next_multiple_of(64) - unpadded));
+    header.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend((header.len() as u16).to_le_bytes());
+    bytes.extend(header.as_bytes());
+    bytes.extend(&t.bytes);
+    write_atomic(path, &bytes)
+}
 
 /// Writes `bytes` to `path` atomically. When the write or the rename fails (a full disk, a
 /// folder in the way) the temporary file is removed and `path` keeps its old content.
@@ -22,6 +110,40 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn npy_files_should_have_numpys_header_and_c_order_data() {
+        let dir = std::env::temp_dir().join(format!("byol-npy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("x.npy");
+        write_npy(
+            &path,
+            &Tensor::f32("x", vec![2, 3], &[1., 2., 3., 4., 5., 6.]),
+        )
+        .unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(&bytes[..8], b"\x93NUMPY\x01\x00");
+        let len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+        assert_eq!((10 + len) % 64, 0, "data starts on a 64-byte boundary");
+        let header = std::str::from_utf8(&bytes[10..10 + len]).unwrap();
+        assert_eq!(
+            header.trim_end(),
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }"
+        );
+        assert!(header.ends_with('\n'));
+        let data: Vec<f32> = bytes[10 + len..]
+            .chunks(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        assert_eq!(data, [1., 2., 3., 4., 5., 6.]);
+        write_npy(&path, &Tensor::u16("y", vec![3], &[7, 8, 9])).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(text.contains("'descr': '<u2'") && text.contains("'shape': (3,)"));
+        assert_eq!(&bytes[bytes.len() - 6..], [7, 0, 8, 0, 9, 0]);
+    }
+
     #[test]
     fn write_atomic_should_replace_the_file_and_leave_no_temporary() {
         let dir = std::env::temp_dir().join(format!("byol-files-{}", std::process::id()));

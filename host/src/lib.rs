@@ -12,6 +12,7 @@ pub mod byol;
 pub mod checkpoint;
 pub mod cpu;
 pub mod data;
+pub mod embed;
 pub mod error;
 pub mod eval;
 pub mod files;

@@ -32,6 +32,28 @@ enum Command {
         /// Where to write the encoder.
         out: PathBuf,
     },
+    /// Write the representations of a data set's images by a run's encoder (and projector),
+    /// with their labels, for downstream use: safetensors, or a folder of .npy files.
+    Embed {
+        /// A run folder, or its checkpoint.
+        checkpoint: PathBuf,
+        /// `FILE.safetensors` (`train.representations`, `train.labels`, `test.…`), or a folder
+        /// for `train_representations.npy`, `train_labels.npy`, ….
+        #[arg(long)]
+        out: PathBuf,
+        /// Add the online projector's outputs (`*.projections`).
+        #[arg(long)]
+        projections: bool,
+        /// Another data set to embed (default: the run's); images are resized to the run's
+        /// side and normalised as its pre-training data.
+        #[arg(long)]
+        dataset: Option<String>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Side the `folder` data set's images are read at.
+        #[arg(long)]
+        image_size: Option<usize>,
+    },
     /// Write a data set's training and held-out images and labels as one safetensors file,
     /// for other programs (the PyTorch reference trains on exactly these pixels).
     ExportData {
@@ -393,6 +415,22 @@ fn main() -> ExitCode {
             eval_linear(&checkpoint, epochs)
         }
         Command::Export { checkpoint, out } => export(&checkpoint, &out),
+        Command::Embed {
+            checkpoint,
+            out,
+            projections,
+            dataset,
+            data_dir,
+            image_size,
+        } => {
+            let other = TrainConfig {
+                dataset: dataset.unwrap_or_default(),
+                data_dir,
+                image_size: image_size.unwrap_or(0),
+                ..TrainConfig::default()
+            };
+            embed(&checkpoint, &out, projections, other)
+        }
         Command::ExportData {
             out,
             dataset,
@@ -608,6 +646,49 @@ fn eval_linear(path: &Path, epochs: usize) -> Result<(), Error> {
         ty.len(),
         r.lr,
         100.0 * r.val_accuracy
+    );
+    Ok(())
+}
+
+/// `other`: the data set to embed when its `dataset` is not empty (its `data_dir` and, when
+/// not 0, `image_size` with it).
+fn embed(run: &Path, out: &Path, projections: bool, other: TrainConfig) -> Result<(), Error> {
+    let (byol, state, cfg) = open_run(run)?;
+    let (pretraining, _) = host::train::load_data(&cfg)?;
+    let aug = host::train::augmenter(&pretraining, &cfg)?;
+    let (train, test) = if other.dataset.is_empty() {
+        host::train::load_data(&cfg)?
+    } else {
+        let data = TrainConfig {
+            image_size: match other.image_size {
+                0 => cfg.image_size,
+                side => side,
+            },
+            seed: cfg.seed,
+            ..other
+        };
+        data.validate()?;
+        host::train::load_data(&data)?
+    };
+    let splits = [("train", &train), ("test", &test)]
+        .into_iter()
+        .map(|(name, data)| {
+            host::embed::embed_split(&byol, &state, name, data, &aug, projections, true)
+        })
+        .collect::<Result<Vec<_>, Error>>()?;
+    let meta = std::collections::HashMap::from([
+        ("dataset".to_string(), train.name.clone()),
+        ("classes".to_string(), train.classes.to_string()),
+        ("checkpoint".to_string(), run.display().to_string()),
+    ]);
+    host::embed::write(out, &splits, &byol, meta)?;
+    println!(
+        "wrote {}-d representations{} of {} training and {} held-out images to {}",
+        byol.encoder.repr_dim(),
+        if projections { " and projections" } else { "" },
+        train.len(),
+        test.len(),
+        out.display()
     );
     Ok(())
 }

@@ -14,13 +14,11 @@ use crate::byol::{
     PredictorKind,
 };
 use crate::checkpoint;
-use crate::cpu::mlp::{mlp_forward, MlpScratch};
 use crate::data::augment::{mix, Augmenter, ViewConfig};
 use crate::data::formats::{self, UNLABELED};
 use crate::data::{synthetic, Dataset};
 use crate::error::{Error, Result};
 use crate::eval::{diagnose, embed, knn_accuracy, Collapse};
-use crate::mlp::BnMode;
 use crate::nn::{Arch, ResNetConfig, Stem};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -663,25 +661,10 @@ pub fn monitor(
         cfg.knn_temperature as f32,
     );
     let n = bank_idx.len().min(1024);
-    let p = &byol.projector;
-    let mut proj_running = state.online_running[byol.projector_running()].to_vec();
-    let mut scratch = MlpScratch::new(p, n);
-    let mut z = vec![0.0; n * p.output];
-    let buffers = scratch.buffers();
-    let w = &state.online[byol.projector_params()];
-    mlp_forward(
-        p,
-        w,
-        &mut proj_running,
-        &bank[..n * dim],
-        n,
-        BnMode::Eval,
-        buffers,
-        &mut z,
-    );
+    let z = byol.projections(state, &bank[..n * dim])?;
     Ok(Monitor {
         knn_top1,
-        collapse: diagnose(&bank[..n * dim], dim, &z, p.output),
+        collapse: diagnose(&bank[..n * dim], dim, &z, byol.projector.output),
     })
 }
 

@@ -222,3 +222,108 @@ fn a_runs_config_json_should_be_a_config_file_that_repeats_the_run() {
     );
     assert_eq!(read(&a.join("config.json")), read(&b.join("config.json")));
 }
+
+#[test]
+fn embed_should_write_what_the_knn_monitor_sees() {
+    let (run, out) = (dir("embed-run"), dir("embed-out"));
+    let run_s = run.to_str().unwrap();
+    let done = train(&["--out", run_s, "--stop-after-epochs", "1"]);
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let file = out.join("e.safetensors");
+    let npy = out.join("npy");
+    for target in [&file, &npy] {
+        let args = [
+            "embed",
+            run_s,
+            "--projections",
+            "--out",
+            target.to_str().unwrap(),
+        ];
+        let e = host(&args);
+        assert!(e.status.success(), "{}", String::from_utf8_lossy(&e.stderr));
+    }
+
+    // The monitor's view of the same checkpoint, through the library.
+    let ckpt = host::train::checkpoint_path(&run);
+    let cfg = host::train::saved_config(&ckpt).unwrap();
+    let byol = host::byol::Byol::new(cfg.byol_config().unwrap()).unwrap();
+    let (state, _) = host::checkpoint::load(&ckpt, &byol).unwrap();
+    let (train_set, test_set) = host::train::load_data(&cfg).unwrap();
+    let aug = host::train::augmenter(&train_set, &cfg).unwrap();
+    let monitor = host::train::monitor(&byol, &state, &train_set, &test_set, &aug, &cfg).unwrap();
+
+    let bytes = read(&file);
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let f32s = |name: &str| -> Vec<f32> {
+        let t = st.tensor(name).unwrap();
+        t.data()
+            .chunks(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect()
+    };
+    let u16s = |name: &str| -> Vec<u16> {
+        let t = st.tensor(name).unwrap();
+        t.data()
+            .chunks(2)
+            .map(|b| u16::from_le_bytes(b.try_into().unwrap()))
+            .collect()
+    };
+    let dim = byol.encoder.repr_dim();
+    assert_eq!(
+        st.tensor("train.representations").unwrap().shape(),
+        [64, dim]
+    );
+    assert_eq!(st.tensor("test.projections").unwrap().shape(), [32, 32]);
+    let (bank, queries) = (f32s("train.representations"), f32s("test.representations"));
+    let (bank_labels, query_labels) = (u16s("train.labels"), u16s("test.labels"));
+    assert_eq!(
+        (bank_labels.as_slice(), query_labels.as_slice()),
+        (&train_set.labels[..], &test_set.labels[..])
+    );
+    let knn = host::eval::knn_accuracy(
+        &bank,
+        &bank_labels,
+        &queries,
+        &query_labels,
+        dim,
+        train_set.classes,
+        cfg.knn_k,
+        cfg.knn_temperature as f32,
+    );
+    assert_eq!(
+        knn, monitor.knn_top1,
+        "the kNN of the written representations is the monitor's"
+    );
+    let all: Vec<usize> = (0..train_set.len()).collect();
+    let (enc, running) = (byol.encoder_params(), byol.encoder_running());
+    let direct = host::eval::embed(
+        &byol.encoder,
+        &state.online[enc],
+        &state.online_running[running],
+        &train_set,
+        &all,
+        &aug,
+        256,
+    )
+    .unwrap();
+    assert!(direct == bank, "bit for bit the monitor's representations");
+    assert!(byol.projections(&state, &queries).unwrap() == f32s("test.projections"));
+
+    // The .npy files hold the same bytes after their header.
+    let npy_bytes = read(&npy.join("train_representations.npy"));
+    let header = 10 + u16::from_le_bytes([npy_bytes[8], npy_bytes[9]]) as usize;
+    assert!(npy_bytes[header..] == *st.tensor("train.representations").unwrap().data());
+    for name in [
+        "train_labels",
+        "train_projections",
+        "test_representations",
+        "test_labels",
+        "test_projections",
+    ] {
+        assert!(npy.join(format!("{name}.npy")).exists(), "{name}.npy");
+    }
+}

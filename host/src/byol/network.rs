@@ -256,6 +256,29 @@ impl Byol {
         }
     }
 
+    /// Projections `[n, projection]` of the representations `[n, repr_dim]` by the online
+    /// projector in evaluation mode (running statistics, so each row is independent of the
+    /// others and the result does not depend on how the rows are chunked).
+    pub fn projections(&self, state: &ByolState, representations: &[f32]) -> Result<Vec<f32>> {
+        let (p, dim) = (&self.projector, self.encoder.repr_dim());
+        let n = representations.len() / dim;
+        check_len("representations", representations.len(), n * dim)?;
+        const CHUNK: usize = 1024; // bounds the hidden activations at CHUNK × hidden
+        let mut running = state.online_running[self.projector_running()].to_vec();
+        let weights = &state.online[self.projector_params()];
+        let mut scratch = MlpScratch::new(p, CHUNK.min(n).max(1));
+        let mut z = vec![0.0; n * p.output];
+        for (x, z) in representations
+            .chunks(CHUNK * dim)
+            .zip(z.chunks_mut(CHUNK * p.output))
+        {
+            let m = x.len() / dim;
+            let buffers = scratch.buffers();
+            mlp_forward(p, weights, &mut running, x, m, BnMode::Eval, buffers, z);
+        }
+        Ok(z)
+    }
+
     /// A fresh run: the online network from `seed`; the target from a different seed (as the
     /// official code does) or as a copy of the online network ([`TargetInit`]); momentum zero.
     pub fn init(&self, seed: u64) -> ByolState {

@@ -51,38 +51,17 @@ impl Dataset {
 /// and evaluate on exactly the pixels this program sees: `train.images`, `test.images` as
 /// `U8 [n, h, w, 3]`, `train.labels`, `test.labels` as `U16 [n]` (65535: unlabelled).
 pub fn write_splits(path: &std::path::Path, train: &Dataset, test: &Dataset) -> crate::Result<()> {
-    use safetensors::tensor::{Dtype, TensorView};
-    let labels =
-        |d: &Dataset| -> Vec<u8> { d.labels.iter().flat_map(|l| l.to_le_bytes()).collect() };
-    let (train_labels, test_labels) = (labels(train), labels(test));
+    use crate::files::Tensor;
     let shape = |d: &Dataset| vec![d.len(), d.h, d.w, 3];
-    let view =
-        |dtype, shape, bytes| TensorView::new(dtype, shape, bytes).expect("shape matches bytes");
-    let views = vec![
-        (
-            "train.images",
-            view(Dtype::U8, shape(train), &train.images[..]),
-        ),
-        (
-            "train.labels",
-            view(Dtype::U16, vec![train.len()], &train_labels[..]),
-        ),
-        (
-            "test.images",
-            view(Dtype::U8, shape(test), &test.images[..]),
-        ),
-        (
-            "test.labels",
-            view(Dtype::U16, vec![test.len()], &test_labels[..]),
-        ),
+    let tensors = [
+        Tensor::u8("train.images", shape(train), &train.images),
+        Tensor::u16("train.labels", vec![train.len()], &train.labels),
+        Tensor::u8("test.images", shape(test), &test.images),
+        Tensor::u16("test.labels", vec![test.len()], &test.labels),
     ];
     let meta = std::collections::HashMap::from([
         ("dataset".to_string(), train.name.clone()),
         ("classes".to_string(), train.classes.to_string()),
     ]);
-    let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| crate::Error::Data {
-        path: path.into(),
-        reason: e.to_string(),
-    })?;
-    crate::files::write_atomic(path, &bytes)
+    crate::files::write_safetensors(path, &tensors, meta)
 }
