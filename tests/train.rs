@@ -511,7 +511,7 @@ fn a_run_should_train_on_cifar10_files() {
     let summary = train(
         &TrainConfig {
             dataset: "cifar10".into(),
-            data_dir: Some(data),
+            data_dir: Some(data.clone()),
             epochs: 1,
             knn_k: 5,
             ..tiny()
@@ -522,4 +522,28 @@ fn a_run_should_train_on_cifar10_files() {
     assert_eq!(summary.epochs.len(), 1);
     assert!(summary.epochs[0].loss.is_finite());
     assert!(out.join("checkpoint.safetensors").exists());
+
+    // --limit-train / --limit-test: seeded stratified subsets of any data set.
+    let limited = TrainConfig {
+        dataset: "cifar10".into(),
+        data_dir: Some(data),
+        limit_train: Some(20),
+        limit_test: Some(5),
+        ..tiny()
+    };
+    let (train_set, test_set) = host::train::load_data(&limited).unwrap();
+    assert_eq!((train_set.len(), test_set.len()), (20, 5));
+    for class in 0..10 {
+        let n = train_set.labels.iter().filter(|&&l| l == class).count();
+        assert_eq!(n, 2, "4 of each class in 40, so 2 in 20");
+    }
+    let too_many = TrainConfig {
+        limit_train: Some(41),
+        ..limited
+    };
+    let e = host::train::load_data(&too_many).unwrap_err().to_string();
+    assert!(
+        e.contains("limit_train is 41") && e.contains("only 40"),
+        "{e}"
+    );
 }

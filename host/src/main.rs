@@ -197,6 +197,12 @@ struct TrainArgs {
     /// Images in the synthetic held-out split.
     #[arg(long)]
     test_size: Option<usize>,
+    /// Train on a seeded stratified subset of this many training images (any data set).
+    #[arg(long)]
+    limit_train: Option<usize>,
+    /// Evaluate on a seeded stratified subset of this many held-out images (any data set).
+    #[arg(long)]
+    limit_test: Option<usize>,
     /// resnet18, resnet34 or resnet50.
     #[arg(long)]
     arch: Option<String>,
@@ -390,6 +396,8 @@ impl TrainArgs {
         if let Some(d) = &self.data_dir {
             c.data_dir = Some(d.clone());
         }
+        c.limit_train = self.limit_train.or(c.limit_train);
+        c.limit_test = self.limit_test.or(c.limit_test);
         if let Some(t) = self.tau_constant {
             c.tau_constant = Some(t);
         }
@@ -748,6 +756,10 @@ mod tests {
             "7",
             "--test-size",
             "3",
+            "--limit-train",
+            "40",
+            "--limit-test",
+            "20",
             "--arch",
             "resnet50",
             "--stem",
@@ -822,6 +834,8 @@ mod tests {
             image_size: 48,
             train_size: 7,
             test_size: 3,
+            limit_train: Some(40),
+            limit_test: Some(20),
             arch: "resnet50".into(),
             stem: "imagenet".into(),
             width: 8,

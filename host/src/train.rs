@@ -60,6 +60,11 @@ pub struct TrainConfig {
     /// Images in the synthetic training and held-out splits.
     pub train_size: usize,
     pub test_size: usize,
+    /// A seeded stratified subset of this many training (held-out) images, for any data set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit_train: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit_test: Option<usize>,
     pub arch: String,
     /// `cifar` or `imagenet`.
     pub stem: String,
@@ -132,6 +137,8 @@ impl Default for TrainConfig {
             image_size: 64,
             train_size: 5000,
             test_size: 1000,
+            limit_train: None,
+            limit_test: None,
             arch: "resnet18".into(),
             stem: "cifar".into(),
             width: 16,
@@ -195,6 +202,8 @@ impl TrainConfig {
             return bad("epochs must be at least 1".into());
         }
         for (name, v) in [
+            ("limit_train", self.limit_train.unwrap_or(1)),
+            ("limit_test", self.limit_test.unwrap_or(1)),
             ("width", self.width),
             ("projector_hidden", self.projector_hidden),
             ("projection_dim", self.projection_dim),
@@ -469,6 +478,23 @@ pub struct RunOptions {
 /// The data of a configuration: train (for pre-training; it may hold unlabelled images)
 /// and held-out splits.
 pub fn load_data(cfg: &TrainConfig) -> Result<(Dataset, Dataset)> {
+    let (train, test) = load_full_data(cfg)?;
+    let limit = |data: Dataset, limit: Option<usize>, field: &str, tag: u64| match limit {
+        Some(n) if n > data.len() => Err(Error::InvalidArgument(format!(
+            "{field} is {n}, but the split has only {} images",
+            data.len()
+        ))),
+        Some(n) => Ok(data.stratified(n, mix(cfg.seed ^ tag))),
+        None => Ok(data),
+    };
+    Ok((
+        limit(train, cfg.limit_train, "limit_train", 0x7ea1)?,
+        limit(test, cfg.limit_test, "limit_test", 0x7e57)?,
+    ))
+}
+
+/// The splits of a configuration's data set, whole.
+fn load_full_data(cfg: &TrainConfig) -> Result<(Dataset, Dataset)> {
     let dir = cfg.data_dir.as_deref().unwrap_or(Path::new("."));
     match cfg.dataset.as_str() {
         "cifar10" => formats::cifar10(dir),

@@ -28,6 +28,53 @@ impl Dataset {
         let size = self.h * self.w * 3;
         &self.images[i * size..][..size]
     }
+    /// The images `indices`, in that order.
+    pub fn subset(&self, indices: &[usize]) -> Dataset {
+        Dataset {
+            name: self.name.clone(),
+            images: indices
+                .iter()
+                .flat_map(|&i| self.image(i))
+                .copied()
+                .collect(),
+            labels: indices.iter().map(|&i| self.labels[i]).collect(),
+            ..*self
+        }
+    }
+
+    /// A seeded stratified sample of `n` images (every class, and the unlabelled images as
+    /// one more group, keeps its share, rounded by largest remainder), in the data set's
+    /// order.
+    pub fn stratified(&self, n: usize, seed: u64) -> Dataset {
+        use rand::seq::SliceRandom;
+        use rand::SeedableRng;
+        let mut groups: std::collections::BTreeMap<u16, Vec<usize>> = Default::default();
+        for (i, &label) in self.labels.iter().enumerate() {
+            groups.entry(label).or_default().push(i);
+        }
+        let total = self.len();
+        // Quotas: the floor of each share, then one more for the largest remainders.
+        let mut quotas: Vec<(usize, usize, u16)> = groups
+            .iter()
+            .map(|(&label, g)| (g.len() * n / total, g.len() * n % total, label))
+            .collect();
+        let short = n - quotas.iter().map(|q| q.0).sum::<usize>();
+        let mut by_remainder: Vec<usize> = (0..quotas.len()).collect();
+        by_remainder.sort_by_key(|&k| std::cmp::Reverse(quotas[k].1)); // stable: ties by label
+        for &k in &by_remainder[..short] {
+            quotas[k].0 += 1;
+        }
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let mut chosen = Vec::with_capacity(n);
+        for (quota, _, label) in quotas {
+            let group = groups.get_mut(&label).expect("a quota per group");
+            group.shuffle(&mut rng);
+            chosen.extend_from_slice(&group[..quota]);
+        }
+        chosen.sort_unstable();
+        self.subset(&chosen)
+    }
+
     /// Per-channel mean and standard deviation of the pixels, in `[0, 1]` units: the
     /// normalisation of the data set (computed on the training split).
     pub fn channel_stats(&self) -> ([f32; 3], [f32; 3]) {
@@ -64,4 +111,54 @@ pub fn write_splits(path: &std::path::Path, train: &Dataset, test: &Dataset) -> 
         ("classes".to_string(), train.classes.to_string()),
     ]);
     crate::files::write_safetensors(path, &tensors, meta)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labelled(labels: &[u16]) -> Dataset {
+        Dataset {
+            name: "t".into(),
+            // Each pixel holds its image's index, to tell samples apart.
+            images: (0..labels.len()).flat_map(|i| [i as u8; 3]).collect(),
+            labels: labels.to_vec(),
+            h: 1,
+            w: 1,
+            classes: 3,
+        }
+    }
+
+    #[test]
+    fn stratified_samples_should_keep_each_class_share() {
+        // 60 of class 0, 30 of class 1, 10 unlabelled: 20 → 12, 6, 2.
+        let labels: Vec<u16> = (0..100)
+            .map(|i| match i % 10 {
+                0..=5 => 0,
+                6..=8 => 1,
+                _ => u16::MAX,
+            })
+            .collect();
+        let d = labelled(&labels);
+        let s = d.stratified(20, 7);
+        let count = |l: u16| s.labels.iter().filter(|&&x| x == l).count();
+        assert_eq!((count(0), count(1), count(u16::MAX)), (12, 6, 2));
+        let in_order: Vec<u8> = s.images.chunks(3).map(|px| px[0]).collect();
+        assert!(
+            in_order.windows(2).all(|w| w[0] < w[1]),
+            "in the data set's order"
+        );
+        assert!(in_order
+            .iter()
+            .zip(&s.labels)
+            .all(|(&i, &l)| labels[i as usize] == l));
+        // Largest remainders: 7 of (60, 30, 10) → 4.2, 2.1, 0.7 → 4, 2, 1.
+        let s7 = d.stratified(7, 7);
+        assert_eq!(s7.labels.iter().filter(|&&x| x == u16::MAX).count(), 1);
+        assert_eq!(s7.len(), 7);
+        // The seed fixes the sample; another seed, another sample; all of it is everything.
+        assert_eq!(d.stratified(20, 7).images, s.images);
+        assert_ne!(d.stratified(20, 8).images, s.images);
+        assert_eq!(d.stratified(100, 3).images, d.images);
+    }
 }
