@@ -1,6 +1,6 @@
 //! `host`: the BYOL command line. Only what works is offered; planned commands say so.
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use host::train::{RunOptions, TrainConfig};
 use host::{checkpoint, Error};
 use std::path::{Path, PathBuf};
@@ -135,12 +135,6 @@ struct TrainArgs {
     /// A configuration file: TOML (see configs/), or a run's config.json; flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Folder of the data set's files (cifar10, cifar100, stl10, mnist, folder).
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-    /// Side the `folder` data set's images are resized to.
-    #[arg(long)]
-    image_size: Option<usize>,
     /// Output folder: metrics.jsonl, checkpoint.safetensors, config.json, training.png
     /// [default: runs/byol].
     #[arg(long)]
@@ -152,136 +146,25 @@ struct TrainArgs {
     /// Stop after this many epochs in total (the schedules still span --epochs); resume later.
     #[arg(long)]
     stop_after_epochs: Option<usize>,
-    /// Worker threads (default: all cores).
+    /// Worker threads (default: all cores; a resumed run: its own count).
     #[arg(long)]
     threads: Option<usize>,
     /// The official ImageNet hyper-parameters for a length: 40, 100, 300 or 1000 epochs
     /// (the recipe imagenet-<N>; explicit flags override).
     #[arg(long)]
     preset: Option<String>,
-    /// The recipe the hyper-parameters start from: small, imagenet-40, imagenet-100,
-    /// imagenet-300, imagenet-1000 [default: small for images of 96 px and below, else
-    /// imagenet-40]. Explicit flags override its fields.
-    #[arg(long)]
-    recipe: Option<String>,
-    /// lars (the paper's), sgd or adamw.
-    #[arg(long)]
-    optimizer: Option<String>,
-    /// LARS trust coefficient η (official 1e-3).
-    #[arg(long)]
-    lars_eta: Option<f64>,
-    /// Cap LARS's per-tensor rate at the scheduled learning rate (true or false).
-    #[arg(long)]
-    lars_clip: Option<bool>,
-    /// How the target network starts: copy (of the online network) or independent (official).
-    #[arg(long)]
-    target_init: Option<String>,
-    /// Where the cosine τ schedule ends (1 in the paper).
-    #[arg(long)]
-    tau_end: Option<f64>,
-    /// Probability of the gaussian blur in T (view 1; paper 1.0).
-    #[arg(long)]
-    blur_t: Option<f64>,
-    /// Probability of the gaussian blur in T′ (view 2; paper 0.1).
-    #[arg(long)]
-    blur_t_prime: Option<f64>,
-    /// Smallest area of the random resized crop, as a fraction of the image (paper 0.08).
-    #[arg(long)]
-    crop_min_scale: Option<f64>,
-    /// synthetic (embedded, the default), cifar10, cifar100, stl10, mnist or folder.
-    #[arg(long)]
-    dataset: Option<String>,
-    /// Images in the synthetic training split.
-    #[arg(long)]
-    train_size: Option<usize>,
-    /// Images in the synthetic held-out split.
-    #[arg(long)]
-    test_size: Option<usize>,
-    /// Train on a seeded stratified subset of this many training images (any data set).
-    #[arg(long)]
-    limit_train: Option<usize>,
-    /// Evaluate on a seeded stratified subset of this many held-out images (any data set).
-    #[arg(long)]
-    limit_test: Option<usize>,
-    /// resnet18, resnet34 or resnet50.
-    #[arg(long)]
-    arch: Option<String>,
-    /// cifar (3×3, no max-pool) or imagenet (7×7 stride 2, max-pool).
-    #[arg(long)]
-    stem: Option<String>,
-    /// Channels of the first stage (torchvision: 64).
-    #[arg(long)]
-    width: Option<usize>,
-    #[arg(long)]
-    epochs: Option<usize>,
-    #[arg(long)]
-    batch_size: Option<usize>,
-    /// Learning rate per 256 images (lr = base_lr · batch / 256).
-    #[arg(long)]
-    base_lr: Option<f64>,
-    #[arg(long)]
-    weight_decay: Option<f64>,
-    /// Target decay at step 0, rising to 1 along a cosine.
-    #[arg(long)]
-    tau_base: Option<f64>,
-    #[arg(long)]
-    warmup_epochs: Option<usize>,
-    #[arg(long)]
-    projector_hidden: Option<usize>,
-    #[arg(long)]
-    projection_dim: Option<usize>,
-    #[arg(long)]
-    predictor_hidden: Option<usize>,
-    #[arg(long)]
-    seed: Option<u64>,
-    /// Ablation: a constant target decay instead of the cosine schedule (0: the target copies
-    /// the online network every step; 1: it stays at its random initialisation).
-    #[arg(long)]
-    tau_constant: Option<f64>,
-    /// Ablation: no predictor (the online projection is compared with the target's directly).
-    #[arg(long)]
-    no_predictor: bool,
-    /// Ablation: learning-rate multiplier of the predictor (λ).
-    #[arg(long)]
-    predictor_lr_mult: Option<f64>,
-    /// Ablation: learning-rate multiplier of the projector (μ).
-    #[arg(long)]
-    projector_lr_mult: Option<f64>,
-    /// Augmentation set: full, symmetric, no-colour, no-grayscale, no-blur, no-flip,
-    /// crop-only, crop-flip, crop-colour, crop-blur.
-    #[arg(long)]
-    augmentations: Option<String>,
-    /// Ablation: the closed-form optimal linear predictor (least squares on each batch) in
-    /// place of the learned one; needs batch size > projection dim.
-    #[arg(long)]
-    closed_form_predictor: bool,
-    /// Ablation: Linear layers of the projector (2 in the paper; 1 is a single Linear).
-    #[arg(long)]
-    projector_depth: Option<usize>,
-    /// Ablation: Linear layers of the predictor.
-    #[arg(long)]
-    predictor_depth: Option<usize>,
-    /// Ablation: no target network; the loss compares with the online projection itself,
-    /// gradient included (with --contrastive-beta 1 --no-predictor: SimCLR).
-    #[arg(long)]
-    no_target_network: bool,
-    /// Ablation: weight β of the contrastive (InfoNCE) term; 0 is BYOL.
-    #[arg(long)]
-    contrastive_beta: Option<f64>,
-    /// Temperature α of the contrastive term.
-    #[arg(long)]
-    contrastive_temperature: Option<f64>,
-    /// Ablation: loss normalisation: l2 (BYOL), none, layernorm, batchnorm.
-    #[arg(long)]
-    loss_normalisation: Option<String>,
+    /// Every field of the configuration, as a flag.
+    #[command(flatten)]
+    train: TrainConfig,
 }
 
 impl TrainArgs {
-    /// The configuration (recipe, then file, then flags), the output folder and the thread
-    /// count.
-    fn config(&self) -> Result<(TrainConfig, PathBuf, Option<usize>), Error> {
+    /// The configuration (recipe, then file, then the flags given), the output folder and
+    /// the thread count. `matches` are the `train` command's, which say which flags were given.
+    fn config(&self, matches: &ArgMatches) -> Result<(TrainConfig, PathBuf, Option<usize>), Error> {
+        let given = host::train::given_fields(&self.train, matches);
         if let Some(run) = &self.resume {
-            return self.resumed(run);
+            return self.resumed(run, &given);
         }
         let file = match &self.config {
             Some(path) => host::train::read_config(path)?,
@@ -293,42 +176,44 @@ impl TrainArgs {
             .or(file.out.clone())
             .unwrap_or_else(|| PathBuf::from("runs/byol"));
         let threads = self.threads.or(file.threads);
-        let recipe = match (&self.preset, &self.recipe) {
-            (Some(_), Some(_)) => {
+        let recipe = match (&self.preset, given.contains_key("recipe")) {
+            (Some(_), true) => {
                 return Err(Error::InvalidArgument(
                     "--preset names an ImageNet recipe: give --preset or --recipe, not both".into(),
                 ))
             }
-            (Some(name), None) => Some(host::recipe::named(&format!("imagenet-{name}")).map_err(
+            (Some(name), false) => Some(host::recipe::named(&format!("imagenet-{name}")).map_err(
                 |_| {
                     Error::InvalidArgument(format!(
                         "unknown preset {name:?}: expected 40, 100, 300 or 1000"
                     ))
                 },
             )?),
-            (None, Some(name)) => Some(host::recipe::named(name)?),
+            (None, true) => Some(host::recipe::named(&self.train.recipe)?),
             // Which data decides the recipe: the flags', else the file's.
-            (None, None) if self.dataset.is_some() || self.image_size.is_some() => {
-                let mut probe = file.train.clone();
-                probe.dataset = self.dataset.clone().unwrap_or(probe.dataset);
-                probe.image_size = self.image_size.unwrap_or(probe.image_size);
+            (None, false) if given.contains_key("dataset") || given.contains_key("image_size") => {
+                let probe = over_flags(&file.train, &given)?;
                 Some(host::train::recipe_of(&file.table, &probe)?)
             }
-            (None, None) => None,
+            (None, false) => None,
         };
         let c = match recipe {
             None => file.train.clone(),
             Some(r) => host::train::over_recipe(&file.table, Some(r))
                 .map_err(|e| Error::InvalidArgument(format!("configuration file: {e}")))?,
         };
-        Ok((self.over_flags(c), out, threads))
+        Ok((over_flags(&c, &given)?, out, threads))
     }
 
     /// A resumed run: the configuration saved in the checkpoint, the flags laid over it (the
     /// run refuses any that change it), written back to the run's folder unless `--out` says
     /// otherwise.
-    fn resumed(&self, run: &Path) -> Result<(TrainConfig, PathBuf, Option<usize>), Error> {
-        if self.config.is_some() || self.preset.is_some() || self.recipe.is_some() {
+    fn resumed(
+        &self,
+        run: &Path,
+        given: &toml::Table,
+    ) -> Result<(TrainConfig, PathBuf, Option<usize>), Error> {
+        if self.config.is_some() || self.preset.is_some() || given.contains_key("recipe") {
             return Err(Error::InvalidArgument(
                 "--resume continues with the configuration saved in the run: drop --config, --preset and --recipe"
                     .into(),
@@ -346,78 +231,23 @@ impl TrainArgs {
             let dir = checkpoint.parent().unwrap_or(Path::new("."));
             host::train::saved_threads(dir)
         });
-        Ok((self.over_flags(saved), out, threads))
-    }
-
-    /// `c` with every configuration flag given on the command line set.
-    fn over_flags(&self, mut c: TrainConfig) -> TrainConfig {
-        macro_rules! set {
-            ($($f:ident),*) => { $( if let Some(v) = &self.$f { c.$f = v.clone(); } )* };
-        }
-        set!(
-            dataset,
-            train_size,
-            test_size,
-            arch,
-            stem,
-            width,
-            epochs,
-            batch_size,
-            base_lr,
-            weight_decay,
-            tau_base
-        );
-        set!(
-            warmup_epochs,
-            projector_hidden,
-            projection_dim,
-            predictor_hidden,
-            seed,
-            image_size
-        );
-        set!(predictor_lr_mult, projector_lr_mult, augmentations);
-        set!(
-            optimizer,
-            lars_eta,
-            lars_clip,
-            target_init,
-            tau_end,
-            blur_t,
-            blur_t_prime,
-            crop_min_scale
-        );
-        set!(
-            projector_depth,
-            predictor_depth,
-            contrastive_beta,
-            contrastive_temperature,
-            loss_normalisation
-        );
-        if let Some(d) = &self.data_dir {
-            c.data_dir = Some(d.clone());
-        }
-        c.limit_train = self.limit_train.or(c.limit_train);
-        c.limit_test = self.limit_test.or(c.limit_test);
-        if let Some(t) = self.tau_constant {
-            c.tau_constant = Some(t);
-        }
-        if self.no_predictor {
-            c.predictor = false;
-        }
-        if self.closed_form_predictor {
-            c.closed_form_predictor = true;
-        }
-        if self.no_target_network {
-            c.target_network = false;
-        }
-        c
+        Ok((over_flags(&saved, given)?, out, threads))
     }
 }
 
+/// `c` with the fields given as flags set.
+fn over_flags(c: &TrainConfig, given: &toml::Table) -> Result<TrainConfig, Error> {
+    host::train::overlay(c, given).map_err(Error::InvalidArgument)
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let result = match cli.command {
-        Command::Train(args) => train(&args),
+        Command::Train(args) => {
+            let train_matches = matches.subcommand_matches("train");
+            train(&args, train_matches.expect("the train command's matches"))
+        }
         Command::Eval(EvalCommand::Knn { checkpoint }) => eval_knn(&checkpoint),
         Command::Eval(EvalCommand::Linear { checkpoint, epochs }) => {
             eval_linear(&checkpoint, epochs)
@@ -505,8 +335,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn train(args: &TrainArgs) -> Result<(), Error> {
-    let (cfg, out, threads) = args.config()?;
+fn train(args: &TrainArgs, matches: &ArgMatches) -> Result<(), Error> {
+    let (cfg, out, threads) = args.config(matches)?;
     if let Some(t) = threads {
         rayon::ThreadPoolBuilder::new()
             .num_threads(t.max(1))
@@ -735,12 +565,18 @@ fn gpu_info() -> Result<(), Error> {
 mod tests {
     use super::*;
 
-    fn config_of(args: &[&str]) -> (TrainConfig, PathBuf, Option<usize>) {
-        let cli = Cli::try_parse_from(["host", "train"].iter().chain(args)).unwrap();
+    fn try_config_of(args: &[&str]) -> Result<(TrainConfig, PathBuf, Option<usize>), Error> {
+        let argv = ["host", "train"].iter().chain(args);
+        let matches = Cli::command().try_get_matches_from(argv).unwrap();
+        let cli = Cli::from_arg_matches(&matches).unwrap();
         let Command::Train(a) = cli.command else {
             panic!("not train")
         };
-        a.config().unwrap()
+        a.config(matches.subcommand_matches("train").unwrap())
+    }
+
+    fn config_of(args: &[&str]) -> (TrainConfig, PathBuf, Option<usize>) {
+        try_config_of(args).unwrap()
     }
 
     #[test]
@@ -788,7 +624,8 @@ mod tests {
             "9",
             "--tau-constant",
             "0",
-            "--no-predictor",
+            "--predictor",
+            "false",
             "--predictor-lr-mult",
             "10",
             "--projector-lr-mult",
@@ -800,7 +637,8 @@ mod tests {
             "3",
             "--predictor-depth",
             "1",
-            "--no-target-network",
+            "--target-network",
+            "false",
             "--contrastive-beta",
             "0.5",
             "--contrastive-temperature",
@@ -893,11 +731,8 @@ mod tests {
         let (c, _, _) = config_of(&[&large[..], &["--recipe", "small", "--epochs", "3"]].concat());
         assert_eq!((c.recipe.as_str(), c.epochs), ("small", 3));
         assert_eq!(c.lars_eta, host::recipe::SMALL.lars_eta);
-        let cli = Cli::try_parse_from(["host", "train", "--preset", "40", "--recipe", "small"]);
-        let Command::Train(a) = cli.unwrap().command else {
-            panic!()
-        };
-        assert!(a.config().unwrap_err().to_string().contains("not both"));
+        let both = try_config_of(&["--preset", "40", "--recipe", "small"]);
+        assert!(both.unwrap_err().to_string().contains("not both"));
     }
 
     #[test]
@@ -937,7 +772,8 @@ mod tests {
     fn the_banner_should_list_exactly_the_ablation_knobs_turned() {
         assert!(config_of(&["--epochs", "3"]).0.ablations().is_empty());
         let (c, _, _) = config_of(&[
-            "--no-predictor",
+            "--predictor",
+            "false",
             "--contrastive-beta",
             "1",
             "--projector-depth",
@@ -979,14 +815,7 @@ mod tests {
             .apply(&mut official);
         assert_eq!(c, official);
         assert_eq!(config_of(&["--recipe", "imagenet-40"]).0, official);
-        let cli = Cli::try_parse_from(["host", "train", "--preset", "50"]).unwrap();
-        let Command::Train(a) = cli.command else {
-            panic!()
-        };
-        assert!(a
-            .config()
-            .unwrap_err()
-            .to_string()
-            .contains("unknown preset"));
+        let fifty = try_config_of(&["--preset", "50"]).unwrap_err().to_string();
+        assert!(fifty.contains("unknown preset"), "{fifty}");
     }
 }

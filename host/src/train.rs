@@ -44,88 +44,165 @@ pub const DATASETS: [&str; 6] = [
     "folder",
 ];
 
-/// Everything that defines a run. The defaults are the embedded data set with the small-image
-/// recipe: about five minutes on two cores.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+/// Everything that defines a run, declared once: the serde fields are the configuration
+/// file's and `config.json`'s keys, the clap arguments (`--base-lr` for `base_lr`) are `host
+/// train`'s flags, and each doc comment is both the field's documentation and the flag's
+/// help. A flag overrides the recipe and the file only when it is given (see
+/// [`given_fields`]), so the clap defaults below are never used. The defaults are the
+/// embedded data set with the small-image recipe: about five minutes on two cores.
+///
+/// Adding a knob: a field here (and its value in `Default`), the code that reads it, its test.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, clap::Args)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
-    /// `synthetic` (embedded), `cifar10`, `cifar100`, `stl10` (pre-training on train +
-    /// unlabelled), `mnist`, or `folder` (one subfolder per class).
+    /// synthetic (embedded), cifar10, cifar100, stl10 (pre-training on train + unlabelled),
+    /// mnist, or folder (one subfolder per class).
+    #[arg(long, default_value_t, hide_default_value = true)]
     pub dataset: String,
-    /// Folder of the data set's files (all but `synthetic`).
+    /// Folder of the data set's files (all but synthetic).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Side the `folder` data set's images are resized to.
+    /// Side the folder data set's images are resized to.
+    #[arg(long, default_value_t, hide_default_value = true)]
     pub image_size: usize,
-    /// Images in the synthetic training and held-out splits.
+    /// Images in the synthetic training split.
+    #[arg(long, default_value_t, hide_default_value = true)]
     pub train_size: usize,
+    /// Images in the synthetic held-out split.
+    #[arg(long, default_value_t, hide_default_value = true)]
     pub test_size: usize,
-    /// A seeded stratified subset of this many training (held-out) images, for any data set.
+    /// Train on a seeded stratified subset of this many training images (any data set).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[arg(long)]
     pub limit_train: Option<usize>,
+    /// Evaluate on a seeded stratified subset of this many held-out images (any data set).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[arg(long)]
     pub limit_test: Option<usize>,
+    /// resnet18, resnet34 or resnet50.
+    #[arg(long, default_value_t, hide_default_value = true)]
     pub arch: String,
-    /// `cifar` or `imagenet`.
+    /// cifar (3×3, no max-pool) or imagenet (7×7 stride 2, max-pool).
+    #[arg(long, default_value_t, hide_default_value = true)]
     pub stem: String,
+    /// Channels of the first stage (torchvision: 64).
+    #[arg(long, default_value_t, hide_default_value = true)]
     pub width: usize,
+    #[arg(long, default_value_t, hide_default_value = true)]
     pub epochs: usize,
+    #[arg(long, default_value_t, hide_default_value = true)]
     pub batch_size: usize,
+    /// Learning rate per 256 images (lr = base_lr · batch / 256).
+    #[arg(long, default_value_t, hide_default_value = true)]
     pub base_lr: f64,
+    #[arg(long, default_value_t, hide_default_value = true)]
     pub weight_decay: f64,
+    /// Target decay at step 0, rising to tau_end along a cosine.
+    #[arg(long, default_value_t, hide_default_value = true)]
     pub tau_base: f64,
+    #[arg(long, default_value_t, hide_default_value = true)]
     pub warmup_epochs: usize,
+    #[arg(long, default_value_t, hide_default_value = true)]
     pub projector_hidden: usize,
+    #[arg(long, default_value_t, hide_default_value = true)]
     pub projection_dim: usize,
+    #[arg(long, default_value_t, hide_default_value = true)]
     pub predictor_hidden: usize,
+    /// Neighbours of the kNN monitor.
+    #[arg(long, default_value_t, hide_default_value = true)]
     pub knn_k: usize,
+    /// Temperature of the kNN monitor's vote.
+    #[arg(long, default_value_t, hide_default_value = true)]
     pub knn_temperature: f64,
+    /// Fixes initialisation, data order and augmentations.
+    #[arg(long, default_value_t, hide_default_value = true)]
     pub seed: u64,
-    /// A constant target decay instead of the cosine schedule from `tau_base`: 0 makes the
-    /// target a copy of the online network every step, 1 keeps it at its random start.
+    /// Ablation: a constant target decay instead of the cosine schedule (0: the target copies
+    /// the online network every step; 1: it stays at its initialisation).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[arg(long)]
     pub tau_constant: Option<f64>,
-    /// Whether the online network has a predictor.
+    /// Ablation: whether the online network has a predictor (false: the online projection is
+    /// compared with the target's directly).
+    #[arg(long, action = clap::ArgAction::Set, default_value_t, hide_default_value = true)]
     pub predictor: bool,
-    /// The closed-form optimal linear predictor (least squares on each batch) in place of
-    /// the learned one.
+    /// Ablation: the closed-form optimal linear predictor (least squares on each batch) in
+    /// place of the learned one; needs batch size > projection dim.
+    #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value_t, hide_default_value = true)]
     pub closed_form_predictor: bool,
-    /// Linear layers of the projector and the predictor (2 in the paper; 1 is one Linear).
+    /// Ablation: Linear layers of the projector (2 in the paper; 1 is a single Linear).
+    #[arg(long, default_value_t, hide_default_value = true)]
     pub projector_depth: usize,
+    /// Ablation: Linear layers of the predictor.
+    #[arg(long, default_value_t, hide_default_value = true)]
     pub predictor_depth: usize,
-    /// Whether ψ comes from a target network; `false` compares with the online projection
-    /// itself, gradient included (with β = 1 and no predictor: SimCLR).
+    /// Ablation: whether ψ comes from a target network (false: the loss compares with the
+    /// online projection itself, gradient included; with --contrastive-beta 1 --predictor
+    /// false: SimCLR).
+    #[arg(long, action = clap::ArgAction::Set, default_value_t, hide_default_value = true)]
     pub target_network: bool,
-    /// Weight β of the contrastive term and its temperature α (paper §4.4).
+    /// Ablation: weight β of the contrastive (InfoNCE) term (paper §4.4); 0 is BYOL.
+    #[arg(long, default_value_t, hide_default_value = true)]
     pub contrastive_beta: f64,
+    /// Temperature α of the contrastive term.
+    #[arg(long, default_value_t, hide_default_value = true)]
     pub contrastive_temperature: f64,
-    /// How predictions and targets are normalised in the loss: `l2` (BYOL), `none`,
-    /// `layernorm` or `batchnorm`.
+    /// Ablation: how predictions and targets are normalised in the loss: l2 (BYOL), none,
+    /// layernorm or batchnorm.
+    #[arg(long, default_value_t, hide_default_value = true)]
     pub loss_normalisation: String,
-    /// Learning-rate multipliers of the predictor (λ) and the projector (μ).
+    /// Ablation: learning-rate multiplier of the predictor (λ).
+    #[arg(long, default_value_t, hide_default_value = true)]
     pub predictor_lr_mult: f64,
+    /// Ablation: learning-rate multiplier of the projector (μ).
+    #[arg(long, default_value_t, hide_default_value = true)]
     pub projector_lr_mult: f64,
-    /// A named augmentation set (see [`ViewConfig::named`]): `full` is the paper's T and T′.
+    /// Augmentation set: full (the paper's T and T′), symmetric, no-colour, no-grayscale,
+    /// no-blur, no-flip, crop-only, crop-flip, crop-colour, crop-blur.
+    #[arg(long, default_value_t, hide_default_value = true)]
     pub augmentations: String,
-    /// The recipe the hyper-parameters started from (see [`crate::recipe`]): `small` for
-    /// images of 96 px and below, `imagenet-40|100|300|1000` for the official presets.
-    /// Fields set explicitly override it; it is recorded so a run says where it came from.
+    /// The recipe the hyper-parameters start from: small, imagenet-40, imagenet-100,
+    /// imagenet-300, imagenet-1000 [default: small for images of 96 px and below, else
+    /// imagenet-40]. Fields set explicitly override it; it is recorded so a run says where it
+    /// came from.
+    #[arg(long, default_value_t, hide_default_value = true)]
     pub recipe: String,
-    /// `lars` (the paper's), `sgd` (momentum 0.9) or `adamw` (β₁ 0.9).
+    /// lars (the paper's), sgd (momentum 0.9) or adamw (β₁ 0.9).
+    #[arg(long, default_value_t, hide_default_value = true)]
     pub optimizer: String,
     /// LARS trust coefficient η (1e-3 in the official code).
+    #[arg(long, default_value_t, hide_default_value = true)]
     pub lars_eta: f64,
     /// Cap LARS's per-tensor rate at the scheduled learning rate (LARC's clip mode).
+    #[arg(long, action = clap::ArgAction::Set, default_value_t, hide_default_value = true)]
     pub lars_clip: bool,
-    /// How the target network starts: `independent` (official) or `copy` of the online one.
+    /// How the target network starts: independent (official) or copy (of the online one).
+    #[arg(long, default_value_t, hide_default_value = true)]
     pub target_init: String,
     /// Where the cosine τ schedule ends (1 in the paper).
+    #[arg(long, default_value_t, hide_default_value = true)]
     pub tau_end: f64,
-    /// Probability of the gaussian blur in T and T′ (paper: 1.0 and 0.1).
+    /// Probability of the gaussian blur in T (view 1; paper 1.0).
+    #[arg(long, default_value_t, hide_default_value = true)]
     pub blur_t: f64,
+    /// Probability of the gaussian blur in T′ (view 2; paper 0.1).
+    #[arg(long, default_value_t, hide_default_value = true)]
     pub blur_t_prime: f64,
-    /// Smallest area of the random resized crop, as a fraction of the image (paper: 0.08).
+    /// Smallest area of the random resized crop, as a fraction of the image (paper 0.08).
+    #[arg(long, default_value_t, hide_default_value = true)]
     pub crop_min_scale: f64,
+}
+
+/// The fields of `parsed` whose flags were given on the command line (`matches` are those of
+/// the command that flattens [`TrainConfig`]), as a table to lay over a configuration.
+pub fn given_fields(parsed: &TrainConfig, matches: &clap::ArgMatches) -> toml::Table {
+    let all = toml::Table::try_from(parsed).expect("a config is a TOML table");
+    all.into_iter()
+        .filter(|(field, _)| {
+            matches.value_source(field) == Some(clap::parser::ValueSource::CommandLine)
+        })
+        .collect()
 }
 
 impl Default for TrainConfig {

@@ -327,3 +327,39 @@ fn embed_should_write_what_the_knn_monitor_sees() {
         assert!(npy.join(format!("{name}.npy")).exists(), "{name}.npy");
     }
 }
+
+/// The repository's `configs/` folder.
+fn configs() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs")
+}
+
+#[test]
+fn recipe_files_should_be_exactly_the_recipes() {
+    for name in host::recipe::RECIPES {
+        let path = configs().join(format!("{name}.toml"));
+        let file = host::train::read_config(&path).unwrap();
+        let mut expected = host::train::TrainConfig::default();
+        host::recipe::named(name).unwrap().apply(&mut expected);
+        assert_eq!(file.train, expected, "{}", path.display());
+    }
+}
+
+#[test]
+fn every_config_file_should_be_valid() {
+    let mut files = Vec::new();
+    for dir in [configs(), configs().join("ablations")] {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                files.push(path);
+            }
+        }
+    }
+    assert!(files.len() >= 9, "{files:?}");
+    for path in files {
+        let file = host::train::read_config(&path).unwrap_or_else(|e| panic!("{e}"));
+        file.train
+            .validate()
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    }
+}
