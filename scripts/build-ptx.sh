@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Rebuilds the PTX of the kernels crate with rustc's NVPTX backend (DESIGN.md §3) and writes
+# Rebuilds the PTX of the kernels crate with rustc's NVPTX backend (docs/DESIGN.md §3) and writes
 # it to kernels/ptx/byol_kernels.ptx plus the source stamp the host checks.
 # Needs: the nightly toolchain with rust-src. Usage: scripts/build-ptx.sh [OUT_DIR]
 set -euo pipefail

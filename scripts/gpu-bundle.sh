@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds, here, everything a GPU machine needs to check the CUDA path (DESIGN.md §3: it has the
+# Builds, here, everything a GPU machine needs to check the CUDA path (docs/DESIGN.md §3: it has the
 # NVIDIA driver and CUDA 13 but no Rust and no network): release test and bench binaries with
 # the `cuda` feature (the PTX is embedded in them) and a run.sh that runs them all as one
 # command and prints a short report. Output: gpu-bundle/ (about 20 MB).

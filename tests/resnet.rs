@@ -22,7 +22,7 @@ const STEMS: [(Stem, &str); 2] = [(Stem::ImageNet, "imagenet"), (Stem::Cifar, "c
 
 #[test]
 fn parameter_counts_should_equal_torchvision() {
-    // torchvision's counts without fc (DESIGN.md §5), ImageNet stem then CIFAR stem.
+    // torchvision's counts without fc (docs/DESIGN.md §4), ImageNet stem then CIFAR stem.
     let expected = [
         (11_176_512, 11_168_832),
         (21_284_672, 21_276_992),

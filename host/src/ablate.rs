@@ -1,4 +1,4 @@
-//! The paper's ablations as studies (DESIGN.md §2): a study is a list of runs, each a change
+//! The paper's ablations as studies (docs/DESIGN.md §2): a study is a list of runs, each a change
 //! to a base configuration, paired with the paper's ImageNet top-1 for the same setting.
 //! Every run trains in its own folder, is evaluated by kNN, linear evaluation and the collapse
 //! flag, and leaves `result.json`; a study skips finished runs and resumes interrupted ones

@@ -1,6 +1,6 @@
 //! The BYOL networks and one training step, reading like the paper: two views, the target's
 //! projections (no gradient), the online network's predictions, the symmetric loss, the
-//! gradient, LARS, and the EMA of the target (DESIGN.md §1).
+//! gradient, LARS, and the EMA of the target (docs/DESIGN.md §1).
 //!
 //! Layout: the online parameters are one flat buffer `[encoder | projector | predictor]`,
 //! the target's `[encoder | projector]`, so the EMA is one call over the target's length and

@@ -1,4 +1,4 @@
-//! BYOL's schedules (DESIGN.md §1): the learning rate (linear warm-up, then cosine decay to 0)
+//! BYOL's schedules (docs/DESIGN.md §1): the learning rate (linear warm-up, then cosine decay to 0)
 //! and the target decay τ (cosine from τ_base up to 1, or to a chosen end), plus the official
 //! presets by length.
 

@@ -1,4 +1,4 @@
-//! Row-major f32 matrix product on the CPU, through the `gemm` crate (DESIGN.md §5: with its
+//! Row-major f32 matrix product on the CPU, through the `gemm` crate (docs/DESIGN.md §4: with its
 //! `x86-v4` feature it reached 62–86 GFLOP/s per core here, the best of the Rust crates tried).
 
 /// `dst[m, n] = (dst if accumulate, else 0) + op(lhs) · op(rhs)` with row-major storage:

@@ -1,4 +1,4 @@
-//! BYOL's augmentations (DESIGN.md §1), T for view 1 and T′ for view 2:
+//! BYOL's augmentations (docs/DESIGN.md §1), T for view 1 and T′ for view 2:
 //!
 //! | step | T | T′ |
 //! |---|---|---|

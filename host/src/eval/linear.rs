@@ -1,5 +1,5 @@
 //! Linear evaluation: a linear classifier (softmax regression) on the frozen encoder's
-//! representations, as the paper evaluates (DESIGN.md §1): SGD with Nesterov momentum 0.9,
+//! representations, as the paper evaluates (docs/DESIGN.md §1): SGD with Nesterov momentum 0.9,
 //! learning rate swept over {0.4, 0.3, 0.2, 0.1, 0.05} and chosen on a validation part of the
 //! training split (10%), then trained on the whole training split and scored on the held-out
 //! one. Unlike the paper's ImageNet protocol, representations are computed once, without
