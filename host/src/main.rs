@@ -661,6 +661,8 @@ mod tests {
             "0.25",
             "--crop-min-scale",
             "0.3",
+            "--momentum",
+            "0.8",
             "--out",
             "/o",
             "--threads",
@@ -707,10 +709,12 @@ mod tests {
             blur_t: 0.5,
             blur_t_prime: 0.25,
             crop_min_scale: 0.3,
+            momentum: 0.8,
             ..TrainConfig::default()
         };
         assert_eq!(c, expected);
         assert_eq!((out, threads), (PathBuf::from("/o"), Some(3)));
+        assert_eq!(c.optimizer().unwrap().momentum, 0.8);
     }
 
     #[test]

@@ -192,6 +192,9 @@ pub struct TrainConfig {
     /// Smallest area of the random resized crop, as a fraction of the image (paper 0.08).
     #[arg(long, default_value_t, hide_default_value = true)]
     pub crop_min_scale: f64,
+    /// Momentum of LARS and SGD, β₁ of AdamW (0.9 in the paper and the official code).
+    #[arg(long, default_value_t, hide_default_value = true)]
+    pub momentum: f64,
 }
 
 /// The fields of `parsed` whose flags were given on the command line (`matches` are those of
@@ -252,6 +255,7 @@ impl Default for TrainConfig {
             blur_t: 1.0,
             blur_t_prime: 0.1,
             crop_min_scale: 0.08,
+            momentum: 0.9,
         };
         crate::recipe::SMALL.apply(&mut c);
         c
@@ -420,8 +424,15 @@ impl TrainConfig {
         })
     }
 
-    /// The optimiser of the run, from `optimizer`, `lars_eta`, `lars_clip` and `weight_decay`.
+    /// The optimiser of the run, from `optimizer`, `lars_eta`, `lars_clip`, `momentum` and
+    /// `weight_decay`.
     pub fn optimizer(&self) -> Result<Optimizer> {
+        if !(0.0..1.0).contains(&self.momentum) {
+            return Err(Error::InvalidArgument(format!(
+                "momentum must lie in [0, 1), got {}",
+                self.momentum
+            )));
+        }
         let kind = match self.optimizer.as_str() {
             "lars" => OptimizerKind::Lars {
                 trust_coefficient: self.lars_eta as f32,
@@ -437,7 +448,7 @@ impl TrainConfig {
         };
         Ok(Optimizer {
             kind,
-            momentum: 0.9,
+            momentum: self.momentum as f32,
             weight_decay: self.weight_decay as f32,
         })
     }

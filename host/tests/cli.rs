@@ -81,6 +81,7 @@ fn bad_input_should_get_one_sentence_naming_what_was_expected() {
             "expected lars, sgd or adamw",
         ),
         (&["train", "--lars-eta", "0"], "lars_eta"),
+        (&["train", "--momentum", "1"], "momentum must lie in [0, 1)"),
         (&["train", "--augmentations", "all"], "all"),
         (&["train", "--recipe", "huge"], "huge"),
         (&["train", "--preset", "7"], "expected 40, 100, 300 or 1000"),
