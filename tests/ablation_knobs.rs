@@ -175,11 +175,13 @@ fn collapse_run(cfg: TrainConfig, name: &str) -> host::train::Summary {
 
 #[test]
 fn without_predictor_and_target_the_projections_should_collapse_and_byol_should_not() {
+    // 8 epochs suffice and keep this the slowest test under half a minute: at epoch 8 the
+    // ablated run's spread is 0.017 (loss 0.0013) and BYOL's 0.68, far from both thresholds.
     let base = TrainConfig {
         train_size: 256,
         test_size: 64,
         width: 4,
-        epochs: 24,
+        epochs: 8,
         batch_size: 32,
         warmup_epochs: 0,
         base_lr: 1.0,
