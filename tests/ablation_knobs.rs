@@ -177,26 +177,24 @@ fn collapse_run(cfg: TrainConfig, name: &str) -> host::train::Summary {
 fn without_predictor_and_target_the_projections_should_collapse_and_byol_should_not() {
     // 8 epochs suffice and keep this the slowest test under half a minute: at epoch 8 the
     // ablated run's spread is 0.017 (loss 0.0013) and BYOL's 0.68, far from both thresholds.
-    let base = TrainConfig {
-        train_size: 256,
-        test_size: 64,
-        width: 4,
-        epochs: 8,
-        batch_size: 32,
-        warmup_epochs: 0,
-        base_lr: 1.0,
-        projector_hidden: 64,
-        projection_dim: 32,
-        predictor_hidden: 64,
-        knn_k: 10,
-        ..TrainConfig::default()
-    };
+    let base = TrainConfig::default().with(|c| {
+        c.data.train_size = 256;
+        c.data.test_size = 64;
+        c.model.width = 4;
+        c.optim.epochs = 8;
+        c.optim.batch_size = 32;
+        c.optim.warmup_epochs = 0;
+        c.optim.base_lr = 1.0;
+        c.model.projector_hidden = 64;
+        c.model.projection_dim = 32;
+        c.model.predictor_hidden = 64;
+        c.monitor.knn_k = 10;
+    });
     let ablated = collapse_run(
-        TrainConfig {
-            tau_constant: Some(0.0),
-            predictor: false,
-            ..base.clone()
-        },
+        base.clone().with(|c| {
+            c.ablation.tau_constant = Some(0.0);
+            c.ablation.predictor = false;
+        }),
         "collapse",
     );
     let byol = collapse_run(base, "byol");

@@ -6,19 +6,18 @@ use host::Error;
 use std::path::{Path, PathBuf};
 
 fn tiny() -> TrainConfig {
-    TrainConfig {
-        train_size: 64,
-        test_size: 32,
-        width: 4,
-        epochs: 2,
-        batch_size: 16,
-        warmup_epochs: 1,
-        projector_hidden: 64,
-        projection_dim: 32,
-        predictor_hidden: 64,
-        knn_k: 10,
-        ..TrainConfig::default()
-    }
+    TrainConfig::default().with(|c| {
+        c.data.train_size = 64;
+        c.data.test_size = 32;
+        c.model.width = 4;
+        c.optim.epochs = 2;
+        c.optim.batch_size = 16;
+        c.optim.warmup_epochs = 1;
+        c.model.projector_hidden = 64;
+        c.model.projection_dim = 32;
+        c.model.predictor_hidden = 64;
+        c.monitor.knn_k = 10;
+    })
 }
 
 fn dir(name: &str) -> PathBuf {
@@ -100,11 +99,10 @@ fn a_resumed_run_should_equal_the_uninterrupted_run() {
 fn every_optimizer_should_resume_bit_for_bit() {
     // AdamW's second moment and step count travel in the checkpoint like LARS's momentum.
     for optimizer in ["adamw", "sgd", "lars"] {
-        let cfg = TrainConfig {
-            optimizer: optimizer.into(),
-            base_lr: if optimizer == "adamw" { 1e-3 } else { 0.1 },
-            ..tiny()
-        };
+        let cfg = tiny().with(|c| {
+            c.optim.optimizer = optimizer.into();
+            c.optim.base_lr = if optimizer == "adamw" { 1e-3 } else { 0.1 };
+        });
         let (full, part) = (
             dir(&format!("{optimizer}-full")),
             dir(&format!("{optimizer}-part")),
@@ -132,10 +130,9 @@ fn every_optimizer_should_resume_bit_for_bit() {
 #[test]
 fn the_target_should_start_as_configured() {
     for (init, same) in [("copy", true), ("independent", false)] {
-        let cfg = TrainConfig {
-            target_init: init.into(),
-            ..tiny()
-        };
+        let cfg = tiny().with(|c| {
+            c.optim.target_init = init.into();
+        });
         let byol = host::byol::Byol::new(cfg.byol_config().unwrap()).unwrap();
         let s = byol.init(cfg.seed);
         assert_eq!(s.target[..] == s.online[..s.target.len()], same, "{init}");
@@ -147,10 +144,9 @@ fn the_target_should_start_as_configured() {
 fn export_should_write_the_encoder_under_torchvision_names() {
     let out = dir("export");
     train(
-        &TrainConfig {
-            epochs: 1,
-            ..tiny()
-        },
+        &tiny().with(|c| {
+            c.optim.epochs = 1;
+        }),
         &opts(&out),
     )
     .unwrap();
@@ -184,139 +180,120 @@ fn bad_input_should_be_refused_before_any_work_with_a_clear_error() {
     let out = dir("bad");
     let cases: Vec<(TrainConfig, &str)> = vec![
         (
-            TrainConfig {
-                batch_size: 1,
-                ..tiny()
-            },
+            tiny().with(|c| {
+                c.optim.batch_size = 1;
+            }),
             "batch size must be at least 2",
         ),
         (
-            TrainConfig {
-                batch_size: 65,
-                ..tiny()
-            },
+            tiny().with(|c| {
+                c.optim.batch_size = 65;
+            }),
             "larger than the training set",
         ),
         (
-            TrainConfig {
-                tau_base: 1.5,
-                ..tiny()
-            },
+            tiny().with(|c| {
+                c.optim.tau_base = 1.5;
+            }),
             "tau_base must lie in [0, 1]",
         ),
         (
-            TrainConfig {
-                base_lr: 0.0,
-                ..tiny()
-            },
+            tiny().with(|c| {
+                c.optim.base_lr = 0.0;
+            }),
             "base lr must be positive",
         ),
         (
-            TrainConfig {
-                epochs: 0,
-                ..tiny()
-            },
+            tiny().with(|c| {
+                c.optim.epochs = 0;
+            }),
             "epochs must be at least 1",
         ),
         (
-            TrainConfig {
-                arch: "vgg".into(),
-                ..tiny()
-            },
+            tiny().with(|c| {
+                c.model.arch = "vgg".into();
+            }),
             "unknown architecture",
         ),
         (
-            TrainConfig {
-                dataset: "imagenet".into(),
-                ..tiny()
-            },
+            tiny().with(|c| {
+                c.data.dataset = "imagenet".into();
+            }),
             "not available",
         ),
         (
-            TrainConfig {
-                dataset: "cifar10".into(),
-                ..tiny()
-            },
+            tiny().with(|c| {
+                c.data.dataset = "cifar10".into();
+            }),
             "give their folder as data_dir",
         ),
         (
-            TrainConfig {
-                closed_form_predictor: true,
-                ..tiny()
-            },
+            tiny().with(|c| {
+                c.ablation.closed_form_predictor = true;
+            }),
             "batch 16 ≤ projection 32",
         ),
         (
-            TrainConfig {
-                contrastive_beta: 1.0,
-                loss_normalisation: "none".into(),
-                ..tiny()
-            },
+            tiny().with(|c| {
+                c.ablation.contrastive_beta = 1.0;
+                c.ablation.loss_normalisation = "none".into();
+            }),
             "needs the l2 loss normalisation",
         ),
         (
-            TrainConfig {
-                loss_normalisation: "cosine".into(),
-                ..tiny()
-            },
+            tiny().with(|c| {
+                c.ablation.loss_normalisation = "cosine".into();
+            }),
             "expected l2, none, layernorm or batchnorm",
         ),
         (
-            TrainConfig {
-                projector_depth: 0,
-                ..tiny()
-            },
+            tiny().with(|c| {
+                c.model.projector_depth = 0;
+            }),
             "at least 1",
         ),
         (
-            TrainConfig {
-                target_network: false,
-                tau_constant: Some(0.0),
-                ..tiny()
-            },
+            tiny().with(|c| {
+                c.ablation.target_network = false;
+                c.ablation.tau_constant = Some(0.0);
+            }),
             "target_network = false",
         ),
         (
-            TrainConfig {
-                optimizer: "adam".into(),
-                ..tiny()
-            },
+            tiny().with(|c| {
+                c.optim.optimizer = "adam".into();
+            }),
             "optimizer \"adam\": expected lars, sgd or adamw",
         ),
         (
-            TrainConfig {
-                lars_eta: 0.0,
-                ..tiny()
-            },
+            tiny().with(|c| {
+                c.optim.lars_eta = 0.0;
+            }),
             "lars_eta (the trust coefficient) must be positive",
         ),
         (
-            TrainConfig {
-                tau_base: 0.99,
-                tau_end: 0.9,
-                ..tiny()
-            },
+            tiny().with(|c| {
+                c.optim.tau_base = 0.99;
+                c.optim.tau_end = 0.9;
+            }),
             "tau_end must lie in [tau_base, 1]",
         ),
         (
-            TrainConfig {
-                blur_t_prime: 1.5,
-                ..tiny()
-            },
+            tiny().with(|c| {
+                c.augment.blur_t_prime = 1.5;
+            }),
             "blur_t_prime is a probability",
         ),
         (
-            TrainConfig {
-                crop_min_scale: 0.0,
-                ..tiny()
-            },
+            tiny().with(|c| {
+                c.augment.crop_min_scale = 0.0;
+            }),
             "crop_min_scale is a fraction of the image",
         ),
         (
-            TrainConfig {
-                target_init: "same".into(),
-                ..tiny()
-            },
+            tiny().with(|c| {
+                c.optim.target_init = "same".into();
+            }),
             "target_init \"same\": expected copy or independent",
         ),
         (
@@ -343,20 +320,18 @@ fn bad_input_should_be_refused_before_any_work_with_a_clear_error() {
 fn resume_should_refuse_other_checkpoints_with_a_clear_error() {
     let out = dir("resume-bad");
     train(
-        &TrainConfig {
-            epochs: 1,
-            ..tiny()
-        },
+        &tiny().with(|c| {
+            c.optim.epochs = 1;
+        }),
         &opts(&out),
     )
     .unwrap();
     let ckpt = out.join("checkpoint.safetensors");
     // Another architecture.
-    let other = TrainConfig {
-        epochs: 1,
-        width: 8,
-        ..tiny()
-    };
+    let other = tiny().with(|c| {
+        c.optim.epochs = 1;
+        c.model.width = 8;
+    });
     let e = train(
         &other,
         &RunOptions {
@@ -372,11 +347,10 @@ fn resume_should_refuse_other_checkpoints_with_a_clear_error() {
     );
     // Another configuration of the same networks.
     let e = train(
-        &TrainConfig {
-            epochs: 1,
-            seed: 5,
-            ..tiny()
-        },
+        &tiny().with(|c| {
+            c.optim.epochs = 1;
+            c.seed = 5;
+        }),
         &RunOptions {
             resume: Some(ckpt.clone()),
             ..opts(&dir("r3"))
@@ -390,10 +364,9 @@ fn resume_should_refuse_other_checkpoints_with_a_clear_error() {
     let bytes = std::fs::read(&ckpt).unwrap();
     std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
     let e = train(
-        &TrainConfig {
-            epochs: 1,
-            ..tiny()
-        },
+        &tiny().with(|c| {
+            c.optim.epochs = 1;
+        }),
         &RunOptions {
             resume: Some(cut.clone()),
             ..opts(&dir("r4"))
@@ -405,10 +378,9 @@ fn resume_should_refuse_other_checkpoints_with_a_clear_error() {
         "{e}"
     );
     let e = train(
-        &TrainConfig {
-            epochs: 1,
-            ..tiny()
-        },
+        &tiny().with(|c| {
+            c.optim.epochs = 1;
+        }),
         &RunOptions {
             resume: Some(dir("missing")),
             ..opts(&dir("r5"))
@@ -422,23 +394,21 @@ fn resume_should_refuse_other_checkpoints_with_a_clear_error() {
 fn a_diverging_run_should_stop_at_once_and_leave_the_last_checkpoint_intact() {
     let out = dir("diverge");
     train(
-        &TrainConfig {
-            epochs: 1,
-            ..tiny()
-        },
+        &tiny().with(|c| {
+            c.optim.epochs = 1;
+        }),
         &opts(&out),
     )
     .unwrap();
     let before = std::fs::read(out.join("checkpoint.safetensors")).unwrap();
     // An absurd learning rate, unclipped (a clipped LARS step is at most η of a tensor's
     // norm): the weights overflow within the first epoch.
-    let wild = TrainConfig {
-        base_lr: 1e30,
-        lars_clip: false,
-        warmup_epochs: 0,
-        epochs: 1,
-        ..tiny()
-    };
+    let wild = tiny().with(|c| {
+        c.optim.base_lr = 1e30;
+        c.optim.lars_clip = false;
+        c.optim.warmup_epochs = 0;
+        c.optim.epochs = 1;
+    });
     let e = train(&wild, &opts(&out)).unwrap_err();
     match e {
         Error::Diverged { step, .. } => assert!(step < 4, "stopped at step {step}"),
@@ -458,35 +428,39 @@ fn toml_configs_should_fill_defaults_and_refuse_unknown_fields() {
     let path = d.join("run.toml");
     std::fs::write(
         &path,
-        "epochs = 3\nwidth = 8\ntau_base = 0.99\nout = \"somewhere\"\nthreads = 2\n",
+        "[optim]\nepochs = 3\ntau_base = 0.99\n[model]\nwidth = 8\n[run]\nout = \"somewhere\"\nthreads = 2\n",
     )
     .unwrap();
     let file = host::train::read_config(&path).unwrap();
     assert_eq!(
-        (file.train.epochs, file.train.width, file.train.tau_base),
+        (
+            file.train.optim.epochs,
+            file.train.model.width,
+            file.train.optim.tau_base
+        ),
         (3, 8, 0.99)
     );
     assert_eq!(
-        file.train.batch_size,
-        TrainConfig::default().batch_size,
+        file.train.optim.batch_size,
+        TrainConfig::default().optim.batch_size,
         "unset fields keep their defaults"
     );
     assert_eq!(
         (file.out, file.threads),
         (Some(PathBuf::from("somewhere")), Some(2))
     );
-    std::fs::write(&path, "epoch = 3\n").unwrap();
+    std::fs::write(&path, "[optim]\nepoch = 3\n").unwrap();
     let e = host::train::read_config(&path).unwrap_err().to_string();
     assert!(
         e.contains("run.toml") && e.contains("unknown field `epoch`"),
         "{e}"
     );
-    std::fs::write(&path, "threads = 0\n").unwrap();
+    std::fs::write(&path, "[run]\nthreads = 0\n").unwrap();
     assert!(host::train::read_config(&path)
         .unwrap_err()
         .to_string()
-        .contains("threads must be a positive integer"));
-    std::fs::write(&path, "width = \"wide\"\n").unwrap();
+        .contains("run.threads must be a positive integer"));
+    std::fs::write(&path, "[model]\nwidth = \"wide\"\n").unwrap();
     assert!(host::train::read_config(&path).is_err());
 }
 
@@ -509,13 +483,12 @@ fn a_run_should_train_on_cifar10_files() {
     std::fs::write(data.join("test_batch.bin"), test).unwrap();
     let out = dir("cifar10-run");
     let summary = train(
-        &TrainConfig {
-            dataset: "cifar10".into(),
-            data_dir: Some(data.clone()),
-            epochs: 1,
-            knn_k: 5,
-            ..tiny()
-        },
+        &tiny().with(|c| {
+            c.data.dataset = "cifar10".into();
+            c.data.data_dir = Some(data.clone());
+            c.optim.epochs = 1;
+            c.monitor.knn_k = 5;
+        }),
         &opts(&out),
     )
     .unwrap();
@@ -524,23 +497,21 @@ fn a_run_should_train_on_cifar10_files() {
     assert!(out.join("checkpoint.safetensors").exists());
 
     // --limit-train / --limit-test: seeded stratified subsets of any data set.
-    let limited = TrainConfig {
-        dataset: "cifar10".into(),
-        data_dir: Some(data),
-        limit_train: Some(20),
-        limit_test: Some(5),
-        ..tiny()
-    };
+    let limited = tiny().with(|c| {
+        c.data.dataset = "cifar10".into();
+        c.data.data_dir = Some(data);
+        c.data.limit_train = Some(20);
+        c.data.limit_test = Some(5);
+    });
     let (train_set, test_set) = host::train::load_data(&limited).unwrap();
     assert_eq!((train_set.len(), test_set.len()), (20, 5));
     for class in 0..10 {
         let n = train_set.labels.iter().filter(|&&l| l == class).count();
         assert_eq!(n, 2, "4 of each class in 40, so 2 in 20");
     }
-    let too_many = TrainConfig {
-        limit_train: Some(41),
-        ..limited
-    };
+    let too_many = limited.with(|c| {
+        c.data.limit_train = Some(41);
+    });
     let e = host::train::load_data(&too_many).unwrap_err().to_string();
     assert!(
         e.contains("limit_train is 41") && e.contains("only 40"),

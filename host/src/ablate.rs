@@ -48,11 +48,7 @@ pub const STUDIES: [&str; 11] = [
 /// The base configuration of studies: the default run, shortened to 6 epochs so that a study
 /// fits about half an hour on two cores (scale it with `--epochs`, `--train-size`).
 pub fn base() -> TrainConfig {
-    TrainConfig {
-        epochs: 6,
-        warmup_epochs: 1,
-        ..TrainConfig::default()
-    }
+    TrainConfig::default().with(|c| (c.optim.epochs, c.optim.warmup_epochs) = (6, 1))
 }
 
 /// The runs of study `name` over `base`.
@@ -79,7 +75,11 @@ pub fn study(name: &str, base: &TrainConfig) -> Result<Vec<StudyRun>> {
             (0.0, "0.3"),
         ]
         .into_iter()
-        .map(|(t, paper)| run(format!("tau={t}"), paper, &|c| c.tau_constant = Some(t)))
+        .map(|(t, paper)| {
+            run(format!("tau={t}"), paper, &|c| {
+                c.ablation.tau_constant = Some(t)
+            })
+        })
         .collect(),
         "predictor-lr" => [
             (0.0, "0.01"),
@@ -91,8 +91,8 @@ pub fn study(name: &str, base: &TrainConfig) -> Result<Vec<StudyRun>> {
         .into_iter()
         .map(|(l, paper)| {
             run(format!("tau=0,lambda={l}"), paper, &|c| {
-                c.tau_constant = Some(0.0);
-                c.predictor_lr_mult = l;
+                c.ablation.tau_constant = Some(0.0);
+                c.ablation.predictor_lr_mult = l;
             })
         })
         .collect(),
@@ -100,9 +100,9 @@ pub fn study(name: &str, base: &TrainConfig) -> Result<Vec<StudyRun>> {
             .into_iter()
             .map(|(m, paper)| {
                 run(format!("tau=0,lambda=10,mu={m}"), paper, &|c| {
-                    c.tau_constant = Some(0.0);
-                    c.predictor_lr_mult = 10.0;
-                    c.projector_lr_mult = m;
+                    c.ablation.tau_constant = Some(0.0);
+                    c.ablation.predictor_lr_mult = 10.0;
+                    c.ablation.projector_lr_mult = m;
                 })
             })
             .collect(),
@@ -117,11 +117,15 @@ pub fn study(name: &str, base: &TrainConfig) -> Result<Vec<StudyRun>> {
             ("crop-only", "59.4"),
         ]
         .into_iter()
-        .map(|(a, paper)| run(a.to_string(), paper, &|c| c.augmentations = a.into()))
+        .map(|(a, paper)| {
+            run(a.to_string(), paper, &|c| {
+                c.augment.augmentations = a.into()
+            })
+        })
         .collect(),
         "batch-size" => [(256, "71.8"), (128, "69.6"), (64, "59.7"), (32, "—")]
             .into_iter()
-            .map(|(b, paper)| run(format!("batch={b}"), paper, &|c| c.batch_size = b))
+            .map(|(b, paper)| run(format!("batch={b}"), paper, &|c| c.optim.batch_size = b))
             .collect(),
         "weight-decay" => [
             (1e-5, "69.6"),
@@ -130,7 +134,7 @@ pub fn study(name: &str, base: &TrainConfig) -> Result<Vec<StudyRun>> {
             (0.0, "diverges"),
         ]
         .into_iter()
-        .map(|(w, paper)| run(format!("wd={w:e}"), paper, &|c| c.weight_decay = w))
+        .map(|(w, paper)| run(format!("wd={w:e}"), paper, &|c| c.optim.weight_decay = w))
         .collect(),
         // The least-squares predictor needs batch > projection dim: all three runs use a
         // 64-d projection (the paper's 256-d at batch 4096).
@@ -142,9 +146,9 @@ pub fn study(name: &str, base: &TrainConfig) -> Result<Vec<StudyRun>> {
         .into_iter()
         .map(|(label, paper, tau, closed)| {
             run(label.into(), paper, &|c| {
-                c.projection_dim = 64;
-                c.tau_constant = tau;
-                c.closed_form_predictor = closed;
+                c.model.projection_dim = 64;
+                c.ablation.tau_constant = tau;
+                c.ablation.closed_form_predictor = closed;
             })
         })
         .collect(),
@@ -166,9 +170,9 @@ pub fn study(name: &str, base: &TrainConfig) -> Result<Vec<StudyRun>> {
         .into_iter()
         .map(|(label, paper, beta, predictor, target)| {
             run(label.into(), paper, &|c| {
-                c.contrastive_beta = beta;
-                c.predictor = predictor;
-                c.target_network = target;
+                c.ablation.contrastive_beta = beta;
+                c.ablation.predictor = predictor;
+                c.ablation.target_network = target;
             })
         })
         .collect(),
@@ -182,7 +186,7 @@ pub fn study(name: &str, base: &TrainConfig) -> Result<Vec<StudyRun>> {
         .into_iter()
         .map(|((g, q), paper)| {
             run(format!("projector={g},predictor={q}"), paper, &|c| {
-                (c.projector_depth, c.predictor_depth) = (g, q)
+                (c.model.projector_depth, c.model.predictor_depth) = (g, q)
             })
         })
         .collect(),
@@ -193,7 +197,11 @@ pub fn study(name: &str, base: &TrainConfig) -> Result<Vec<StudyRun>> {
             ("batchnorm", "65.3"),
         ]
         .into_iter()
-        .map(|(n, paper)| run(n.into(), paper, &|c| c.loss_normalisation = n.into()))
+        .map(|(n, paper)| {
+            run(n.into(), paper, &|c| {
+                c.ablation.loss_normalisation = n.into()
+            })
+        })
         .collect(),
         n => {
             return Err(Error::InvalidArgument(format!(
@@ -215,30 +223,30 @@ pub fn recipe_elements() -> Vec<(&'static str, Change)> {
         (
             "optimizer",
             Box::new(move |c: &mut TrainConfig| {
-                c.optimizer = s.optimizer.into();
-                (c.base_lr, c.weight_decay) = (s.base_lr, s.weight_decay);
-                (c.lars_eta, c.lars_clip) = (s.lars_eta, s.lars_clip);
+                c.optim.optimizer = s.optimizer.into();
+                (c.optim.base_lr, c.optim.weight_decay) = (s.base_lr, s.weight_decay);
+                (c.optim.lars_eta, c.optim.lars_clip) = (s.lars_eta, s.lars_clip);
             }),
         ),
         (
             "target-copy",
-            Box::new(move |c| c.target_init = s.target_init.into()),
+            Box::new(move |c| c.optim.target_init = s.target_init.into()),
         ),
         (
             "tau",
-            Box::new(move |c| (c.tau_base, c.tau_end) = (s.tau_base, s.tau_end)),
+            Box::new(move |c| (c.optim.tau_base, c.optim.tau_end) = (s.tau_base, s.tau_end)),
         ),
         (
             "blur",
-            Box::new(move |c| [c.blur_t, c.blur_t_prime] = s.blur),
+            Box::new(move |c| [c.augment.blur_t, c.augment.blur_t_prime] = s.blur),
         ),
         (
             "crop",
-            Box::new(move |c| c.crop_min_scale = s.crop_min_scale),
+            Box::new(move |c| c.augment.crop_min_scale = s.crop_min_scale),
         ),
         (
             "predictor-lr",
-            Box::new(move |c| c.predictor_lr_mult = s.predictor_lr_mult),
+            Box::new(move |c| c.ablation.predictor_lr_mult = s.predictor_lr_mult),
         ),
     ]
 }
@@ -247,10 +255,10 @@ pub fn recipe_elements() -> Vec<(&'static str, Change)> {
 /// (`imagenet-40`'s values), each element of `small` turned on alone, and all together;
 /// elements in which the two recipes agree are left out.
 fn recipe_study(base: &TrainConfig) -> Vec<(String, Change)> {
-    let (epochs, warmup) = (base.epochs, base.warmup_epochs);
+    let (epochs, warmup) = (base.optim.epochs, base.optim.warmup_epochs);
     let official = move |c: &mut TrainConfig| {
         imagenet(PRESETS[0]).apply(c);
-        (c.epochs, c.warmup_epochs) = (epochs, warmup);
+        (c.optim.epochs, c.optim.warmup_epochs) = (epochs, warmup);
     };
     let mut runs: Vec<(String, Change)> = vec![("official".into(), Box::new(official))];
     let mut all: Vec<Change> = Vec::new();
@@ -461,18 +469,29 @@ mod tests {
                 r.config.validate().unwrap();
                 // Reset every knob a study may turn; what is left must be the base.
                 let mut c = r.config.clone();
-                (c.tau_constant, c.predictor_lr_mult, c.projector_lr_mult) =
-                    (None, base.predictor_lr_mult, 1.0);
-                (c.augmentations, c.batch_size, c.weight_decay) = (
-                    base.augmentations.clone(),
-                    base.batch_size,
-                    base.weight_decay,
+                (
+                    c.ablation.tau_constant,
+                    c.ablation.predictor_lr_mult,
+                    c.ablation.projector_lr_mult,
+                ) = (None, base.ablation.predictor_lr_mult, 1.0);
+                (
+                    c.augment.augmentations,
+                    c.optim.batch_size,
+                    c.optim.weight_decay,
+                ) = (
+                    base.augment.augmentations.clone(),
+                    base.optim.batch_size,
+                    base.optim.weight_decay,
                 );
-                (c.projector_depth, c.predictor_depth) = (2, 2);
-                (c.predictor, c.closed_form_predictor, c.target_network) = (true, false, true);
-                (c.contrastive_beta, c.loss_normalisation) = (0.0, "l2".into());
+                (c.model.projector_depth, c.model.predictor_depth) = (2, 2);
+                (
+                    c.ablation.predictor,
+                    c.ablation.closed_form_predictor,
+                    c.ablation.target_network,
+                ) = (true, false, true);
+                (c.ablation.contrastive_beta, c.ablation.loss_normalisation) = (0.0, "l2".into());
                 if name == "closed-form-predictor" {
-                    c.projection_dim = base.projection_dim;
+                    c.model.projection_dim = base.model.projection_dim;
                 }
                 assert_eq!(c, base, "{name}/{} changes something else", r.label);
             }
@@ -485,7 +504,7 @@ mod tests {
         let base = base();
         let runs = study("recipe", &base).unwrap();
         let budget = |mut c: TrainConfig| {
-            (c.epochs, c.warmup_epochs) = (base.epochs, base.warmup_epochs);
+            (c.optim.epochs, c.optim.warmup_epochs) = (base.optim.epochs, base.optim.warmup_epochs);
             c
         };
         let mut official = base.clone();

@@ -1,7 +1,7 @@
 //! `host`: the BYOL command line. Only what works is offered; planned commands say so.
 
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
-use host::train::{RunOptions, TrainConfig};
+use host::train::{given_fields, DataConfig, RunOptions, TrainConfig};
 use host::{checkpoint, Error};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -44,34 +44,21 @@ enum Command {
         /// Add the online projector's outputs (`*.projections`).
         #[arg(long)]
         projections: bool,
-        /// Another data set to embed (default: the run's); images are resized to the run's
+        /// The data to embed: the run's, with any of these fields changed (another
+        /// `--dataset` and `--data-dir`, `--limit-test`, …). Images are resized to the run's
         /// side and normalised as its pre-training data.
-        #[arg(long)]
-        dataset: Option<String>,
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-        /// Side the `folder` data set's images are read at.
-        #[arg(long)]
-        image_size: Option<usize>,
+        #[command(flatten)]
+        data: DataConfig,
     },
     /// Write a data set's training and held-out images and labels as one safetensors file,
     /// for other programs (the PyTorch reference trains on exactly these pixels).
     ExportData {
         /// Where to write (safetensors: train.images, train.labels, test.images, test.labels).
         out: PathBuf,
-        /// synthetic (embedded), cifar10, cifar100, stl10, mnist or folder.
-        #[arg(long, default_value = "synthetic")]
-        dataset: String,
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-        /// Side the `folder` data set's images are resized to.
-        #[arg(long, default_value_t = 64)]
-        image_size: usize,
-        /// Images in the synthetic splits, and its seed (as `train`).
-        #[arg(long, default_value_t = 5000)]
-        train_size: usize,
-        #[arg(long, default_value_t = 1000)]
-        test_size: usize,
+        /// The data set (default: the embedded one, 5,000 training and 1,000 held-out images).
+        #[command(flatten)]
+        data: DataConfig,
+        /// The seed of the synthetic data set and of `--limit-*` subsets (as `train`'s).
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
@@ -162,7 +149,7 @@ impl TrainArgs {
     /// The configuration (recipe, then file, then the flags given), the output folder and
     /// the thread count. `matches` are the `train` command's, which say which flags were given.
     fn config(&self, matches: &ArgMatches) -> Result<(TrainConfig, PathBuf, Option<usize>), Error> {
-        let given = host::train::given_fields(&self.train, matches);
+        let given = given_fields(&self.train, matches);
         if let Some(run) = &self.resume {
             return self.resumed(run, &given);
         }
@@ -191,7 +178,7 @@ impl TrainArgs {
             )?),
             (None, true) => Some(host::recipe::named(&self.train.recipe)?),
             // Which data decides the recipe: the flags', else the file's.
-            (None, false) if given.contains_key("dataset") || given.contains_key("image_size") => {
+            (None, false) if given_data(&given, "dataset") || given_data(&given, "image_size") => {
                 let probe = over_flags(&file.train, &given)?;
                 Some(host::train::recipe_of(&file.table, &probe)?)
             }
@@ -235,19 +222,29 @@ impl TrainArgs {
     }
 }
 
+/// Whether the data field `field` was given as a flag.
+fn given_data(given: &toml::Table, field: &str) -> bool {
+    let data = given.get("data").and_then(toml::Value::as_table);
+    data.is_some_and(|d| d.contains_key(field))
+}
+
 /// `c` with the fields given as flags set.
 fn over_flags(c: &TrainConfig, given: &toml::Table) -> Result<TrainConfig, Error> {
     host::train::overlay(c, given).map_err(Error::InvalidArgument)
+}
+
+/// The matches of subcommand `name` (the one being run).
+fn sub_matches<'a>(matches: &'a ArgMatches, name: &str) -> &'a ArgMatches {
+    matches
+        .subcommand_matches(name)
+        .expect("the running subcommand has matches")
 }
 
 fn main() -> ExitCode {
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let result = match cli.command {
-        Command::Train(args) => {
-            let train_matches = matches.subcommand_matches("train");
-            train(&args, train_matches.expect("the train command's matches"))
-        }
+        Command::Train(args) => train(&args, sub_matches(&matches, "train")),
         Command::Eval(EvalCommand::Knn { checkpoint }) => eval_knn(&checkpoint),
         Command::Eval(EvalCommand::Linear { checkpoint, epochs }) => {
             eval_linear(&checkpoint, epochs)
@@ -257,45 +254,31 @@ fn main() -> ExitCode {
             checkpoint,
             out,
             projections,
-            dataset,
-            data_dir,
-            image_size,
-        } => {
-            let other = TrainConfig {
-                dataset: dataset.unwrap_or_default(),
-                data_dir,
-                image_size: image_size.unwrap_or(0),
-                ..TrainConfig::default()
-            };
-            embed(&checkpoint, &out, projections, other)
-        }
-        Command::ExportData {
-            out,
-            dataset,
-            data_dir,
-            image_size,
-            train_size,
-            test_size,
-            seed,
-        } => {
-            let cfg = TrainConfig {
-                dataset,
-                data_dir,
-                image_size,
-                train_size,
-                test_size,
+            data,
+        } => embed(
+            &checkpoint,
+            &out,
+            projections,
+            &given_fields(&data, sub_matches(&matches, "embed")),
+        ),
+        Command::ExportData { out, data, seed } => {
+            let given = given_fields(&data, sub_matches(&matches, "export-data"));
+            let data = host::train::overlay(&DataConfig::default(), &given)
+                .map_err(Error::InvalidArgument);
+            let cfg = data.map(|data| TrainConfig {
+                data,
                 seed,
                 ..TrainConfig::default()
-            };
-            cfg.validate()
-                .and_then(|()| host::train::load_data(&cfg))
-                .and_then(|(train, test)| {
+            });
+            cfg.and_then(|cfg| cfg.validate().map(|()| cfg))
+                .and_then(|cfg| Ok((host::train::load_data(&cfg)?, cfg)))
+                .and_then(|((train, test), cfg)| {
                     host::data::write_splits(&out, &train, &test)?;
                     println!(
                         "wrote {} training and {} held-out images of {} to {}",
                         train.len(),
                         test.len(),
-                        cfg.dataset,
+                        cfg.data.dataset,
                         out.display()
                     );
                     Ok(())
@@ -318,10 +301,10 @@ fn main() -> ExitCode {
             data_dir,
         } => {
             let mut base = host::ablate::base();
-            base.epochs = epochs.unwrap_or(base.epochs);
-            base.train_size = train_size.unwrap_or(base.train_size);
-            base.dataset = dataset.unwrap_or(base.dataset);
-            base.data_dir = data_dir.or(base.data_dir);
+            base.optim.epochs = epochs.unwrap_or(base.optim.epochs);
+            base.data.train_size = train_size.unwrap_or(base.data.train_size);
+            base.data.dataset = dataset.unwrap_or(base.data.dataset);
+            base.data.data_dir = data_dir.or(base.data.data_dir);
             host::ablate::run_study(&study, &base, &out, true).map(|table| println!("{table}"))
         }
         Command::GpuInfo => gpu_info(),
@@ -351,40 +334,40 @@ fn train(args: &TrainArgs, matches: &ArgMatches) -> Result<(), Error> {
     };
     eprintln!(
         "BYOL: {} (width {}, {} stem) on {}{}, {} epochs of batch {}, {} threads → {}",
-        cfg.arch,
-        cfg.width,
-        cfg.stem,
-        cfg.dataset,
-        if cfg.dataset == "synthetic" {
+        cfg.model.arch,
+        cfg.model.width,
+        cfg.model.stem,
+        cfg.data.dataset,
+        if cfg.data.dataset == "synthetic" {
             format!(
                 " ({} train / {} held-out images)",
-                cfg.train_size, cfg.test_size
+                cfg.data.train_size, cfg.data.test_size
             )
         } else {
             String::new()
         },
-        cfg.epochs,
-        cfg.batch_size,
+        cfg.optim.epochs,
+        cfg.optim.batch_size,
         rayon::current_num_threads(),
         out.display()
     );
     eprintln!(
         "  recipe {}: {} lr {}·batch/256, weight decay {:e}{}, τ {} → {}, target {}, blur {}/{}, {} warm-up epochs",
         cfg.recipe,
-        cfg.optimizer,
-        cfg.base_lr,
-        cfg.weight_decay,
-        if cfg.optimizer == "lars" {
-            format!(", η {}{}", cfg.lars_eta, if cfg.lars_clip { " clipped" } else { "" })
+        cfg.optim.optimizer,
+        cfg.optim.base_lr,
+        cfg.optim.weight_decay,
+        if cfg.optim.optimizer == "lars" {
+            format!(", η {}{}", cfg.optim.lars_eta, if cfg.optim.lars_clip { " clipped" } else { "" })
         } else {
             String::new()
         },
-        cfg.tau_base,
-        cfg.tau_end,
-        cfg.target_init,
-        cfg.blur_t,
-        cfg.blur_t_prime,
-        cfg.warmup_epochs
+        cfg.optim.tau_base,
+        cfg.optim.tau_end,
+        cfg.optim.target_init,
+        cfg.augment.blur_t,
+        cfg.augment.blur_t_prime,
+        cfg.optim.warmup_epochs
     );
     let ablations = cfg.ablations();
     if !ablations.is_empty() {
@@ -438,8 +421,8 @@ fn eval_knn(path: &Path) -> Result<(), Error> {
     let acc = host::train::monitor(&byol, &state, &train, &test, &aug, &cfg)?.knn_top1;
     println!(
         "kNN top-1 (k = {}, T = {}): {:.2}% on {} held-out images",
-        cfg.knn_k,
-        cfg.knn_temperature,
+        cfg.monitor.knn_k,
+        cfg.monitor.knn_temperature,
         100.0 * acc,
         test.len()
     );
@@ -488,23 +471,18 @@ fn eval_linear(path: &Path, epochs: usize) -> Result<(), Error> {
     Ok(())
 }
 
-/// `other`: the data set to embed when its `dataset` is not empty (its `data_dir` and, when
-/// not 0, `image_size` with it).
-fn embed(run: &Path, out: &Path, projections: bool, other: TrainConfig) -> Result<(), Error> {
+/// `data_flags`: the data fields given as flags, laid over the run's data configuration.
+fn embed(run: &Path, out: &Path, projections: bool, data_flags: &toml::Table) -> Result<(), Error> {
     let (byol, state, cfg) = open_run(run)?;
     let (pretraining, _) = host::train::load_data(&cfg)?;
     let aug = host::train::augmenter(&pretraining, &cfg)?;
-    let (train, test) = if other.dataset.is_empty() {
-        host::train::load_data(&cfg)?
+    let data = TrainConfig {
+        data: host::train::overlay(&cfg.data, data_flags).map_err(Error::InvalidArgument)?,
+        ..cfg.clone()
+    };
+    let (train, test) = if data == cfg {
+        (pretraining, host::train::load_data(&cfg)?.1)
     } else {
-        let data = TrainConfig {
-            image_size: match other.image_size {
-                0 => cfg.image_size,
-                side => side,
-            },
-            seed: cfg.seed,
-            ..other
-        };
         data.validate()?;
         host::train::load_data(&data)?
     };
@@ -536,8 +514,8 @@ fn export(run: &Path, out: &Path) -> Result<(), Error> {
     checkpoint::export_encoder(out, &byol, &state)?;
     println!(
         "wrote the online encoder ({}, width {}) to {}",
-        cfg.arch,
-        cfg.width,
+        cfg.model.arch,
+        cfg.model.width,
         out.display()
     );
     Ok(())
@@ -668,50 +646,49 @@ mod tests {
             "--threads",
             "3",
         ]);
-        let expected = TrainConfig {
-            dataset: "cifar10".into(),
-            data_dir: Some("/d".into()),
-            image_size: 48,
-            train_size: 7,
-            test_size: 3,
-            limit_train: Some(40),
-            limit_test: Some(20),
-            arch: "resnet50".into(),
-            stem: "imagenet".into(),
-            width: 8,
-            epochs: 5,
-            batch_size: 4,
-            base_lr: 0.3,
-            weight_decay: 0.01,
-            tau_base: 0.9,
-            warmup_epochs: 1,
-            projector_hidden: 64,
-            projection_dim: 32,
-            predictor_hidden: 16,
-            seed: 9,
-            tau_constant: Some(0.0),
-            predictor: false,
-            predictor_lr_mult: 10.0,
-            projector_lr_mult: 1.5,
-            augmentations: "crop-only".into(),
-            closed_form_predictor: true,
-            projector_depth: 3,
-            predictor_depth: 1,
-            target_network: false,
-            contrastive_beta: 0.5,
-            contrastive_temperature: 0.2,
-            loss_normalisation: "layernorm".into(),
-            optimizer: "adamw".into(),
-            lars_eta: 0.05,
-            lars_clip: false,
-            target_init: "independent".into(),
-            tau_end: 0.995,
-            blur_t: 0.5,
-            blur_t_prime: 0.25,
-            crop_min_scale: 0.3,
-            momentum: 0.8,
-            ..TrainConfig::default()
-        };
+        let expected = TrainConfig::default().with(|c| {
+            c.data.dataset = "cifar10".into();
+            c.data.data_dir = Some("/d".into());
+            c.data.image_size = 48;
+            c.data.train_size = 7;
+            c.data.test_size = 3;
+            c.data.limit_train = Some(40);
+            c.data.limit_test = Some(20);
+            c.model.arch = "resnet50".into();
+            c.model.stem = "imagenet".into();
+            c.model.width = 8;
+            c.optim.epochs = 5;
+            c.optim.batch_size = 4;
+            c.optim.base_lr = 0.3;
+            c.optim.weight_decay = 0.01;
+            c.optim.tau_base = 0.9;
+            c.optim.warmup_epochs = 1;
+            c.model.projector_hidden = 64;
+            c.model.projection_dim = 32;
+            c.model.predictor_hidden = 16;
+            c.seed = 9;
+            c.ablation.tau_constant = Some(0.0);
+            c.ablation.predictor = false;
+            c.ablation.predictor_lr_mult = 10.0;
+            c.ablation.projector_lr_mult = 1.5;
+            c.augment.augmentations = "crop-only".into();
+            c.ablation.closed_form_predictor = true;
+            c.model.projector_depth = 3;
+            c.model.predictor_depth = 1;
+            c.ablation.target_network = false;
+            c.ablation.contrastive_beta = 0.5;
+            c.ablation.contrastive_temperature = 0.2;
+            c.ablation.loss_normalisation = "layernorm".into();
+            c.optim.optimizer = "adamw".into();
+            c.optim.lars_eta = 0.05;
+            c.optim.lars_clip = false;
+            c.optim.target_init = "independent".into();
+            c.optim.tau_end = 0.995;
+            c.augment.blur_t = 0.5;
+            c.augment.blur_t_prime = 0.25;
+            c.augment.crop_min_scale = 0.3;
+            c.optim.momentum = 0.8;
+        });
         assert_eq!(c, expected);
         assert_eq!((out, threads), (PathBuf::from("/o"), Some(3)));
         assert_eq!(c.optimizer().unwrap().momentum, 0.8);
@@ -733,8 +710,8 @@ mod tests {
         ];
         assert_eq!(recipe(&large), "imagenet-40");
         let (c, _, _) = config_of(&[&large[..], &["--recipe", "small", "--epochs", "3"]].concat());
-        assert_eq!((c.recipe.as_str(), c.epochs), ("small", 3));
-        assert_eq!(c.lars_eta, host::recipe::SMALL.lars_eta);
+        assert_eq!((c.recipe.as_str(), c.optim.epochs), ("small", 3));
+        assert_eq!(c.optim.lars_eta, host::recipe::SMALL.lars_eta);
         let both = try_config_of(&["--preset", "40", "--recipe", "small"]);
         assert!(both.unwrap_err().to_string().contains("not both"));
     }
@@ -744,14 +721,14 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("byol-cli-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("run.toml");
-        std::fs::write(&path, "recipe = \"imagenet-100\"\nepochs = 7\n").unwrap();
+        std::fs::write(&path, "recipe = \"imagenet-100\"\n[optim]\nepochs = 7\n").unwrap();
         let file = path.to_str().unwrap();
         let (c, _, _) = config_of(&["--config", file]);
         let mut expected = TrainConfig::default();
         host::recipe::named("imagenet-100")
             .unwrap()
             .apply(&mut expected);
-        expected.epochs = 7;
+        expected.optim.epochs = 7;
         assert_eq!(c, expected);
         // A data flag makes the recipe be chosen again; the file's named recipe still holds.
         assert_eq!(
@@ -761,15 +738,30 @@ mod tests {
             "imagenet-100"
         );
         // Images above 96 px in the file choose the official recipe.
-        std::fs::write(&path, "dataset = \"folder\"\nimage_size = 160\nwidth = 8\n").unwrap();
+        let folder = "[data]\ndataset = \"folder\"\nimage_size = 160\n[model]\nwidth = 8\n";
+        std::fs::write(&path, folder).unwrap();
         let (c, _, _) = config_of(&["--config", file]);
         assert_eq!(
-            (c.recipe.as_str(), c.width, c.lars_eta),
+            (c.recipe.as_str(), c.model.width, c.optim.lars_eta),
             ("imagenet-40", 8, 1e-3)
         );
         // Every field written out is a configuration file of the same run.
         std::fs::write(&path, toml::to_string(&c).unwrap()).unwrap();
         assert_eq!(config_of(&["--config", file]).0, c);
+        // The flat form of earlier versions (and of their checkpoints) still reads the same.
+        let flat = "dataset = \"folder\"\nimage_size = 160\nwidth = 8\n";
+        std::fs::write(&path, flat).unwrap();
+        assert_eq!(config_of(&["--config", file]).0, c);
+        // [run] sets the output folder and the threads; anything else in it is an error.
+        std::fs::write(&path, "[run]\nout = \"/r\"\nthreads = 2\n").unwrap();
+        let (_, out, threads) = config_of(&["--config", file]);
+        assert_eq!((out, threads), (PathBuf::from("/r"), Some(2)));
+        std::fs::write(&path, "[run]\nseed = 2\n").unwrap();
+        let e = try_config_of(&["--config", file]).unwrap_err().to_string();
+        assert!(e.contains("unknown field `seed` in [run]"), "{e}");
+        std::fs::write(&path, "[optim]\nepoch = 2\n").unwrap();
+        let e = try_config_of(&["--config", file]).unwrap_err().to_string();
+        assert!(e.contains("epoch") && e.contains("run.toml"), "{e}");
     }
 
     #[test]
@@ -803,11 +795,11 @@ mod tests {
         let (c, _, _) = config_of(&["--preset", "1000", "--epochs", "2"]);
         assert_eq!(
             (
-                c.epochs,
-                c.base_lr,
-                c.weight_decay,
-                c.tau_base,
-                c.warmup_epochs
+                c.optim.epochs,
+                c.optim.base_lr,
+                c.optim.weight_decay,
+                c.optim.tau_base,
+                c.optim.warmup_epochs
             ),
             (2, 0.2, 1.5e-6, 0.996, 10)
         );

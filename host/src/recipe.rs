@@ -119,19 +119,19 @@ impl Recipe {
     /// Sets the recipe's fields of `c` (and records its name there).
     pub fn apply(&self, c: &mut TrainConfig) {
         c.recipe = self.name.into();
-        c.epochs = self.epochs;
-        c.warmup_epochs = self.warmup_epochs;
-        c.optimizer = self.optimizer.into();
-        c.base_lr = self.base_lr;
-        c.weight_decay = self.weight_decay;
-        c.lars_eta = self.lars_eta;
-        c.lars_clip = self.lars_clip;
-        c.tau_base = self.tau_base;
-        c.tau_end = self.tau_end;
-        c.target_init = self.target_init.into();
-        [c.blur_t, c.blur_t_prime] = self.blur;
-        c.crop_min_scale = self.crop_min_scale;
-        c.predictor_lr_mult = self.predictor_lr_mult;
+        c.optim.epochs = self.epochs;
+        c.optim.warmup_epochs = self.warmup_epochs;
+        c.optim.optimizer = self.optimizer.into();
+        c.optim.base_lr = self.base_lr;
+        c.optim.weight_decay = self.weight_decay;
+        c.optim.lars_eta = self.lars_eta;
+        c.optim.lars_clip = self.lars_clip;
+        c.optim.tau_base = self.tau_base;
+        c.optim.tau_end = self.tau_end;
+        c.optim.target_init = self.target_init.into();
+        [c.augment.blur_t, c.augment.blur_t_prime] = self.blur;
+        c.augment.crop_min_scale = self.crop_min_scale;
+        c.ablation.predictor_lr_mult = self.predictor_lr_mult;
     }
 }
 
@@ -182,13 +182,24 @@ mod tests {
         let mut c = TrainConfig::default();
         named("imagenet-1000").unwrap().apply(&mut c);
         assert_eq!(c.recipe, "imagenet-1000");
-        assert_eq!((c.epochs, c.base_lr, c.tau_base), (1000, 0.2, 0.996));
         assert_eq!(
-            (c.optimizer.as_str(), c.lars_eta, c.lars_clip),
+            (c.optim.epochs, c.optim.base_lr, c.optim.tau_base),
+            (1000, 0.2, 0.996)
+        );
+        assert_eq!(
+            (
+                c.optim.optimizer.as_str(),
+                c.optim.lars_eta,
+                c.optim.lars_clip
+            ),
             ("lars", 1e-3, false)
         );
         assert_eq!(
-            (c.target_init.as_str(), c.blur_t, c.blur_t_prime),
+            (
+                c.optim.target_init.as_str(),
+                c.augment.blur_t,
+                c.augment.blur_t_prime
+            ),
             ("independent", 1.0, 0.1)
         );
         SMALL.apply(&mut c);

@@ -44,17 +44,47 @@ pub const DATASETS: [&str; 6] = [
     "folder",
 ];
 
-/// Everything that defines a run, declared once: the serde fields are the configuration
-/// file's and `config.json`'s keys, the clap arguments (`--base-lr` for `base_lr`) are `host
-/// train`'s flags, and each doc comment is both the field's documentation and the flag's
-/// help. A flag overrides the recipe and the file only when it is given (see
-/// [`given_fields`]), so the clap defaults below are never used. The defaults are the
-/// embedded data set with the small-image recipe: about five minutes on two cores.
+/// Everything that defines a run, declared once and nested by who reads it, as the official
+/// code's `configs/byol.py`: the data pipeline reads `data`, the networks `model`, the step's
+/// optimiser and schedules `optim`, the augmenter `augment`, the paper's ablations `ablation`,
+/// the kNN monitor `monitor`. The serde fields are the keys of configuration files and of
+/// `config.json` (`[optim] base_lr = 0.3`); the clap arguments are `host train`'s flags
+/// (`--base-lr`, flat: every field name is unique); each doc comment is both the field's
+/// documentation and the flag's help. A flag overrides the recipe and the file only when it is
+/// given (see [`given_fields`]), so the clap defaults are never used.
 ///
-/// Adding a knob: a field here (and its value in `Default`), the code that reads it, its test.
+/// Adding a knob: a field in its section (and its value in the section's `Default`), the code
+/// that reads it, its test.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, clap::Args)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
+    /// The recipe the hyper-parameters start from: small, imagenet-40, imagenet-100,
+    /// imagenet-300, imagenet-1000 [default: small for images of 96 px and below, else
+    /// imagenet-40]. Fields set explicitly override it; it is recorded so a run says where it
+    /// came from.
+    #[arg(long, default_value_t, hide_default_value = true)]
+    pub recipe: String,
+    /// Fixes initialisation, data order and augmentations.
+    #[arg(long, default_value_t, hide_default_value = true)]
+    pub seed: u64,
+    #[command(flatten, next_help_heading = "Data")]
+    pub data: DataConfig,
+    #[command(flatten, next_help_heading = "Model")]
+    pub model: ModelConfig,
+    #[command(flatten, next_help_heading = "Optimiser and schedules")]
+    pub optim: OptimConfig,
+    #[command(flatten, next_help_heading = "Augmentations")]
+    pub augment: AugmentConfig,
+    #[command(flatten, next_help_heading = "Ablations (the paper's §5)")]
+    pub ablation: AblationConfig,
+    #[command(flatten, next_help_heading = "kNN monitor")]
+    pub monitor: MonitorConfig,
+}
+
+/// The data set and its splits.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, clap::Args)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
     /// synthetic (embedded), cifar10, cifar100, stl10 (pre-training on train + unlabelled),
     /// mnist, or folder (one subfolder per class).
     #[arg(long, default_value_t, hide_default_value = true)]
@@ -80,6 +110,26 @@ pub struct TrainConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[arg(long)]
     pub limit_test: Option<usize>,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig {
+            dataset: "synthetic".into(),
+            data_dir: None,
+            image_size: 64,
+            train_size: 5000,
+            test_size: 1000,
+            limit_train: None,
+            limit_test: None,
+        }
+    }
+}
+
+/// The encoder, the projector and the predictor.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, clap::Args)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
     /// resnet18, resnet34 or resnet50.
     #[arg(long, default_value_t, hide_default_value = true)]
     pub arch: String,
@@ -90,99 +140,101 @@ pub struct TrainConfig {
     #[arg(long, default_value_t, hide_default_value = true)]
     pub width: usize,
     #[arg(long, default_value_t, hide_default_value = true)]
-    pub epochs: usize,
-    #[arg(long, default_value_t, hide_default_value = true)]
-    pub batch_size: usize,
-    /// Learning rate per 256 images (lr = base_lr · batch / 256).
-    #[arg(long, default_value_t, hide_default_value = true)]
-    pub base_lr: f64,
-    #[arg(long, default_value_t, hide_default_value = true)]
-    pub weight_decay: f64,
-    /// Target decay at step 0, rising to tau_end along a cosine.
-    #[arg(long, default_value_t, hide_default_value = true)]
-    pub tau_base: f64,
-    #[arg(long, default_value_t, hide_default_value = true)]
-    pub warmup_epochs: usize,
-    #[arg(long, default_value_t, hide_default_value = true)]
     pub projector_hidden: usize,
     #[arg(long, default_value_t, hide_default_value = true)]
     pub projection_dim: usize,
     #[arg(long, default_value_t, hide_default_value = true)]
     pub predictor_hidden: usize,
-    /// Neighbours of the kNN monitor.
-    #[arg(long, default_value_t, hide_default_value = true)]
-    pub knn_k: usize,
-    /// Temperature of the kNN monitor's vote.
-    #[arg(long, default_value_t, hide_default_value = true)]
-    pub knn_temperature: f64,
-    /// Fixes initialisation, data order and augmentations.
-    #[arg(long, default_value_t, hide_default_value = true)]
-    pub seed: u64,
-    /// Ablation: a constant target decay instead of the cosine schedule (0: the target copies
-    /// the online network every step; 1: it stays at its initialisation).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[arg(long)]
-    pub tau_constant: Option<f64>,
-    /// Ablation: whether the online network has a predictor (false: the online projection is
-    /// compared with the target's directly).
-    #[arg(long, action = clap::ArgAction::Set, default_value_t, hide_default_value = true)]
-    pub predictor: bool,
-    /// Ablation: the closed-form optimal linear predictor (least squares on each batch) in
-    /// place of the learned one; needs batch size > projection dim.
-    #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value_t, hide_default_value = true)]
-    pub closed_form_predictor: bool,
-    /// Ablation: Linear layers of the projector (2 in the paper; 1 is a single Linear).
+    /// Linear layers of the projector (2 in the paper; 1 is a single Linear; the paper's
+    /// depth ablation).
     #[arg(long, default_value_t, hide_default_value = true)]
     pub projector_depth: usize,
-    /// Ablation: Linear layers of the predictor.
+    /// Linear layers of the predictor.
     #[arg(long, default_value_t, hide_default_value = true)]
     pub predictor_depth: usize,
-    /// Ablation: whether ψ comes from a target network (false: the loss compares with the
-    /// online projection itself, gradient included; with --contrastive-beta 1 --predictor
-    /// false: SimCLR).
-    #[arg(long, action = clap::ArgAction::Set, default_value_t, hide_default_value = true)]
-    pub target_network: bool,
-    /// Ablation: weight β of the contrastive (InfoNCE) term (paper §4.4); 0 is BYOL.
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            arch: "resnet18".into(),
+            stem: "cifar".into(),
+            width: 16,
+            projector_hidden: 4096,
+            projection_dim: 256,
+            predictor_hidden: 4096,
+            projector_depth: 2,
+            predictor_depth: 2,
+        }
+    }
+}
+
+/// The optimiser, the learning-rate and τ schedules, the target's start.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, clap::Args)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimConfig {
     #[arg(long, default_value_t, hide_default_value = true)]
-    pub contrastive_beta: f64,
-    /// Temperature α of the contrastive term.
+    pub epochs: usize,
     #[arg(long, default_value_t, hide_default_value = true)]
-    pub contrastive_temperature: f64,
-    /// Ablation: how predictions and targets are normalised in the loss: l2 (BYOL), none,
-    /// layernorm or batchnorm.
+    pub batch_size: usize,
     #[arg(long, default_value_t, hide_default_value = true)]
-    pub loss_normalisation: String,
-    /// Ablation: learning-rate multiplier of the predictor (λ).
-    #[arg(long, default_value_t, hide_default_value = true)]
-    pub predictor_lr_mult: f64,
-    /// Ablation: learning-rate multiplier of the projector (μ).
-    #[arg(long, default_value_t, hide_default_value = true)]
-    pub projector_lr_mult: f64,
-    /// Augmentation set: full (the paper's T and T′), symmetric, no-colour, no-grayscale,
-    /// no-blur, no-flip, crop-only, crop-flip, crop-colour, crop-blur.
-    #[arg(long, default_value_t, hide_default_value = true)]
-    pub augmentations: String,
-    /// The recipe the hyper-parameters start from: small, imagenet-40, imagenet-100,
-    /// imagenet-300, imagenet-1000 [default: small for images of 96 px and below, else
-    /// imagenet-40]. Fields set explicitly override it; it is recorded so a run says where it
-    /// came from.
-    #[arg(long, default_value_t, hide_default_value = true)]
-    pub recipe: String,
+    pub warmup_epochs: usize,
     /// lars (the paper's), sgd (momentum 0.9) or adamw (β₁ 0.9).
     #[arg(long, default_value_t, hide_default_value = true)]
     pub optimizer: String,
+    /// Learning rate per 256 images (lr = base_lr · batch / 256).
+    #[arg(long, default_value_t, hide_default_value = true)]
+    pub base_lr: f64,
+    #[arg(long, default_value_t, hide_default_value = true)]
+    pub weight_decay: f64,
+    /// Momentum of LARS and SGD, β₁ of AdamW (0.9 in the paper and the official code).
+    #[arg(long, default_value_t, hide_default_value = true)]
+    pub momentum: f64,
     /// LARS trust coefficient η (1e-3 in the official code).
     #[arg(long, default_value_t, hide_default_value = true)]
     pub lars_eta: f64,
     /// Cap LARS's per-tensor rate at the scheduled learning rate (LARC's clip mode).
     #[arg(long, action = clap::ArgAction::Set, default_value_t, hide_default_value = true)]
     pub lars_clip: bool,
-    /// How the target network starts: independent (official) or copy (of the online one).
+    /// Target decay at step 0, rising to tau_end along a cosine.
     #[arg(long, default_value_t, hide_default_value = true)]
-    pub target_init: String,
+    pub tau_base: f64,
     /// Where the cosine τ schedule ends (1 in the paper).
     #[arg(long, default_value_t, hide_default_value = true)]
     pub tau_end: f64,
+    /// How the target network starts: independent (official) or copy (of the online one).
+    #[arg(long, default_value_t, hide_default_value = true)]
+    pub target_init: String,
+}
+
+impl Default for OptimConfig {
+    /// The official 40-epoch values; [`TrainConfig::default`] lays the small recipe over them.
+    fn default() -> Self {
+        OptimConfig {
+            epochs: 40,
+            batch_size: 128,
+            warmup_epochs: 10,
+            optimizer: "lars".into(),
+            base_lr: 0.45,
+            weight_decay: 1e-6,
+            momentum: 0.9,
+            lars_eta: 1e-3,
+            lars_clip: false,
+            tau_base: 0.97,
+            tau_end: 1.0,
+            target_init: "independent".into(),
+        }
+    }
+}
+
+/// The two augmentation distributions T and T′.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, clap::Args)]
+#[serde(deny_unknown_fields, default)]
+pub struct AugmentConfig {
+    /// Augmentation set: full (the paper's T and T′), symmetric, no-colour, no-grayscale,
+    /// no-blur, no-flip, crop-only, crop-flip, crop-colour, crop-blur.
+    #[arg(long, default_value_t, hide_default_value = true)]
+    pub augmentations: String,
     /// Probability of the gaussian blur in T (view 1; paper 1.0).
     #[arg(long, default_value_t, hide_default_value = true)]
     pub blur_t: f64,
@@ -192,70 +244,137 @@ pub struct TrainConfig {
     /// Smallest area of the random resized crop, as a fraction of the image (paper 0.08).
     #[arg(long, default_value_t, hide_default_value = true)]
     pub crop_min_scale: f64,
-    /// Momentum of LARS and SGD, β₁ of AdamW (0.9 in the paper and the official code).
-    #[arg(long, default_value_t, hide_default_value = true)]
-    pub momentum: f64,
 }
 
-/// The fields of `parsed` whose flags were given on the command line (`matches` are those of
-/// the command that flattens [`TrainConfig`]), as a table to lay over a configuration.
-pub fn given_fields(parsed: &TrainConfig, matches: &clap::ArgMatches) -> toml::Table {
-    let all = toml::Table::try_from(parsed).expect("a config is a TOML table");
-    all.into_iter()
-        .filter(|(field, _)| {
-            matches.value_source(field) == Some(clap::parser::ValueSource::CommandLine)
-        })
-        .collect()
-}
-
-impl Default for TrainConfig {
-    /// The embedded data set with the small-image recipe ([`crate::recipe::SMALL`]).
+impl Default for AugmentConfig {
     fn default() -> Self {
-        let mut c = TrainConfig {
-            dataset: "synthetic".into(),
-            data_dir: None,
-            image_size: 64,
-            train_size: 5000,
-            test_size: 1000,
-            limit_train: None,
-            limit_test: None,
-            arch: "resnet18".into(),
-            stem: "cifar".into(),
-            width: 16,
-            epochs: 18,
-            batch_size: 128,
-            base_lr: 0.45,
-            weight_decay: 1e-6,
-            tau_base: 0.97,
-            warmup_epochs: 2,
-            projector_hidden: 4096,
-            projection_dim: 256,
-            predictor_hidden: 4096,
-            knn_k: 200,
-            knn_temperature: 0.1,
-            seed: 0,
+        AugmentConfig {
+            augmentations: "full".into(),
+            blur_t: 1.0,
+            blur_t_prime: 0.1,
+            crop_min_scale: 0.08,
+        }
+    }
+}
+
+/// The paper's ablations (its §5 and appendix); the defaults are BYOL.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, clap::Args)]
+#[serde(deny_unknown_fields, default)]
+pub struct AblationConfig {
+    /// A constant target decay instead of the cosine schedule (0: the target copies the online
+    /// network every step; 1: it stays at its initialisation).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[arg(long)]
+    pub tau_constant: Option<f64>,
+    /// Whether the online network has a predictor (false: the online projection is compared
+    /// with the target's directly).
+    #[arg(long, action = clap::ArgAction::Set, default_value_t, hide_default_value = true)]
+    pub predictor: bool,
+    /// The closed-form optimal linear predictor (least squares on each batch) in place of the
+    /// learned one; needs batch size > projection dim.
+    #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value_t, hide_default_value = true)]
+    pub closed_form_predictor: bool,
+    /// Whether ψ comes from a target network (false: the loss compares with the online
+    /// projection itself, gradient included; with --contrastive-beta 1 --predictor false:
+    /// SimCLR).
+    #[arg(long, action = clap::ArgAction::Set, default_value_t, hide_default_value = true)]
+    pub target_network: bool,
+    /// Weight β of the contrastive (InfoNCE) term (paper §4.4); 0 is BYOL.
+    #[arg(long, default_value_t, hide_default_value = true)]
+    pub contrastive_beta: f64,
+    /// Temperature α of the contrastive term.
+    #[arg(long, default_value_t, hide_default_value = true)]
+    pub contrastive_temperature: f64,
+    /// How predictions and targets are normalised in the loss: l2 (BYOL), none, layernorm or
+    /// batchnorm.
+    #[arg(long, default_value_t, hide_default_value = true)]
+    pub loss_normalisation: String,
+    /// Learning-rate multiplier of the predictor (λ).
+    #[arg(long, default_value_t, hide_default_value = true)]
+    pub predictor_lr_mult: f64,
+    /// Learning-rate multiplier of the projector (μ).
+    #[arg(long, default_value_t, hide_default_value = true)]
+    pub projector_lr_mult: f64,
+}
+
+impl Default for AblationConfig {
+    fn default() -> Self {
+        AblationConfig {
             tau_constant: None,
             predictor: true,
             closed_form_predictor: false,
-            projector_depth: 2,
-            predictor_depth: 2,
             target_network: true,
             contrastive_beta: 0.0,
             contrastive_temperature: 0.1,
             loss_normalisation: "l2".into(),
             predictor_lr_mult: 1.0,
             projector_lr_mult: 1.0,
-            augmentations: "full".into(),
+        }
+    }
+}
+
+/// The kNN monitor run after every epoch.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, clap::Args)]
+#[serde(deny_unknown_fields, default)]
+pub struct MonitorConfig {
+    /// Neighbours of the kNN monitor.
+    #[arg(long, default_value_t, hide_default_value = true)]
+    pub knn_k: usize,
+    /// Temperature of the kNN monitor's vote.
+    #[arg(long, default_value_t, hide_default_value = true)]
+    pub knn_temperature: f64,
+}
+
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        MonitorConfig {
+            knn_k: 200,
+            knn_temperature: 0.1,
+        }
+    }
+}
+
+/// The sections of a configuration, as its files name them.
+pub const SECTIONS: [&str; 6] = ["data", "model", "optim", "augment", "ablation", "monitor"];
+
+/// The fields of `parsed` whose flags were given on the command line (`matches` are those of
+/// the command that flattens it: a [`TrainConfig`] or one of its sections), as a (nested) table
+/// to lay over a configuration with [`overlay`].
+pub fn given_fields<T: Serialize>(parsed: &T, matches: &clap::ArgMatches) -> toml::Table {
+    let given = |field: &String| {
+        matches.value_source(field) == Some(clap::parser::ValueSource::CommandLine)
+    };
+    let mut out = toml::Table::new();
+    for (key, value) in toml::Table::try_from(parsed).expect("a config is a TOML table") {
+        match value {
+            toml::Value::Table(section) => {
+                let section: toml::Table = section.into_iter().filter(|(f, _)| given(f)).collect();
+                if !section.is_empty() {
+                    out.insert(key, section.into());
+                }
+            }
+            value if given(&key) => {
+                out.insert(key, value);
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+impl Default for TrainConfig {
+    /// The embedded data set with the small-image recipe ([`crate::recipe::SMALL`]): about five
+    /// minutes on two cores.
+    fn default() -> Self {
+        let mut c = TrainConfig {
             recipe: String::new(),
-            optimizer: "lars".into(),
-            lars_eta: 1e-3,
-            lars_clip: false,
-            target_init: "independent".into(),
-            tau_end: 1.0,
-            blur_t: 1.0,
-            blur_t_prime: 0.1,
-            crop_min_scale: 0.08,
-            momentum: 0.9,
+            seed: 0,
+            data: DataConfig::default(),
+            model: ModelConfig::default(),
+            optim: OptimConfig::default(),
+            augment: AugmentConfig::default(),
+            ablation: AblationConfig::default(),
+            monitor: MonitorConfig::default(),
         };
         crate::recipe::SMALL.apply(&mut c);
         c
@@ -263,100 +382,119 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// `self` changed by `f`: `TrainConfig::default().with(|c| c.optim.epochs = 6)`.
+    pub fn with(mut self, f: impl FnOnce(&mut Self)) -> Self {
+        f(&mut self);
+        self
+    }
+
     /// Rejects settings no run can use, naming the field.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::InvalidArgument(m));
-        if !DATASETS.contains(&self.dataset.as_str()) {
+        if !DATASETS.contains(&self.data.dataset.as_str()) {
             return bad(format!(
                 "dataset {:?} is not available: expected one of {}",
-                self.dataset,
+                self.data.dataset,
                 DATASETS.join(", ")
             ));
         }
-        if self.dataset != "synthetic" && self.data_dir.is_none() {
+        if self.data.dataset != "synthetic" && self.data.data_dir.is_none() {
             return bad(format!(
                 "dataset {:?} reads files: give their folder as data_dir (--data-dir)",
-                self.dataset
+                self.data.dataset
             ));
         }
-        if self.epochs == 0 {
+        if self.optim.epochs == 0 {
             return bad("epochs must be at least 1".into());
         }
         for (name, v) in [
-            ("limit_train", self.limit_train.unwrap_or(1)),
-            ("limit_test", self.limit_test.unwrap_or(1)),
-            ("width", self.width),
-            ("projector_hidden", self.projector_hidden),
-            ("projection_dim", self.projection_dim),
-            ("predictor_hidden", self.predictor_hidden),
-            ("image_size", self.image_size),
+            ("limit_train", self.data.limit_train.unwrap_or(1)),
+            ("limit_test", self.data.limit_test.unwrap_or(1)),
+            ("width", self.model.width),
+            ("projector_hidden", self.model.projector_hidden),
+            ("projection_dim", self.model.projection_dim),
+            ("predictor_hidden", self.model.predictor_hidden),
+            ("image_size", self.data.image_size),
         ] {
             if v == 0 {
                 return bad(format!("{name} is a size: it must be at least 1, got 0"));
             }
         }
-        if self.batch_size < 2 {
+        if self.optim.batch_size < 2 {
             return bad(format!(
                 "batch size must be at least 2 (BatchNorm needs two samples), got {}",
-                self.batch_size
+                self.optim.batch_size
             ));
         }
-        if self.dataset == "synthetic" && self.batch_size > self.train_size {
+        if self.data.dataset == "synthetic" && self.optim.batch_size > self.data.train_size {
             return bad(format!(
                 "batch size {} is larger than the training set ({} images)",
-                self.batch_size, self.train_size
+                self.optim.batch_size, self.data.train_size
             ));
         }
-        if !(self.base_lr > 0.0 && self.base_lr.is_finite()) {
-            return bad(format!("base lr must be positive, got {}", self.base_lr));
+        if !(self.optim.base_lr > 0.0 && self.optim.base_lr.is_finite()) {
+            return bad(format!(
+                "base lr must be positive, got {}",
+                self.optim.base_lr
+            ));
         }
-        if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
+        if !(self.optim.weight_decay >= 0.0 && self.optim.weight_decay.is_finite()) {
             return bad(format!(
                 "weight decay must be ≥ 0, got {}",
-                self.weight_decay
+                self.optim.weight_decay
             ));
         }
-        if let Some(t) = self.tau_constant.filter(|t| !(0.0..=1.0).contains(t)) {
+        if let Some(t) = self
+            .ablation
+            .tau_constant
+            .filter(|t| !(0.0..=1.0).contains(t))
+        {
             return bad(format!("tau_constant must lie in [0, 1], got {t}"));
         }
-        if !(self.predictor_lr_mult >= 0.0 && self.projector_lr_mult >= 0.0) {
+        if !(self.ablation.predictor_lr_mult >= 0.0 && self.ablation.projector_lr_mult >= 0.0) {
             return bad("learning-rate multipliers must be ≥ 0 (0 freezes the part)".into());
         }
         self.views()?;
-        for (name, p) in [("blur_t", self.blur_t), ("blur_t_prime", self.blur_t_prime)] {
+        for (name, p) in [
+            ("blur_t", self.augment.blur_t),
+            ("blur_t_prime", self.augment.blur_t_prime),
+        ] {
             if !(0.0..=1.0).contains(&p) {
                 return bad(format!("{name} is a probability: expected [0, 1], got {p}"));
             }
         }
-        if !(self.crop_min_scale > 0.0 && self.crop_min_scale <= 1.0) {
+        if !(self.augment.crop_min_scale > 0.0 && self.augment.crop_min_scale <= 1.0) {
             return bad(format!(
                 "crop_min_scale is a fraction of the image: expected (0, 1], got {}",
-                self.crop_min_scale
+                self.augment.crop_min_scale
             ));
         }
-        if !(self.lars_eta > 0.0 && self.lars_eta.is_finite()) {
+        if !(self.optim.lars_eta > 0.0 && self.optim.lars_eta.is_finite()) {
             return bad(format!(
                 "lars_eta (the trust coefficient) must be positive, got {}",
-                self.lars_eta
+                self.optim.lars_eta
             ));
         }
         self.optimizer()?;
         if !self.recipe.is_empty() {
             crate::recipe::named(&self.recipe)?;
         }
-        if !(0.0..=1.0).contains(&self.tau_base) {
+        if !(0.0..=1.0).contains(&self.optim.tau_base) {
             return bad(format!(
                 "tau_base must lie in [0, 1], got {}",
-                self.tau_base
+                self.optim.tau_base
             ));
         }
-        if !(self.tau_end >= self.tau_base && self.tau_end <= 1.0) {
+        if !(self.optim.tau_end >= self.optim.tau_base && self.optim.tau_end <= 1.0) {
             return bad(format!(
                 "tau_end must lie in [tau_base, 1] = [{}, 1], got {}",
-                self.tau_base, self.tau_end
+                self.optim.tau_base, self.optim.tau_end
             ));
         }
-        if self.test_size == 0 || self.knn_k == 0 || self.knn_temperature <= 0.0 {
+        if self.data.test_size == 0
+            || self.monitor.knn_k == 0
+            || self.monitor.knn_temperature <= 0.0
+        {
             return bad(
                 "the kNN monitor needs a test split, k ≥ 1 and a positive temperature".into(),
             );
@@ -365,7 +503,7 @@ impl TrainConfig {
     }
 
     pub fn byol_config(&self) -> Result<ByolConfig> {
-        let stem = match self.stem.as_str() {
+        let stem = match self.model.stem.as_str() {
             "cifar" => Stem::Cifar,
             "imagenet" => Stem::ImageNet,
             s => {
@@ -374,8 +512,8 @@ impl TrainConfig {
                 )))
             }
         };
-        let arch: Arch = self.arch.parse()?;
-        let predictor = match (self.predictor, self.closed_form_predictor) {
+        let arch: Arch = self.model.arch.parse()?;
+        let predictor = match (self.ablation.predictor, self.ablation.closed_form_predictor) {
             (true, false) => PredictorKind::Learned,
             (true, true) => PredictorKind::ClosedForm,
             (false, false) => PredictorKind::None,
@@ -386,40 +524,40 @@ impl TrainConfig {
                 ))
             }
         };
-        if self.closed_form_predictor {
-            closed_form::check_shape(self.batch_size, self.projection_dim)?;
+        if self.ablation.closed_form_predictor {
+            closed_form::check_shape(self.optim.batch_size, self.model.projection_dim)?;
         }
-        if self.projector_depth == 0 || self.predictor_depth == 0 {
+        if self.model.projector_depth == 0 || self.model.predictor_depth == 0 {
             return Err(Error::InvalidArgument(
                 "projector_depth and predictor_depth count Linear layers: at least 1".into(),
             ));
         }
-        if !self.target_network && self.tau_constant.is_some() {
+        if !self.ablation.target_network && self.ablation.tau_constant.is_some() {
             return Err(Error::InvalidArgument(
                 "tau_constant sets the target network's decay, but target_network = false".into(),
             ));
         }
         let objective = Objective {
-            normalisation: self.loss_normalisation.parse()?,
-            beta: self.contrastive_beta as f32,
-            temperature: self.contrastive_temperature as f32,
+            normalisation: self.ablation.loss_normalisation.parse()?,
+            beta: self.ablation.contrastive_beta as f32,
+            temperature: self.ablation.contrastive_temperature as f32,
         };
         objective.validate()?;
         Ok(ByolConfig {
             encoder: ResNetConfig {
                 arch,
                 stem,
-                width: self.width,
+                width: self.model.width,
                 in_channels: 3,
             },
-            projector_hidden: self.projector_hidden,
-            projection: self.projection_dim,
-            predictor_hidden: self.predictor_hidden,
-            projector_depth: self.projector_depth,
-            predictor_depth: self.predictor_depth,
+            projector_hidden: self.model.projector_hidden,
+            projection: self.model.projection_dim,
+            predictor_hidden: self.model.predictor_hidden,
+            projector_depth: self.model.projector_depth,
+            predictor_depth: self.model.predictor_depth,
             predictor,
-            target_network: self.target_network,
-            target_init: self.target_init.parse()?,
+            target_network: self.ablation.target_network,
+            target_init: self.optim.target_init.parse()?,
             objective,
         })
     }
@@ -427,16 +565,16 @@ impl TrainConfig {
     /// The optimiser of the run, from `optimizer`, `lars_eta`, `lars_clip`, `momentum` and
     /// `weight_decay`.
     pub fn optimizer(&self) -> Result<Optimizer> {
-        if !(0.0..1.0).contains(&self.momentum) {
+        if !(0.0..1.0).contains(&self.optim.momentum) {
             return Err(Error::InvalidArgument(format!(
                 "momentum must lie in [0, 1), got {}",
-                self.momentum
+                self.optim.momentum
             )));
         }
-        let kind = match self.optimizer.as_str() {
+        let kind = match self.optim.optimizer.as_str() {
             "lars" => OptimizerKind::Lars {
-                trust_coefficient: self.lars_eta as f32,
-                clip: self.lars_clip,
+                trust_coefficient: self.optim.lars_eta as f32,
+                clip: self.optim.lars_clip,
             },
             "sgd" => OptimizerKind::Sgd,
             "adamw" => OptimizerKind::AdamW,
@@ -448,18 +586,18 @@ impl TrainConfig {
         };
         Ok(Optimizer {
             kind,
-            momentum: self.momentum as f32,
-            weight_decay: self.weight_decay as f32,
+            momentum: self.optim.momentum as f32,
+            weight_decay: self.optim.weight_decay as f32,
         })
     }
 
     /// The side of the images the encoder sees, known from the configuration alone (the
     /// recipe is chosen by it).
     pub fn image_side(&self) -> usize {
-        match self.dataset.as_str() {
+        match self.data.dataset.as_str() {
             "stl10" => 96,
             "mnist" => 28,
-            "folder" => self.image_size,
+            "folder" => self.data.image_size,
             _ => 32,
         }
     }
@@ -467,20 +605,20 @@ impl TrainConfig {
     /// The two augmentation distributions: the named set over the paper's T and T′ with this
     /// run's blur probabilities and smallest crop.
     pub fn views(&self) -> Result<[ViewConfig; 2]> {
-        let crop_scale = (self.crop_min_scale as f32, 1.0);
+        let crop_scale = (self.augment.crop_min_scale as f32, 1.0);
         let base = [
             ViewConfig {
-                blur: self.blur_t as f32,
+                blur: self.augment.blur_t as f32,
                 crop_scale,
                 ..ViewConfig::BYOL_T
             },
             ViewConfig {
-                blur: self.blur_t_prime as f32,
+                blur: self.augment.blur_t_prime as f32,
                 crop_scale,
                 ..ViewConfig::BYOL_T_PRIME
             },
         ];
-        ViewConfig::named_over(&self.augmentations, base)
+        ViewConfig::named_over(&self.augment.augmentations, base)
     }
 
     /// The ablation knobs set away from BYOL's defaults, as `field=value` (for the banner).
@@ -493,28 +631,53 @@ impl TrainConfig {
             }
         };
         let opt = |t: Option<f64>| t.map_or("schedule".to_string(), |t| t.to_string());
-        differs("tau_constant", opt(self.tau_constant), opt(d.tau_constant));
+        differs(
+            "tau_constant",
+            opt(self.ablation.tau_constant),
+            opt(d.ablation.tau_constant),
+        );
         differs(
             "predictor",
-            self.predictor.to_string(),
-            d.predictor.to_string(),
+            self.ablation.predictor.to_string(),
+            d.ablation.predictor.to_string(),
         );
-        let (cf, dcf) = (self.closed_form_predictor, d.closed_form_predictor);
+        let (cf, dcf) = (
+            self.ablation.closed_form_predictor,
+            d.ablation.closed_form_predictor,
+        );
         differs("closed_form_predictor", cf.to_string(), dcf.to_string());
-        let (tn, dtn) = (self.target_network, d.target_network);
+        let (tn, dtn) = (self.ablation.target_network, d.ablation.target_network);
         differs("target_network", tn.to_string(), dtn.to_string());
-        let depths = |c: &TrainConfig| format!("{},{}", c.projector_depth, c.predictor_depth);
+        let depths =
+            |c: &TrainConfig| format!("{},{}", c.model.projector_depth, c.model.predictor_depth);
         differs("depth(projector,predictor)", depths(self), depths(&d));
-        let lr = |c: &TrainConfig| format!("{},{}", c.predictor_lr_mult, c.projector_lr_mult);
+        let lr = |c: &TrainConfig| {
+            format!(
+                "{},{}",
+                c.ablation.predictor_lr_mult, c.ablation.projector_lr_mult
+            )
+        };
         differs("lr_mult(predictor,projector)", lr(self), lr(&d));
-        let beta =
-            |c: &TrainConfig| format!("{} (α {})", c.contrastive_beta, c.contrastive_temperature);
-        if self.contrastive_beta != 0.0 {
+        let beta = |c: &TrainConfig| {
+            format!(
+                "{} (α {})",
+                c.ablation.contrastive_beta, c.ablation.contrastive_temperature
+            )
+        };
+        if self.ablation.contrastive_beta != 0.0 {
             differs("contrastive_beta", beta(self), beta(&d));
         }
-        let norm = self.loss_normalisation.clone();
-        differs("loss_normalisation", norm, d.loss_normalisation.clone());
-        differs("augmentations", self.augmentations.clone(), d.augmentations);
+        let norm = self.ablation.loss_normalisation.clone();
+        differs(
+            "loss_normalisation",
+            norm,
+            d.ablation.loss_normalisation.clone(),
+        );
+        differs(
+            "augmentations",
+            self.augment.augmentations.clone(),
+            d.augment.augmentations,
+        );
         out
     }
 
@@ -576,24 +739,24 @@ pub fn load_data(cfg: &TrainConfig) -> Result<(Dataset, Dataset)> {
         None => Ok(data),
     };
     Ok((
-        limit(train, cfg.limit_train, "limit_train", 0x7ea1)?,
-        limit(test, cfg.limit_test, "limit_test", 0x7e57)?,
+        limit(train, cfg.data.limit_train, "limit_train", 0x7ea1)?,
+        limit(test, cfg.data.limit_test, "limit_test", 0x7e57)?,
     ))
 }
 
 /// The splits of a configuration's data set, whole.
 fn load_full_data(cfg: &TrainConfig) -> Result<(Dataset, Dataset)> {
-    let dir = cfg.data_dir.as_deref().unwrap_or(Path::new("."));
-    match cfg.dataset.as_str() {
+    let dir = cfg.data.data_dir.as_deref().unwrap_or(Path::new("."));
+    match cfg.data.dataset.as_str() {
         "cifar10" => formats::cifar10(dir),
         "cifar100" => formats::cifar100(dir),
         "stl10" => formats::stl10(dir, true),
         "mnist" => formats::mnist(dir),
-        "folder" => formats::image_folder(dir, cfg.image_size),
+        "folder" => formats::image_folder(dir, cfg.data.image_size),
         "synthetic" => Ok(synthetic::synthetic(
             cfg.seed,
-            cfg.train_size,
-            cfg.test_size,
+            cfg.data.train_size,
+            cfg.data.test_size,
         )),
         other => Err(Error::InvalidArgument(format!(
             "dataset {other:?} is not available: expected one of {}",
@@ -615,13 +778,24 @@ pub struct ConfigFile {
     pub threads: Option<usize>,
 }
 
-/// `base` with the fields of `table` set; the error is the TOML reader's.
-pub fn overlay(
-    base: &TrainConfig,
+/// `base` with the fields of `table` set, section by section (a table of `[optim] epochs = 3`
+/// changes that field only); the error is the TOML reader's.
+pub fn overlay<T: Serialize + serde::de::DeserializeOwned>(
+    base: &T,
     table: &toml::Table,
-) -> std::result::Result<TrainConfig, String> {
+) -> std::result::Result<T, String> {
+    fn merge(into: &mut toml::Table, from: &toml::Table) {
+        for (key, value) in from {
+            match (into.get_mut(key), value) {
+                (Some(toml::Value::Table(inner)), toml::Value::Table(v)) => merge(inner, v),
+                _ => {
+                    into.insert(key.clone(), value.clone());
+                }
+            }
+        }
+    }
     let mut merged = toml::Table::try_from(base).map_err(|e| e.to_string())?;
-    merged.extend(table.iter().map(|(k, v)| (k.clone(), v.clone())));
+    merge(&mut merged, table);
     merged
         .try_into()
         .map_err(|e: toml::de::Error| e.to_string())
@@ -668,41 +842,165 @@ pub fn checkpoint_path(run: &Path) -> PathBuf {
 /// The configuration a checkpoint was written with.
 pub fn saved_config(checkpoint: &Path) -> Result<TrainConfig> {
     let json = checkpoint::stored_config(checkpoint)?;
-    serde_json::from_str(&json).map_err(|e| Error::Checkpoint {
+    parse_saved_config(&json).map_err(|e| Error::Checkpoint {
         path: checkpoint.into(),
         reason: format!("unreadable configuration ({e})"),
     })
+}
+
+/// A configuration as checkpoints store it (JSON), in the nested form or in the flat one of
+/// the checkpoints written before the configuration had sections.
+pub fn parse_saved_config(json: &str) -> std::result::Result<TrainConfig, String> {
+    let mut value: serde_json::Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    if let Some(fields) = value.as_object_mut() {
+        fields.retain(|_, v| !v.is_null()); // the flat form wrote unset options as null
+    }
+    let table: toml::Table = serde_json::from_value(value).map_err(|e| e.to_string())?;
+    let table = nest_flat_fields(table);
+    table.try_into().map_err(|e: toml::de::Error| e.to_string())
+}
+
+/// The sections of the fields of the flat configuration that checkpoints and files used
+/// before sections existed. Frozen: new fields exist only in the nested form.
+const FLAT_FIELDS: [(&str, &[&str]); 6] = [
+    (
+        "data",
+        &[
+            "dataset",
+            "data_dir",
+            "image_size",
+            "train_size",
+            "test_size",
+            "limit_train",
+            "limit_test",
+        ],
+    ),
+    (
+        "model",
+        &[
+            "arch",
+            "stem",
+            "width",
+            "projector_hidden",
+            "projection_dim",
+            "predictor_hidden",
+            "projector_depth",
+            "predictor_depth",
+        ],
+    ),
+    (
+        "optim",
+        &[
+            "epochs",
+            "batch_size",
+            "warmup_epochs",
+            "optimizer",
+            "base_lr",
+            "weight_decay",
+            "momentum",
+            "lars_eta",
+            "lars_clip",
+            "tau_base",
+            "tau_end",
+            "target_init",
+        ],
+    ),
+    (
+        "augment",
+        &["augmentations", "blur_t", "blur_t_prime", "crop_min_scale"],
+    ),
+    (
+        "ablation",
+        &[
+            "tau_constant",
+            "predictor",
+            "closed_form_predictor",
+            "target_network",
+            "contrastive_beta",
+            "contrastive_temperature",
+            "loss_normalisation",
+            "predictor_lr_mult",
+            "projector_lr_mult",
+        ],
+    ),
+    ("monitor", &["knn_k", "knn_temperature"]),
+];
+
+/// `table` with the fields of the old flat form moved into their sections.
+fn nest_flat_fields(mut table: toml::Table) -> toml::Table {
+    for (section, fields) in FLAT_FIELDS {
+        for field in fields.iter() {
+            if let Some(v) = table.remove(*field) {
+                let s = table
+                    .entry(section)
+                    .or_insert_with(|| toml::Table::new().into());
+                if let Some(s) = s.as_table_mut() {
+                    s.insert(field.to_string(), v);
+                }
+            }
+        }
+    }
+    table
 }
 
 /// The thread count a run recorded in its folder's `config.json`, if it did.
 pub fn saved_threads(run_dir: &Path) -> Option<usize> {
     let text = std::fs::read_to_string(run_dir.join(RUN_CONFIG)).ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    v["threads"].as_u64().map(|n| n as usize)
+    let threads = v["run"]["threads"].as_u64().or(v["threads"].as_u64());
+    threads.map(|n| n as usize)
 }
 
-/// Reads a [`ConfigFile`] (TOML, or JSON when the name ends in `.json`).
+/// Reads a [`ConfigFile`] (TOML, or JSON when the name ends in `.json`). Besides the
+/// configuration's own fields, a `[run]` table may set the output folder `out` and `threads`,
+/// which a checkpoint does not need to match.
 pub fn read_config(path: &Path) -> Result<ConfigFile> {
     let bad = |reason: String| Error::Data {
         path: path.into(),
         reason: format!("not a valid configuration: {reason}"),
     };
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let mut table: toml::Table = if path.extension().is_some_and(|e| e == "json") {
+    let table: toml::Table = if path.extension().is_some_and(|e| e == "json") {
         serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?
     } else {
         toml::from_str(&text).map_err(|e| bad(e.to_string()))?
     };
-    let out = match table.remove("out") {
+    let mut table = nest_flat_fields(table);
+    // The flat form had the run's fields at the top.
+    for field in ["out", "threads"] {
+        if let Some(v) = table.remove(field) {
+            let run = table
+                .entry("run")
+                .or_insert_with(|| toml::Table::new().into());
+            if let Some(run) = run.as_table_mut() {
+                run.insert(field.into(), v);
+            }
+        }
+    }
+    let mut run = match table.remove("run") {
+        Some(toml::Value::Table(run)) => run,
+        Some(v) => return Err(bad(format!("run must be a table (out, threads), got {v}"))),
+        None => toml::Table::new(),
+    };
+    let out = match run.remove("out") {
         Some(toml::Value::String(s)) => Some(PathBuf::from(s)),
-        Some(v) => return Err(bad(format!("out must be a path string, got {v}"))),
+        Some(v) => return Err(bad(format!("run.out must be a path string, got {v}"))),
         None => None,
     };
-    let threads = match table.remove("threads") {
+    let threads = match run.remove("threads") {
         Some(toml::Value::Integer(n)) if n >= 1 => Some(n as usize),
-        Some(v) => return Err(bad(format!("threads must be a positive integer, got {v}"))),
+        Some(v) => {
+            return Err(bad(format!(
+                "run.threads must be a positive integer, got {v}"
+            )))
+        }
         None => None,
     };
+    if let Some(field) = run.keys().next() {
+        return Err(bad(format!(
+            "unknown field `{field}` in [run]: expected out or threads"
+        )));
+    }
     let train = over_recipe(&table, None).map_err(bad)?;
     Ok(ConfigFile {
         train,
@@ -771,8 +1069,8 @@ pub fn monitor(
         &test.labels,
         dim,
         train.classes,
-        cfg.knn_k,
-        cfg.knn_temperature as f32,
+        cfg.monitor.knn_k,
+        cfg.monitor.knn_temperature as f32,
     );
     let n = bank_idx.len().min(1024);
     let z = byol.projections(state, &bank[..n * dim])?;
@@ -787,10 +1085,10 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
     cfg.validate()?;
     prepare_out(&opts.out)?;
     let (train, test) = load_data(cfg)?;
-    if cfg.batch_size > train.len() {
+    if cfg.optim.batch_size > train.len() {
         return Err(Error::InvalidArgument(format!(
             "batch size {} is larger than the training set ({} images)",
-            cfg.batch_size,
+            cfg.optim.batch_size,
             train.len()
         )));
     }
@@ -806,11 +1104,10 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         None => byol.init(cfg.seed),
         Some(path) => {
             let (state, stored) = checkpoint::load(path, &byol)?;
-            let stored: TrainConfig =
-                serde_json::from_str(&stored).map_err(|e| Error::Checkpoint {
-                    path: path.clone(),
-                    reason: format!("unreadable configuration ({e})"),
-                })?;
+            let stored = parse_saved_config(&stored).map_err(|e| Error::Checkpoint {
+                path: path.clone(),
+                reason: format!("unreadable configuration ({e})"),
+            })?;
             if &stored != cfg {
                 return Err(Error::Checkpoint {
                     path: path.clone(),
@@ -826,11 +1123,11 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
     // config.json is a valid `--config` file; it also records the thread count, on which
     // the bits of the run depend (the conv layers split their sums by thread).
     let mut config_json = serde_json::to_value(cfg).expect("a config serialises");
-    config_json["threads"] = rayon::current_num_threads().into();
+    config_json["run"] = serde_json::json!({"threads": rayon::current_num_threads()});
     let config_json = serde_json::to_string_pretty(&config_json).expect("JSON serialises");
     crate::files::write_atomic(&opts.out.join(RUN_CONFIG), config_json.as_bytes())?;
     let metrics_path = opts.out.join("metrics.jsonl");
-    let (b, n) = (cfg.batch_size, train.len());
+    let (b, n) = (cfg.optim.batch_size, train.len());
     let steps_per_epoch = n / b;
     let first_epoch = (state.step / steps_per_epoch as u64) as usize;
     if opts.resume.is_some() {
@@ -847,15 +1144,18 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         writeln!(metrics, "{line}").map_err(|e| Error::io(&metrics_path, e))
     };
 
-    let total = (cfg.epochs * steps_per_epoch) as u64;
-    let warmup = cfg.warmup_epochs * steps_per_epoch;
-    let peak = cfg.base_lr * b as f64 / 256.0;
+    let total = (cfg.optim.epochs * steps_per_epoch) as u64;
+    let warmup = cfg.optim.warmup_epochs * steps_per_epoch;
+    let peak = cfg.optim.base_lr * b as f64 / 256.0;
     let lr_mult = LrMultipliers {
-        projector: cfg.projector_lr_mult as f32,
-        predictor: cfg.predictor_lr_mult as f32,
+        projector: cfg.ablation.projector_lr_mult as f32,
+        predictor: cfg.ablation.predictor_lr_mult as f32,
     };
     let optimizer = cfg.optimizer()?;
-    let last_epoch = opts.stop_after_epochs.unwrap_or(cfg.epochs).min(cfg.epochs);
+    let last_epoch = opts
+        .stop_after_epochs
+        .unwrap_or(cfg.optim.epochs)
+        .min(cfg.optim.epochs);
 
     let knn_init = if opts.resume.is_none() {
         let acc = monitor(&byol, &state, &train, &test, &aug, cfg)?.knn_top1;
@@ -905,8 +1205,9 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
                 let k = state.step as usize;
                 let (lr, t) = (
                     learning_rate(peak, k, warmup, total as usize),
-                    cfg.tau_constant
-                        .unwrap_or_else(|| tau_to(cfg.tau_base, cfg.tau_end, k, total as usize)),
+                    cfg.ablation.tau_constant.unwrap_or_else(|| {
+                        tau_to(cfg.optim.tau_base, cfg.optim.tau_end, k, total as usize)
+                    }),
                 );
                 let step_start = Instant::now();
                 let loss = byol
@@ -931,7 +1232,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
                     let left = (total - state.step) as usize * b;
                     progress(
                         epoch + 1,
-                        cfg.epochs,
+                        cfg.optim.epochs,
                         s + 1,
                         steps_per_epoch,
                         loss,
@@ -968,7 +1269,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
             let line = format!(
                 "epoch {}/{}: loss {:.4}, kNN top-1 {:.2}%, projection std·√d {:.3}, effective rank {:.1}{}, {:.0} s",
                 rec.epoch,
-                cfg.epochs,
+                cfg.optim.epochs,
                 rec.loss,
                 100.0 * acc,
                 collapse.projection_std / collapse.healthy_std,
@@ -1054,17 +1355,37 @@ fn progress(
     }
 }
 
-/// The fields in which two configurations differ, `name: stored → requested`.
+/// The fields in which two configurations differ, `section.name: stored → requested`.
 fn config_diff(stored: &TrainConfig, requested: &TrainConfig) -> String {
-    let (a, b) = (
-        serde_json::to_value(stored).unwrap(),
-        serde_json::to_value(requested).unwrap(),
-    );
-    let (a, b) = (a.as_object().unwrap(), b.as_object().unwrap());
-    let diffs: Vec<String> = a
+    fn leaves(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, String)>) {
+        match v.as_object() {
+            Some(fields) => {
+                for (k, v) in fields {
+                    let path = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    leaves(&path, v, out);
+                }
+            }
+            None => out.push((prefix.to_string(), v.to_string())),
+        }
+    }
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    leaves("", &serde_json::to_value(stored).unwrap(), &mut a);
+    leaves("", &serde_json::to_value(requested).unwrap(), &mut b);
+    let value = |fields: &[(String, String)], k: &str| {
+        let v = fields.iter().find(|(f, _)| f == k).map(|(_, v)| v.clone());
+        v.unwrap_or_else(|| "(unset)".into())
+    };
+    let mut keys: Vec<String> = a.iter().chain(&b).map(|(k, _)| k.clone()).collect();
+    keys.sort();
+    keys.dedup();
+    let diffs: Vec<String> = keys
         .iter()
-        .filter(|(k, v)| b.get(*k) != Some(v))
-        .map(|(k, v)| format!("{k}: {v} → {}", b[k]))
+        .filter(|k| value(&a, k) != value(&b, k))
+        .map(|k| format!("{k}: {} → {}", value(&a, k), value(&b, k)))
         .collect();
     diffs.join(", ")
 }

@@ -292,8 +292,8 @@ fn embed_should_write_what_the_knn_monitor_sees() {
         &query_labels,
         dim,
         train_set.classes,
-        cfg.knn_k,
-        cfg.knn_temperature as f32,
+        cfg.monitor.knn_k,
+        cfg.monitor.knn_temperature as f32,
     );
     assert_eq!(
         knn, monitor.knn_top1,
