@@ -6,9 +6,9 @@ mod common;
 
 use common::*;
 use host::cpu::batchnorm::{batchnorm_backward, batchnorm_forward, BnLayer};
+use host::cpu::conv::{conv_backward, conv_forward, Conv2d, ConvScratch};
 use host::cpu::linear::{linear_backward, linear_forward};
-use host::nn::conv::{conv_backward, conv_forward, Conv2d, ConvScratch};
-use host::nn::pool::{avgpool_backward, avgpool_forward, maxpool_backward, maxpool_forward};
+use host::cpu::pool::{avgpool_backward, avgpool_forward, maxpool_backward, maxpool_forward};
 use host::BnMode;
 use kernels::batchnorm::BnGrads;
 use kernels::conv::ConvGeometry;

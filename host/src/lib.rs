@@ -16,10 +16,8 @@ pub mod embed;
 pub mod error;
 pub mod eval;
 pub mod files;
-pub mod mlp;
 pub mod nn;
 pub mod plot;
-pub mod ptx;
 pub mod recipe;
 pub mod train;
 
@@ -27,5 +25,6 @@ pub use backend::cpu::Cpu;
 #[cfg(feature = "cuda")]
 pub use backend::cuda::Cuda;
 pub use backend::{Backend, MlpSaved, MlpState};
+pub use cpu::batchnorm::BnMode;
 pub use error::{Error, Result};
-pub use mlp::{BnMode, Mlp};
+pub use nn::mlp::Mlp;

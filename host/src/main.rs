@@ -527,7 +527,7 @@ fn gpu_info() -> Result<(), Error> {
     println!(
         "GPU 0: {}; {} kernels loaded from the embedded PTX",
         gpu.device_name()?,
-        host::ptx::KERNEL_NAMES.len()
+        host::backend::ptx::KERNEL_NAMES.len()
     );
     Ok(())
 }

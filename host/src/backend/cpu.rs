@@ -2,10 +2,10 @@
 //! the `gemm` crate.
 
 use super::{Backend, MlpSaved, MlpState};
-use crate::cpu::mlp::{mlp_backward, mlp_forward, MlpBuffers};
+use crate::cpu::batchnorm::BnMode;
 use crate::cpu::{ema_update, nmse_loss};
 use crate::error::Result;
-use crate::mlp::BnMode;
+use crate::nn::mlp::{mlp_backward, mlp_forward, MlpBuffers};
 
 /// The CPU backend.
 #[derive(Clone, Copy, Debug, Default)]

@@ -8,10 +8,11 @@
 //! cuBLAS is column-major; a row-major `C[m,n] = op(A)·op(B)` is the column-major
 //! `Cᵀ[n,m] = op(B)ᵀ·op(A)ᵀ`, which is what [`Cuda::matmul`] asks it for.
 
+use super::ptx;
 use super::{Backend, MlpSaved, MlpState};
+use crate::cpu::batchnorm::BnMode;
 use crate::error::{Error, Result};
-use crate::mlp::{BnMode, Mlp};
-use crate::ptx;
+use crate::nn::mlp::Mlp;
 use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg,

@@ -3,14 +3,16 @@
 //!
 //! The checked methods of [`Backend`] validate shapes once, for every backend, and then call
 //! the backend's `*_unchecked` arithmetic. Layouts: row-major `[batch, features]`; MLP
-//! parameters as [`crate::mlp::Mlp`] lays them out.
+//! parameters as [`crate::nn::mlp::Mlp`] lays them out.
 
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod ptx;
 
+use crate::cpu::batchnorm::BnMode;
 use crate::error::{check_len, Error, Result};
-use crate::mlp::{BnMode, Mlp};
+use crate::nn::mlp::Mlp;
 
 /// An MLP's shape with its parameters and BatchNorm running statistics on one backend.
 pub struct MlpState<B> {

@@ -1,5 +1,5 @@
 //! Prints the stamp of the current kernel sources; `scripts/build-ptx.sh` stores it beside
 //! the PTX it builds.
 fn main() {
-    println!("{}", host::ptx::CURRENT_SOURCE_STAMP);
+    println!("{}", host::backend::ptx::CURRENT_SOURCE_STAMP);
 }

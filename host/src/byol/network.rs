@@ -22,10 +22,10 @@
 use super::closed_form;
 use super::objective::{DirectionGrads, Objective};
 use super::optimizer::Optimizer;
+use crate::cpu::batchnorm::BnMode;
 use crate::cpu::ema_update;
-use crate::cpu::mlp::{mlp_backward, mlp_forward, MlpScratch};
 use crate::error::{check_len, Error, Result};
-use crate::mlp::{BnMode, Mlp};
+use crate::nn::mlp::{mlp_backward, mlp_forward, Mlp, MlpScratch};
 use crate::nn::{Activations, Registry, ResNet, ResNetConfig};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;

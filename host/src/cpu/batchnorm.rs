@@ -7,10 +7,16 @@
 //! per block, reduced in block order, then the per-tile normalise.
 
 use super::{par_tiles, part, TilePtr, ROW_BLOCK, TILE};
-use crate::mlp::BnMode;
 use kernels::batchnorm::{
     self as bn, Activation, Affine, BatchStats, BnGrads, Running, ScaleOffset,
 };
+
+/// Training mode (batch statistics, running update) or evaluation mode (running statistics).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BnMode {
+    Train,
+    Eval,
+}
 
 /// The parameters and buffers of one BatchNorm layer, each `[cols]`: γ and β; the running
 /// mean and variance (updated in training mode); and the batch mean and `1/√(var + ε)`

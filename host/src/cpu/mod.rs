@@ -1,5 +1,6 @@
-//! CPU drivers of the kernels: how the kernel crate's per-tile functions are scheduled on
-//! rayon, and the GEMM. Shared by the MLP backend and the ResNet layers.
+//! CPU drivers of the kernels: how the kernel crate's functions are scheduled on rayon, one
+//! file per file of `kernels/src` (batchnorm, conv, ema, linear, loss, pool), plus the GEMM.
+//! The networks in [`crate::nn`] are built from them.
 //!
 //! Matrices are row-major `[rows, cols]`. Work is cut into [`Tile`]s of at most [`TILE`]
 //! columns × [`ROW_BLOCK`] rows; tiles are disjoint, which is what makes the shared
@@ -7,41 +8,18 @@
 //! not depend on the number of threads.
 
 pub mod batchnorm;
+pub mod conv;
+pub mod ema;
 pub mod gemm;
 pub mod linear;
-pub mod mlp;
+pub mod loss;
+pub mod pool;
+
+pub use ema::ema_update;
+pub use loss::nmse_loss;
 
 use kernels::batchnorm::Tile;
-use kernels::{ema, loss};
 use rayon::prelude::*;
-
-/// Elements per rayon task for element-wise kernels (large enough to amortise scheduling).
-const ELEMENT_CHUNK: usize = 1 << 16;
-
-/// `target ← τ·target + (1 − τ)·online` over equal-length slices.
-pub fn ema_update(target: &mut [f32], online: &[f32], tau: f32) {
-    target
-        .par_chunks_mut(ELEMENT_CHUNK)
-        .zip(online.par_chunks(ELEMENT_CHUNK))
-        .for_each(|(t, o)| ema::ema_update(t, o, tau));
-}
-
-/// Batch mean of the normalised MSE between `p, z [rows, dim]`; with `grad_p`, writes the
-/// gradient of that mean. Row losses are summed in row order (thread-count independent).
-pub fn nmse_loss(p: &[f32], z: &[f32], rows: usize, dim: usize, grad_p: Option<&mut [f32]>) -> f32 {
-    let losses: Vec<f32> = p
-        .par_chunks(dim)
-        .zip(z.par_chunks(dim))
-        .map(|(p, z)| loss::nmse_row_forward(p, z))
-        .collect();
-    if let Some(g) = grad_p {
-        let scale = 1.0 / rows as f32;
-        g.par_chunks_mut(dim)
-            .zip(p.par_chunks(dim).zip(z.par_chunks(dim)))
-            .for_each(|(g, (p, z))| loss::nmse_row_backward(p, z, scale, g));
-    }
-    losses.iter().sum::<f32>() / rows as f32
-}
 
 /// Columns per tile. A tile of 256 columns × 256 rows is 256 KiB: it stays in L2 from the
 /// statistics pass to the normalising pass, and each row segment (1 KiB) is a stream the

@@ -3,11 +3,11 @@
 //! vote for their class with weight `exp(similarity / temperature)`; accuracy on the held-out
 //! split. Representations come from the encoder in evaluation mode on unaugmented images.
 
+use crate::cpu::batchnorm::BnMode;
 use crate::cpu::gemm::matmul;
 use crate::data::augment::Augmenter;
 use crate::data::Dataset;
 use crate::error::Result;
-use crate::mlp::BnMode;
 use crate::nn::ResNet;
 use rayon::prelude::*;
 

@@ -1,8 +1,8 @@
-//! The ResNet encoder on the CPU: layers (conv, pooling; BatchNorm and Linear come from
-//! [`crate::cpu`]), the parameter registry, and the network. Activations are NHWC.
+//! The networks: the ResNet encoder (activations NHWC) and the projector/predictor MLP
+//! (activations `[batch, features]`), their parameter registry, and their forward and backward
+//! passes composed from the CPU drivers of [`crate::cpu`].
 
-pub mod conv;
-pub mod pool;
+pub mod mlp;
 pub mod registry;
 pub mod resnet;
 

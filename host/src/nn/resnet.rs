@@ -9,12 +9,12 @@
 //! what a forward keeps for its backward lives in [`Activations`], allocated once per input
 //! shape and reused.
 
-use super::conv::{conv_backward, conv_forward, Conv2d, ConvScratch};
-use super::pool::{avgpool_backward, avgpool_forward, maxpool_backward, maxpool_forward};
 use super::registry::{Registry, Role};
+use crate::cpu::batchnorm::BnMode;
 use crate::cpu::batchnorm::{batchnorm_backward, batchnorm_forward, BnLayer};
+use crate::cpu::conv::{conv_backward, conv_forward, Conv2d, ConvScratch};
+use crate::cpu::pool::{avgpool_backward, avgpool_forward, maxpool_backward, maxpool_forward};
 use crate::error::{check_len, Error, Result};
-use crate::mlp::BnMode;
 use kernels::batchnorm::BnGrads;
 use kernels::conv::ConvGeometry;
 use rand::Rng;

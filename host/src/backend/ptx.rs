@@ -1,10 +1,10 @@
 //! The PTX of the kernel crate, built by `scripts/build-ptx.sh` and embedded in the binary.
 
 /// PTX text for sm_80 and newer (A100, H100, H200).
-pub const PTX: &str = include_str!("../../kernels/ptx/byol_kernels.ptx");
+pub const PTX: &str = include_str!("../../../kernels/ptx/byol_kernels.ptx");
 
 /// Stamp of the kernel sources the embedded PTX was built from (written by the script).
-pub const PTX_SOURCE_STAMP: &str = include_str!("../../kernels/ptx/SOURCE_STAMP");
+pub const PTX_SOURCE_STAMP: &str = include_str!("../../../kernels/ptx/SOURCE_STAMP");
 
 /// Stamp of the kernel sources this binary was compiled with (computed by `build.rs`).
 pub const CURRENT_SOURCE_STAMP: &str = env!("KERNEL_SOURCE_STAMP");

@@ -1,7 +1,7 @@
 //! Conv2d on the CPU, NHWC, no bias (every ResNet convolution is followed by a BatchNorm).
 //!
 //! Shapes: input `x [n, h, w, cin]`, output `[n, oh, ow, cout]`, weight `[cout, k, k, cin]`
-//! (OHWI; PyTorch's OIHW is produced at the boundary, see [`super::registry`]).
+//! (OHWI; PyTorch's OIHW is produced at the boundary, see [`crate::nn::registry`]).
 //!
 //! A 1×1 stride-1 convolution is one multithreaded GEMM over the `[n·h·w, cin]` matrix.
 //! Others lower to im2col + GEMM: the batch is split into one contiguous range of images per

@@ -1,0 +1,75 @@
+//! The floors of `host/src`, lowest first: a module uses only its own floor and those below,
+//! so the layers read bottom-up (kernels → CPU drivers → backends → networks → BYOL and
+//! evaluation → the run).
+
+use std::path::Path;
+
+/// `(module, floor)`; modules not listed (the run: train, ablate, recipe, checkpoint, embed,
+/// plot, main) sit on top and may use anything.
+const FLOORS: [(&str, usize); 8] = [
+    ("error", 0),
+    ("files", 0),
+    ("cpu", 1),
+    ("data", 1),
+    ("backend", 2),
+    ("nn", 3),
+    ("byol", 4),
+    ("eval", 4),
+];
+
+/// Imports up a floor that are known and scheduled to go: the backends' fused MLP uses the
+/// MLP's layout from `nn` until the MLP is written once over the backend's GEMM and BatchNorm.
+const PENDING: [(&str, &str); 1] = [("backend", "nn::mlp")];
+
+fn floor(module: &str) -> Option<usize> {
+    FLOORS.iter().find(|(m, _)| *m == module).map(|(_, f)| *f)
+}
+
+fn files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn no_module_should_use_one_on_a_floor_above_it() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut violations = Vec::new();
+    for (module, own) in FLOORS {
+        let (dir, file) = (src.join(module), src.join(format!("{module}.rs")));
+        let mut sources = Vec::new();
+        if dir.is_dir() {
+            files(&dir, &mut sources);
+        }
+        if file.is_file() {
+            sources.push(file);
+        }
+        assert!(!sources.is_empty(), "no sources for {module}");
+        for path in sources {
+            let text = std::fs::read_to_string(&path).unwrap();
+            for line in text
+                .lines()
+                .filter(|l| l.trim_start().starts_with("use crate::"))
+            {
+                let used = line.trim_start()["use crate::".len()..].to_string();
+                let target = used.split("::").next().unwrap().trim_end_matches(';');
+                let pending = PENDING
+                    .iter()
+                    .any(|(m, u)| *m == module && used.starts_with(u));
+                if floor(target).is_some_and(|f| f > own) && !pending {
+                    violations.push(format!("{}: {}", path.display(), line.trim()));
+                }
+            }
+        }
+    }
+    assert!(
+        violations.is_empty(),
+        "imports up a floor:\n{}",
+        violations.join("\n")
+    );
+}
