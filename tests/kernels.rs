@@ -1,39 +1,71 @@
-//! The kernels on the CPU backend: against the independent f64 references (`common`), by
-//! finite differences, and on bad input.
+//! The kernels through the backends: one body per check (`tests/common`), run on every backend
+//! compiled in by [`test_device!`] (as candle's `test_device!`): against the independent f64
+//! references, and on bad input. The GPU versions are ignored by default (they need an NVIDIA
+//! GPU); `scripts/gpu-bundle.sh` builds them for a GPU machine, which runs them with
+//! `--include-ignored`, together with the GPU-against-CPU check at BYOL's projector shape.
+//! Finite-difference checks run on the CPU; the GPU is then held to the CPU.
 
 mod common;
 
 use common::*;
 use host::{Backend, BnMode, Cpu, Mlp};
+#[cfg(feature = "cuda")]
+use host::{Cuda, Error};
 
-#[test]
-fn ema_should_match_formula_and_keep_or_copy_at_the_ends() {
-    ema_matches_formula(&Cpu);
+#[cfg(feature = "cuda")]
+fn gpu() -> Cuda {
+    Cuda::new(0).unwrap_or_else(|e| panic!("these tests need a GPU: {e}"))
 }
 
-#[test]
-fn nmse_loss_should_match_f64_reference() {
-    nmse_matches_reference(&Cpu);
+/// `test_device!(name, body)`: the tests `name::cpu` and, with the `cuda` feature, `name::cuda`,
+/// each calling `body(&backend)`.
+macro_rules! test_device {
+    ($name:ident, $body:ident) => {
+        mod $name {
+            #[test]
+            fn cpu() {
+                super::$body(&host::Cpu);
+            }
+            #[cfg(feature = "cuda")]
+            #[test]
+            #[ignore = "needs an NVIDIA GPU"]
+            fn cuda() {
+                super::$body(&super::gpu());
+            }
+        }
+    };
 }
 
-#[test]
-fn mlp_train_forward_and_backward_should_match_f64_reference() {
-    mlp_train_matches_reference(&Cpu);
-}
+test_device!(
+    ema_should_match_formula_and_keep_or_copy_at_the_ends,
+    ema_matches_formula
+);
+test_device!(nmse_loss_should_match_f64_reference, nmse_matches_reference);
+test_device!(
+    mlp_train_forward_and_backward_should_match_f64_reference,
+    mlp_train_matches_reference
+);
+test_device!(
+    mlp_eval_mode_should_use_running_statistics,
+    mlp_eval_uses_running_statistics
+);
+test_device!(
+    mlp_running_statistics_should_follow_the_pytorch_recurrence,
+    mlp_running_statistics_follow_recurrence
+);
+test_device!(bad_input_should_be_a_clear_error, bad_input_is_an_error);
 
+#[cfg(feature = "cuda")]
 #[test]
-fn mlp_eval_mode_should_use_running_statistics() {
-    mlp_eval_uses_running_statistics(&Cpu);
-}
-
-#[test]
-fn mlp_running_statistics_should_follow_the_pytorch_recurrence() {
-    mlp_running_statistics_follow_recurrence(&Cpu);
-}
-
-#[test]
-fn bad_input_should_be_a_clear_error() {
-    bad_input_is_an_error(&Cpu);
+fn opening_a_gpu_without_one_should_be_a_clear_error_not_a_panic() {
+    // On a machine without the driver this is the error; with a GPU it opens.
+    match Cuda::new(0) {
+        Ok(gpu) => println!("GPU present: {}", gpu.device_name().unwrap()),
+        Err(e) => {
+            assert!(matches!(e, Error::GpuUnavailable(_)), "{e}");
+            println!("{e}");
+        }
+    }
 }
 
 #[test]
@@ -175,4 +207,63 @@ fn mlp_gradients_match_finite_differences(mlp: Mlp) {
         skipped * 10 <= checked,
         "too many ReLU kinks crossed: {skipped} skipped, {checked} checked"
     );
+}
+
+#[cfg(feature = "cuda")]
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn gpu_mlp_step_should_match_cpu_at_the_byol_projector_shape() {
+    let gpu = gpu();
+    let (mlp, batch) = (Mlp::byol(512), 256);
+    let case = MlpCase::new(mlp, 42);
+    let mut r = rng(43);
+    let x = uniform(&mut r, batch * mlp.input, 1.0);
+    let dout = uniform(&mut r, batch * mlp.output, 1.0);
+    let mut results = Vec::new();
+    fn run<B: Backend>(
+        be: &B,
+        case: &MlpCase,
+        x: &[f32],
+        dout: &[f32],
+        batch: usize,
+    ) -> [Vec<f32>; 4] {
+        let mlp = case.mlp;
+        let mut st = case.state(be);
+        let mut saved = be.mlp_saved(&mlp, batch).unwrap();
+        let xb = be.upload(x).unwrap();
+        let mut out = be.zeros(batch * mlp.output).unwrap();
+        be.mlp_forward(&mut st, &xb, BnMode::Train, &mut saved, &mut out)
+            .unwrap();
+        let mut grads = be.zeros(mlp.num_params()).unwrap();
+        let mut gx = be.zeros(batch * mlp.input).unwrap();
+        be.mlp_backward(
+            &st,
+            &xb,
+            &mut saved,
+            &be.upload(dout).unwrap(),
+            &mut grads,
+            &mut gx,
+        )
+        .unwrap();
+        [out, st.running, grads, gx].map(|b| be.download(&b).unwrap())
+    }
+    results.push(run(&Cpu, &case, &x, &dout, batch));
+    results.push(run(&gpu, &case, &x, &dout, batch));
+    for (k, name) in [
+        "output",
+        "running statistics",
+        "parameter gradients",
+        "input gradient",
+    ]
+    .iter()
+    .enumerate()
+    {
+        assert_close(
+            &format!("GPU vs CPU {name}"),
+            &results[1][k],
+            &to_f64(&results[0][k]),
+            1e-3,
+            1e-4,
+        );
+    }
 }
