@@ -8,7 +8,7 @@
 //! cuBLAS is column-major; a row-major `C[m,n] = op(A)·op(B)` is the column-major
 //! `Cᵀ[n,m] = op(B)ᵀ·op(A)ᵀ`, which is what [`Cuda::matmul`] asks it for.
 
-use super::ptx;
+use super::ptx::{self, DeviceAddr};
 use super::{Backend, MlpSaved, MlpState};
 use crate::cpu::batchnorm::BnMode;
 use crate::error::{Error, Result};
@@ -99,21 +99,15 @@ impl Cuda {
         }
     }
 
-    /// Launches kernel `name` with one thread per unit of work; `args` are pushed in order.
-    fn launch(&self, name: &str, threads: usize, args: &[KernelArg]) -> Result<()> {
-        let f = &self.kernels[name];
-        let mut b = self.stream.launch_builder(f);
-        for a in args {
-            match a {
-                KernelArg::Ptr(p) => b.arg(p),
-                KernelArg::Size(s) => b.arg(s),
-                KernelArg::F32(x) => b.arg(x),
-            };
-        }
-        // SAFETY: argument lists match the entry points in `kernels::gpu`, and the checked
-        // methods of `Backend` validated every buffer length before we got here.
-        unsafe { b.launch(Self::config(threads)) }.map_err(cuda_err)?;
-        Ok(())
+    /// The launch of kernel `name` with one thread per unit of work; the typed methods below
+    /// push its arguments.
+    fn launcher(&self, name: &str) -> cudarc::driver::LaunchArgs<'_> {
+        self.stream.launch_builder(&self.kernels[name])
+    }
+
+    /// The typed launches of the kernels.
+    fn launch(&self) -> Launch<'_> {
+        Launch { cuda: self }
     }
 
     /// Row-major `dst[m,n] = (dst if accumulate) + op(lhs)·op(rhs)`, as `backend::gemm::matmul`.
@@ -178,28 +172,38 @@ impl Cuda {
         n: usize,
     ) -> Result<()> {
         if let Some(bias) = bias {
-            self.launch(
-                "bias_fill",
-                n,
-                &[
-                    KernelArg::Ptr(out),
-                    KernelArg::Size(rows),
-                    KernelArg::Size(n),
-                    KernelArg::Ptr(bias),
-                ],
-            )?;
+            self.launch().bias_fill(n, out, rows, n, bias)?;
         }
         self.matmul(out, rows, n, k, x, false, w, true, bias.is_some())
     }
 }
 
-/// One argument of a kernel launch.
-enum KernelArg {
-    Ptr(u64),
-    Size(usize),
-    F32(f32),
+/// The kernels of one GPU, as typed methods: `gpu.launch().ema_update(threads, target,
+/// online, tau, n)` launches `threads` threads of `ema_update`.
+struct Launch<'a> {
+    cuda: &'a Cuda,
 }
-use KernelArg::{Ptr, Size, F32};
+
+/// One typed method per PTX entry point, from the one list in [`ptx::ptx_entries`].
+macro_rules! typed_launchers {
+    ($($name:ident($($arg:ident: $ty:ident),*);)*) => {
+        #[allow(clippy::too_many_arguments)]
+        impl Launch<'_> {
+            $(
+                fn $name(&self, threads: usize, $($arg: $ty),*) -> Result<()> {
+                    let mut launch = self.cuda.launcher(stringify!($name));
+                    $( launch.arg(&$arg); )*
+                    // SAFETY: the argument types are the entry point's (checked against the
+                    // PTX by `ptx`'s tests), and the checked methods of `Backend` validated
+                    // every buffer length before we got here.
+                    unsafe { launch.launch(Cuda::config(threads)) }.map_err(cuda_err)?;
+                    Ok(())
+                }
+            )*
+        }
+    };
+}
+ptx::ptx_entries!(typed_launchers);
 
 impl Backend for Cuda {
     type Buffer = CudaSlice<f32>;
@@ -227,16 +231,8 @@ impl Backend for Cuda {
         tau: f32,
     ) -> Result<()> {
         let n = target.len();
-        self.launch(
-            "ema_update",
-            n,
-            &[
-                Ptr(self.ptr(target, 0)),
-                Ptr(self.ptr(online, 0)),
-                F32(tau),
-                Size(n),
-            ],
-        )
+        self.launch()
+            .ema_update(n, self.ptr(target, 0), self.ptr(online, 0), tau, n)
     }
 
     fn nmse_loss_unchecked(
@@ -249,31 +245,12 @@ impl Backend for Cuda {
     ) -> Result<f32> {
         let (pp, zp) = (self.ptr(p, 0), self.ptr(z, 0));
         let row_losses = self.zeros(rows)?;
-        self.launch(
-            "nmse_forward",
-            rows,
-            &[
-                Ptr(pp),
-                Ptr(zp),
-                Ptr(self.ptr(&row_losses, 0)),
-                Size(rows),
-                Size(dim),
-            ],
-        )?;
+        self.launch()
+            .nmse_forward(rows, pp, zp, self.ptr(&row_losses, 0), rows, dim)?;
         if let Some(g) = grad_p {
             let scale = 1.0 / rows as f32;
-            self.launch(
-                "nmse_backward",
-                rows,
-                &[
-                    Ptr(pp),
-                    Ptr(zp),
-                    Ptr(self.ptr(g, 0)),
-                    Size(rows),
-                    Size(dim),
-                    F32(scale),
-                ],
-            )?;
+            self.launch()
+                .nmse_backward(rows, pp, zp, self.ptr(g, 0), rows, dim, scale)?;
         }
         let losses = self.download(&row_losses)?;
         Ok(losses.iter().sum::<f32>() / rows as f32)
@@ -309,38 +286,12 @@ impl Backend for Cuda {
         match mode {
             BnMode::Train => {
                 let (mean, invstd) = (self.ptr(&saved.stats, 0), self.ptr(&saved.stats, hd));
-                self.launch(
-                    "bn_relu_forward_train",
-                    hd,
-                    &[
-                        Ptr(h),
-                        Ptr(a),
-                        Size(b),
-                        Size(hd),
-                        Ptr(gamma),
-                        Ptr(beta),
-                        Ptr(mean),
-                        Ptr(invstd),
-                        Ptr(rm),
-                        Ptr(rv),
-                    ],
-                )?;
+                self.launch()
+                    .bn_relu_forward_train(hd, h, a, b, hd, gamma, beta, mean, invstd, rm, rv)?;
             }
             BnMode::Eval => {
-                self.launch(
-                    "bn_relu_forward_eval",
-                    hd,
-                    &[
-                        Ptr(h),
-                        Ptr(a),
-                        Size(b),
-                        Size(hd),
-                        Ptr(gamma),
-                        Ptr(beta),
-                        Ptr(rm),
-                        Ptr(rv),
-                    ],
-                )?;
+                self.launch()
+                    .bn_relu_forward_eval(hd, h, a, b, hd, gamma, beta, rm, rv)?;
             }
         }
         let b2 = mlp.last_bias.then(|| at(mlp.b2()));
@@ -369,32 +320,25 @@ impl Backend for Cuda {
         );
         // Second Linear: bias, weight, then the gradient flowing into the hidden layer.
         if mlp.last_bias {
-            self.launch(
-                "column_sum",
-                o,
-                &[Ptr(dout), Size(b), Size(o), Ptr(g(mlp.b2()))],
-            )?;
+            self.launch().column_sum(o, dout, b, o, g(mlp.b2()))?;
         }
         self.matmul(g(mlp.w2()), o, hd, b, dout, true, a, false, true)?;
         self.matmul(gh, b, hd, o, dout, false, p(mlp.w2()), false, false)?;
         // Fused ReLU + BatchNorm backward, in place on grad_hidden.
         let (mean, invstd) = (self.ptr(&saved.stats, 0), self.ptr(&saved.stats, hd));
-        self.launch(
-            "bn_relu_backward",
+        self.launch().bn_relu_backward(
             hd,
-            &[
-                Ptr(h),
-                Ptr(a),
-                Ptr(gh),
-                Size(b),
-                Size(hd),
-                Ptr(p(mlp.gamma())),
-                Ptr(mean),
-                Ptr(invstd),
-                Ptr(g(mlp.gamma())),
-                Ptr(g(mlp.beta())),
-                Ptr(g(mlp.b1())),
-            ],
+            h,
+            a,
+            gh,
+            b,
+            hd,
+            p(mlp.gamma()),
+            mean,
+            invstd,
+            g(mlp.gamma()),
+            g(mlp.beta()),
+            g(mlp.b1()),
         )?;
         // First Linear: weight gradient and input gradient.
         self.matmul(g(mlp.w1()), hd, i, b, gh, true, self.ptr(x, 0), false, true)?;

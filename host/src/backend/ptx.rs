@@ -9,17 +9,70 @@ pub const PTX_SOURCE_STAMP: &str = include_str!("../../../kernels/ptx/SOURCE_STA
 /// Stamp of the kernel sources this binary was compiled with (computed by `build.rs`).
 pub const CURRENT_SOURCE_STAMP: &str = env!("KERNEL_SOURCE_STAMP");
 
-/// Entry points the PTX must export; the CUDA backend loads each of them once.
-pub const KERNEL_NAMES: &[&str] = &[
-    "ema_update",
-    "nmse_forward",
-    "nmse_backward",
-    "bn_relu_forward_train",
-    "bn_relu_forward_eval",
-    "bn_relu_backward",
-    "bias_fill",
-    "column_sum",
-];
+/// A device address, as the kernels take their buffers (`*mut f32` / `*const f32` in
+/// `kernels::gpu`).
+pub type DeviceAddr = u64;
+
+/// The one list of the PTX's entry points: each kernel's name and parameters, in the order
+/// of its `extern "ptx-kernel"` signature in `kernels/src/gpu.rs`. `ptx_entries!(then)`
+/// hands the list to the macro `then`: here it makes [`KERNEL_NAMES`] and [`KERNEL_PARAMS`]
+/// (which the tests check against the PTX itself), and in the CUDA backend one typed launch
+/// method per kernel, so no launch passes an untyped argument list.
+macro_rules! ptx_entries {
+    ($then:ident) => {
+        $then! {
+            ema_update(target: DeviceAddr, online: DeviceAddr, tau: f32, n: usize);
+            nmse_forward(p: DeviceAddr, z: DeviceAddr, loss_rows: DeviceAddr, rows: usize, dim: usize);
+            nmse_backward(p: DeviceAddr, z: DeviceAddr, grad_p: DeviceAddr, rows: usize, dim: usize, scale: f32);
+            bn_relu_forward_train(h: DeviceAddr, a: DeviceAddr, rows: usize, cols: usize, gamma: DeviceAddr, beta: DeviceAddr, mean: DeviceAddr, invstd: DeviceAddr, running_mean: DeviceAddr, running_var: DeviceAddr);
+            bn_relu_forward_eval(h: DeviceAddr, a: DeviceAddr, rows: usize, cols: usize, gamma: DeviceAddr, beta: DeviceAddr, running_mean: DeviceAddr, running_var: DeviceAddr);
+            bn_relu_backward(h: DeviceAddr, a: DeviceAddr, grad: DeviceAddr, rows: usize, cols: usize, gamma: DeviceAddr, mean: DeviceAddr, invstd: DeviceAddr, grad_gamma: DeviceAddr, grad_beta: DeviceAddr, grad_linear_bias: DeviceAddr);
+            bias_fill(dst: DeviceAddr, rows: usize, cols: usize, bias: DeviceAddr);
+            column_sum(x: DeviceAddr, rows: usize, cols: usize, out: DeviceAddr);
+        }
+    };
+}
+pub(crate) use ptx_entries;
+
+/// A kernel parameter as the PTX declares it: `ptr` (a `.u64 .ptr`), `u64` (a size) or `f32`.
+macro_rules! ptx_type {
+    (DeviceAddr) => {
+        "ptr"
+    };
+    (usize) => {
+        "u64"
+    };
+    (f32) => {
+        "f32"
+    };
+}
+
+macro_rules! entry_tables {
+    ($($name:ident($($arg:ident: $ty:ident),*);)*) => {
+        /// Entry points the PTX must export; the CUDA backend loads each of them once.
+        pub const KERNEL_NAMES: &[&str] = &[$(stringify!($name)),*];
+        /// Each entry point's parameter types, as the PTX declares them.
+        pub const KERNEL_PARAMS: &[(&str, &[&str])] =
+            &[$((stringify!($name), &[$(ptx_type!($ty)),*])),*];
+    };
+}
+ptx_entries!(entry_tables);
+
+/// The parameters of entry point `name` as the PTX text declares them (`ptr` for `.param .u64
+/// .ptr`, else the type: `u64`, `f32`), or `None` when it has no such entry.
+pub fn ptx_params(ptx: &str, name: &str) -> Option<Vec<String>> {
+    let start = ptx.find(&format!(".entry {name}("))?;
+    let list = &ptx[start..start + ptx[start..].find(')')?];
+    let params = list.lines().filter_map(|l| {
+        let l = l.trim();
+        let ty = l.strip_prefix(".param .")?;
+        Some(match ty.contains(".ptr") {
+            true => "ptr".to_string(),
+            false => ty.split_whitespace().next().unwrap_or("").to_string(),
+        })
+    });
+    Some(params.collect())
+}
 
 /// Whether the embedded PTX was built from the kernel sources this binary was compiled with.
 pub fn ptx_matches_sources() -> bool {
@@ -41,13 +94,26 @@ mod tests {
     }
 
     #[test]
-    fn embedded_ptx_exports_every_kernel_for_sm_80() {
+    fn embedded_ptx_exports_every_kernel_with_the_declared_parameters() {
         assert!(PTX.contains(".target sm_80"));
-        for name in KERNEL_NAMES {
+        assert_eq!(KERNEL_NAMES.len(), KERNEL_PARAMS.len());
+        for (name, declared) in KERNEL_PARAMS {
             assert!(
                 PTX.contains(&format!(".visible .entry {name}(")),
                 "PTX lacks entry point {name}"
             );
+            let in_ptx = ptx_params(PTX, name).unwrap();
+            assert_eq!(
+                &in_ptx, declared,
+                "{name}: the PTX's parameters differ from the table"
+            );
         }
+        // Every entry the PTX exports is in the table.
+        let exported = PTX.matches(".visible .entry ").count();
+        assert_eq!(
+            exported,
+            KERNEL_NAMES.len(),
+            "the PTX exports entries the table lacks"
+        );
     }
 }
