@@ -23,8 +23,8 @@ use std::sync::Arc;
 /// Threads per block for every kernel.
 const BLOCK: u32 = 256;
 
-fn cuda_err(e: impl std::fmt::Debug) -> Error {
-    Error::Cuda(format!("{e:?}"))
+fn cuda_err(e: impl std::fmt::Display) -> Error {
+    Error::Cuda(e.to_string())
 }
 
 /// One GPU with the kernels loaded and a cuBLAS handle.
@@ -52,7 +52,7 @@ impl Cuda {
             ));
         }
         let ctx = CudaContext::new(ordinal)
-            .map_err(|e| Error::GpuUnavailable(format!("cannot open GPU {ordinal}: {e:?}")))?;
+            .map_err(|e| Error::GpuUnavailable(format!("cannot open GPU {ordinal}: {e}")))?;
         let stream = ctx.default_stream();
         let module = ctx
             .load_module(cudarc::nvrtc::Ptx::from_src(ptx::PTX))
