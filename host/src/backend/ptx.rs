@@ -32,6 +32,7 @@ macro_rules! ptx_entries {
         }
     };
 }
+#[cfg(feature = "cuda")]
 pub(crate) use ptx_entries;
 
 /// A kernel parameter as the PTX declares it: `ptr` (a `.u64 .ptr`), `u64` (a size) or `f32`.
