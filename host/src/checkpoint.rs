@@ -33,65 +33,37 @@ struct Meta {
 /// The metadata key holding [`Meta`].
 const META_KEY: &str = "byol-rs";
 
-fn to_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
-/// `(name, shape, bytes)` of every parameter of `registry` in `flat`, in PyTorch's layout,
-/// limited to those that end before `limit` (the target has no predictor).
-fn param_tensors(
-    registry: &Registry,
-    prefix: &str,
-    flat: &[f32],
-    limit: usize,
-) -> Vec<(String, Vec<usize>, Vec<u8>)> {
+/// Every parameter of `registry` in `flat`, in PyTorch's layout, limited to those that end
+/// before `limit` (the target has no predictor).
+fn param_tensors(registry: &Registry, prefix: &str, flat: &[f32], limit: usize) -> Vec<Tensor> {
     let params = registry.params.iter().filter(|p| p.range.end <= limit);
     params
         .map(|p| {
-            (
-                format!("{prefix}{}", p.name),
-                p.shape.clone(),
-                to_bytes(&registry.to_torch(p, flat)),
-            )
+            let name = format!("{prefix}{}", p.name);
+            Tensor::f32(name, p.shape.clone(), &registry.to_torch(p, flat))
         })
         .collect()
 }
 
-fn buffer_tensors(
-    registry: &Registry,
-    prefix: &str,
-    flat: &[f32],
-) -> Vec<(String, Vec<usize>, Vec<u8>)> {
+fn buffer_tensors(registry: &Registry, prefix: &str, flat: &[f32]) -> Vec<Tensor> {
     let buffers = registry
         .buffers
         .iter()
         .filter(|b| b.range.end <= flat.len());
     buffers
         .map(|b| {
-            (
-                format!("{prefix}{}", b.name),
-                b.shape.clone(),
-                to_bytes(&flat[b.range.clone()]),
-            )
+            let name = format!("{prefix}{}", b.name);
+            Tensor::f32(name, b.shape.clone(), &flat[b.range.clone()])
         })
         .collect()
 }
 
-/// Serialises `tensors` (all f32) with `metadata` and writes them to `path` atomically.
+/// Writes `tensors` with `metadata` to `path` atomically; failures are checkpoint errors.
 fn write_atomic(
     path: &Path,
-    tensors: Vec<(String, Vec<usize>, Vec<u8>)>,
+    tensors: Vec<Tensor>,
     metadata: HashMap<String, String>,
 ) -> Result<()> {
-    let tensors: Vec<Tensor> = tensors
-        .into_iter()
-        .map(|(name, shape, bytes)| Tensor {
-            name,
-            dtype: Dtype::F32,
-            shape,
-            bytes,
-        })
-        .collect();
     crate::files::write_safetensors(path, &tensors, metadata).map_err(|e| match e {
         Error::Data { path, reason } => Error::Checkpoint { path, reason },
         e => e,

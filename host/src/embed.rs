@@ -49,7 +49,7 @@ pub fn embed_split(
         representations.extend(r);
         if progress && (terminal || (c + 1) * CHUNK >= data.len()) {
             let done = ((c + 1) * CHUNK).min(data.len());
-            let bar = "#".repeat(20 * done / data.len()) + &".".repeat(20 - 20 * done / data.len());
+            let bar = crate::train::progress_bar(done, data.len());
             let end = if done == data.len() { "\n" } else { "" };
             let clear = if terminal { "\r\x1b[2K" } else { "" };
             eprint!("{clear}{split} [{bar}] {done}/{} images{end}", data.len());

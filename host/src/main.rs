@@ -208,16 +208,11 @@ impl TrainArgs {
         }
         let checkpoint = host::train::checkpoint_path(run);
         let saved = host::train::saved_config(&checkpoint)?;
-        let out = match (&self.out, checkpoint.parent()) {
-            (Some(out), _) => out.clone(),
-            (None, Some(dir)) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
-            (None, _) => PathBuf::from("."),
-        };
+        let dir = checkpoint.parent().filter(|d| !d.as_os_str().is_empty());
+        let dir = dir.unwrap_or(Path::new("."));
+        let out = self.out.clone().unwrap_or_else(|| dir.to_path_buf());
         // The run's own thread count, so that it continues bit for bit.
-        let threads = self.threads.or_else(|| {
-            let dir = checkpoint.parent().unwrap_or(Path::new("."));
-            host::train::saved_threads(dir)
-        });
+        let threads = self.threads.or_else(|| host::train::saved_threads(dir));
         Ok((over_flags(&saved, given)?, out, threads))
     }
 }
@@ -474,14 +469,14 @@ fn eval_linear(path: &Path, epochs: usize) -> Result<(), Error> {
 /// `data_flags`: the data fields given as flags, laid over the run's data configuration.
 fn embed(run: &Path, out: &Path, projections: bool, data_flags: &toml::Table) -> Result<(), Error> {
     let (byol, state, cfg) = open_run(run)?;
-    let (pretraining, _) = host::train::load_data(&cfg)?;
+    let (pretraining, held_out) = host::train::load_data(&cfg)?;
     let aug = host::train::augmenter(&pretraining, &cfg)?;
     let data = TrainConfig {
         data: host::train::overlay(&cfg.data, data_flags).map_err(Error::InvalidArgument)?,
         ..cfg.clone()
     };
     let (train, test) = if data == cfg {
-        (pretraining, host::train::load_data(&cfg)?.1)
+        (pretraining, held_out)
     } else {
         data.validate()?;
         host::train::load_data(&data)?

@@ -861,8 +861,9 @@ pub fn parse_saved_config(json: &str) -> std::result::Result<TrainConfig, String
 }
 
 /// The sections of the fields of the flat configuration that checkpoints and files used
-/// before sections existed. Frozen: new fields exist only in the nested form.
-const FLAT_FIELDS: [(&str, &[&str]); 6] = [
+/// before sections existed (files also had the run's `out` and `threads` at the top). Frozen:
+/// new fields exist only in the nested form.
+const FLAT_FIELDS: [(&str, &[&str]); 7] = [
     (
         "data",
         &[
@@ -924,6 +925,7 @@ const FLAT_FIELDS: [(&str, &[&str]); 6] = [
         ],
     ),
     ("monitor", &["knn_k", "knn_temperature"]),
+    ("run", &["out", "threads"]),
 ];
 
 /// `table` with the fields of the old flat form moved into their sections.
@@ -945,10 +947,7 @@ fn nest_flat_fields(mut table: toml::Table) -> toml::Table {
 
 /// The thread count a run recorded in its folder's `config.json`, if it did.
 pub fn saved_threads(run_dir: &Path) -> Option<usize> {
-    let text = std::fs::read_to_string(run_dir.join(RUN_CONFIG)).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    let threads = v["run"]["threads"].as_u64().or(v["threads"].as_u64());
-    threads.map(|n| n as usize)
+    read_config(&run_dir.join(RUN_CONFIG)).ok()?.threads
 }
 
 /// Reads a [`ConfigFile`] (TOML, or JSON when the name ends in `.json`). Besides the
@@ -966,17 +965,6 @@ pub fn read_config(path: &Path) -> Result<ConfigFile> {
         toml::from_str(&text).map_err(|e| bad(e.to_string()))?
     };
     let mut table = nest_flat_fields(table);
-    // The flat form had the run's fields at the top.
-    for field in ["out", "threads"] {
-        if let Some(v) = table.remove(field) {
-            let run = table
-                .entry("run")
-                .or_insert_with(|| toml::Table::new().into());
-            if let Some(run) = run.as_table_mut() {
-                run.insert(field.into(), v);
-            }
-        }
-    }
     let mut run = match table.remove("run") {
         Some(toml::Value::Table(run)) => run,
         Some(v) => return Err(bad(format!("run must be a table (out, threads), got {v}"))),
@@ -1326,6 +1314,13 @@ fn metrics_before(path: &Path, step: u64, epochs: usize) -> Result<()> {
     crate::files::write_atomic(path, kept.as_bytes())
 }
 
+/// A 20-character bar, `#` for the `done` part of `total`, `.` for the rest.
+pub(crate) fn progress_bar(done: usize, total: usize) -> String {
+    const WIDTH: usize = 20;
+    let filled = WIDTH * done / total.max(1);
+    "#".repeat(filled) + &".".repeat(WIDTH - filled)
+}
+
 /// The progress line: a bar over the epoch, loss, lr, τ, throughput and time left.
 #[allow(clippy::too_many_arguments)]
 fn progress(
@@ -1339,9 +1334,7 @@ fn progress(
     ips: f64,
     images_left: usize,
 ) {
-    let width = 20;
-    let filled = width * s / steps;
-    let bar = "#".repeat(filled) + &".".repeat(width - filled);
+    let bar = progress_bar(s, steps);
     let eta = (images_left as f64 / ips.max(1e-9)) as u64;
     let line = format!(
         "epoch {epoch}/{epochs} [{bar}] step {s}/{steps} loss {loss:.4} lr {lr:.4} τ {tau:.4} {ips:.0} img/s ETA {}m{:02}s",
