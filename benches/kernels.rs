@@ -190,14 +190,14 @@ fn bench_mlp_cpu() {
         params: params.clone(),
         running: mlp.init_running(),
     };
-    let mut saved = Cpu.mlp_saved(&mlp, b).unwrap();
+    let mut saved = mlp.saved(&Cpu, b).unwrap();
     let mut out = vec![0.0; b * mlp.output];
     let mut grads = vec![0.0; mlp.num_params()];
     let mut gx = vec![0.0; b * mlp.input];
     let fused = median_secs(2, 11, || {
-        Cpu.mlp_forward(&mut st, &x, BnMode::Train, &mut saved, &mut out)
+        st.forward(&Cpu, &x, BnMode::Train, &mut saved, &mut out)
             .unwrap();
-        Cpu.mlp_backward(&st, &x, &mut saved, &dout, &mut grads, &mut gx)
+        st.backward(&Cpu, &x, &mut saved, &dout, &mut grads, &mut gx)
             .unwrap();
     });
     let bh = b * mlp.hidden;
@@ -267,7 +267,7 @@ fn bench_gpu() {
     let online = gpu.upload(&random(n, 2)).unwrap();
     let mut dst = gpu.zeros(n).unwrap();
     let ema = timed(&mut || gpu.ema_update(&mut target, &online, 0.996).unwrap());
-    let copy = timed(&mut || gpu.copy(&online, &mut dst).unwrap());
+    let copy = timed(&mut || gpu.copy_all(&online, &mut dst).unwrap());
     let gbs = |bytes: usize, s: f64| bytes as f64 / s / 1e9;
     println!(
         "gpu  ema    {n} params: {:.1} µs, {:.0} GB/s | device copy {:.1} µs, {:.0} GB/s | EMA/copy time {:.2}",
@@ -294,16 +294,16 @@ fn bench_gpu() {
         params: gpu.upload(&mlp.init_params(&mut r)).unwrap(),
         running: gpu.upload(&mlp.init_running()).unwrap(),
     };
-    let mut saved = gpu.mlp_saved(&mlp, b).unwrap();
+    let mut saved = mlp.saved(&gpu, b).unwrap();
     let x = gpu.upload(&random(b * mlp.input, 6)).unwrap();
     let dout = gpu.upload(&random(b * mlp.output, 7)).unwrap();
     let mut out = gpu.zeros(b * mlp.output).unwrap();
     let mut grads = gpu.zeros(mlp.num_params()).unwrap();
     let mut gx = gpu.zeros(b * mlp.input).unwrap();
     let t = timed(&mut || {
-        gpu.mlp_forward(&mut st, &x, BnMode::Train, &mut saved, &mut out)
+        st.forward(&gpu, &x, BnMode::Train, &mut saved, &mut out)
             .unwrap();
-        gpu.mlp_backward(&st, &x, &mut saved, &dout, &mut grads, &mut gx)
+        st.backward(&gpu, &x, &mut saved, &dout, &mut grads, &mut gx)
             .unwrap();
     });
     let gemm_flop =

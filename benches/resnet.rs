@@ -11,7 +11,7 @@
 
 use host::cpu::gemm::matmul;
 use host::nn::{Arch, ResNet, ResNetConfig, Stem};
-use host::BnMode;
+use host::{BnMode, Cpu};
 use rand::{Rng, SeedableRng};
 use std::time::Instant;
 
@@ -55,12 +55,12 @@ fn main() {
         .map(|_| r.random_range(-1.0..1.0))
         .collect();
     let mut grads = vec![0.0; params.len()];
-    let mut acts = net.activations(batch, size, size).unwrap();
+    let mut acts = net.activations(&Cpu, batch, size, size).unwrap();
     let median = median_secs(1, iters, || {
         grads.fill(0.0);
-        net.forward(&params, &mut running, &x, BnMode::Train, &mut acts)
+        net.forward(&Cpu, &params, &mut running, &x, BnMode::Train, &mut acts)
             .unwrap();
-        net.backward(&params, &x, &mut acts, &weights, &mut grads, None)
+        net.backward(&Cpu, &params, &x, &mut acts, &weights, &mut grads, None)
             .unwrap();
     });
     let (ips, rss, peak, name) = (

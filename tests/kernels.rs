@@ -102,16 +102,17 @@ fn mlp_objective(
         params: params.to_vec(),
         running: mlp.init_running(),
     };
-    let mut saved = Cpu.mlp_saved(&mlp, batch).unwrap();
+    let mut saved = mlp.saved(&Cpu, batch).unwrap();
     let mut out = vec![0.0; batch * mlp.output];
-    Cpu.mlp_forward(&mut st, &x.to_vec(), BnMode::Train, &mut saved, &mut out)
+    st.forward(&Cpu, &x.to_vec(), BnMode::Train, &mut saved, &mut out)
         .unwrap();
     let j = out
         .iter()
         .zip(weights)
         .map(|(&o, &w)| o as f64 * w as f64)
         .sum();
-    (j, saved.a.iter().map(|&a| a > 0.0).collect())
+    let hidden = (0..mlp.hidden_layers()).flat_map(|k| saved.activation(k).iter());
+    (j, hidden.map(|&a| a > 0.0).collect())
 }
 
 #[test]
@@ -158,13 +159,13 @@ fn mlp_gradients_match_finite_differences(mlp: Mlp) {
     let weights = uniform(&mut r, batch * mlp.output, 1.0);
 
     let mut st = case.state(&Cpu);
-    let mut saved = Cpu.mlp_saved(&mlp, batch).unwrap();
+    let mut saved = mlp.saved(&Cpu, batch).unwrap();
     let mut out = vec![0.0; batch * mlp.output];
-    Cpu.mlp_forward(&mut st, &x, BnMode::Train, &mut saved, &mut out)
+    st.forward(&Cpu, &x, BnMode::Train, &mut saved, &mut out)
         .unwrap();
     let mut grads = vec![0.0; mlp.num_params()];
     let mut gx = vec![0.0; batch * mlp.input];
-    Cpu.mlp_backward(&st, &x, &mut saved, &weights, &mut grads, &mut gx)
+    st.backward(&Cpu, &x, &mut saved, &weights, &mut grads, &mut gx)
         .unwrap();
 
     let eps = 1e-3;
@@ -229,15 +230,15 @@ fn gpu_mlp_step_should_match_cpu_at_the_byol_projector_shape() {
     ) -> [Vec<f32>; 4] {
         let mlp = case.mlp;
         let mut st = case.state(be);
-        let mut saved = be.mlp_saved(&mlp, batch).unwrap();
+        let mut saved = mlp.saved(be, batch).unwrap();
         let xb = be.upload(x).unwrap();
         let mut out = be.zeros(batch * mlp.output).unwrap();
-        be.mlp_forward(&mut st, &xb, BnMode::Train, &mut saved, &mut out)
+        st.forward(be, &xb, BnMode::Train, &mut saved, &mut out)
             .unwrap();
         let mut grads = be.zeros(mlp.num_params()).unwrap();
         let mut gx = be.zeros(batch * mlp.input).unwrap();
-        be.mlp_backward(
-            &st,
+        st.backward(
+            be,
             &xb,
             &mut saved,
             &be.upload(dout).unwrap(),

@@ -7,9 +7,10 @@ mod common;
 
 use common::reference::{info_nce_loss, nmse_row, normalised_squared_error};
 use common::*;
+use host::backend::DirectionGrads;
 use host::byol::closed_form;
-use host::byol::objective::DirectionGrads;
 use host::byol::{Normalisation, Objective};
+use host::Cpu;
 
 struct Rows {
     a: Vec<f32>,
@@ -286,12 +287,12 @@ fn closed_form_predictor_should_equal_an_independent_least_squares_solution() {
     let z = uniform(&mut r, n * d, 1.0);
     let y = uniform(&mut r, n * d, 1.0);
     let mut wt = vec![0.0; d * d];
-    closed_form::optimal_predictor(&z, &y, n, d, &mut wt).unwrap();
+    closed_form::optimal_predictor(&Cpu, &z, &y, n, d, &mut wt).unwrap();
     let expected = least_squares_qr(&to_f64(&z), &to_f64(&y), n, d);
     assert_close("W*ᵀ", &wt, &expected, 1e-4, 1e-4);
     // Predictions, and the normal equations: the residual is orthogonal to every column of Z.
     let mut p = vec![0.0; n * d];
-    closed_form::predict(&wt, &z, n, d, &mut p);
+    closed_form::predict(&Cpu, &wt, &z, n, d, &mut p).unwrap();
     for c in 0..d {
         for k in 0..d {
             let dot: f64 = (0..n)
@@ -303,7 +304,7 @@ fn closed_form_predictor_should_equal_an_independent_least_squares_solution() {
     // The backward holds W* constant: ∂⟨G, Z W*ᵀ⟩/∂Z = G W*.
     let g = uniform(&mut r, n * d, 1.0);
     let mut gz = vec![1.0; n * d];
-    closed_form::predict_backward(&wt, &g, n, d, &mut gz);
+    closed_form::predict_backward(&Cpu, &wt, &g, n, d, &mut gz).unwrap();
     for i in 0..n {
         for c in 0..d {
             let e: f64 = 1.0

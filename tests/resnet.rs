@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use host::nn::{Arch, ResNet, ResNetConfig, Stem};
-use host::{BnMode, Error};
+use host::{BnMode, Cpu, Error};
 use safetensors::SafeTensors;
 
 /// The fixtures folder: `BYOL_FIXTURES` when set (a test binary run away from its source
@@ -123,11 +123,10 @@ fn matches_pytorch(
         running[b.range.clone()].copy_from_slice(&tensor(&st, &format!("initial.{}", b.name)));
     }
     let x = tensor(&st, "input_nhwc");
-    let mut acts = net.activations(batch, size, size).unwrap();
-    let repr = net
-        .forward(&params, &mut running, &x, BnMode::Train, &mut acts)
-        .unwrap()
-        .to_vec();
+    let mut acts = net.activations(&Cpu, batch, size, size).unwrap();
+    net.forward(&Cpu, &params, &mut running, &x, BnMode::Train, &mut acts)
+        .unwrap();
+    let repr = acts.representation().clone();
     assert_close(
         &format!("{file}: representation"),
         &repr,
@@ -148,6 +147,7 @@ fn matches_pytorch(
     let mut grads = vec![0.0; r.param_len()];
     let mut gx = vec![0.0; x.len()];
     net.backward(
+        &Cpu,
         &params,
         &x,
         &mut acts,
@@ -170,10 +170,9 @@ fn matches_pytorch(
         assert_close(&format!("{file}: ∂L/∂input"), &gx, &e, 2e-3, 2e-4);
     }
     let before = running.clone();
-    let repr = net
-        .forward(&params, &mut running, &x, BnMode::Eval, &mut acts)
-        .unwrap()
-        .to_vec();
+    net.forward(&Cpu, &params, &mut running, &x, BnMode::Eval, &mut acts)
+        .unwrap();
+    let repr = acts.representation().clone();
     assert_close(
         &format!("{file}: eval representation"),
         &repr,
@@ -297,13 +296,14 @@ fn whole_resnet_gradients_should_match_finite_differences() {
         let mut params = net.init_params(&mut r);
         let mut x = uniform(&mut r, batch * size * size * 3, 1.0);
         let weights = uniform(&mut r, batch * net.repr_dim(), 1.0);
-        let mut acts = net.activations(batch, size, size).unwrap();
+        let mut acts = net.activations(&Cpu, batch, size, size).unwrap();
         let eval =
-            |params: &[f32], x: &[f32], acts: &mut host::nn::Activations| -> (f64, Vec<u64>) {
+            |params: &[f32], x: &[f32], acts: &mut host::nn::Activations<Cpu>| -> (f64, Vec<u64>) {
                 let mut running = net.init_running();
-                let repr = net
-                    .forward(params, &mut running, x, BnMode::Train, acts)
+                let (params, x) = (params.to_vec(), x.to_vec());
+                net.forward(&Cpu, &params, &mut running, &x, BnMode::Train, acts)
                     .unwrap();
+                let repr = acts.representation();
                 let j = repr
                     .iter()
                     .zip(&weights)
@@ -312,12 +312,20 @@ fn whole_resnet_gradients_should_match_finite_differences() {
                 (j, acts.relu_pattern())
             };
         let mut running = net.init_running();
-        net.forward(&params, &mut running, &x, BnMode::Train, &mut acts)
+        net.forward(&Cpu, &params, &mut running, &x, BnMode::Train, &mut acts)
             .unwrap();
         let mut grads = vec![0.0; params.len()];
         let mut gx = vec![0.0; x.len()];
-        net.backward(&params, &x, &mut acts, &weights, &mut grads, Some(&mut gx))
-            .unwrap();
+        net.backward(
+            &Cpu,
+            &params,
+            &x,
+            &mut acts,
+            &weights,
+            &mut grads,
+            Some(&mut gx),
+        )
+        .unwrap();
         let largest = |v: &[f32]| v.iter().fold(0.0f64, |m, &g| m.max(g.abs() as f64));
         let (mut checked, mut skipped) = (0, 0);
         // The step: 4e-3, or 1e-3 where 4e-3 crosses a kink (noise allowance scaled by 4).
@@ -384,13 +392,14 @@ fn bad_input_should_be_a_clear_error() {
     let params = net.init_params(&mut rng(1));
     let mut running = net.init_running();
     // Every layer is padded, so even 1×1 images go through (as in PyTorch); no pixel does not.
-    let e = net.activations(2, 0, 5).err().unwrap();
+    let e = net.activations(&Cpu, 2, 0, 5).err().unwrap();
     assert!(e.to_string().contains("too small"), "{e}");
-    assert!(net.activations(2, 1, 1).is_ok());
-    let mut acts = net.activations(2, 16, 16).unwrap();
+    assert!(net.activations(&Cpu, 2, 1, 1).is_ok());
+    let mut acts = net.activations(&Cpu, 2, 16, 16).unwrap();
     // Wrong channel count (4 channels given for 3).
     let e = net
         .forward(
+            &Cpu,
             &params,
             &mut running,
             &vec![0.0; 2 * 16 * 16 * 4],
@@ -401,11 +410,19 @@ fn bad_input_should_be_a_clear_error() {
     assert!(e.to_string().contains("16×16×3"), "{e}");
     let x = vec![0.1; 2 * 16 * 16 * 3];
     assert!(matches!(
-        net.forward(&params[1..], &mut running, &x, BnMode::Train, &mut acts),
+        net.forward(
+            &Cpu,
+            &params[1..].to_vec(),
+            &mut running,
+            &x,
+            BnMode::Train,
+            &mut acts
+        ),
         Err(Error::Length { .. })
     ));
     assert!(matches!(
         net.forward(
+            &Cpu,
             &params,
             &mut running[1..].to_vec(),
             &x,
@@ -414,27 +431,49 @@ fn bad_input_should_be_a_clear_error() {
         ),
         Err(Error::Length { .. })
     ));
-    let mut one = net.activations(1, 16, 16).unwrap();
+    let mut one = net.activations(&Cpu, 1, 16, 16).unwrap();
     assert!(matches!(
-        net.forward(&params, &mut running, &x[..768], BnMode::Train, &mut one),
+        net.forward(
+            &Cpu,
+            &params,
+            &mut running,
+            &x[..768].to_vec(),
+            BnMode::Train,
+            &mut one
+        ),
         Err(Error::BatchTooSmall(1))
     ));
     assert!(net
-        .forward(&params, &mut running, &x[..768], BnMode::Eval, &mut one)
+        .forward(
+            &Cpu,
+            &params,
+            &mut running,
+            &x[..768].to_vec(),
+            BnMode::Eval,
+            &mut one
+        )
         .is_ok());
     // Backward needs a training forward on the same activations.
     let mut grads = vec![0.0; params.len()];
     let g = vec![0.0; 2 * net.repr_dim()];
     assert!(net
-        .backward(&params, &x, &mut acts, &g, &mut grads, None)
+        .backward(&Cpu, &params, &x, &mut acts, &g, &mut grads, None)
         .is_err());
-    net.forward(&params, &mut running, &x, BnMode::Train, &mut acts)
+    net.forward(&Cpu, &params, &mut running, &x, BnMode::Train, &mut acts)
         .unwrap();
     assert!(net
-        .backward(&params, &x, &mut acts, &g[1..], &mut grads, None)
+        .backward(
+            &Cpu,
+            &params,
+            &x,
+            &mut acts,
+            &g[1..].to_vec(),
+            &mut grads,
+            None
+        )
         .is_err());
     assert!(net
-        .backward(&params, &x, &mut acts, &g, &mut grads, None)
+        .backward(&Cpu, &params, &x, &mut acts, &g, &mut grads, None)
         .is_ok());
     assert!("resnet101".parse::<Arch>().is_err());
     assert!(ResNet::new(ResNetConfig {
@@ -466,14 +505,13 @@ fn forward_and_backward_should_be_bit_identical_for_the_same_thread_count() {
             .build()
             .unwrap();
         pool.install(|| {
-            let mut acts = net.activations(batch, size, size).unwrap();
+            let mut acts = net.activations(&Cpu, batch, size, size).unwrap();
             let mut running = net.init_running();
-            let repr = net
-                .forward(&params, &mut running, &x, BnMode::Train, &mut acts)
-                .unwrap()
-                .to_vec();
+            net.forward(&Cpu, &params, &mut running, &x, BnMode::Train, &mut acts)
+                .unwrap();
+            let repr = acts.representation().clone();
             let mut grads = vec![0.0; params.len()];
-            net.backward(&params, &x, &mut acts, &weights, &mut grads, None)
+            net.backward(&Cpu, &params, &x, &mut acts, &weights, &mut grads, None)
                 .unwrap();
             (repr, running, grads)
         })

@@ -354,11 +354,29 @@ fn linear_top1(cfg: &TrainConfig, ckpt: &Path) -> Result<f64> {
     let (state, _) = crate::checkpoint::load(ckpt, &byol)?;
     let (train_set, test) = train::load_data(cfg)?;
     let aug = train::augmenter(&train_set, cfg)?;
-    let (enc, run) = (byol.encoder_params(), byol.encoder_running());
-    let (params, running) = (&state.online[enc], &state.online_running[run]);
+    // The encoder's parameters and statistics lead the online buffers.
+    let (params, running) = (&state.online, &state.online_running);
     let (ti, qi) = (train::labelled(&train_set), train::labelled(&test));
-    let x = crate::eval::embed(&byol.encoder, params, running, &train_set, &ti, &aug, 256)?;
-    let tx = crate::eval::embed(&byol.encoder, params, running, &test, &qi, &aug, 256)?;
+    let x = crate::eval::embed(
+        &byol.backend,
+        &byol.encoder,
+        params,
+        running,
+        &train_set,
+        &ti,
+        &aug,
+        256,
+    )?;
+    let tx = crate::eval::embed(
+        &byol.backend,
+        &byol.encoder,
+        params,
+        running,
+        &test,
+        &qi,
+        &aug,
+        256,
+    )?;
     let y: Vec<u16> = ti.iter().map(|&i| train_set.labels[i]).collect();
     let ty: Vec<u16> = qi.iter().map(|&i| test.labels[i]).collect();
     let lin = crate::eval::LinearConfig {

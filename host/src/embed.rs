@@ -39,13 +39,22 @@ pub fn embed_split(
     projections: bool,
     progress: bool,
 ) -> Result<Embedded> {
-    let (enc, run) = (byol.encoder_params(), byol.encoder_running());
-    let (params, running) = (&state.online[enc], &state.online_running[run]);
+    // The encoder's parameters and statistics lead the online buffers.
+    let (params, running) = (&state.online, &state.online_running);
     let all: Vec<usize> = (0..data.len()).collect();
     let mut representations = Vec::with_capacity(data.len() * byol.encoder.repr_dim());
     let terminal = std::io::stderr().is_terminal();
     for (c, chunk) in all.chunks(CHUNK).enumerate() {
-        let r = crate::eval::embed(&byol.encoder, params, running, data, chunk, aug, 256)?;
+        let r = crate::eval::embed(
+            &byol.backend,
+            &byol.encoder,
+            params,
+            running,
+            data,
+            chunk,
+            aug,
+            256,
+        )?;
         representations.extend(r);
         if progress && (terminal || (c + 1) * CHUNK >= data.len()) {
             let done = ((c + 1) * CHUNK).min(data.len());

@@ -19,6 +19,9 @@ pub enum Error {
     /// No usable GPU: no driver, no device, or no cuBLAS.
     #[error("GPU unavailable: {0}")]
     GpuUnavailable(String),
+    /// An op this backend does not run (yet), named with where it does run.
+    #[error("{0}")]
+    Unsupported(String),
     /// A CUDA driver or cuBLAS call failed.
     #[error("CUDA error: {0}")]
     Cuda(String),

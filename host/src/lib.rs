@@ -1,6 +1,7 @@
 //! BYOL host, by layer:
 //! - [`cpu`] and [`backend`]: the kernels' CPU drivers, and the CPU and CUDA backends;
-//! - [`nn`]: the ResNet encoder and its parameter registry; [`mlp`]: projector/predictor;
+//! - [`nn`]: the ResNet encoder, the projector/predictor MLP and their parameter registry,
+//!   generic over the backend;
 //! - [`byol`]: the networks, the training step, LARS and the schedules;
 //! - [`data`]: data sets, their readers and downloads, the augmentations;
 //! - [`eval`]: kNN monitor, collapse diagnostics, linear evaluation;
@@ -24,7 +25,6 @@ pub mod train;
 pub use backend::cpu::Cpu;
 #[cfg(feature = "cuda")]
 pub use backend::cuda::Cuda;
-pub use backend::{Backend, MlpSaved, MlpState};
-pub use cpu::batchnorm::BnMode;
+pub use backend::{Backend, BnMode};
 pub use error::{Error, Result};
-pub use nn::mlp::Mlp;
+pub use nn::mlp::{Mlp, MlpAt, MlpSaved, MlpState};

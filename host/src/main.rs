@@ -428,10 +428,11 @@ fn eval_linear(path: &Path, epochs: usize) -> Result<(), Error> {
     let (byol, state, cfg) = open_run(path)?;
     let (train, test) = host::train::load_data(&cfg)?;
     let aug = host::train::augmenter(&train, &cfg)?;
-    let (enc, run) = (byol.encoder_params(), byol.encoder_running());
-    let (params, running) = (&state.online[enc], &state.online_running[run]);
+    // The encoder's parameters and statistics lead the online buffers.
+    let (params, running) = (&state.online, &state.online_running);
     let (train_idx, test_idx) = (host::train::labelled(&train), host::train::labelled(&test));
     let x = host::eval::embed(
+        &byol.backend,
         &byol.encoder,
         params,
         running,
@@ -440,7 +441,16 @@ fn eval_linear(path: &Path, epochs: usize) -> Result<(), Error> {
         &aug,
         256,
     )?;
-    let tx = host::eval::embed(&byol.encoder, params, running, &test, &test_idx, &aug, 256)?;
+    let tx = host::eval::embed(
+        &byol.backend,
+        &byol.encoder,
+        params,
+        running,
+        &test,
+        &test_idx,
+        &aug,
+        256,
+    )?;
     let y: Vec<u16> = train_idx.iter().map(|&i| train.labels[i]).collect();
     let ty: Vec<u16> = test_idx.iter().map(|&i| test.labels[i]).collect();
     let lin = host::eval::LinearConfig {

@@ -1035,11 +1035,21 @@ pub fn monitor(
     aug: &Augmenter,
     cfg: &TrainConfig,
 ) -> Result<Monitor> {
-    let (enc, run) = (byol.encoder_params(), byol.encoder_running());
-    let (params, running) = (&state.online[enc], &state.online_running[run]);
+    // The encoder's parameters and statistics lead the online buffers.
+    let (params, running) = (&state.online, &state.online_running);
     let bank_idx = labelled(train);
-    let bank = embed(&byol.encoder, params, running, train, &bank_idx, aug, 256)?;
+    let bank = embed(
+        &byol.backend,
+        &byol.encoder,
+        params,
+        running,
+        train,
+        &bank_idx,
+        aug,
+        256,
+    )?;
     let queries = embed(
+        &byol.backend,
         &byol.encoder,
         params,
         running,

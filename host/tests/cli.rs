@@ -300,11 +300,11 @@ fn embed_should_write_what_the_knn_monitor_sees() {
         "the kNN of the written representations is the monitor's"
     );
     let all: Vec<usize> = (0..train_set.len()).collect();
-    let (enc, running) = (byol.encoder_params(), byol.encoder_running());
     let direct = host::eval::embed(
+        &byol.backend,
         &byol.encoder,
-        &state.online[enc],
-        &state.online_running[running],
+        &state.online,
+        &state.online_running,
         &train_set,
         &all,
         &aug,

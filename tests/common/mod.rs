@@ -114,7 +114,7 @@ impl MlpCase {
         }
     }
 
-    pub fn state<B: Backend>(&self, be: &B) -> MlpState<B::Buffer> {
+    pub fn state<B: Backend>(&self, be: &B) -> MlpState<B> {
         MlpState {
             mlp: self.mlp,
             params: be.upload(&self.params).unwrap(),
@@ -263,10 +263,10 @@ pub fn mlp_train_matches_reference<B: Backend>(be: &B) {
         let x = uniform(&mut r, batch * mlp.input, 1.0);
         let dout = uniform(&mut r, batch * mlp.output, 1.0);
         let mut st = case.state(be);
-        let mut saved = be.mlp_saved(&mlp, batch).unwrap();
+        let mut saved = mlp.saved(be, batch).unwrap();
         let xb = be.upload(&x).unwrap();
         let mut out = be.zeros(batch * mlp.output).unwrap();
-        be.mlp_forward(&mut st, &xb, BnMode::Train, &mut saved, &mut out)
+        st.forward(be, &xb, BnMode::Train, &mut saved, &mut out)
             .unwrap();
 
         let rf = case.reference();
@@ -308,7 +308,7 @@ pub fn mlp_train_matches_reference<B: Backend>(be: &B) {
         let mut grads = be.upload(&vec![offset; mlp.num_params()]).unwrap();
         let mut gx = be.zeros(batch * mlp.input).unwrap();
         let db = be.upload(&dout).unwrap();
-        be.mlp_backward(&st, &xb, &mut saved, &db, &mut grads, &mut gx)
+        st.backward(be, &xb, &mut saved, &db, &mut grads, &mut gx)
             .unwrap();
         let g = be.download(&grads).unwrap();
         let rg = rf.backward(&x64, batch, &f, &to_f64(&dout));
@@ -383,10 +383,10 @@ pub fn mlp_eval_uses_running_statistics<B: Backend>(be: &B) {
     for batch in [1usize, 3] {
         let x = uniform(&mut rng(batch as u64), batch * mlp.input, 1.0);
         let mut st = case.state(be);
-        let mut saved = be.mlp_saved(&mlp, batch).unwrap();
+        let mut saved = mlp.saved(be, batch).unwrap();
         let mut out = be.zeros(batch * mlp.output).unwrap();
-        be.mlp_forward(
-            &mut st,
+        st.forward(
+            be,
             &be.upload(&x).unwrap(),
             BnMode::Eval,
             &mut saved,
@@ -418,9 +418,9 @@ pub fn mlp_eval_uses_running_statistics<B: Backend>(be: &B) {
             params: be.upload(&case.params).unwrap(),
             running: be.upload(&running).unwrap(),
         };
-        let mut saved = be.mlp_saved(&mlp, batch).unwrap();
+        let mut saved = mlp.saved(be, batch).unwrap();
         let mut out = be.zeros(batch * mlp.output).unwrap();
-        be.mlp_forward(&mut st, &x, BnMode::Train, &mut saved, &mut out)
+        st.forward(be, &x, BnMode::Train, &mut saved, &mut out)
             .unwrap();
         outs.push(be.download(&out).unwrap());
     }
@@ -440,14 +440,14 @@ pub fn mlp_running_statistics_follow_recurrence<B: Backend>(be: &B) {
     let rf = case.reference();
     let batch = 6;
     let mut st = case.state(be);
-    let mut saved = be.mlp_saved(&mlp, batch).unwrap();
+    let mut saved = mlp.saved(be, batch).unwrap();
     let mut out = be.zeros(batch * mlp.output).unwrap();
     let mut rm = to_f64(&case.running[mlp.running_mean()]);
     let mut rv = to_f64(&case.running[mlp.running_var()]);
     for step in 0..5 {
         let x = uniform(&mut rng(50 + step), batch * mlp.input, 1.0 + step as f32);
-        be.mlp_forward(
-            &mut st,
+        st.forward(
+            be,
             &be.upload(&x).unwrap(),
             BnMode::Train,
             &mut saved,
@@ -519,52 +519,52 @@ pub fn bad_input_is_an_error<B: Backend>(be: &B) {
     };
     let case = MlpCase::new(mlp, 1);
     let mut st = case.state(be);
-    let mut saved1 = be.mlp_saved(&mlp, 1).unwrap();
-    let e = be
-        .mlp_forward(&mut st, &z(4), BnMode::Train, &mut saved1, &mut z(3))
+    let mut saved1 = mlp.saved(be, 1).unwrap();
+    let e = st
+        .forward(be, &z(4), BnMode::Train, &mut saved1, &mut z(3))
         .unwrap_err();
     assert!(matches!(e, Error::BatchTooSmall(1)), "{e}");
     assert!(e.to_string().contains("at least 2"), "{e}");
-    let mut saved = be.mlp_saved(&mlp, 4).unwrap();
-    let e = be
-        .mlp_forward(&mut st, &z(15), BnMode::Train, &mut saved, &mut z(12))
+    let mut saved = mlp.saved(be, 4).unwrap();
+    let e = st
+        .forward(be, &z(15), BnMode::Train, &mut saved, &mut z(12))
         .unwrap_err();
     assert!(
         e.to_string()
             .contains("MLP input x [batch, input]: expected 16 f32 values, got 15"),
         "{e}"
     );
-    assert!(be
-        .mlp_forward(&mut st, &z(16), BnMode::Train, &mut saved, &mut z(13))
+    assert!(st
+        .forward(be, &z(16), BnMode::Train, &mut saved, &mut z(13))
         .is_err());
     let mut wrong = MlpState {
         mlp,
         params: z(mlp.num_params() - 1),
         running: z(mlp.running_len()),
     };
-    assert!(be
-        .mlp_forward(&mut wrong, &z(16), BnMode::Train, &mut saved, &mut z(12))
+    assert!(wrong
+        .forward(be, &z(16), BnMode::Train, &mut saved, &mut z(12))
         .is_err());
     // Backward before any training forward, or after an evaluation forward, is refused.
-    let mut fresh = be.mlp_saved(&mlp, 4).unwrap();
+    let mut fresh = mlp.saved(be, 4).unwrap();
     let mut grads = z(mlp.num_params());
-    assert!(be
-        .mlp_backward(&st, &z(16), &mut fresh, &z(12), &mut grads, &mut z(16))
+    assert!(st
+        .backward(be, &z(16), &mut fresh, &z(12), &mut grads, &mut z(16))
         .is_err());
-    be.mlp_forward(&mut st, &z(16), BnMode::Eval, &mut fresh, &mut z(12))
+    st.forward(be, &z(16), BnMode::Eval, &mut fresh, &mut z(12))
         .unwrap();
-    assert!(be
-        .mlp_backward(&st, &z(16), &mut fresh, &z(12), &mut grads, &mut z(16))
+    assert!(st
+        .backward(be, &z(16), &mut fresh, &z(12), &mut grads, &mut z(16))
         .is_err());
-    be.mlp_forward(&mut st, &z(16), BnMode::Train, &mut fresh, &mut z(12))
+    st.forward(be, &z(16), BnMode::Train, &mut fresh, &mut z(12))
         .unwrap();
-    assert!(be
-        .mlp_backward(&st, &z(16), &mut fresh, &z(12), &mut z(5), &mut z(16))
+    assert!(st
+        .backward(be, &z(16), &mut fresh, &z(12), &mut z(5), &mut z(16))
         .is_err());
     // A constant batch (variance 0) stays finite thanks to ε.
     let mut out = z(12);
-    be.mlp_forward(
-        &mut st,
+    st.forward(
+        be,
         &be.upload(&[0.5; 16]).unwrap(),
         BnMode::Train,
         &mut saved,

@@ -6,18 +6,25 @@
 //! element, row or column, [`BLOCK`] threads per block.
 //!
 //! cuBLAS is column-major; a row-major `C[m,n] = op(A)·op(B)` is the column-major
-//! `Cᵀ[n,m] = op(B)ᵀ·op(A)ᵀ`, which is what [`Cuda::matmul`] asks it for.
+//! `Cᵀ[n,m] = op(B)ᵀ·op(A)ᵀ`, which is what [`Cuda::sgemm`] asks it for.
+
+//!
+//! Ops without a GPU kernel yet (convolution, pooling, BatchNorm with a residual or without a
+//! ReLU, the split BatchNorm sums, the ablation objectives, the optimisers) return
+//! [`Error::Unsupported`] naming the op; they arrive with GPU training (`--device cuda`).
 
 use super::ptx::{self, DeviceAddr};
-use super::{Backend, MlpSaved, MlpState};
-use crate::cpu::batchnorm::BnMode;
+use super::{
+    Backend, BatchNorm, BnMode, ConvGeometry, ConvOp, DirectionGrads, Gemm, Linear, Normalisation,
+    Objective, Optimizer, OptimizerState, TensorStep,
+};
 use crate::error::{Error, Result};
-use crate::nn::mlp::Mlp;
 use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg,
 };
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::Arc;
 
 /// Threads per block for every kernel.
@@ -81,7 +88,7 @@ impl Cuda {
     }
 
     /// Device-to-device copy of a whole buffer (the bandwidth baseline of the EMA bench).
-    pub fn copy(&self, src: &CudaSlice<f32>, dst: &mut CudaSlice<f32>) -> Result<()> {
+    pub fn copy_all(&self, src: &CudaSlice<f32>, dst: &mut CudaSlice<f32>) -> Result<()> {
         self.stream.memcpy_dtod(src, dst).map_err(cuda_err)
     }
 
@@ -110,9 +117,10 @@ impl Cuda {
         Launch { cuda: self }
     }
 
-    /// Row-major `dst[m,n] = (dst if accumulate) + op(lhs)·op(rhs)`, as `backend::gemm::matmul`.
+    /// Row-major `dst[m,n] = (dst if accumulate) + op(lhs)·op(rhs)` on raw addresses (see
+    /// [`super::Gemm`]).
     #[allow(clippy::too_many_arguments)]
-    fn matmul(
+    fn sgemm(
         &self,
         dst: u64,
         m: usize,
@@ -161,7 +169,7 @@ impl Cuda {
 
     /// `out[rows, n] = x[rows, k] · wᵀ (+ bias)`, `w [n, k]`, `bias` null for none.
     #[allow(clippy::too_many_arguments)]
-    fn linear_forward(
+    fn linear_into(
         &self,
         out: u64,
         x: u64,
@@ -174,7 +182,7 @@ impl Cuda {
         if let Some(bias) = bias {
             self.launch().bias_fill(n, out, rows, n, bias)?;
         }
-        self.matmul(out, rows, n, k, x, false, w, true, bias.is_some())
+        self.sgemm(out, rows, n, k, x, false, w, true, bias.is_some())
     }
 }
 
@@ -205,8 +213,27 @@ macro_rules! typed_launchers {
 }
 ptx::ptx_entries!(typed_launchers);
 
+/// `Ok` when `buf` holds at least `len` values: every launch is preceded by this check of the
+/// extent its shape implies, since a kernel would otherwise read or write past the buffer.
+fn fits(what: &'static str, buf: &CudaSlice<f32>, len: usize) -> Result<()> {
+    super::need::<Cuda>(what, buf, len)
+}
+
+fn fits_range(what: &'static str, buf: &CudaSlice<f32>, r: &Range<usize>) -> Result<()> {
+    fits(what, buf, r.end)
+}
+
+/// The error of an op with no GPU kernel yet.
+fn unsupported<T>(op: &str) -> Result<T> {
+    Err(Error::Unsupported(format!(
+        "{op} has no GPU kernel yet: it runs on the CPU backend until GPU training lands"
+    )))
+}
+
 impl Backend for Cuda {
     type Buffer = CudaSlice<f32>;
+    type Indices = CudaSlice<u32>;
+    type ConvWorkspace = ();
 
     fn upload(&self, data: &[f32]) -> Result<CudaSlice<f32>> {
         self.stream.clone_htod(data).map_err(cuda_err)
@@ -217,22 +244,283 @@ impl Backend for Cuda {
     fn zeros(&self, len: usize) -> Result<CudaSlice<f32>> {
         self.stream.alloc_zeros(len).map_err(cuda_err)
     }
+    fn indices(&self, len: usize) -> Result<CudaSlice<u32>> {
+        self.stream.alloc_zeros(len).map_err(cuda_err)
+    }
     fn fill_zero(&self, buf: &mut CudaSlice<f32>) -> Result<()> {
         self.stream.memset_zeros(buf).map_err(cuda_err)
     }
     fn len(buf: &CudaSlice<f32>) -> usize {
         buf.len()
     }
-
-    fn ema_update_unchecked(
+    fn copy(
         &self,
-        target: &mut CudaSlice<f32>,
-        online: &CudaSlice<f32>,
-        tau: f32,
+        src: &CudaSlice<f32>,
+        src_range: Range<usize>,
+        dst: &mut CudaSlice<f32>,
+        dst_at: usize,
     ) -> Result<()> {
-        let n = target.len();
-        self.launch()
-            .ema_update(n, self.ptr(target, 0), self.ptr(online, 0), tau, n)
+        let len = src_range.len();
+        fits_range("copy source", src, &src_range)?;
+        fits("copy destination", dst, dst_at + len)?;
+        let src = src.slice(src_range);
+        let mut dst = dst.slice_mut(dst_at..dst_at + len);
+        self.stream.memcpy_dtod(&src, &mut dst).map_err(cuda_err)
+    }
+    fn add_assign(&self, dst: &mut CudaSlice<f32>, src: &CudaSlice<f32>, len: usize) -> Result<()> {
+        fits("add_assign destination", dst, len)?;
+        fits("add_assign source", src, len)?;
+        let one = 1.0f32;
+        // SAFETY: both buffers hold `len` values (checked above); cuBLAS runs on our stream.
+        unsafe {
+            blas_sys::cublasSaxpy_v2(
+                *self.blas.handle(),
+                len as i32,
+                &one,
+                self.ptr(src, 0) as *const f32,
+                1,
+                self.ptr(dst, 0) as *mut f32,
+                1,
+            )
+        }
+        .result()
+        .map_err(cuda_err)
+    }
+
+    fn matmul(
+        &self,
+        g: Gemm,
+        dst: &mut CudaSlice<f32>,
+        lhs: &CudaSlice<f32>,
+        rhs: &CudaSlice<f32>,
+    ) -> Result<()> {
+        fits("matmul output [m, n]", dst, g.m * g.n)?;
+        fits("matmul left operand [m, k]", lhs, g.m * g.k)?;
+        fits("matmul right operand [k, n]", rhs, g.k * g.n)?;
+        let (d, l, r) = (self.ptr(dst, 0), self.ptr(lhs, 0), self.ptr(rhs, 0));
+        self.sgemm(d, g.m, g.n, g.k, l, g.lhs_t, r, g.rhs_t, g.accumulate)
+    }
+
+    fn linear_forward(
+        &self,
+        l: &Linear,
+        params: &CudaSlice<f32>,
+        x: &CudaSlice<f32>,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        check_linear(l, params, x)?;
+        fits("Linear output [rows, output]", out, l.rows * l.output)?;
+        let bias = l.bias.as_ref().map(|b| self.ptr(params, b.start));
+        let (o, xp, w) = (
+            self.ptr(out, 0),
+            self.ptr(x, 0),
+            self.ptr(params, l.weight.start),
+        );
+        self.linear_into(o, xp, w, bias, l.rows, l.input, l.output)
+    }
+
+    fn linear_backward(
+        &self,
+        l: &Linear,
+        params: &CudaSlice<f32>,
+        x: &CudaSlice<f32>,
+        dy: &CudaSlice<f32>,
+        grads: &mut CudaSlice<f32>,
+        dx: Option<&mut CudaSlice<f32>>,
+    ) -> Result<()> {
+        check_linear(l, params, x)?;
+        fits(
+            "Linear output gradient [rows, output]",
+            dy,
+            l.rows * l.output,
+        )?;
+        fits_range("Linear gradients", grads, &l.weight)?;
+        let (rows, k, n) = (l.rows, l.input, l.output);
+        let dyp = self.ptr(dy, 0);
+        if let Some(b) = &l.bias {
+            fits_range("Linear bias gradient", grads, b)?;
+            self.launch()
+                .column_sum(n, dyp, rows, n, self.ptr(grads, b.start))?;
+        }
+        let dw = self.ptr(grads, l.weight.start);
+        self.sgemm(dw, n, k, rows, dyp, true, self.ptr(x, 0), false, true)?;
+        if let Some(dx) = dx {
+            fits("Linear input gradient [rows, input]", dx, rows * k)?;
+            let w = self.ptr(params, l.weight.start);
+            self.sgemm(self.ptr(dx, 0), rows, k, n, dyp, false, w, false, false)?;
+        }
+        Ok(())
+    }
+
+    fn conv_workspace(&self, _convs: &[ConvOp]) -> Result<()> {
+        Ok(())
+    }
+    fn conv2d_forward(
+        &self,
+        _c: &ConvOp,
+        _params: &CudaSlice<f32>,
+        _x: &CudaSlice<f32>,
+        _out: &mut CudaSlice<f32>,
+        _ws: &mut (),
+    ) -> Result<()> {
+        unsupported("conv2d_forward")
+    }
+    fn conv2d_backward(
+        &self,
+        _c: &ConvOp,
+        _params: &CudaSlice<f32>,
+        _x: &CudaSlice<f32>,
+        _dout: &CudaSlice<f32>,
+        _grads: &mut CudaSlice<f32>,
+        _dx: Option<(&mut CudaSlice<f32>, bool)>,
+        _ws: &mut (),
+    ) -> Result<()> {
+        unsupported("conv2d_backward")
+    }
+
+    fn batchnorm_sums(
+        &self,
+        _bn: &BatchNorm,
+        _h: &CudaSlice<f32>,
+        _sums: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        unsupported("batchnorm_sums")
+    }
+    fn batchnorm_finish(
+        &self,
+        _bn: &BatchNorm,
+        _count: usize,
+        _sums: &CudaSlice<f32>,
+        _params: &CudaSlice<f32>,
+        _running: &mut CudaSlice<f32>,
+        _h: &CudaSlice<f32>,
+        _residual: Option<&CudaSlice<f32>>,
+        _stats: &mut CudaSlice<f32>,
+        _a: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        unsupported("batchnorm_finish")
+    }
+
+    fn batchnorm_forward(
+        &self,
+        bn: &BatchNorm,
+        mode: BnMode,
+        params: &CudaSlice<f32>,
+        running: &mut CudaSlice<f32>,
+        h: &CudaSlice<f32>,
+        residual: Option<&CudaSlice<f32>>,
+        stats: &mut CudaSlice<f32>,
+        a: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        if residual.is_some() || !bn.relu {
+            return unsupported("BatchNorm with a residual or without a ReLU");
+        }
+        let (rows, cols) = (bn.rows, bn.cols);
+        check_batchnorm(bn, params, running, h, stats)?;
+        fits("BatchNorm output [rows, cols]", a, rows * cols)?;
+        let (hp, ap) = (self.ptr(h, 0), self.ptr(a, 0));
+        let (gamma, beta) = (
+            self.ptr(params, bn.gamma.start),
+            self.ptr(params, bn.beta.start),
+        );
+        let rm = self.ptr(running, bn.running_mean.start);
+        let rv = self.ptr(running, bn.running_var.start);
+        match mode {
+            BnMode::Train => {
+                let (mean, invstd) = (self.ptr(stats, 0), self.ptr(stats, cols));
+                self.launch().bn_relu_forward_train(
+                    cols, hp, ap, rows, cols, gamma, beta, mean, invstd, rm, rv,
+                )
+            }
+            BnMode::Eval => self
+                .launch()
+                .bn_relu_forward_eval(cols, hp, ap, rows, cols, gamma, beta, rm, rv),
+        }
+    }
+
+    fn batchnorm_backward(
+        &self,
+        bn: &BatchNorm,
+        params: &CudaSlice<f32>,
+        h: &CudaSlice<f32>,
+        a: &CudaSlice<f32>,
+        stats: &CudaSlice<f32>,
+        grad: &mut CudaSlice<f32>,
+        grads: &mut CudaSlice<f32>,
+        residual_grad: Option<&mut CudaSlice<f32>>,
+    ) -> Result<()> {
+        let Some(bias) = &bn.linear_bias else {
+            return unsupported("BatchNorm backward without a preceding Linear");
+        };
+        if residual_grad.is_some() || !bn.relu {
+            return unsupported("BatchNorm backward with a residual or without a ReLU");
+        }
+        let (rows, cols) = (bn.rows, bn.cols);
+        fits_range("BatchNorm γ", params, &bn.gamma)?;
+        fits("BatchNorm stats [2·cols]", stats, 2 * cols)?;
+        for (what, buf) in [("BatchNorm input h", h), ("BatchNorm output a", a)] {
+            fits(what, buf, rows * cols)?;
+        }
+        fits("BatchNorm gradient [rows, cols]", grad, rows * cols)?;
+        for r in [&bn.gamma, &bn.beta, bias] {
+            fits_range("BatchNorm parameter gradients", grads, r)?;
+        }
+        let (mean, invstd) = (self.ptr(stats, 0), self.ptr(stats, cols));
+        self.launch().bn_relu_backward(
+            cols,
+            self.ptr(h, 0),
+            self.ptr(a, 0),
+            self.ptr(grad, 0),
+            rows,
+            cols,
+            self.ptr(params, bn.gamma.start),
+            mean,
+            invstd,
+            self.ptr(grads, bn.gamma.start),
+            self.ptr(grads, bn.beta.start),
+            self.ptr(grads, bias.start),
+        )
+    }
+
+    fn maxpool_forward(
+        &self,
+        _g: ConvGeometry,
+        _n: usize,
+        _x: &CudaSlice<f32>,
+        _out: &mut CudaSlice<f32>,
+        _argmax: &mut CudaSlice<u32>,
+    ) -> Result<()> {
+        unsupported("maxpool_forward")
+    }
+    fn maxpool_backward(
+        &self,
+        _g: ConvGeometry,
+        _n: usize,
+        _dout: &CudaSlice<f32>,
+        _argmax: &CudaSlice<u32>,
+        _dx: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        unsupported("maxpool_backward")
+    }
+    fn avgpool_forward(
+        &self,
+        _n: usize,
+        _hw: usize,
+        _c: usize,
+        _x: &CudaSlice<f32>,
+        _out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        unsupported("avgpool_forward")
+    }
+    fn avgpool_backward(
+        &self,
+        _n: usize,
+        _hw: usize,
+        _c: usize,
+        _dout: &CudaSlice<f32>,
+        _dx: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        unsupported("avgpool_backward")
     }
 
     fn nmse_loss_unchecked(
@@ -256,114 +544,68 @@ impl Backend for Cuda {
         Ok(losses.iter().sum::<f32>() / rows as f32)
     }
 
-    fn mlp_forward_unchecked(
+    fn objective_direction(
         &self,
-        state: &mut MlpState<CudaSlice<f32>>,
-        x: &CudaSlice<f32>,
-        mode: BnMode,
-        saved: &mut MlpSaved<CudaSlice<f32>>,
-        out: &mut CudaSlice<f32>,
-    ) -> Result<()> {
-        let (mlp, b) = (state.mlp, saved.batch);
-        depth_two_only(&mlp)?;
-        let at = |r: std::ops::Range<usize>| self.ptr(&state.params, r.start);
-        let (h, a) = (self.ptr(&saved.h, 0), self.ptr(&saved.a, 0));
-        self.linear_forward(
-            h,
-            self.ptr(x, 0),
-            at(mlp.w1()),
-            Some(at(mlp.b1())),
-            b,
-            mlp.input,
-            mlp.hidden,
-        )?;
-        let (gamma, beta) = (at(mlp.gamma()), at(mlp.beta()));
-        let (rm, rv) = (
-            self.ptr(&state.running, 0),
-            self.ptr(&state.running, mlp.hidden),
-        );
-        let hd = mlp.hidden;
-        match mode {
-            BnMode::Train => {
-                let (mean, invstd) = (self.ptr(&saved.stats, 0), self.ptr(&saved.stats, hd));
-                self.launch()
-                    .bn_relu_forward_train(hd, h, a, b, hd, gamma, beta, mean, invstd, rm, rv)?;
-            }
-            BnMode::Eval => {
-                self.launch()
-                    .bn_relu_forward_eval(hd, h, a, b, hd, gamma, beta, rm, rv)?;
-            }
+        objective: &Objective,
+        anchors: &CudaSlice<f32>,
+        positives: &CudaSlice<f32>,
+        _same_view: &CudaSlice<f32>,
+        rows: usize,
+        dim: usize,
+        grads: DirectionGrads<'_, CudaSlice<f32>>,
+    ) -> Result<f32> {
+        // BYOL's own loss (ℓ2-normalised, no contrastive term, ψ from a target network) is
+        // the normalised MSE; the ablations' objectives have no GPU kernel yet.
+        let byol = objective.normalisation == Normalisation::L2 && objective.beta == 0.0;
+        if !byol || grads.positives.is_some() || grads.same_view.is_some() {
+            return unsupported("the ablations' loss objectives");
         }
-        let b2 = mlp.last_bias.then(|| at(mlp.b2()));
-        self.linear_forward(self.ptr(out, 0), a, at(mlp.w2()), b2, b, hd, mlp.output)
+        self.nmse_loss(anchors, positives, rows, dim, Some(grads.anchors))
     }
 
-    fn mlp_backward_unchecked(
+    fn optimizer_step(
         &self,
-        state: &MlpState<CudaSlice<f32>>,
-        x: &CudaSlice<f32>,
-        saved: &mut MlpSaved<CudaSlice<f32>>,
-        grad_out: &CudaSlice<f32>,
-        grads: &mut CudaSlice<f32>,
-        grad_x: &mut CudaSlice<f32>,
+        _optimizer: &Optimizer,
+        _tensors: &[TensorStep],
+        _state: OptimizerState<'_, CudaSlice<f32>>,
+        _grads: &CudaSlice<f32>,
+        _t: u64,
+        _lr: f32,
     ) -> Result<()> {
-        let (mlp, b) = (state.mlp, saved.batch);
-        depth_two_only(&mlp)?;
-        let (i, hd, o) = (mlp.input, mlp.hidden, mlp.output);
-        let p = |r: std::ops::Range<usize>| self.ptr(&state.params, r.start);
-        let g = |r: std::ops::Range<usize>| self.ptr(grads, r.start);
-        let dout = self.ptr(grad_out, 0);
-        let (h, a, gh) = (
-            self.ptr(&saved.h, 0),
-            self.ptr(&saved.a, 0),
-            self.ptr(&saved.grad_hidden, 0),
-        );
-        // Second Linear: bias, weight, then the gradient flowing into the hidden layer.
-        if mlp.last_bias {
-            self.launch().column_sum(o, dout, b, o, g(mlp.b2()))?;
-        }
-        self.matmul(g(mlp.w2()), o, hd, b, dout, true, a, false, true)?;
-        self.matmul(gh, b, hd, o, dout, false, p(mlp.w2()), false, false)?;
-        // Fused ReLU + BatchNorm backward, in place on grad_hidden.
-        let (mean, invstd) = (self.ptr(&saved.stats, 0), self.ptr(&saved.stats, hd));
-        self.launch().bn_relu_backward(
-            hd,
-            h,
-            a,
-            gh,
-            b,
-            hd,
-            p(mlp.gamma()),
-            mean,
-            invstd,
-            g(mlp.gamma()),
-            g(mlp.beta()),
-            g(mlp.b1()),
-        )?;
-        // First Linear: weight gradient and input gradient.
-        self.matmul(g(mlp.w1()), hd, i, b, gh, true, self.ptr(x, 0), false, true)?;
-        self.matmul(
-            self.ptr(grad_x, 0),
-            b,
-            i,
-            hd,
-            gh,
-            false,
-            p(mlp.w1()),
-            false,
-            false,
-        )
+        unsupported("optimizer_step (LARS, SGD, AdamW)")
+    }
+
+    fn ema_update_unchecked(
+        &self,
+        target: &mut CudaSlice<f32>,
+        online: &CudaSlice<f32>,
+        tau: f32,
+    ) -> Result<()> {
+        let n = target.len();
+        self.launch()
+            .ema_update(n, self.ptr(target, 0), self.ptr(online, 0), tau, n)
     }
 }
 
-/// The GPU MLP is the paper's depth-2 projector; other depths (the depth ablation) run on the
-/// CPU backend.
-fn depth_two_only(mlp: &Mlp) -> Result<()> {
-    if mlp.depth != 2 {
-        return Err(Error::InvalidArgument(format!(
-            "the CUDA backend's MLP has depth 2 (Linear, BatchNorm, ReLU, Linear); depth {} runs on the CPU backend",
-            mlp.depth
-        )));
+fn check_linear(l: &Linear, params: &CudaSlice<f32>, x: &CudaSlice<f32>) -> Result<()> {
+    fits_range("Linear weight", params, &l.weight)?;
+    if let Some(b) = &l.bias {
+        fits_range("Linear bias", params, b)?;
     }
-    Ok(())
+    fits("Linear input [rows, input]", x, l.rows * l.input)
+}
+
+fn check_batchnorm(
+    bn: &BatchNorm,
+    params: &CudaSlice<f32>,
+    running: &CudaSlice<f32>,
+    h: &CudaSlice<f32>,
+    stats: &CudaSlice<f32>,
+) -> Result<()> {
+    fits_range("BatchNorm γ", params, &bn.gamma)?;
+    fits_range("BatchNorm β", params, &bn.beta)?;
+    fits_range("BatchNorm running mean", running, &bn.running_mean)?;
+    fits_range("BatchNorm running variance", running, &bn.running_var)?;
+    fits("BatchNorm stats [2·cols]", stats, 2 * bn.cols)?;
+    fits("BatchNorm input [rows, cols]", h, bn.rows * bn.cols)
 }

@@ -1,57 +1,288 @@
-//! Backends: the same operations on the CPU ([`cpu::Cpu`]) and, with the `cuda` feature, on
-//! an NVIDIA GPU ([`cuda::Cuda`]), with the same method names, as candle's backends.
+//! Backends: every operation a BYOL step runs, on the CPU ([`cpu::Cpu`]) and, with the `cuda`
+//! feature, on an NVIDIA GPU ([`cuda::Cuda`]), behind one trait with the same method names,
+//! as candle's backends. The networks ([`crate::nn`]), the step ([`crate::byol`]) and the
+//! feature extraction ([`crate::eval`]) are generic over it; nothing above this floor calls
+//! a kernel directly.
 //!
-//! The checked methods of [`Backend`] validate shapes once, for every backend, and then call
-//! the backend's `*_unchecked` arithmetic. Layouts: row-major `[batch, features]`; MLP
-//! parameters as [`crate::nn::mlp::Mlp`] lays them out.
+//! Buffers are the backend's own (`Vec<f32>` on the CPU, device memory on the GPU); no host
+//! slice crosses the trait except through [`Backend::upload`] and [`Backend::download`].
+//! Parameters, their gradients, optimiser state and running statistics are flat buffers; an
+//! op reads a tensor inside one through a `Range` its parameter struct carries. Activations are
+//! whole buffers of which an op uses the prefix its shape gives. Layouts: row-major
+//! `[rows, features]`; images and activations NHWC (`[n·h·w, c]` for BatchNorm); convolution
+//! weights OHWI; Linear weights `[out, in]` as PyTorch stores them.
+//!
+//! Shapes are checked where they enter: by the networks ([`crate::nn`]) against their
+//! layout, and by the checked methods here (loss, EMA); the CPU's ops also slice with bounds
+//! checks, the GPU's validate lengths before each launch.
 
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod ptx;
 
-use crate::cpu::batchnorm::BnMode;
 use crate::error::{check_len, Error, Result};
-use crate::nn::mlp::Mlp;
+use std::ops::Range;
 
-/// An MLP's shape with its parameters and BatchNorm running statistics on one backend.
-pub struct MlpState<B> {
-    pub mlp: Mlp,
-    pub params: B,
-    pub running: B,
+// Parameter types of the ops. They are defined beside their CPU drivers (the floor below)
+// and are the backend's vocabulary for everything above it.
+pub use crate::cpu::batchnorm::BnMode;
+pub use crate::cpu::conv::Conv2d;
+pub use crate::cpu::objective::{DirectionGrads, Normalisation, Objective};
+pub use crate::cpu::optimizer::{Optimizer, OptimizerKind, TensorStep};
+pub use kernels::conv::ConvGeometry;
+
+/// `dst[m, n] = (dst if accumulate, else 0) + op(lhs) · op(rhs)`, row-major: `op(lhs)` is
+/// `[m, k]` (stored `[k, m]` when `lhs_t`), `op(rhs)` is `[k, n]` (stored `[n, k]` when
+/// `rhs_t`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Gemm {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub lhs_t: bool,
+    pub rhs_t: bool,
+    pub accumulate: bool,
 }
 
-/// What an MLP forward keeps for its backward, allocated once per batch size and reused:
-/// `h [batch, hidden]` (first Linear's output), `a [batch, hidden]` (after BN and ReLU),
-/// `stats [2·hidden]` (batch mean, then `1/√(var + ε)`), and `grad_hidden [batch, hidden]`
-/// (scratch for the backward).
-pub struct MlpSaved<B> {
-    pub batch: usize,
-    pub h: B,
-    pub a: B,
-    pub stats: B,
-    pub grad_hidden: B,
-    /// The mode of the last forward; backward needs a training-mode forward.
-    pub mode: Option<BnMode>,
+/// A Linear layer `y [rows, output] = x [rows, input] · wᵀ (+ b)` whose weight `[output,
+/// input]` and bias `[output]` sit at `weight` and `bias` in a flat parameter buffer (and at
+/// the same places in its gradient).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Linear {
+    pub rows: usize,
+    pub input: usize,
+    pub output: usize,
+    pub weight: Range<usize>,
+    pub bias: Option<Range<usize>>,
+}
+
+/// A BatchNorm over the rows of `[rows, cols]` (BatchNorm1d of the MLP, BatchNorm2d in NHWC),
+/// followed by an optional residual and ReLU: γ and β in the parameter buffer (their gradients
+/// at the same places), the running mean and variance in the running buffer, and, for the
+/// backward, where the gradient of a preceding Linear's bias goes (the MLP's hidden blocks).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchNorm {
+    pub rows: usize,
+    pub cols: usize,
+    pub relu: bool,
+    pub gamma: Range<usize>,
+    pub beta: Range<usize>,
+    pub running_mean: Range<usize>,
+    pub running_var: Range<usize>,
+    pub linear_bias: Option<Range<usize>>,
+}
+
+/// A convolution on `n` images of `h × w` whose weight sits at `weight` in the flat parameter
+/// buffer (and its gradient at the same place).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConvOp {
+    pub conv: Conv2d,
+    pub n: usize,
+    pub h: usize,
+    pub w: usize,
+    pub weight: Range<usize>,
+}
+
+impl ConvOp {
+    /// Values of the input `[n, h, w, cin]` and of the output `[n, oh, ow, cout]`.
+    pub fn input_len(&self) -> usize {
+        self.n * self.h * self.w * self.conv.cin
+    }
+    pub fn output_len(&self) -> usize {
+        let g = self.conv.geometry(self.h, self.w);
+        self.n * g.out_h() * g.out_w() * self.conv.cout
+    }
+}
+
+/// The optimiser's state buffers, each as long as the parameters (the second moment empty
+/// unless the optimiser keeps one).
+pub struct OptimizerState<'a, T> {
+    pub params: &'a mut T,
+    pub momentum: &'a mut T,
+    pub second_moment: &'a mut T,
 }
 
 /// Operations every backend provides.
-pub trait Backend {
-    /// A device buffer of f32.
-    type Buffer;
+pub trait Backend: Sync {
+    /// A buffer of f32 on the device.
+    type Buffer: Send + Sync;
+    /// A buffer of u32 indices on the device (max-pool's argmax).
+    type Indices: Send + Sync;
+    /// What the convolutions of one network at one input shape need besides their tensors
+    /// (column buffers, algorithm choices), allocated once and reused.
+    type ConvWorkspace: Send + Sync;
 
+    // ---- Memory.
     fn upload(&self, data: &[f32]) -> Result<Self::Buffer>;
     fn download(&self, buf: &Self::Buffer) -> Result<Vec<f32>>;
     fn zeros(&self, len: usize) -> Result<Self::Buffer>;
+    fn indices(&self, len: usize) -> Result<Self::Indices>;
     fn fill_zero(&self, buf: &mut Self::Buffer) -> Result<()>;
     fn len(buf: &Self::Buffer) -> usize;
-
-    fn ema_update_unchecked(
+    /// `dst[dst_at..][..len] = src[src_range]`.
+    fn copy(
         &self,
-        target: &mut Self::Buffer,
-        online: &Self::Buffer,
-        tau: f32,
+        src: &Self::Buffer,
+        src_range: Range<usize>,
+        dst: &mut Self::Buffer,
+        dst_at: usize,
     ) -> Result<()>;
+    /// `dst[..len] += src[..len]`.
+    fn add_assign(&self, dst: &mut Self::Buffer, src: &Self::Buffer, len: usize) -> Result<()>;
+
+    // ---- Products.
+    fn matmul(
+        &self,
+        g: Gemm,
+        dst: &mut Self::Buffer,
+        lhs: &Self::Buffer,
+        rhs: &Self::Buffer,
+    ) -> Result<()>;
+    /// `out [rows, output] = x · wᵀ (+ b)`.
+    fn linear_forward(
+        &self,
+        l: &Linear,
+        params: &Self::Buffer,
+        x: &Self::Buffer,
+        out: &mut Self::Buffer,
+    ) -> Result<()>;
+    /// `dw += dyᵀ · x` and `db += Σ dy` into `grads` (laid out as the parameters), and
+    /// `dx = dy · w` (overwritten) when given.
+    fn linear_backward(
+        &self,
+        l: &Linear,
+        params: &Self::Buffer,
+        x: &Self::Buffer,
+        dy: &Self::Buffer,
+        grads: &mut Self::Buffer,
+        dx: Option<&mut Self::Buffer>,
+    ) -> Result<()>;
+
+    // ---- Convolution (no bias: every ResNet convolution is followed by a BatchNorm).
+    /// Workspace for every convolution of `convs` (weights' ranges are ignored).
+    fn conv_workspace(&self, convs: &[ConvOp]) -> Result<Self::ConvWorkspace>;
+    /// `out [n, oh, ow, cout] = conv(x [n, h, w, cin])`.
+    fn conv2d_forward(
+        &self,
+        c: &ConvOp,
+        params: &Self::Buffer,
+        x: &Self::Buffer,
+        out: &mut Self::Buffer,
+        ws: &mut Self::ConvWorkspace,
+    ) -> Result<()>;
+    /// Backward-filter (`grads[weight] += ∂L/∂w`) and, with `dx`, backward-data (written,
+    /// or added when its flag is set). One call, because both walk the same columns.
+    #[allow(clippy::too_many_arguments)]
+    fn conv2d_backward(
+        &self,
+        c: &ConvOp,
+        params: &Self::Buffer,
+        x: &Self::Buffer,
+        dout: &Self::Buffer,
+        grads: &mut Self::Buffer,
+        dx: Option<(&mut Self::Buffer, bool)>,
+        ws: &mut Self::ConvWorkspace,
+    ) -> Result<()>;
+
+    // ---- BatchNorm. `stats [2·cols]` holds the batch mean then `1/√(var + ε)`, written by
+    // a training forward and read by the backward.
+    /// Training mode, first half: per-column sums of `h` shifted by its first row,
+    /// `sums [3·cols] = shift, Σ(h − shift), Σ(h − shift)²`, reduced in a fixed order. These
+    /// are the partial sums a data-parallel run adds across replicas before finishing.
+    fn batchnorm_sums(
+        &self,
+        bn: &BatchNorm,
+        h: &Self::Buffer,
+        sums: &mut Self::Buffer,
+    ) -> Result<()>;
+    /// Training mode, second half: from `sums` over `count` rows, the batch statistics into
+    /// `stats`, the running update, then `a = act(BN(h) (+ residual))`.
+    #[allow(clippy::too_many_arguments)]
+    fn batchnorm_finish(
+        &self,
+        bn: &BatchNorm,
+        count: usize,
+        sums: &Self::Buffer,
+        params: &Self::Buffer,
+        running: &mut Self::Buffer,
+        h: &Self::Buffer,
+        residual: Option<&Self::Buffer>,
+        stats: &mut Self::Buffer,
+        a: &mut Self::Buffer,
+    ) -> Result<()>;
+    /// `a = act(BN(h) (+ residual))`: in training mode the batch statistics (written to
+    /// `stats`) and the running update; in evaluation mode the running statistics. In
+    /// training mode it equals [`Backend::batchnorm_sums`] then [`Backend::batchnorm_finish`]
+    /// over `bn.rows` (bit for bit on the CPU), fused where nothing needs the sums between.
+    #[allow(clippy::too_many_arguments)]
+    fn batchnorm_forward(
+        &self,
+        bn: &BatchNorm,
+        mode: BnMode,
+        params: &Self::Buffer,
+        running: &mut Self::Buffer,
+        h: &Self::Buffer,
+        residual: Option<&Self::Buffer>,
+        stats: &mut Self::Buffer,
+        a: &mut Self::Buffer,
+    ) -> Result<()>;
+    /// Backward of a training forward: `grad` goes from ∂L/∂a to ∂L/∂h in place; γ, β (and
+    /// the Linear bias of `bn.linear_bias`) accumulate into `grads`; with a residual, its
+    /// gradient is written to `residual_grad`.
+    #[allow(clippy::too_many_arguments)]
+    fn batchnorm_backward(
+        &self,
+        bn: &BatchNorm,
+        params: &Self::Buffer,
+        h: &Self::Buffer,
+        a: &Self::Buffer,
+        stats: &Self::Buffer,
+        grad: &mut Self::Buffer,
+        grads: &mut Self::Buffer,
+        residual_grad: Option<&mut Self::Buffer>,
+    ) -> Result<()>;
+
+    // ---- Pooling.
+    /// `out [n, oh, ow, c]` = max over each window of `x [n, h, w, c]` (`g.cin = c`), with
+    /// each maximum's index within its image in `argmax`.
+    fn maxpool_forward(
+        &self,
+        g: ConvGeometry,
+        n: usize,
+        x: &Self::Buffer,
+        out: &mut Self::Buffer,
+        argmax: &mut Self::Indices,
+    ) -> Result<()>;
+    /// `dx [n, h, w, c]` (overwritten) from `dout [n, oh, ow, c]`.
+    fn maxpool_backward(
+        &self,
+        g: ConvGeometry,
+        n: usize,
+        dout: &Self::Buffer,
+        argmax: &Self::Indices,
+        dx: &mut Self::Buffer,
+    ) -> Result<()>;
+    /// `out [n, c]` = mean over the `hw` pixels of each image of `x [n, hw, c]`.
+    fn avgpool_forward(
+        &self,
+        n: usize,
+        hw: usize,
+        c: usize,
+        x: &Self::Buffer,
+        out: &mut Self::Buffer,
+    ) -> Result<()>;
+    /// `dx [n, hw, c]` (overwritten) from `dout [n, c]`.
+    fn avgpool_backward(
+        &self,
+        n: usize,
+        hw: usize,
+        c: usize,
+        dout: &Self::Buffer,
+        dx: &mut Self::Buffer,
+    ) -> Result<()>;
+
+    // ---- Loss, optimiser, EMA.
     fn nmse_loss_unchecked(
         &self,
         p: &Self::Buffer,
@@ -60,36 +291,53 @@ pub trait Backend {
         dim: usize,
         grad_p: Option<&mut Self::Buffer>,
     ) -> Result<f32>;
-    fn mlp_forward_unchecked(
+    /// One direction of the loss with its ablations ([`Objective`]): the batch mean, the
+    /// anchors' gradient (overwritten) and, when given, the positives' and same-view rows'
+    /// (accumulated). All `[rows, dim]`.
+    #[allow(clippy::too_many_arguments)]
+    fn objective_direction(
         &self,
-        state: &mut MlpState<Self::Buffer>,
-        x: &Self::Buffer,
-        mode: BnMode,
-        saved: &mut MlpSaved<Self::Buffer>,
-        out: &mut Self::Buffer,
+        objective: &Objective,
+        anchors: &Self::Buffer,
+        positives: &Self::Buffer,
+        same_view: &Self::Buffer,
+        rows: usize,
+        dim: usize,
+        grads: DirectionGrads<'_, Self::Buffer>,
+    ) -> Result<f32>;
+    /// One optimiser step over the flat buffers, tensor by tensor (`tensors` tile them in
+    /// order); `t` counts steps from 1.
+    fn optimizer_step(
+        &self,
+        optimizer: &Optimizer,
+        tensors: &[TensorStep],
+        state: OptimizerState<'_, Self::Buffer>,
+        grads: &Self::Buffer,
+        t: u64,
+        lr: f32,
     ) -> Result<()>;
-    fn mlp_backward_unchecked(
+    fn ema_update_unchecked(
         &self,
-        state: &MlpState<Self::Buffer>,
-        x: &Self::Buffer,
-        saved: &mut MlpSaved<Self::Buffer>,
-        grad_out: &Self::Buffer,
-        grads: &mut Self::Buffer,
-        grad_x: &mut Self::Buffer,
+        target: &mut Self::Buffer,
+        online: &Self::Buffer,
+        tau: f32,
     ) -> Result<()>;
 
-    /// `target ← τ·target + (1 − τ)·online` over two flat parameter buffers of equal length.
+    /// `target ← τ·target + (1 − τ)·online[..len(target)]`: the target's parameters are a
+    /// prefix of the online network's.
     fn ema_update(&self, target: &mut Self::Buffer, online: &Self::Buffer, tau: f32) -> Result<()> {
         if !(0.0..=1.0).contains(&tau) {
             return Err(Error::InvalidArgument(format!(
                 "EMA decay τ must lie in [0, 1], got {tau}"
             )));
         }
-        check_len(
-            "EMA online parameters (length of the target)",
-            Self::len(online),
-            Self::len(target),
-        )?;
+        if Self::len(online) < Self::len(target) {
+            return Err(Error::Length {
+                what: "EMA online parameters (at least the target's length)",
+                expected: Self::len(target),
+                got: Self::len(online),
+            });
+        }
         self.ema_update_unchecked(target, online, tau)
     }
 
@@ -115,133 +363,16 @@ pub trait Backend {
         }
         self.nmse_loss_unchecked(p, z, rows, dim, grad_p)
     }
-
-    /// Buffers for an MLP forward/backward at `batch` rows.
-    fn mlp_saved(&self, mlp: &Mlp, batch: usize) -> Result<MlpSaved<Self::Buffer>> {
-        mlp.validate()?;
-        Ok(MlpSaved {
-            batch,
-            h: self.zeros(batch * mlp.hidden * mlp.hidden_layers())?,
-            a: self.zeros(batch * mlp.hidden * mlp.hidden_layers())?,
-            stats: self.zeros(2 * mlp.hidden * mlp.hidden_layers())?,
-            grad_hidden: self.zeros(batch * mlp.hidden * mlp.hidden_layers())?,
-            mode: None,
-        })
-    }
-
-    /// `out [batch, output] = MLP(x [batch, input])`; in training mode also updates the
-    /// running statistics and keeps in `saved` what [`Backend::mlp_backward`] needs.
-    fn mlp_forward(
-        &self,
-        state: &mut MlpState<Self::Buffer>,
-        x: &Self::Buffer,
-        mode: BnMode,
-        saved: &mut MlpSaved<Self::Buffer>,
-        out: &mut Self::Buffer,
-    ) -> Result<()> {
-        let (mlp, batch) = (state.mlp, saved.batch);
-        check_mlp_state::<Self>(state)?;
-        if mode == BnMode::Train && batch < 2 {
-            return Err(Error::BatchTooSmall(batch));
-        }
-        if batch == 0 {
-            return Err(Error::InvalidArgument(
-                "MLP forward needs a batch of at least 1".into(),
-            ));
-        }
-        check_len(
-            "MLP input x [batch, input]",
-            Self::len(x),
-            batch * mlp.input,
-        )?;
-        check_len(
-            "MLP output [batch, output]",
-            Self::len(out),
-            batch * mlp.output,
-        )?;
-        check_saved::<Self>(&mlp, saved)?;
-        self.mlp_forward_unchecked(state, x, mode, saved, out)?;
-        saved.mode = Some(mode);
-        Ok(())
-    }
-
-    /// Backward of the last training-mode forward: accumulates (`+=`) the parameter gradients
-    /// into `grads` (laid out as the parameters) and writes the input gradient to `grad_x`.
-    fn mlp_backward(
-        &self,
-        state: &MlpState<Self::Buffer>,
-        x: &Self::Buffer,
-        saved: &mut MlpSaved<Self::Buffer>,
-        grad_out: &Self::Buffer,
-        grads: &mut Self::Buffer,
-        grad_x: &mut Self::Buffer,
-    ) -> Result<()> {
-        let (mlp, batch) = (state.mlp, saved.batch);
-        check_mlp_state::<Self>(state)?;
-        check_saved::<Self>(&mlp, saved)?;
-        if saved.mode != Some(BnMode::Train) {
-            return Err(Error::InvalidArgument(
-                "MLP backward needs a training-mode forward on the same buffers first".into(),
-            ));
-        }
-        check_len(
-            "MLP input x [batch, input]",
-            Self::len(x),
-            batch * mlp.input,
-        )?;
-        check_len(
-            "MLP output gradient [batch, output]",
-            Self::len(grad_out),
-            batch * mlp.output,
-        )?;
-        check_len(
-            "MLP parameter gradients",
-            Self::len(grads),
-            mlp.num_params(),
-        )?;
-        check_len(
-            "MLP input gradient [batch, input]",
-            Self::len(grad_x),
-            batch * mlp.input,
-        )?;
-        self.mlp_backward_unchecked(state, x, saved, grad_out, grads, grad_x)
-    }
 }
 
-fn check_mlp_state<B: Backend + ?Sized>(state: &MlpState<B::Buffer>) -> Result<()> {
-    state.mlp.validate()?;
-    check_len(
-        "MLP parameters",
-        B::len(&state.params),
-        state.mlp.num_params(),
-    )?;
-    check_len(
-        "MLP running statistics [layers, 2·hidden]",
-        B::len(&state.running),
-        state.mlp.running_len(),
-    )
-}
-
-fn check_saved<B: Backend + ?Sized>(mlp: &Mlp, saved: &MlpSaved<B::Buffer>) -> Result<()> {
-    let (layers, bh) = (mlp.hidden_layers(), saved.batch * mlp.hidden);
-    check_len(
-        "MLP saved h [layers, batch, hidden]",
-        B::len(&saved.h),
-        layers * bh,
-    )?;
-    check_len(
-        "MLP saved a [layers, batch, hidden]",
-        B::len(&saved.a),
-        layers * bh,
-    )?;
-    check_len(
-        "MLP saved grad_hidden [layers, batch, hidden]",
-        B::len(&saved.grad_hidden),
-        layers * bh,
-    )?;
-    check_len(
-        "MLP saved stats [layers, 2·hidden]",
-        B::len(&saved.stats),
-        2 * mlp.hidden * layers,
-    )
+/// `Ok` when `buf` holds at least `len` values (an op uses the prefix its shape gives).
+pub fn need<B: Backend + ?Sized>(what: &'static str, buf: &B::Buffer, len: usize) -> Result<()> {
+    if B::len(buf) < len {
+        return Err(Error::Length {
+            what,
+            expected: len,
+            got: B::len(buf),
+        });
+    }
+    Ok(())
 }

@@ -10,7 +10,7 @@
 //! [`check_shape`] rejects. `W*` is a function of the batch treated as a constant: the
 //! gradient reaches `Z` through `P = Z W*ᵀ` only (`∂L/∂Z = ∂L/∂P · W*`).
 
-use crate::cpu::gemm::matmul;
+use crate::backend::{Backend, Gemm};
 use crate::error::{Error, Result};
 use nalgebra::DMatrix;
 
@@ -28,14 +28,17 @@ pub fn check_shape(batch: usize, dim: usize) -> Result<()> {
 }
 
 /// Writes `W*ᵀ [d, d]` (row-major) to `wt` for online projections `z` and targets `y`, both
-/// `[batch, dim]`.
-pub fn optimal_predictor(
-    z: &[f32],
-    y: &[f32],
+/// `[batch, dim]`. The solve runs on the host in f64 (a `d × d` system), the products on the
+/// backend.
+pub fn optimal_predictor<B: Backend>(
+    be: &B,
+    z: &B::Buffer,
+    y: &B::Buffer,
     batch: usize,
     dim: usize,
-    wt: &mut [f32],
+    wt: &mut B::Buffer,
 ) -> Result<()> {
+    let (z, y) = (be.download(z)?, be.download(y)?);
     let zm = DMatrix::from_row_iterator(batch, dim, z.iter().map(|&v| v as f64));
     let ym = DMatrix::from_row_iterator(batch, dim, y.iter().map(|&v| v as f64));
     let mut gram = zm.transpose() * &zm;
@@ -50,20 +53,52 @@ pub fn optimal_predictor(
     })?;
     let solution = chol.solve(&(zm.transpose() * ym));
     // nalgebra is column-major: write it out row by row.
-    for (r, row) in wt.chunks_mut(dim).enumerate() {
+    let mut rows = vec![0.0f32; dim * dim];
+    for (r, row) in rows.chunks_mut(dim).enumerate() {
         for (c, v) in row.iter_mut().enumerate() {
             *v = solution[(r, c)] as f32;
         }
     }
+    *wt = be.upload(&rows)?;
     Ok(())
 }
 
 /// `p [batch, dim] = z W*ᵀ`.
-pub fn predict(wt: &[f32], z: &[f32], batch: usize, dim: usize, p: &mut [f32]) {
-    matmul(p, batch, dim, dim, z, false, wt, false, false);
+pub fn predict<B: Backend>(
+    be: &B,
+    wt: &B::Buffer,
+    z: &B::Buffer,
+    batch: usize,
+    dim: usize,
+    p: &mut B::Buffer,
+) -> Result<()> {
+    let g = Gemm {
+        m: batch,
+        n: dim,
+        k: dim,
+        lhs_t: false,
+        rhs_t: false,
+        accumulate: false,
+    };
+    be.matmul(g, p, z, wt)
 }
 
 /// `grad_z += grad_p · W*` (W* held constant).
-pub fn predict_backward(wt: &[f32], grad_p: &[f32], batch: usize, dim: usize, grad_z: &mut [f32]) {
-    matmul(grad_z, batch, dim, dim, grad_p, false, wt, true, true);
+pub fn predict_backward<B: Backend>(
+    be: &B,
+    wt: &B::Buffer,
+    grad_p: &B::Buffer,
+    batch: usize,
+    dim: usize,
+    grad_z: &mut B::Buffer,
+) -> Result<()> {
+    let g = Gemm {
+        m: batch,
+        n: dim,
+        k: dim,
+        lhs_t: false,
+        rhs_t: true,
+        accumulate: true,
+    };
+    be.matmul(g, grad_z, grad_p, wt)
 }

@@ -3,12 +3,10 @@
 
 pub mod closed_form;
 pub mod network;
-pub mod objective;
-pub mod optimizer;
 pub mod schedule;
 
 pub use network::{
     Byol, ByolConfig, ByolState, ByolWork, LrMultipliers, PredictorKind, StepReport, TargetInit,
 };
-pub use objective::{Normalisation, Objective};
-pub use optimizer::{Optimizer, OptimizerKind};
+// The loss's and the optimisers' parameter types are the backend's (their arithmetic is an op).
+pub use crate::backend::{Normalisation, Objective, Optimizer, OptimizerKind};

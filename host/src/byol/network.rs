@@ -17,15 +17,19 @@
 //!
 //! The paper's ablations are configuration: the projector's and predictor's depth, a learned,
 //! closed-form ([`super::closed_form`]) or no predictor, no target network, and the loss
-//! ([`super::objective`]: normalisation and the contrastive β term).
+//! ([`Objective`]: normalisation and the contrastive β term).
+//!
+//! Everything runs on the backend `B` the networks were built for ([`Byol::on`]); the state
+//! is the backend's buffers ([`ByolState::to_backend`], [`ByolState::to_host`] for
+//! checkpoints).
 
 use super::closed_form;
-use super::objective::{DirectionGrads, Objective};
-use super::optimizer::Optimizer;
-use crate::cpu::batchnorm::BnMode;
-use crate::cpu::ema_update;
+use crate::backend::cpu::Cpu;
+use crate::backend::{
+    Backend, BnMode, DirectionGrads, Objective, Optimizer, OptimizerState, TensorStep,
+};
 use crate::error::{check_len, Error, Result};
-use crate::nn::mlp::{mlp_backward, mlp_forward, Mlp, MlpScratch};
+use crate::nn::mlp::{Mlp, MlpAt, MlpSaved};
 use crate::nn::{Activations, Registry, ResNet, ResNetConfig};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -125,8 +129,10 @@ impl Default for LrMultipliers {
     }
 }
 
-/// Structure and layout of the online and target networks (parameters live in [`ByolState`]).
-pub struct Byol {
+/// Structure and layout of the online and target networks (parameters live in [`ByolState`]),
+/// and the backend they run on.
+pub struct Byol<B: Backend = Cpu> {
+    pub backend: B,
     pub config: ByolConfig,
     pub encoder: ResNet,
     pub projector: Mlp,
@@ -136,48 +142,114 @@ pub struct Byol {
     pub registry: Registry,
 }
 
-/// Parameters and optimiser state of one run.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ByolState {
-    pub online: Vec<f32>,
-    pub target: Vec<f32>,
-    pub online_running: Vec<f32>,
-    pub target_running: Vec<f32>,
-    pub momentum: Vec<f32>,
+/// Parameters and optimiser state of one run, in the backend's buffers (host vectors for
+/// [`Cpu`], the checkpoint's form).
+pub struct ByolState<B: Backend = Cpu> {
+    pub online: B::Buffer,
+    pub target: B::Buffer,
+    pub online_running: B::Buffer,
+    pub target_running: B::Buffer,
+    pub momentum: B::Buffer,
     /// AdamW's second moment (empty for LARS and SGD, which keep none).
-    pub second_moment: Vec<f32>,
+    pub second_moment: B::Buffer,
     /// Optimiser steps taken.
     pub step: u64,
 }
 
+impl Clone for ByolState<Cpu> {
+    fn clone(&self) -> Self {
+        ByolState {
+            online: self.online.clone(),
+            target: self.target.clone(),
+            online_running: self.online_running.clone(),
+            target_running: self.target_running.clone(),
+            momentum: self.momentum.clone(),
+            second_moment: self.second_moment.clone(),
+            step: self.step,
+        }
+    }
+}
+
+impl PartialEq for ByolState<Cpu> {
+    fn eq(&self, other: &Self) -> bool {
+        self.online == other.online
+            && self.target == other.target
+            && self.online_running == other.online_running
+            && self.target_running == other.target_running
+            && self.momentum == other.momentum
+            && self.second_moment == other.second_moment
+            && self.step == other.step
+    }
+}
+
+impl std::fmt::Debug for ByolState<Cpu> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ByolState")
+            .field("online", &self.online.len())
+            .field("target", &self.target.len())
+            .field("step", &self.step)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ByolState<Cpu> {
+    /// This state on backend `be`.
+    pub fn to_backend<B: Backend>(&self, be: &B) -> Result<ByolState<B>> {
+        Ok(ByolState {
+            online: be.upload(&self.online)?,
+            target: be.upload(&self.target)?,
+            online_running: be.upload(&self.online_running)?,
+            target_running: be.upload(&self.target_running)?,
+            momentum: be.upload(&self.momentum)?,
+            second_moment: be.upload(&self.second_moment)?,
+            step: self.step,
+        })
+    }
+}
+
+impl<B: Backend> ByolState<B> {
+    /// This state in host memory (for checkpoints).
+    pub fn to_host(&self, be: &B) -> Result<ByolState<Cpu>> {
+        Ok(ByolState {
+            online: be.download(&self.online)?,
+            target: be.download(&self.target)?,
+            online_running: be.download(&self.online_running)?,
+            target_running: be.download(&self.target_running)?,
+            momentum: be.download(&self.momentum)?,
+            second_moment: be.download(&self.second_moment)?,
+            step: self.step,
+        })
+    }
+}
+
 /// Buffers a step needs, allocated once per batch shape. Per view: `z`, `p [batch,
 /// projection]`, their gradients, the target projections and the closed-form map.
-pub struct ByolWork {
+pub struct ByolWork<B: Backend = Cpu> {
     batch: usize,
     /// What an online pass keeps for its backward: one slot with a target network, two
     /// without (module docs).
-    passes: Vec<OnlinePass>,
-    z: [Vec<f32>; 2],
-    p: [Vec<f32>; 2],
-    target_z: [Vec<f32>; 2],
-    grad_p: [Vec<f32>; 2],
-    grad_z: [Vec<f32>; 2],
+    passes: Vec<OnlinePass<B>>,
+    z: [B::Buffer; 2],
+    p: [B::Buffer; 2],
+    target_z: [B::Buffer; 2],
+    grad_p: [B::Buffer; 2],
+    grad_z: [B::Buffer; 2],
     /// `W*ᵀ [projection, projection]` of the closed-form predictor.
-    predictor_wt: [Vec<f32>; 2],
+    predictor_wt: [B::Buffer; 2],
     /// The learned predictor's input gradient, before it joins `grad_z`.
-    grad_predictor_in: Vec<f32>,
-    grad_repr: Vec<f32>,
-    pub grads: Vec<f32>,
+    grad_predictor_in: B::Buffer,
+    grad_repr: B::Buffer,
+    pub grads: B::Buffer,
 }
 
 /// One online pass's saved state.
-struct OnlinePass {
-    acts: Activations,
+struct OnlinePass<B: Backend> {
+    acts: Activations<B>,
     /// The encoder's output, kept here because the projector's backward needs it after
     /// `acts` has moved on.
-    repr: Vec<f32>,
-    projector: MlpScratch,
-    predictor: Option<MlpScratch>,
+    repr: B::Buffer,
+    projector: MlpSaved<B>,
+    predictor: Option<MlpSaved<B>>,
 }
 
 /// What one step reports.
@@ -187,8 +259,16 @@ pub struct StepReport {
     pub loss: f32,
 }
 
-impl Byol {
+impl Byol<Cpu> {
+    /// The networks on the CPU.
     pub fn new(config: ByolConfig) -> Result<Self> {
+        Byol::on(Cpu, config)
+    }
+}
+
+impl<B: Backend> Byol<B> {
+    /// The networks on backend `backend`.
+    pub fn on(backend: B, config: ByolConfig) -> Result<Self> {
         let encoder = ResNet::new(config.encoder)?;
         let projector = Mlp {
             input: encoder.repr_dim(),
@@ -214,6 +294,7 @@ impl Byol {
             q.register(&mut registry, "predictor");
         }
         Ok(Byol {
+            backend,
             config,
             encoder,
             projector,
@@ -246,6 +327,19 @@ impl Byol {
         let s = self.projector_running().end;
         s..s + self.predictor.as_ref().map_or(0, Mlp::running_len)
     }
+    /// Where the projector and the predictor sit in the flat buffers.
+    fn projector_at(&self) -> MlpAt {
+        MlpAt {
+            params: self.projector_params().start,
+            running: self.projector_running().start,
+        }
+    }
+    fn predictor_at(&self) -> MlpAt {
+        MlpAt {
+            params: self.predictor_params().start,
+            running: self.predictor_running().start,
+        }
+    }
 
     /// Parameters of the target network: `[encoder | projector]`, or none without one.
     pub fn target_len(&self) -> usize {
@@ -259,29 +353,40 @@ impl Byol {
     /// Projections `[n, projection]` of the representations `[n, repr_dim]` by the online
     /// projector in evaluation mode (running statistics, so each row is independent of the
     /// others and the result does not depend on how the rows are chunked).
-    pub fn projections(&self, state: &ByolState, representations: &[f32]) -> Result<Vec<f32>> {
-        let (p, dim) = (&self.projector, self.encoder.repr_dim());
+    pub fn projections(&self, state: &ByolState<B>, representations: &[f32]) -> Result<Vec<f32>> {
+        let (be, p, dim) = (&self.backend, &self.projector, self.encoder.repr_dim());
         let n = representations.len() / dim;
         check_len("representations", representations.len(), n * dim)?;
         const CHUNK: usize = 1024; // bounds the hidden activations at CHUNK × hidden
-        let mut running = state.online_running[self.projector_running()].to_vec();
-        let weights = &state.online[self.projector_params()];
-        let mut scratch = MlpScratch::new(p, CHUNK.min(n).max(1));
-        let mut z = vec![0.0; n * p.output];
-        for (x, z) in representations
-            .chunks(CHUNK * dim)
-            .zip(z.chunks_mut(CHUNK * p.output))
-        {
+                                   // Evaluation mode reads the running statistics and leaves them as they are; a copy
+                                   // keeps the state untouched all the same.
+        let mut running = be.upload(&be.download(&state.online_running)?)?;
+        let mut z = Vec::with_capacity(n * p.output);
+        for x in representations.chunks(CHUNK * dim) {
             let m = x.len() / dim;
-            let buffers = scratch.buffers();
-            mlp_forward(p, weights, &mut running, x, m, BnMode::Eval, buffers, z);
+            let mut saved = p.saved(be, m)?;
+            let mut out = be.zeros(m * p.output)?;
+            let x = be.upload(x)?;
+            let (at, params) = (self.projector_at(), &state.online);
+            p.forward(
+                be,
+                at,
+                params,
+                &mut running,
+                &x,
+                BnMode::Eval,
+                &mut saved,
+                &mut out,
+            )?;
+            z.extend(be.download(&out)?);
         }
         Ok(z)
     }
 
-    /// A fresh run: the online network from `seed`; the target from a different seed (as the
-    /// official code does) or as a copy of the online network ([`TargetInit`]); momentum zero.
-    pub fn init(&self, seed: u64) -> ByolState {
+    /// A fresh run, in host memory: the online network from `seed`; the target from a
+    /// different seed (as the official code does) or as a copy of the online network
+    /// ([`TargetInit`]); momentum zero. [`ByolState::to_backend`] moves it to a device.
+    pub fn init(&self, seed: u64) -> ByolState<Cpu> {
         let online = self.init_params(seed);
         let target = match self.config.target_init {
             TargetInit::Independent => self.init_params(seed ^ 0x9e37_79b9_7f4a_7c15),
@@ -318,8 +423,8 @@ impl Byol {
     }
 
     /// Buffers for batches of `batch` images of `h × w`.
-    pub fn work(&self, batch: usize, h: usize, w: usize) -> Result<ByolWork> {
-        let proj = self.config.projection;
+    pub fn work(&self, batch: usize, h: usize, w: usize) -> Result<ByolWork<B>> {
+        let (be, proj) = (&self.backend, self.config.projection);
         if self.config.predictor == PredictorKind::ClosedForm {
             closed_form::check_shape(batch, proj)?;
         }
@@ -327,66 +432,61 @@ impl Byol {
         let passes = (0..slots)
             .map(|_| {
                 Ok(OnlinePass {
-                    acts: self.encoder.activations(batch, h, w)?,
-                    repr: vec![0.0; batch * self.encoder.repr_dim()],
-                    projector: MlpScratch::new(&self.projector, batch),
-                    predictor: self.predictor.as_ref().map(|q| MlpScratch::new(q, batch)),
+                    acts: self.encoder.activations(be, batch, h, w)?,
+                    repr: be.zeros(batch * self.encoder.repr_dim())?,
+                    projector: self.projector.saved(be, batch)?,
+                    predictor: match &self.predictor {
+                        Some(q) => Some(q.saved(be, batch)?),
+                        None => None,
+                    },
                 })
             })
             .collect::<Result<_>>()?;
-        let per_view = |len: usize| [vec![0.0; len], vec![0.0; len]];
+        let per_view =
+            |len: usize| -> Result<[B::Buffer; 2]> { Ok([be.zeros(len)?, be.zeros(len)?]) };
         let wt_len = if self.config.predictor == PredictorKind::ClosedForm {
             proj * proj
+        } else {
+            0
+        };
+        let target_len = if self.config.target_network {
+            batch * proj
         } else {
             0
         };
         Ok(ByolWork {
             batch,
             passes,
-            z: per_view(batch * proj),
-            p: per_view(batch * proj),
-            target_z: per_view(if self.config.target_network {
-                batch * proj
-            } else {
-                0
-            }),
-            grad_p: per_view(batch * proj),
-            grad_z: per_view(batch * proj),
-            predictor_wt: per_view(wt_len),
-            grad_predictor_in: vec![0.0; batch * proj],
-            grad_repr: vec![0.0; batch * self.encoder.repr_dim()],
-            grads: vec![0.0; self.registry.param_len()],
+            z: per_view(batch * proj)?,
+            p: per_view(batch * proj)?,
+            target_z: per_view(target_len)?,
+            grad_p: per_view(batch * proj)?,
+            grad_z: per_view(batch * proj)?,
+            predictor_wt: per_view(wt_len)?,
+            grad_predictor_in: be.zeros(batch * proj)?,
+            grad_repr: be.zeros(batch * self.encoder.repr_dim())?,
+            grads: be.zeros(self.registry.param_len())?,
         })
     }
 
     /// Target projection `g_ξ(f_ξ(x))`, training-mode BatchNorm as in the official code.
     fn target_projection(
         &self,
-        state: &mut ByolState,
-        x: &[f32],
-        work: &mut ByolWork,
+        state: &mut ByolState<B>,
+        x: &B::Buffer,
+        work: &mut ByolWork<B>,
         view: usize,
     ) -> Result<()> {
-        let (enc, proj) = (self.encoder_params(), self.projector_params());
-        let (enc_r, proj_r) = (self.encoder_running(), self.projector_running());
-        let (er, pr) = state.target_running.split_at_mut(enc_r.end);
+        let be = &self.backend;
         let pass = &mut work.passes[0];
-        let repr =
-            self.encoder
-                .forward(&state.target[enc], er, x, BnMode::Train, &mut pass.acts)?;
-        let out = &mut work.target_z[view];
-        let buffers = pass.projector.buffers();
-        mlp_forward(
-            &self.projector,
-            &state.target[proj],
-            &mut pr[..proj_r.len()],
-            repr,
-            work.batch,
-            BnMode::Train,
-            buffers,
-            out,
-        );
-        Ok(())
+        let (target, running) = (&state.target, &mut state.target_running);
+        self.encoder
+            .forward(be, target, running, x, BnMode::Train, &mut pass.acts)?;
+        let repr = pass.acts.representation();
+        let (at, out) = (self.projector_at(), &mut work.target_z[view]);
+        let saved = &mut pass.projector;
+        self.projector
+            .forward(be, at, target, running, repr, BnMode::Train, saved, out)
     }
 
     /// The multiplier of one parameter tensor's learning rate.
@@ -403,36 +503,36 @@ impl Byol {
     /// Online encoder and projector on `view` (its pass kept in `slot`): `z[view]`.
     fn project(
         &self,
-        state: &mut ByolState,
-        x: &[f32],
+        state: &mut ByolState<B>,
+        x: &B::Buffer,
         view: usize,
         slot: usize,
-        work: &mut ByolWork,
+        work: &mut ByolWork<B>,
     ) -> Result<()> {
-        let (enc, proj) = (self.encoder_params(), self.projector_params());
-        let (enc_r, proj_r) = (self.encoder_running(), self.projector_running());
-        let (er, rest) = state.online_running.split_at_mut(enc_r.end);
+        let be = &self.backend;
+        let (online, running) = (&state.online, &mut state.online_running);
         let pass = &mut work.passes[slot];
-        let out = self
-            .encoder
-            .forward(&state.online[enc], er, x, BnMode::Train, &mut pass.acts)?;
-        pass.repr.copy_from_slice(out);
-        mlp_forward(
-            &self.projector,
-            &state.online[proj],
-            &mut rest[..proj_r.len()],
+        self.encoder
+            .forward(be, online, running, x, BnMode::Train, &mut pass.acts)?;
+        let repr = pass.acts.representation();
+        be.copy(repr, 0..B::len(repr), &mut pass.repr, 0)?;
+        let (at, out) = (self.projector_at(), &mut work.z[view]);
+        let saved = &mut pass.projector;
+        self.projector.forward(
+            be,
+            at,
+            online,
+            running,
             &pass.repr,
-            work.batch,
             BnMode::Train,
-            pass.projector.buffers(),
-            &mut work.z[view],
-        );
-        Ok(())
+            saved,
+            out,
+        )
     }
 
     /// ψ of both views: the target's projections, or the online ones without a target
     /// network. (Fields, not the whole work, so callers can write other buffers meanwhile.)
-    fn psi<'a>(&self, z: &'a [Vec<f32>; 2], target_z: &'a [Vec<f32>; 2]) -> &'a [Vec<f32>; 2] {
+    fn psi<'a>(&self, z: &'a [B::Buffer; 2], target_z: &'a [B::Buffer; 2]) -> &'a [B::Buffer; 2] {
         if self.config.target_network {
             target_z
         } else {
@@ -443,49 +543,50 @@ impl Byol {
     /// The predictor on `z[view]`: `p[view]`.
     fn predict(
         &self,
-        state: &mut ByolState,
+        state: &mut ByolState<B>,
         view: usize,
         slot: usize,
-        work: &mut ByolWork,
+        work: &mut ByolWork<B>,
     ) -> Result<()> {
-        let (b, d) = (work.batch, self.config.projection);
+        let (be, b, d) = (&self.backend, work.batch, self.config.projection);
         match self.config.predictor {
             PredictorKind::Learned => {
                 let q = self.predictor.as_ref().expect("a learned predictor exists");
-                let scratch = work.passes[slot].predictor.as_mut().expect("its scratch");
-                let qr = &mut state.online_running[self.predictor_running()];
-                mlp_forward(
-                    q,
-                    &state.online[self.predictor_params()],
-                    qr,
-                    &work.z[view],
-                    b,
+                let saved = work.passes[slot].predictor.as_mut().expect("its buffers");
+                let (online, running) = (&state.online, &mut state.online_running);
+                let (z, p) = (&work.z[view], &mut work.p[view]);
+                q.forward(
+                    be,
+                    self.predictor_at(),
+                    online,
+                    running,
+                    z,
                     BnMode::Train,
-                    scratch.buffers(),
-                    &mut work.p[view],
-                );
+                    saved,
+                    p,
+                )
             }
             PredictorKind::ClosedForm => {
                 let targets = &self.psi(&work.z, &work.target_z)[1 - view];
                 let wt = &mut work.predictor_wt[view];
-                closed_form::optimal_predictor(&work.z[view], targets, b, d, wt)?;
-                closed_form::predict(wt, &work.z[view], b, d, &mut work.p[view]);
+                closed_form::optimal_predictor(be, &work.z[view], targets, b, d, wt)?;
+                closed_form::predict(be, wt, &work.z[view], b, d, &mut work.p[view])
             }
-            PredictorKind::None => work.p[view].copy_from_slice(&work.z[view]),
+            PredictorKind::None => be.copy(&work.z[view], 0..b * d, &mut work.p[view], 0),
         }
-        Ok(())
     }
 
     /// The loss of the direction whose anchors are `p[view]` (batch mean); writes
     /// `grad_p[view]`, and adds to `grad_z` of both views when ψ is the online projection.
-    fn direction(&self, state: &ByolState, view: usize, work: &mut ByolWork) -> Result<f32> {
+    fn direction(&self, state: &ByolState<B>, view: usize, work: &mut ByolWork<B>) -> Result<f32> {
         let (b, d) = (work.batch, self.config.projection);
         let other = 1 - view;
         let [gz0, gz1] = &mut work.grad_z;
         let (same_grad, positive_grad) = if view == 0 { (gz0, gz1) } else { (gz1, gz0) };
         let online_psi = !self.config.target_network;
         let psi = self.psi(&work.z, &work.target_z);
-        let loss = self.config.objective.direction(
+        let loss = self.backend.objective_direction(
+            &self.config.objective,
             &work.p[view],
             &psi[other],
             &psi[view],
@@ -493,10 +594,10 @@ impl Byol {
             d,
             DirectionGrads {
                 anchors: &mut work.grad_p[view],
-                positives: online_psi.then_some(&mut positive_grad[..]),
-                same_view: online_psi.then_some(&mut same_grad[..]),
+                positives: online_psi.then_some(positive_grad),
+                same_view: online_psi.then_some(same_grad),
             },
-        );
+        )?;
         if !loss.is_finite() {
             // Stop before the non-finite gradient reaches any parameter.
             return Err(Error::Diverged {
@@ -511,61 +612,38 @@ impl Byol {
     /// `grad_z[view]`; parameter gradients accumulate into `work.grads`.
     fn online_backward(
         &self,
-        state: &ByolState,
-        x: &[f32],
+        state: &ByolState<B>,
+        x: &B::Buffer,
         view: usize,
         slot: usize,
-        work: &mut ByolWork,
+        work: &mut ByolWork<B>,
     ) -> Result<()> {
-        let (enc, proj, pred) = (
-            self.encoder_params(),
-            self.projector_params(),
-            self.predictor_params(),
-        );
-        let (b, d) = (work.batch, self.config.projection);
+        let (be, b, d) = (&self.backend, work.batch, self.config.projection);
         let online = &state.online;
-        let (genc, rest) = work.grads.split_at_mut(enc.end);
-        let (gproj, gpred) = rest.split_at_mut(proj.len());
+        let grads = &mut work.grads;
         let pass = &mut work.passes[slot];
         let grad_z = &mut work.grad_z[view];
         match self.config.predictor {
             PredictorKind::Learned => {
                 let q = self.predictor.as_ref().expect("a learned predictor exists");
-                let scratch = pass.predictor.as_mut().expect("its scratch");
+                let saved = pass.predictor.as_mut().expect("its buffers");
                 let gin = &mut work.grad_predictor_in;
-                mlp_backward(
-                    q,
-                    &online[pred],
-                    &work.z[view],
-                    b,
-                    scratch.buffers(),
-                    &work.grad_p[view],
-                    gpred,
-                    gin,
-                );
-                grad_z.iter_mut().zip(gin.iter()).for_each(|(g, v)| *g += v);
+                let (z, gp) = (&work.z[view], &work.grad_p[view]);
+                q.backward(be, self.predictor_at(), online, z, saved, gp, grads, gin)?;
+                be.add_assign(grad_z, gin, b * d)?;
             }
             PredictorKind::ClosedForm => {
                 let wt = &work.predictor_wt[view];
-                closed_form::predict_backward(wt, &work.grad_p[view], b, d, grad_z);
+                closed_form::predict_backward(be, wt, &work.grad_p[view], b, d, grad_z)?;
             }
-            PredictorKind::None => {
-                let gp = &work.grad_p[view];
-                grad_z.iter_mut().zip(gp).for_each(|(g, v)| *g += v);
-            }
+            PredictorKind::None => be.add_assign(grad_z, &work.grad_p[view], b * d)?,
         }
-        mlp_backward(
-            &self.projector,
-            &online[proj],
-            &pass.repr,
-            b,
-            pass.projector.buffers(),
-            grad_z,
-            gproj,
-            &mut work.grad_repr,
-        );
+        let at = self.projector_at();
+        let (saved, gr) = (&mut pass.projector, &mut work.grad_repr);
+        self.projector
+            .backward(be, at, online, &pass.repr, saved, grad_z, grads, gr)?;
         self.encoder
-            .backward(&online[enc], x, &mut pass.acts, &work.grad_repr, genc, None)
+            .backward(be, online, x, &mut pass.acts, &work.grad_repr, grads, None)
     }
 
     /// One BYOL step on views `v1 = t(x)`, `v2 = t′(x)`: the gradient of
@@ -575,25 +653,26 @@ impl Byol {
     #[allow(clippy::too_many_arguments)]
     pub fn step(
         &self,
-        state: &mut ByolState,
-        work: &mut ByolWork,
-        views: [&[f32]; 2],
+        state: &mut ByolState<B>,
+        work: &mut ByolWork<B>,
+        views: [&B::Buffer; 2],
         lr: f32,
         tau: f32,
         optimizer: &Optimizer,
         lr_mult: LrMultipliers,
     ) -> Result<StepReport> {
+        let be = &self.backend;
         check_len(
             "BYOL online parameters",
-            state.online.len(),
+            B::len(&state.online),
             self.registry.param_len(),
         )?;
         check_len(
             "BYOL target parameters",
-            state.target.len(),
+            B::len(&state.target),
             self.target_len(),
         )?;
-        work.grads.fill(0.0);
+        be.fill_zero(&mut work.grads)?;
         let loss = if self.config.target_network {
             // Target projections of both views (no gradient), then one view's online pass
             // at a time: forward, its loss term, backward.
@@ -604,7 +683,7 @@ impl Byol {
             for (view, x) in views.iter().enumerate() {
                 self.project(state, x, view, 0, work)?;
                 self.predict(state, view, 0, work)?;
-                work.grad_z[view].fill(0.0);
+                be.fill_zero(&mut work.grad_z[view])?;
                 loss += self.direction(state, view, work)?;
                 self.online_backward(state, x, view, 0, work)?;
             }
@@ -616,7 +695,7 @@ impl Byol {
             }
             for view in 0..2 {
                 self.predict(state, view, view, work)?;
-                work.grad_z[view].fill(0.0);
+                be.fill_zero(&mut work.grad_z[view])?;
             }
             let loss = self.direction(state, 0, work)? + self.direction(state, 1, work)?;
             for (view, x) in views.iter().enumerate() {
@@ -626,21 +705,34 @@ impl Byol {
         };
         // LARS (or the configured optimiser) on every online parameter, then the EMA of the
         // whole target in one call.
-        if optimizer.needs_second_moment() && state.second_moment.len() != state.online.len() {
-            state.second_moment = vec![0.0; state.online.len()];
+        let len = B::len(&state.online);
+        if optimizer.needs_second_moment() && B::len(&state.second_moment) != len {
+            state.second_moment = be.zeros(len)?;
         }
-        optimizer.step(
-            &self.registry.params,
-            &mut state.online,
+        let tensors: Vec<TensorStep> = self
+            .registry
+            .params
+            .iter()
+            .map(|p| TensorStep {
+                range: p.range.clone(),
+                plain: p.role.is_bias_or_bn(),
+                lr_scale: self.lr_multiplier(p, lr_mult),
+            })
+            .collect();
+        let opt_state = OptimizerState {
+            params: &mut state.online,
+            momentum: &mut state.momentum,
+            second_moment: &mut state.second_moment,
+        };
+        be.optimizer_step(
+            optimizer,
+            &tensors,
+            opt_state,
             &work.grads,
-            &mut state.momentum,
-            &mut state.second_moment,
             state.step + 1,
             lr,
-            |p| self.lr_multiplier(p, lr_mult),
-        );
-        let shared = self.target_len();
-        ema_update(&mut state.target, &state.online[..shared], tau);
+        )?;
+        be.ema_update(&mut state.target, &state.online, tau)?;
         state.step += 1;
         Ok(StepReport { loss })
     }

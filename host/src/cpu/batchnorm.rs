@@ -40,7 +40,8 @@ fn reduce_blocks(partials: &[f32], cols: usize) -> Vec<f32> {
 }
 
 /// `a = act(BN(h) (+ residual))` for `h, a [rows, cols]`. Training mode needs `rows ≥ 2`
-/// (the callers check it).
+/// (the callers check it). A training forward is [`batchnorm_sums`] then [`batchnorm_finish`]
+/// over `rows`, fused into one pass per tile when the tile holds every row.
 #[allow(clippy::too_many_arguments)]
 pub fn batchnorm_forward(
     h: &[f32],
@@ -53,18 +54,10 @@ pub fn batchnorm_forward(
     relu: bool,
 ) {
     debug_assert!(h.len() == rows * cols && a.len() == rows * cols);
-    let act = Activation {
-        residual: residual.map_or(std::ptr::null(), |r| r.as_ptr()),
-        relu,
-    };
-    let (hp, out) = (h.as_ptr() as usize, TilePtr::new(a));
-    let (mut scale, mut offset) = (vec![0.0f32; cols], vec![0.0f32; cols]);
-    let fold = ScaleOffset {
-        scale: &mut scale,
-        offset: &mut offset,
-    };
     match mode {
         BnMode::Train if rows <= ROW_BLOCK => {
+            let act = activation(residual, relu);
+            let (hp, out) = (h.as_ptr() as usize, TilePtr::new(a));
             let (gamma, beta) = (layer.gamma, layer.beta);
             let (rm, rv) = (
                 TilePtr::new(layer.running_mean),
@@ -92,52 +85,125 @@ pub fn batchnorm_forward(
                     act,
                 )
             });
-            return;
         }
         BnMode::Train => {
-            let blocks = rows.div_ceil(ROW_BLOCK);
-            let (mut s1, mut s2) = (vec![0.0f32; blocks * cols], vec![0.0f32; blocks * cols]);
-            let shift = &h[..cols];
-            let (p1, p2) = (TilePtr::new(&mut s1), TilePtr::new(&mut s2));
-            // SAFETY: each (block, tile) writes its own slots of the partials.
-            par_tiles(rows, cols, ROW_BLOCK, |b, t| unsafe {
-                let at = b * cols + t.c0;
-                bn::stats_partial::<TILE>(
-                    t,
-                    hp as *const f32,
-                    part(shift, t),
-                    p1.slice(at, t.width),
-                    p2.slice(at, t.width),
-                )
-            });
-            let (t1, t2) = (reduce_blocks(&s1, cols), reduce_blocks(&s2, cols));
-            bn::finish_stats(
-                rows,
-                (shift, &t1, &t2),
-                Affine {
-                    gamma: layer.gamma,
-                    beta: layer.beta,
-                },
-                BatchStats {
-                    mean: layer.mean,
-                    invstd: layer.invstd,
-                },
-                Running {
-                    mean: layer.running_mean,
-                    var: layer.running_var,
-                },
-                fold,
-            );
+            let mut sums = vec![0.0f32; 3 * cols];
+            batchnorm_sums(h, rows, cols, &mut sums);
+            batchnorm_finish(h, a, rows, cols, rows, &sums, layer, residual, relu);
         }
         BnMode::Eval => {
+            let (mut scale, mut offset) = (vec![0.0f32; cols], vec![0.0f32; cols]);
             let affine = Affine {
                 gamma: layer.gamma,
                 beta: layer.beta,
             };
+            let fold = ScaleOffset {
+                scale: &mut scale,
+                offset: &mut offset,
+            };
             bn::eval_scale_offset(affine, layer.running_mean, layer.running_var, fold);
+            normalise(
+                h,
+                a,
+                rows,
+                cols,
+                &scale,
+                &offset,
+                activation(residual, relu),
+            );
         }
     }
-    let (scale, offset) = (&scale, &offset);
+}
+
+fn activation(residual: Option<&[f32]>, relu: bool) -> Activation {
+    Activation {
+        residual: residual.map_or(std::ptr::null(), |r| r.as_ptr()),
+        relu,
+    }
+}
+
+/// `sums [3·cols]`: per column the shift (row 0), `Σ(h − shift)` and `Σ(h − shift)²` over the
+/// rows of `h [rows, cols]`, as partial sums per row block reduced in block order.
+pub fn batchnorm_sums(h: &[f32], rows: usize, cols: usize, sums: &mut [f32]) {
+    let blocks = rows.div_ceil(ROW_BLOCK);
+    let (mut s1, mut s2) = (vec![0.0f32; blocks * cols], vec![0.0f32; blocks * cols]);
+    let (hp, shift) = (h.as_ptr() as usize, &h[..cols]);
+    let (p1, p2) = (TilePtr::new(&mut s1), TilePtr::new(&mut s2));
+    // SAFETY: each (block, tile) writes its own slots of the partials.
+    par_tiles(rows, cols, ROW_BLOCK, |b, t| unsafe {
+        let at = b * cols + t.c0;
+        bn::stats_partial::<TILE>(
+            t,
+            hp as *const f32,
+            part(shift, t),
+            p1.slice(at, t.width),
+            p2.slice(at, t.width),
+        )
+    });
+    sums[..cols].copy_from_slice(shift);
+    sums[cols..2 * cols].copy_from_slice(&reduce_blocks(&s1, cols));
+    sums[2 * cols..3 * cols].copy_from_slice(&reduce_blocks(&s2, cols));
+}
+
+/// From `sums` ([`batchnorm_sums`], possibly added over replicas) over `count` rows: the
+/// batch statistics, the running update and `a = act(BN(h) (+ residual))`.
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_finish(
+    h: &[f32],
+    a: &mut [f32],
+    rows: usize,
+    cols: usize,
+    count: usize,
+    sums: &[f32],
+    layer: BnLayer<'_>,
+    residual: Option<&[f32]>,
+    relu: bool,
+) {
+    let (mut scale, mut offset) = (vec![0.0f32; cols], vec![0.0f32; cols]);
+    let (shift, rest) = sums.split_at(cols);
+    let (t1, t2) = rest.split_at(cols);
+    bn::finish_stats(
+        count,
+        (shift, t1, &t2[..cols]),
+        Affine {
+            gamma: layer.gamma,
+            beta: layer.beta,
+        },
+        BatchStats {
+            mean: layer.mean,
+            invstd: layer.invstd,
+        },
+        Running {
+            mean: layer.running_mean,
+            var: layer.running_var,
+        },
+        ScaleOffset {
+            scale: &mut scale,
+            offset: &mut offset,
+        },
+    );
+    normalise(
+        h,
+        a,
+        rows,
+        cols,
+        &scale,
+        &offset,
+        activation(residual, relu),
+    );
+}
+
+/// `a = act(h·scale + offset)` per column, tile by tile.
+fn normalise(
+    h: &[f32],
+    a: &mut [f32],
+    rows: usize,
+    cols: usize,
+    scale: &[f32],
+    offset: &[f32],
+    act: Activation,
+) {
+    let (hp, out) = (h.as_ptr() as usize, TilePtr::new(a));
     // SAFETY: tiles are disjoint; `a` overlaps neither `h` nor the residual.
     par_tiles(rows, cols, ROW_BLOCK, |_, t| unsafe {
         bn::normalise::<TILE>(

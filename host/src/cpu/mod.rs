@@ -1,6 +1,7 @@
 //! CPU drivers of the kernels: how the kernel crate's functions are scheduled on rayon, one
-//! file per file of `kernels/src` (batchnorm, conv, ema, linear, loss, pool), plus the GEMM.
-//! The networks in [`crate::nn`] are built from them.
+//! file per file of `kernels/src` (batchnorm, conv, ema, linear, loss, pool), plus the GEMM,
+//! the loss's ablation objectives and the optimisers (host arithmetic with no kernel yet).
+//! The CPU backend ([`crate::backend::cpu`]) is these functions behind the backend trait.
 //!
 //! Matrices are row-major `[rows, cols]`. Work is cut into [`Tile`]s of at most [`TILE`]
 //! columns × [`ROW_BLOCK`] rows; tiles are disjoint, which is what makes the shared
@@ -13,6 +14,8 @@ pub mod ema;
 pub mod gemm;
 pub mod linear;
 pub mod loss;
+pub mod objective;
+pub mod optimizer;
 pub mod pool;
 
 pub use ema::ema_update;

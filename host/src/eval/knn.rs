@@ -3,8 +3,8 @@
 //! vote for their class with weight `exp(similarity / temperature)`; accuracy on the held-out
 //! split. Representations come from the encoder in evaluation mode on unaugmented images.
 
-use crate::cpu::batchnorm::BnMode;
-use crate::cpu::gemm::matmul;
+use crate::backend::cpu::Cpu;
+use crate::backend::{Backend, BnMode, Gemm};
 use crate::data::augment::Augmenter;
 use crate::data::Dataset;
 use crate::error::Result;
@@ -12,36 +12,37 @@ use crate::nn::ResNet;
 use rayon::prelude::*;
 
 /// Representations `[indices.len(), repr_dim]` of the images `indices` of `data`, in batches
-/// of `batch`.
+/// of `batch`, by the encoder on backend `be` (evaluation mode).
 #[allow(clippy::too_many_arguments)]
-pub fn embed(
+pub fn embed<B: Backend>(
+    be: &B,
     encoder: &ResNet,
-    params: &[f32],
-    running: &[f32],
+    params: &B::Buffer,
+    running: &B::Buffer,
     data: &Dataset,
     indices: &[usize],
     aug: &Augmenter,
     batch: usize,
 ) -> Result<Vec<f32>> {
     let dim = encoder.repr_dim();
-    let mut out = vec![0.0f32; indices.len() * dim];
-    let mut running = running.to_vec(); // evaluation mode reads it and leaves it as it is
+    let mut out = Vec::with_capacity(indices.len() * dim);
+    // Evaluation mode reads the running statistics and leaves them as they are; a copy keeps
+    // the caller's untouched all the same.
+    let mut running = be.upload(&be.download(running)?)?;
     let px = aug.size * aug.size * 3;
     let mut images = vec![0.0f32; batch * px];
-    let mut acts = None;
+    let mut acts: Option<crate::nn::Activations<B>> = None;
     for start in (0..indices.len()).step_by(batch) {
         let idx = &indices[start..indices.len().min(start + batch)];
         let n = idx.len();
         aug.plain(data, idx, &mut images);
-        if acts
-            .as_ref()
-            .is_none_or(|a: &crate::nn::Activations| a.n != n)
-        {
-            acts = Some(encoder.activations(n, aug.size, aug.size)?);
+        if acts.as_ref().is_none_or(|a| a.n != n) {
+            acts = Some(encoder.activations(be, n, aug.size, aug.size)?);
         }
         let acts = acts.as_mut().unwrap();
-        let repr = encoder.forward(params, &mut running, &images[..n * px], BnMode::Eval, acts)?;
-        out[start * dim..(start + n) * dim].copy_from_slice(repr);
+        let x = be.upload(&images[..n * px])?;
+        encoder.forward(be, params, &mut running, &x, BnMode::Eval, acts)?;
+        out.extend(be.download(acts.representation())?);
     }
     Ok(out)
 }
@@ -74,7 +75,16 @@ pub fn knn_accuracy(
     let mut sims = vec![0.0f32; CHUNK * n];
     for (c, q) in queries.chunks(CHUNK * dim).enumerate() {
         let m = q.len() / dim;
-        matmul(&mut sims[..m * n], m, n, dim, q, false, &bank, true, false);
+        let g = Gemm {
+            m,
+            n,
+            k: dim,
+            lhs_t: false,
+            rhs_t: true,
+            accumulate: false,
+        };
+        Cpu.matmul(g, &mut sims, &q.to_vec(), &bank)
+            .expect("the similarity buffers fit the product");
         correct += sims[..m * n]
             .par_chunks(n)
             .enumerate()

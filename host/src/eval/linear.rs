@@ -5,7 +5,8 @@
 //! one. Unlike the paper's ImageNet protocol, representations are computed once, without
 //! augmentation (the common small-data variant); they are standardised per dimension.
 
-use crate::cpu::linear::{linear_backward, linear_forward};
+use crate::backend::cpu::Cpu;
+use crate::backend::{Backend, Linear};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -39,12 +40,24 @@ pub struct LinearReport {
     pub test_accuracy: f64,
 }
 
-/// A softmax classifier `[classes, dim]` + bias, trained on `x [n, dim]`, `y [n]`.
+/// A softmax classifier, trained on `x [n, dim]`, `y [n]`: its parameters are one buffer,
+/// the weight `[classes, dim]` then the bias `[classes]`. The features are in host memory, so
+/// it runs on the CPU backend.
 pub struct Classifier {
     dim: usize,
     classes: usize,
-    w: Vec<f32>,
-    b: Vec<f32>,
+    params: Vec<f32>,
+}
+
+/// The classifier's Linear layer on `rows` rows.
+fn layer(dim: usize, classes: usize, rows: usize) -> Linear {
+    Linear {
+        rows,
+        input: dim,
+        output: classes,
+        weight: 0..classes * dim,
+        bias: Some(classes * dim..classes * dim + classes),
+    }
 }
 
 impl Classifier {
@@ -61,10 +74,9 @@ impl Classifier {
         let mut c = Classifier {
             dim,
             classes,
-            w: vec![0.0; classes * dim],
-            b: vec![0.0; classes],
+            params: vec![0.0; classes * dim + classes],
         };
-        let (mut vw, mut vb) = (vec![0.0f32; classes * dim], vec![0.0f32; classes]);
+        let mut velocity = vec![0.0f32; c.params.len()];
         let mut order: Vec<usize> = (0..n).collect();
         let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
         let steps = cfg.epochs * n.div_ceil(cfg.batch);
@@ -80,40 +92,21 @@ impl Classifier {
                 for (row, &i) in xb.chunks_mut(dim).zip(chunk) {
                     row.copy_from_slice(&x[i * dim..][..dim]);
                 }
-                linear_forward(
-                    &mut logits[..m * classes],
-                    &xb[..m * dim],
-                    &c.w,
-                    &c.b,
-                    m,
-                    dim,
-                    classes,
-                );
+                let l = layer(dim, classes, m);
+                Cpu.linear_forward(&l, &c.params, &xb, &mut logits)
+                    .expect("the classifier's buffers fit its layer");
                 // ∂(mean cross-entropy)/∂logits = (softmax − one-hot) / m.
                 for (row, &i) in logits.chunks_mut(classes).zip(chunk) {
                     softmax(row);
                     row[y[i] as usize] -= 1.0;
                     row.iter_mut().for_each(|v| *v /= m as f32);
                 }
-                let (mut gw, mut gb) = (vec![0.0f32; classes * dim], vec![0.0f32; classes]);
-                linear_backward(
-                    &mut gw,
-                    &mut gb,
-                    None,
-                    &xb[..m * dim],
-                    &c.w,
-                    &logits[..m * classes],
-                    m,
-                    dim,
-                    classes,
-                );
+                let mut grads = vec![0.0f32; c.params.len()];
+                Cpu.linear_backward(&l, &c.params, &xb, &logits, &mut grads, None)
+                    .expect("the classifier's buffers fit its layer");
                 let rate =
                     lr * 0.5 * (1.0 + (std::f32::consts::PI * step as f32 / steps as f32).cos());
-                for (p, (v, g)) in
-                    c.w.iter_mut()
-                        .chain(c.b.iter_mut())
-                        .zip(vw.iter_mut().chain(vb.iter_mut()).zip(gw.iter().chain(&gb)))
-                {
+                for (p, (v, g)) in c.params.iter_mut().zip(velocity.iter_mut().zip(&grads)) {
                     *v = 0.9 * *v + g;
                     *p -= rate * (g + 0.9 * *v); // Nesterov
                 }
@@ -127,7 +120,9 @@ impl Classifier {
     pub fn accuracy(&self, x: &[f32], y: &[u16]) -> f64 {
         let n = y.len();
         let mut logits = vec![0.0f32; n * self.classes];
-        linear_forward(&mut logits, x, &self.w, &self.b, n, self.dim, self.classes);
+        let l = layer(self.dim, self.classes, n);
+        Cpu.linear_forward(&l, &self.params, &x.to_vec(), &mut logits)
+            .expect("the classifier's buffers fit its layer");
         let correct = logits
             .chunks(self.classes)
             .zip(y)
@@ -297,14 +292,17 @@ mod tests {
         let w0: Vec<f32> = (0..9).map(|i| (i as f32 - 4.0) / 10.0).collect();
         let b0 = vec![0.1f32, -0.2, 0.05];
         let mut logits = vec![0.0f32; 8 * 3];
-        linear_forward(&mut logits, &x, &w0, &b0, 8, 3, 3);
+        let (l, params) = (layer(3, 3, 8), [&w0[..], &b0[..]].concat());
+        Cpu.linear_forward(&l, &params, &x, &mut logits).unwrap();
         for (row, &label) in logits.chunks_mut(3).zip(&y) {
             softmax(row);
             row[label as usize] -= 1.0;
             row.iter_mut().for_each(|v| *v /= 8.0);
         }
-        let (mut gw, mut gb) = (vec![0.0f32; 9], vec![0.0f32; 3]);
-        linear_backward(&mut gw, &mut gb, None, &x, &w0, &logits, 8, 3, 3);
+        let mut grads = vec![0.0f32; 12];
+        Cpu.linear_backward(&l, &params, &x, &logits, &mut grads, None)
+            .unwrap();
+        let (gw, gb) = grads.split_at(9);
         for k in 0..9 {
             let (mut p, mut m) = (w0.clone(), w0.clone());
             p[k] += 1e-3;

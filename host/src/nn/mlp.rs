@@ -1,5 +1,5 @@
 //! The projector/predictor MLP of BYOL: its parameter layout, initialisation, and its forward
-//! and backward on the CPU. At the
+//! and backward on any backend (Linear and BatchNorm ops of [`crate::backend`]). At the
 //! paper's depth 2 it is `Linear(in → hidden, bias) → BatchNorm1d(hidden) → ReLU →
 //! Linear(hidden → out)`; depth `d` has `d − 1` hidden blocks `Linear → BatchNorm1d → ReLU`
 //! before the last Linear (depth 1 is one Linear, the paper's depth ablation).
@@ -11,11 +11,9 @@
 //! row-major, as PyTorch stores them. BatchNorm running statistics are state, not parameters:
 //! a second buffer holds, per hidden block, `running_mean [hidden]` then `running_var [hidden]`.
 
-use crate::cpu::batchnorm::{batchnorm_backward, batchnorm_forward, BnLayer, BnMode};
-use crate::cpu::linear::{linear_backward, linear_forward};
-use crate::error::{Error, Result};
+use crate::backend::{Backend, BatchNorm, BnMode, Linear};
+use crate::error::{check_len, Error, Result};
 use crate::nn::{Registry, Role};
-use kernels::batchnorm::BnGrads;
 use rand::Rng;
 use std::ops::Range;
 
@@ -212,195 +210,328 @@ impl Mlp {
     }
 }
 
-// ---- Forward and backward on the CPU, over plain slices, so that the parameters can live
-// inside a larger flat buffer (a whole BYOL network). Activations are row-major
-// `[batch, features]`.
+// ---- Forward and backward on a backend. Activations are row-major `[batch, features]`.
 
-/// What a forward keeps for its backward, one `[batch, hidden]` chunk per hidden block `k`:
-/// `h` (the Linear's output), `a` (after BatchNorm and ReLU), `stats [2·hidden]` per block
-/// (mean, then `1/√(var + ε)`), and `grad_hidden` scratch.
-pub struct MlpBuffers<'a> {
-    pub h: &'a mut [f32],
-    pub a: &'a mut [f32],
-    pub stats: &'a mut [f32],
-    pub grad_hidden: &'a mut [f32],
+/// Where an MLP's tensors sit in the flat buffers it is part of (a whole BYOL network): its
+/// parameters, and their gradients, from `params`; its running statistics from `running`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MlpAt {
+    pub params: usize,
+    pub running: usize,
 }
 
-/// Owned [`MlpBuffers`] for one MLP at one batch size.
-pub struct MlpScratch {
-    h: Vec<f32>,
-    a: Vec<f32>,
-    stats: Vec<f32>,
-    grad_hidden: Vec<f32>,
+/// What a forward keeps for its backward, per hidden block `k`, allocated once per batch size
+/// and reused: `h[k] [batch, hidden]` (the Linear's output), `a[k]` (after BatchNorm and
+/// ReLU), `stats[k] [2·hidden]` (mean, then `1/√(var + ε)`), and `grad_hidden[k]` scratch.
+pub struct MlpSaved<B: Backend> {
+    pub batch: usize,
+    h: Vec<B::Buffer>,
+    a: Vec<B::Buffer>,
+    stats: Vec<B::Buffer>,
+    grad_hidden: Vec<B::Buffer>,
+    /// The mode of the last forward; backward needs a training-mode forward.
+    mode: Option<BnMode>,
 }
 
-impl MlpScratch {
-    pub fn new(mlp: &Mlp, batch: usize) -> Self {
-        let (bh, layers) = (batch * mlp.hidden, mlp.hidden_layers());
-        MlpScratch {
-            h: vec![0.0; bh * layers],
-            a: vec![0.0; bh * layers],
-            stats: vec![0.0; 2 * mlp.hidden * layers],
-            grad_hidden: vec![0.0; bh * layers],
+/// One MLP on its own (tests, benches): its shape, its parameters and running statistics.
+pub struct MlpState<B: Backend> {
+    pub mlp: Mlp,
+    pub params: B::Buffer,
+    pub running: B::Buffer,
+}
+
+impl<B: Backend> MlpSaved<B> {
+    /// Hidden block `k`'s output `[batch, hidden]` (after BatchNorm and ReLU) of the last
+    /// forward.
+    pub fn activation(&self, k: usize) -> &B::Buffer {
+        &self.a[k]
+    }
+}
+
+impl Mlp {
+    /// Buffers for a forward and backward at `batch` rows.
+    pub fn saved<B: Backend>(&self, be: &B, batch: usize) -> Result<MlpSaved<B>> {
+        self.validate()?;
+        let per_block = |len: usize| -> Result<Vec<B::Buffer>> {
+            (0..self.hidden_layers()).map(|_| be.zeros(len)).collect()
+        };
+        Ok(MlpSaved {
+            batch,
+            h: per_block(batch * self.hidden)?,
+            a: per_block(batch * self.hidden)?,
+            stats: per_block(2 * self.hidden)?,
+            grad_hidden: per_block(batch * self.hidden)?,
+            mode: None,
+        })
+    }
+
+    /// The Linear of hidden block `k`, or the last one (`k = hidden_layers()`).
+    fn linear(&self, at: MlpAt, k: usize, rows: usize) -> Linear {
+        let moved = |r: Range<usize>| r.start + at.params..r.end + at.params;
+        if k < self.hidden_layers() {
+            let block = self.block(k);
+            return Linear {
+                rows,
+                input: block.input,
+                output: self.hidden,
+                weight: moved(block.weight),
+                bias: Some(moved(block.bias)),
+            };
+        }
+        Linear {
+            rows,
+            input: self.last_input(),
+            output: self.output,
+            weight: moved(self.last_weight()),
+            bias: self.last_bias.then(|| moved(self.last_bias_range())),
         }
     }
-    pub fn buffers(&mut self) -> MlpBuffers<'_> {
-        MlpBuffers {
-            h: &mut self.h,
-            a: &mut self.a,
-            stats: &mut self.stats,
-            grad_hidden: &mut self.grad_hidden,
+
+    /// The BatchNorm of hidden block `k` (its Linear's bias gradient comes from it).
+    fn batchnorm(&self, at: MlpAt, k: usize, rows: usize) -> BatchNorm {
+        let block = self.block(k);
+        let moved = |r: Range<usize>| r.start + at.params..r.end + at.params;
+        let running = |r: Range<usize>| r.start + at.running..r.end + at.running;
+        BatchNorm {
+            rows,
+            cols: self.hidden,
+            relu: true,
+            gamma: moved(block.gamma),
+            beta: moved(block.beta),
+            running_mean: running(self.running_mean_of(k)),
+            running_var: running(self.running_var_of(k)),
+            linear_bias: Some(moved(block.bias)),
         }
     }
-}
 
-/// `out [batch, output] = MLP(x [batch, input])`; training mode updates `running`
-/// (per hidden block: mean, then variance). Shapes are the caller's to check.
-#[allow(clippy::too_many_arguments)]
-pub fn mlp_forward(
-    mlp: &Mlp,
-    params: &[f32],
-    running: &mut [f32],
-    x: &[f32],
-    batch: usize,
-    mode: BnMode,
-    saved: MlpBuffers<'_>,
-    out: &mut [f32],
-) {
-    let bh = batch * mlp.hidden;
-    for k in 0..mlp.hidden_layers() {
-        let block = mlp.block(k);
-        let (done, rest) = saved.a.split_at_mut(k * bh);
-        let input = if k == 0 { x } else { &done[(k - 1) * bh..] };
-        let h = &mut saved.h[k * bh..(k + 1) * bh];
-        linear_forward(
-            h,
-            input,
-            &params[block.weight],
-            &params[block.bias],
-            batch,
-            block.input,
-            mlp.hidden,
-        );
-        let running = &mut running[mlp.running_mean_of(k).start..mlp.running_var_of(k).end];
-        let (running_mean, running_var) = running.split_at_mut(mlp.hidden);
-        let stats = &mut saved.stats[2 * k * mlp.hidden..2 * (k + 1) * mlp.hidden];
-        let (mean, invstd) = stats.split_at_mut(mlp.hidden);
-        let layer = BnLayer {
-            gamma: &params[block.gamma],
-            beta: &params[block.beta],
-            running_mean,
-            running_var,
-            mean,
-            invstd,
-        };
-        batchnorm_forward(
-            h,
-            &mut rest[..bh],
-            batch,
-            mlp.hidden,
-            mode,
-            layer,
-            None,
-            true,
-        );
+    /// The checks shared by forward and backward.
+    fn check<B: Backend>(
+        &self,
+        at: MlpAt,
+        params: &B::Buffer,
+        x: &B::Buffer,
+        saved: &MlpSaved<B>,
+    ) -> Result<()> {
+        self.validate()?;
+        let batch = saved.batch;
+        if batch == 0 {
+            return Err(Error::InvalidArgument(
+                "MLP forward needs a batch of at least 1".into(),
+            ));
+        }
+        crate::backend::need::<B>("MLP parameters", params, at.params + self.num_params())?;
+        check_len("MLP input x [batch, input]", B::len(x), batch * self.input)?;
+        let layers = self.hidden_layers();
+        let fits = saved.h.len() == layers
+            && saved
+                .h
+                .iter()
+                .chain(&saved.a)
+                .chain(&saved.grad_hidden)
+                .all(|b| B::len(b) == batch * self.hidden)
+            && saved.stats.iter().all(|b| B::len(b) == 2 * self.hidden);
+        if !fits {
+            return Err(Error::InvalidArgument(format!(
+                "MLP saved buffers were made for another MLP or batch (this one: {layers} hidden blocks of {} at batch {batch})",
+                self.hidden
+            )));
+        }
+        Ok(())
     }
-    let last_in = match mlp.hidden_layers() {
-        0 => x,
-        n => &saved.a[(n - 1) * bh..n * bh],
-    };
-    linear_forward(
-        out,
-        last_in,
-        &params[mlp.last_weight()],
-        &params[mlp.last_bias_range()],
-        batch,
-        mlp.last_input(),
-        mlp.output,
-    );
-}
 
-/// Backward of the last training-mode forward: `grads` (laid out as `params`) accumulates;
-/// `grad_x` is overwritten.
-#[allow(clippy::too_many_arguments)]
-pub fn mlp_backward(
-    mlp: &Mlp,
-    params: &[f32],
-    x: &[f32],
-    batch: usize,
-    saved: MlpBuffers<'_>,
-    grad_out: &[f32],
-    grads: &mut [f32],
-    grad_x: &mut [f32],
-) {
-    let (hd, layers) = (mlp.hidden, mlp.hidden_layers());
-    let bh = batch * hd;
-    // Last Linear: its weight and bias, and the gradient flowing into the last hidden block
-    // (or into the input at depth 1).
-    {
-        let (head, bias) = grads.split_at_mut(mlp.last_bias_range().start);
-        let (last_in, grad_in): (&[f32], &mut [f32]) = match layers {
-            0 => (x, &mut *grad_x),
-            n => (
-                &saved.a[(n - 1) * bh..n * bh],
-                &mut saved.grad_hidden[(n - 1) * bh..n * bh],
-            ),
-        };
-        linear_backward(
-            &mut head[mlp.last_weight()],
-            bias,
-            Some(grad_in),
+    /// `out [batch, output] = MLP(x [batch, input])`; training mode updates the running
+    /// statistics and keeps in `saved` what [`Mlp::backward`] needs.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward<B: Backend>(
+        &self,
+        be: &B,
+        at: MlpAt,
+        params: &B::Buffer,
+        running: &mut B::Buffer,
+        x: &B::Buffer,
+        mode: BnMode,
+        saved: &mut MlpSaved<B>,
+        out: &mut B::Buffer,
+    ) -> Result<()> {
+        self.check(at, params, x, saved)?;
+        let batch = saved.batch;
+        if mode == BnMode::Train && batch < 2 {
+            return Err(Error::BatchTooSmall(batch));
+        }
+        crate::backend::need::<B>(
+            "MLP running statistics",
+            running,
+            at.running + self.running_len(),
+        )?;
+        check_len(
+            "MLP output [batch, output]",
+            B::len(out),
+            batch * self.output,
+        )?;
+        for k in 0..self.hidden_layers() {
+            let (done, rest) = saved.a.split_at_mut(k);
+            let input = if k == 0 { x } else { &done[k - 1] };
+            let h = &mut saved.h[k];
+            be.linear_forward(&self.linear(at, k, batch), params, input, h)?;
+            let bn = self.batchnorm(at, k, batch);
+            be.batchnorm_forward(
+                &bn,
+                mode,
+                params,
+                running,
+                h,
+                None,
+                &mut saved.stats[k],
+                &mut rest[0],
+            )?;
+        }
+        let last_in = saved.a.last().unwrap_or(x);
+        be.linear_forward(
+            &self.linear(at, self.hidden_layers(), batch),
+            params,
             last_in,
-            &params[mlp.last_weight()],
-            grad_out,
-            batch,
-            mlp.last_input(),
-            mlp.output,
-        );
+            out,
+        )?;
+        saved.mode = Some(mode);
+        Ok(())
     }
-    for k in (0..layers).rev() {
-        let block = mlp.block(k);
-        let (before, this) = saved.grad_hidden.split_at_mut(k * bh);
-        let gh = &mut this[..bh];
-        // ReLU + BatchNorm backward, in place on this block's gradient.
-        let (w_b, rest) = grads.split_at_mut(block.gamma.start);
-        let (dgamma, rest) = rest.split_at_mut(hd);
-        let bn_grads = BnGrads {
-            gamma: dgamma,
-            beta: &mut rest[..hd],
-            linear_bias: &mut w_b[block.bias.clone()],
-        };
-        let stats = &saved.stats[2 * k * hd..2 * (k + 1) * hd];
-        let (mean, invstd) = stats.split_at(hd);
-        batchnorm_backward(
-            &saved.h[k * bh..(k + 1) * bh],
-            &saved.a[k * bh..(k + 1) * bh],
-            gh,
-            batch,
-            hd,
-            true,
-            &params[block.gamma.clone()],
-            (mean, invstd),
-            bn_grads,
-            None,
-        );
-        // The block's Linear: weight and input gradients (its bias gradient came from the
-        // BatchNorm).
-        let (input, grad_in): (&[f32], &mut [f32]) = if k == 0 {
-            (x, &mut *grad_x)
-        } else {
-            (&saved.a[(k - 1) * bh..k * bh], &mut before[(k - 1) * bh..])
-        };
-        linear_backward(
-            &mut grads[block.weight.clone()],
-            &mut [],
-            Some(grad_in),
-            input,
-            &params[block.weight],
-            gh,
-            batch,
-            block.input,
-            hd,
-        );
+
+    /// Backward of the last training-mode forward: the parameter gradients accumulate (`+=`)
+    /// into `grads` (laid out as the parameters); `grad_x [batch, input]` is overwritten.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward<B: Backend>(
+        &self,
+        be: &B,
+        at: MlpAt,
+        params: &B::Buffer,
+        x: &B::Buffer,
+        saved: &mut MlpSaved<B>,
+        grad_out: &B::Buffer,
+        grads: &mut B::Buffer,
+        grad_x: &mut B::Buffer,
+    ) -> Result<()> {
+        self.check(at, params, x, saved)?;
+        if saved.mode != Some(BnMode::Train) {
+            return Err(Error::InvalidArgument(
+                "MLP backward needs a training-mode forward on the same buffers first".into(),
+            ));
+        }
+        let batch = saved.batch;
+        check_len(
+            "MLP output gradient [batch, output]",
+            B::len(grad_out),
+            batch * self.output,
+        )?;
+        crate::backend::need::<B>(
+            "MLP parameter gradients",
+            grads,
+            at.params + self.num_params(),
+        )?;
+        check_len(
+            "MLP input gradient [batch, input]",
+            B::len(grad_x),
+            batch * self.input,
+        )?;
+        let layers = self.hidden_layers();
+        // Last Linear: its weight and bias, and the gradient flowing into the last hidden block
+        // (or into the input at depth 1).
+        {
+            let (last_in, grad_in) = match layers {
+                0 => (x, &mut *grad_x),
+                n => (&saved.a[n - 1], &mut saved.grad_hidden[n - 1]),
+            };
+            let l = self.linear(at, layers, batch);
+            be.linear_backward(&l, params, last_in, grad_out, grads, Some(grad_in))?;
+        }
+        for k in (0..layers).rev() {
+            let (before, this) = saved.grad_hidden.split_at_mut(k);
+            let gh = &mut this[0];
+            // ReLU + BatchNorm backward, in place on this block's gradient (which also gives
+            // the block's Linear its bias gradient).
+            let bn = self.batchnorm(at, k, batch);
+            be.batchnorm_backward(
+                &bn,
+                params,
+                &saved.h[k],
+                &saved.a[k],
+                &saved.stats[k],
+                gh,
+                grads,
+                None,
+            )?;
+            // The block's Linear: weight and input gradients.
+            let (input, grad_in) = if k == 0 {
+                (x, &mut *grad_x)
+            } else {
+                (&saved.a[k - 1], &mut before[k - 1])
+            };
+            let l = Linear {
+                bias: None,
+                ..self.linear(at, k, batch)
+            };
+            be.linear_backward(&l, params, input, gh, grads, Some(grad_in))?;
+        }
+        Ok(())
+    }
+}
+
+impl<B: Backend> MlpState<B> {
+    /// Uploads an MLP's parameters and running statistics.
+    pub fn upload(be: &B, mlp: Mlp, params: &[f32], running: &[f32]) -> Result<Self> {
+        Ok(MlpState {
+            mlp,
+            params: be.upload(params)?,
+            running: be.upload(running)?,
+        })
+    }
+
+    fn check_own(&self) -> Result<()> {
+        self.mlp.validate()?;
+        check_len(
+            "MLP parameters",
+            B::len(&self.params),
+            self.mlp.num_params(),
+        )?;
+        check_len(
+            "MLP running statistics [layers, 2·hidden]",
+            B::len(&self.running),
+            self.mlp.running_len(),
+        )
+    }
+
+    /// [`Mlp::forward`] of this MLP.
+    pub fn forward(
+        &mut self,
+        be: &B,
+        x: &B::Buffer,
+        mode: BnMode,
+        saved: &mut MlpSaved<B>,
+        out: &mut B::Buffer,
+    ) -> Result<()> {
+        self.check_own()?;
+        let at = MlpAt::default();
+        self.mlp
+            .forward(be, at, &self.params, &mut self.running, x, mode, saved, out)
+    }
+
+    /// [`Mlp::backward`] of this MLP.
+    pub fn backward(
+        &self,
+        be: &B,
+        x: &B::Buffer,
+        saved: &mut MlpSaved<B>,
+        grad_out: &B::Buffer,
+        grads: &mut B::Buffer,
+        grad_x: &mut B::Buffer,
+    ) -> Result<()> {
+        self.check_own()?;
+        check_len(
+            "MLP parameter gradients",
+            B::len(grads),
+            self.mlp.num_params(),
+        )?;
+        let at = MlpAt::default();
+        self.mlp
+            .backward(be, at, &self.params, x, saved, grad_out, grads, grad_x)
     }
 }

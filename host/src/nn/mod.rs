@@ -1,6 +1,6 @@
 //! The networks: the ResNet encoder (activations NHWC) and the projector/predictor MLP
 //! (activations `[batch, features]`), their parameter registry, and their forward and backward
-//! passes composed from the CPU drivers of [`crate::cpu`].
+//! passes composed from the ops of [`crate::backend`], so they run on every backend.
 
 pub mod mlp;
 pub mod registry;

@@ -5,18 +5,15 @@
 //! Layouts: images and activations NHWC, `[n, h, w, c]`. The network is a list of conv+BN
 //! units (each a [`Conv2d`] followed by a BatchNorm, with a ReLU except on downsample paths);
 //! a block's last BatchNorm adds the residual before its ReLU, in the same pass. Parameters,
-//! their gradients and the running statistics are flat buffers laid out by [`Registry`];
+//! their gradients and the running statistics are flat buffers laid out by [`Registry`] (the
+//! encoder's part of a BYOL network's buffers starts at 0, so those buffers serve as they are);
 //! what a forward keeps for its backward lives in [`Activations`], allocated once per input
-//! shape and reused.
+//! shape and reused. Forward and backward run on any backend.
 
 use super::registry::{Registry, Role};
-use crate::cpu::batchnorm::BnMode;
-use crate::cpu::batchnorm::{batchnorm_backward, batchnorm_forward, BnLayer};
-use crate::cpu::conv::{conv_backward, conv_forward, Conv2d, ConvScratch};
-use crate::cpu::pool::{avgpool_backward, avgpool_forward, maxpool_backward, maxpool_forward};
+use crate::backend::cpu::Cpu;
+use crate::backend::{need, Backend, BatchNorm, BnMode, Conv2d, ConvGeometry, ConvOp};
 use crate::error::{check_len, Error, Result};
-use kernels::batchnorm::BnGrads;
-use kernels::conv::ConvGeometry;
 use rand::Rng;
 use rand_distr::{Distribution, Normal};
 use std::ops::Range;
@@ -134,32 +131,36 @@ pub struct ResNet {
     blocks: Vec<Block>,
 }
 
-/// What a forward keeps for the backward, and the backward's scratch; for one input shape.
-pub struct Activations {
+/// What a forward keeps for the backward, and the backward's scratch; for one input shape on
+/// one backend.
+pub struct Activations<B: Backend> {
     pub n: usize,
     pub h: usize,
     pub w: usize,
     /// Per unit: input height and width, output height and width.
     dims: Vec<[usize; 4]>,
     /// Per unit: convolution output (before BN) and unit output (after BN, residual, ReLU).
-    pre: Vec<Vec<f32>>,
-    out: Vec<Vec<f32>>,
+    pre: Vec<B::Buffer>,
+    out: Vec<B::Buffer>,
     /// Per unit: batch mean then `1/√(var + ε)` of each channel.
-    stats: Vec<Vec<f32>>,
-    pool: Vec<f32>,
-    argmax: Vec<u32>,
-    repr: Vec<f32>,
-    scratch: ConvScratch,
-    grad: [Vec<f32>; 3],
+    stats: Vec<B::Buffer>,
+    pool: B::Buffer,
+    argmax: B::Indices,
+    repr: B::Buffer,
+    workspace: B::ConvWorkspace,
+    /// The backward's three gradient buffers (out of the struct while it runs).
+    grad: Option<[B::Buffer; 3]>,
     mode: Option<BnMode>,
 }
 
-impl Activations {
+impl<B: Backend> Activations<B> {
     /// The pooled representation `[n, repr_dim]` of the last forward.
-    pub fn representation(&self) -> &[f32] {
+    pub fn representation(&self) -> &B::Buffer {
         &self.repr
     }
+}
 
+impl Activations<Cpu> {
     /// Every ReLU and max-pool decision of the last forward, as bits (for tests that must
     /// know whether a perturbation crossed a kink).
     pub fn relu_pattern(&self) -> Vec<u64> {
@@ -326,7 +327,13 @@ impl ResNet {
 
     /// Buffers for inputs of `n` images of `h × w`. Errors when the image is too small for
     /// the network (some layer would have no pixel left).
-    pub fn activations(&self, n: usize, h: usize, w: usize) -> Result<Activations> {
+    pub fn activations<B: Backend>(
+        &self,
+        be: &B,
+        n: usize,
+        h: usize,
+        w: usize,
+    ) -> Result<Activations<B>> {
         if n == 0 {
             return Err(Error::InvalidArgument(
                 "a batch needs at least one image".into(),
@@ -386,57 +393,83 @@ impl ResNet {
             .chain([pool_len, n * h * w * self.config.in_channels])
             .max()
             .unwrap_or(0);
-        let scratch = ConvScratch::for_convs(
-            self.units
-                .iter()
-                .zip(&dims)
-                .map(|(u, d)| (&u.conv, n, d[0], d[1])),
-        );
+        let workspace = be.conv_workspace(
+            &(0..self.units.len())
+                .map(|u| self.conv_op(u, n, &dims))
+                .collect::<Vec<_>>(),
+        )?;
+        let zeros = |len: usize| be.zeros(len);
         Ok(Activations {
             n,
             h,
             w,
-            pre: sizes.iter().map(|&s| vec![0.0; s]).collect(),
-            out: sizes.iter().map(|&s| vec![0.0; s]).collect(),
+            pre: sizes.iter().map(|&s| zeros(s)).collect::<Result<_>>()?,
+            out: sizes.iter().map(|&s| zeros(s)).collect::<Result<_>>()?,
             stats: self
                 .units
                 .iter()
-                .map(|u| vec![0.0; 2 * u.conv.cout])
-                .collect(),
+                .map(|u| zeros(2 * u.conv.cout))
+                .collect::<Result<_>>()?,
             dims,
-            pool: vec![0.0; pool_len],
-            argmax: vec![0; pool_len],
-            repr: vec![0.0; n * self.repr_dim()],
-            scratch,
-            grad: [vec![0.0; largest], vec![0.0; largest], vec![0.0; largest]],
+            pool: zeros(pool_len)?,
+            argmax: be.indices(pool_len)?,
+            repr: zeros(n * self.repr_dim())?,
+            workspace,
+            grad: Some([zeros(largest)?, zeros(largest)?, zeros(largest)?]),
             mode: None,
         })
     }
 
-    fn check(
+    /// Unit `u`'s convolution on `n` images at the input size `dims` gives it.
+    fn conv_op(&self, u: usize, n: usize, dims: &[[usize; 4]]) -> ConvOp {
+        let unit = &self.units[u];
+        ConvOp {
+            conv: unit.conv,
+            n,
+            h: dims[u][0],
+            w: dims[u][1],
+            weight: unit.weight.clone(),
+        }
+    }
+
+    /// Unit `u`'s BatchNorm on `n` images.
+    fn batchnorm(&self, u: usize, n: usize, dims: &[[usize; 4]]) -> BatchNorm {
+        let unit = &self.units[u];
+        BatchNorm {
+            rows: n * dims[u][2] * dims[u][3],
+            cols: unit.conv.cout,
+            relu: unit.relu,
+            gamma: unit.gamma.clone(),
+            beta: unit.beta.clone(),
+            running_mean: unit.running_mean.clone(),
+            running_var: unit.running_var.clone(),
+            linear_bias: None,
+        }
+    }
+
+    /// Checks the buffers against the layout: the encoder's parameters (and running
+    /// statistics) are the first values of `params` (and `running`), which may go on with
+    /// other networks' (a BYOL network's flat buffers).
+    fn check<B: Backend>(
         &self,
-        params: &[f32],
-        running: Option<&[f32]>,
-        x: &[f32],
-        acts: &Activations,
+        params: &B::Buffer,
+        running: Option<&B::Buffer>,
+        x: &B::Buffer,
+        acts: &Activations<B>,
     ) -> Result<()> {
-        check_len("ResNet parameters", params.len(), self.registry.param_len())?;
+        need::<B>("ResNet parameters", params, self.registry.param_len())?;
         if let Some(r) = running {
-            check_len(
-                "ResNet running statistics",
-                r.len(),
-                self.registry.buffer_len(),
-            )?;
+            need::<B>("ResNet running statistics", r, self.registry.buffer_len())?;
         }
         let expected = acts.n * acts.h * acts.w * self.config.in_channels;
-        if x.len() != expected {
+        if B::len(x) != expected {
             return Err(Error::InvalidArgument(format!(
                 "ResNet input: expected {} images of {}×{}×{} (NHWC, {expected} values), got {} values",
                 acts.n,
                 acts.h,
                 acts.w,
                 self.config.in_channels,
-                x.len()
+                B::len(x)
             )));
         }
         Ok(())
@@ -451,131 +484,104 @@ impl ResNet {
         }
     }
 
-    /// Forward of `x [n, h, w, in_channels]` (NHWC); returns the representation `[n, repr_dim]`.
-    /// Training mode normalises with batch statistics and updates `running`.
-    pub fn forward<'a>(
+    /// Forward of `x [n, h, w, in_channels]` (NHWC); the representation `[n, repr_dim]` is
+    /// then [`Activations::representation`]. Training mode normalises with batch statistics
+    /// and updates `running`.
+    pub fn forward<B: Backend>(
         &self,
-        params: &[f32],
-        running: &mut [f32],
-        x: &[f32],
+        be: &B,
+        params: &B::Buffer,
+        running: &mut B::Buffer,
+        x: &B::Buffer,
         mode: BnMode,
-        acts: &'a mut Activations,
-    ) -> Result<&'a [f32]> {
+        acts: &mut Activations<B>,
+    ) -> Result<()> {
         self.check(params, Some(running), x, acts)?;
         if mode == BnMode::Train && acts.n < 2 {
             return Err(Error::BatchTooSmall(acts.n));
         }
         let n = acts.n;
-        self.unit_forward(0, Source::Image, None, params, running, x, mode, acts);
+        self.unit_forward(be, 0, Source::Image, None, params, running, x, mode, acts)?;
         if self.has_maxpool() {
             let d = acts.dims[0];
-            maxpool_forward(
-                self.maxpool_geometry(d[2], d[3]),
-                &acts.out[0],
-                n,
-                &mut acts.pool,
-                &mut acts.argmax,
-            );
+            let g = self.maxpool_geometry(d[2], d[3]);
+            be.maxpool_forward(g, n, &acts.out[0], &mut acts.pool, &mut acts.argmax)?;
         }
         for (b, block) in self.blocks.iter().enumerate() {
             let source = self.block_source(b);
             if let Some(ds) = block.downsample {
-                self.unit_forward(ds, source, None, params, running, x, mode, acts);
+                self.unit_forward(be, ds, source, None, params, running, x, mode, acts)?;
             }
             let residual = block.downsample.map_or(source, Source::Unit);
             let mut input = source;
             for (i, &u) in block.units.iter().enumerate() {
                 let res = (i + 1 == block.units.len()).then_some(residual);
-                self.unit_forward(u, input, res, params, running, x, mode, acts);
+                self.unit_forward(be, u, input, res, params, running, x, mode, acts)?;
                 input = Source::Unit(u);
             }
         }
         let last = *self.blocks.last().unwrap().units.last().unwrap();
         let d = acts.dims[last];
-        avgpool_forward(
-            &acts.out[last],
-            n,
-            d[2] * d[3],
-            self.repr_dim(),
-            &mut acts.repr,
-        );
+        let (hw, c) = (d[2] * d[3], self.repr_dim());
+        be.avgpool_forward(n, hw, c, &acts.out[last], &mut acts.repr)?;
         acts.mode = Some(mode);
-        Ok(&acts.repr)
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn unit_forward(
+    fn unit_forward<B: Backend>(
         &self,
+        be: &B,
         u: usize,
         input: Source,
         residual: Option<Source>,
-        params: &[f32],
-        running: &mut [f32],
-        x: &[f32],
+        params: &B::Buffer,
+        running: &mut B::Buffer,
+        x: &B::Buffer,
         mode: BnMode,
-        acts: &mut Activations,
-    ) {
-        let unit = &self.units[u];
-        let [ih, iw, oh, ow] = acts.dims[u];
-        let (mut pre, mut out, mut stats, mut scratch) = (
-            std::mem::take(&mut acts.pre[u]),
-            std::mem::take(&mut acts.out[u]),
-            std::mem::take(&mut acts.stats[u]),
-            std::mem::take(&mut acts.scratch),
-        );
-        let src = |s: Source| -> &[f32] {
+        acts: &mut Activations<B>,
+    ) -> Result<()> {
+        let Activations {
+            n,
+            dims,
+            pre,
+            out,
+            stats,
+            pool,
+            workspace,
+            ..
+        } = acts;
+        // The unit writes its own output while reading another unit's.
+        let (before, rest) = out.split_at_mut(u);
+        let (own, after) = rest.split_first_mut().expect("unit u exists");
+        let src = |s: Source| -> &B::Buffer {
             match s {
                 Source::Image => x,
-                Source::MaxPool => &acts.pool,
-                Source::Unit(v) => &acts.out[v],
+                Source::MaxPool => pool,
+                Source::Unit(v) if v < u => &before[v],
+                Source::Unit(v) => &after[v - u - 1],
             }
         };
-        conv_forward(
-            &unit.conv,
-            src(input),
-            acts.n,
-            ih,
-            iw,
-            &params[unit.weight.clone()],
-            &mut pre,
-            &mut scratch,
-        );
-        let (running_mean, running_var) =
-            two_ranges(running, &unit.running_mean, &unit.running_var);
-        let (mean, invstd) = stats.split_at_mut(unit.conv.cout);
-        let layer = BnLayer {
-            gamma: &params[unit.gamma.clone()],
-            beta: &params[unit.beta.clone()],
-            running_mean,
-            running_var,
-            mean,
-            invstd,
-        };
-        let rows = acts.n * oh * ow;
-        batchnorm_forward(
-            &pre,
-            &mut out,
-            rows,
-            unit.conv.cout,
-            mode,
-            layer,
-            residual.map(src),
-            unit.relu,
-        );
-        (acts.pre[u], acts.out[u], acts.stats[u], acts.scratch) = (pre, out, stats, scratch);
+        let conv = self.conv_op(u, *n, dims);
+        be.conv2d_forward(&conv, params, src(input), &mut pre[u], workspace)?;
+        let bn = self.batchnorm(u, *n, dims);
+        let res = residual.map(src);
+        be.batchnorm_forward(&bn, mode, params, running, &pre[u], res, &mut stats[u], own)
     }
 
     /// Backward of the last training-mode forward: `grads` (laid out as the parameters)
     /// accumulates `∂L/∂θ` for `grad_repr = ∂L/∂representation [n, repr_dim]`; `grad_x`, when
     /// given, receives `∂L/∂x`.
-    pub fn backward(
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward<B: Backend>(
         &self,
-        params: &[f32],
-        x: &[f32],
-        acts: &mut Activations,
-        grad_repr: &[f32],
-        grads: &mut [f32],
-        grad_x: Option<&mut [f32]>,
+        be: &B,
+        params: &B::Buffer,
+        x: &B::Buffer,
+        acts: &mut Activations<B>,
+        grad_repr: &B::Buffer,
+        grads: &mut B::Buffer,
+        grad_x: Option<&mut B::Buffer>,
     ) -> Result<()> {
         self.check(params, None, x, acts)?;
         if acts.mode != Some(BnMode::Train) {
@@ -586,170 +592,117 @@ impl ResNet {
         let n = acts.n;
         check_len(
             "gradient of the representation [n, repr_dim]",
-            grad_repr.len(),
+            B::len(grad_repr),
             n * self.repr_dim(),
         )?;
-        check_len(
+        need::<B>(
             "ResNet parameter gradients",
-            grads.len(),
+            grads,
             self.registry.param_len(),
         )?;
         if let Some(g) = &grad_x {
-            check_len("ResNet input gradient", g.len(), x.len())?;
+            check_len("ResNet input gradient", B::len(g), B::len(x))?;
         }
-        let [mut g0, mut g1, mut g2] = std::mem::take(&mut acts.grad);
-        let last = *self.blocks.last().unwrap().units.last().unwrap();
-        let d = acts.dims[last];
-        avgpool_backward(grad_repr, n, d[2] * d[3], self.repr_dim(), &mut g0);
-        for (b, block) in self.blocks.iter().enumerate().rev() {
-            let source = self.block_source(b);
-            // Main path, last unit first: g0 holds ∂L/∂(unit output) on entry, ∂L/∂(unit input) after.
-            for (i, &u) in block.units.iter().enumerate().rev() {
-                let input = if i == 0 {
-                    source
-                } else {
-                    Source::Unit(block.units[i - 1])
-                };
-                let residual_grad = (i + 1 == block.units.len()).then_some(&mut g2[..]);
-                self.unit_backward(
-                    u,
-                    input,
-                    params,
-                    x,
-                    acts,
-                    &mut g0,
-                    residual_grad,
-                    grads,
-                    Some((&mut g1, false)),
-                );
+        let [mut g0, mut g1, mut g2] = acts.grad.take().expect("gradient buffers are returned");
+        let result = (|| {
+            let last = *self.blocks.last().unwrap().units.last().unwrap();
+            let d = acts.dims[last];
+            be.avgpool_backward(n, d[2] * d[3], self.repr_dim(), grad_repr, &mut g0)?;
+            for (b, block) in self.blocks.iter().enumerate().rev() {
+                let source = self.block_source(b);
+                // Main path, last unit first: g0 holds ∂L/∂(unit output) on entry, ∂L/∂(unit
+                // input) after.
+                for (i, &u) in block.units.iter().enumerate().rev() {
+                    let input = if i == 0 {
+                        source
+                    } else {
+                        Source::Unit(block.units[i - 1])
+                    };
+                    let residual_grad = (i + 1 == block.units.len()).then_some(&mut g2);
+                    let dx = Some((&mut g1, false));
+                    self.unit_backward(
+                        be,
+                        u,
+                        input,
+                        params,
+                        x,
+                        acts,
+                        &mut g0,
+                        residual_grad,
+                        grads,
+                        dx,
+                    )?;
+                    std::mem::swap(&mut g0, &mut g1);
+                }
+                // Shortcut: its gradient (g2) joins the main path's (g0) at the block's input.
+                match block.downsample {
+                    Some(ds) => {
+                        let dx = Some((&mut g0, true));
+                        self.unit_backward(
+                            be, ds, source, params, x, acts, &mut g2, None, grads, dx,
+                        )?
+                    }
+                    None => be.add_assign(&mut g0, &g2, self.source_len(source, acts, x))?,
+                }
+            }
+            if self.has_maxpool() {
+                let d = acts.dims[0];
+                let g = self.maxpool_geometry(d[2], d[3]);
+                be.maxpool_backward(g, n, &g0, &acts.argmax, &mut g1)?;
                 std::mem::swap(&mut g0, &mut g1);
             }
-            // Shortcut: its gradient (g2) joins the main path's (g0) at the block's input.
-            let len = self.source_len(source, acts, x);
-            match block.downsample {
-                Some(ds) => self.unit_backward(
-                    ds,
-                    source,
-                    params,
-                    x,
-                    acts,
-                    &mut g2,
-                    None,
-                    grads,
-                    Some((&mut g0, true)),
-                ),
-                None => g0[..len]
-                    .iter_mut()
-                    .zip(&g2[..len])
-                    .for_each(|(a, b)| *a += b),
-            }
-        }
-        if self.has_maxpool() {
-            let d = acts.dims[0];
-            maxpool_backward(
-                self.maxpool_geometry(d[2], d[3]),
-                &g0,
-                &acts.argmax,
-                n,
-                &mut g1,
-            );
-            std::mem::swap(&mut g0, &mut g1);
-        }
-        self.unit_backward(
-            0,
-            Source::Image,
-            params,
-            x,
-            acts,
-            &mut g0,
-            None,
-            grads,
-            grad_x.map(|g| (g, false)),
-        );
-        acts.grad = [g0, g1, g2];
-        Ok(())
+            let dx = grad_x.map(|g| (g, false));
+            self.unit_backward(
+                be,
+                0,
+                Source::Image,
+                params,
+                x,
+                acts,
+                &mut g0,
+                None,
+                grads,
+                dx,
+            )
+        })();
+        acts.grad = Some([g0, g1, g2]);
+        result
     }
 
-    fn source_len(&self, s: Source, acts: &Activations, x: &[f32]) -> usize {
+    fn source_len<B: Backend>(&self, s: Source, acts: &Activations<B>, x: &B::Buffer) -> usize {
         match s {
-            Source::Image => x.len(),
-            Source::MaxPool => acts.pool.len(),
-            Source::Unit(v) => acts.out[v].len(),
+            Source::Image => B::len(x),
+            Source::MaxPool => B::len(&acts.pool),
+            Source::Unit(v) => B::len(&acts.out[v]),
         }
     }
 
     /// One unit's backward: `grad` holds ∂L/∂(unit output) and is spent; with a residual the
-    /// shortcut's gradient goes to `residual_grad`; `dx` receives ∂L/∂(unit input).
+    /// shortcut's gradient goes to `residual_grad`; `dx` receives ∂L/∂(unit input) (added
+    /// when its flag is set).
     #[allow(clippy::too_many_arguments)]
-    fn unit_backward(
+    fn unit_backward<B: Backend>(
         &self,
+        be: &B,
         u: usize,
         input: Source,
-        params: &[f32],
-        x: &[f32],
-        acts: &mut Activations,
-        grad: &mut [f32],
-        residual_grad: Option<&mut [f32]>,
-        grads: &mut [f32],
-        dx: Option<(&mut [f32], bool)>,
-    ) {
-        let unit = &self.units[u];
-        let [ih, iw, oh, ow] = acts.dims[u];
-        let (rows, c) = (acts.n * oh * ow, unit.conv.cout);
-        let len = rows * c;
-        let (mean, invstd) = acts.stats[u].split_at(c);
-        let (dgamma, dbeta) = two_ranges(grads, &unit.gamma, &unit.beta);
-        let bn_grads = BnGrads {
-            gamma: dgamma,
-            beta: dbeta,
-            linear_bias: &mut [],
-        };
-        let grad = &mut grad[..len];
-        let residual_grad = residual_grad.map(|r| &mut r[..len]);
-        let gamma = &params[unit.gamma.clone()];
-        let (pre, out) = (&acts.pre[u], &acts.out[u]);
-        batchnorm_backward(
-            pre,
-            out,
-            grad,
-            rows,
-            c,
-            unit.relu,
-            gamma,
-            (mean, invstd),
-            bn_grads,
-            residual_grad,
-        );
-        let input_len = self.source_len(input, acts, x);
+        params: &B::Buffer,
+        x: &B::Buffer,
+        acts: &mut Activations<B>,
+        grad: &mut B::Buffer,
+        residual_grad: Option<&mut B::Buffer>,
+        grads: &mut B::Buffer,
+        dx: Option<(&mut B::Buffer, bool)>,
+    ) -> Result<()> {
+        let bn = self.batchnorm(u, acts.n, &acts.dims);
+        let (pre, out, stats) = (&acts.pre[u], &acts.out[u], &acts.stats[u]);
+        be.batchnorm_backward(&bn, params, pre, out, stats, grad, grads, residual_grad)?;
         let src = match input {
             Source::Image => x,
             Source::MaxPool => &acts.pool,
             Source::Unit(v) => &acts.out[v],
         };
-        let dx = dx.map(|(d, acc)| (&mut d[..input_len], acc));
-        let w = &params[unit.weight.clone()];
-        conv_backward(
-            &unit.conv,
-            src,
-            acts.n,
-            ih,
-            iw,
-            w,
-            grad,
-            &mut grads[unit.weight.clone()],
-            dx,
-            &mut acts.scratch,
-        );
+        let conv = self.conv_op(u, acts.n, &acts.dims);
+        be.conv2d_backward(&conv, params, src, grad, grads, dx, &mut acts.workspace)
     }
-}
-
-/// Two disjoint ranges of one buffer, mutably.
-fn two_ranges<'a>(
-    v: &'a mut [f32],
-    a: &Range<usize>,
-    b: &Range<usize>,
-) -> (&'a mut [f32], &'a mut [f32]) {
-    debug_assert!(a.end <= b.start);
-    let (left, right) = v.split_at_mut(b.start);
-    (&mut left[a.clone()], &mut right[..b.len()])
 }

@@ -11,8 +11,8 @@
 //!
 //! Biases and BatchNorm parameters skip the weight decay and the trust ratio in all three.
 
-use crate::nn::Param;
 use rayon::prelude::*;
+use std::ops::Range;
 
 /// Which update rule, with its own hyper-parameters.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -32,6 +32,17 @@ pub struct Optimizer {
     /// Momentum of LARS and SGD; β₁ of AdamW.
     pub momentum: f32,
     pub weight_decay: f32,
+}
+
+/// One tensor of the flat parameter buffer, as the optimiser sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TensorStep {
+    pub range: Range<usize>,
+    /// Biases and BatchNorm parameters: no weight decay, no trust ratio.
+    pub plain: bool,
+    /// Multiplier of this tensor's learning rate (1 in plain BYOL; the projector's μ and the
+    /// predictor's λ in the ablations).
+    pub lr_scale: f32,
 }
 
 /// AdamW's second-moment decay and its denominator's guard (PyTorch's defaults).
@@ -56,21 +67,19 @@ impl Optimizer {
         self.kind == OptimizerKind::AdamW
     }
 
-    /// One step over every tensor of `layout`. `momentum` (and, for AdamW, `second_moment`)
-    /// are per-parameter state of the buffer's length; `t` counts steps from 1 (AdamW's bias
-    /// correction). `lr_scale(param)` multiplies a tensor's learning rate (1 everywhere for
-    /// plain BYOL; the predictor's λ and the projector's μ for the ablations).
+    /// One step over every tensor of `tensors`, which tile the buffers in order. `momentum`
+    /// (and, for AdamW, `second_moment`) are per-parameter state of the buffer's length; `t`
+    /// counts steps from 1 (AdamW's bias correction).
     #[allow(clippy::too_many_arguments)]
     pub fn step(
         &self,
-        layout: &[Param],
+        tensors: &[TensorStep],
         params: &mut [f32],
         grads: &[f32],
         momentum: &mut [f32],
         second_moment: &mut [f32],
         t: u64,
         lr: f32,
-        lr_scale: impl Fn(&Param) -> f32 + Sync,
     ) {
         let adam = self.needs_second_moment();
         assert!(
@@ -78,13 +87,13 @@ impl Optimizer {
             "AdamW needs a second moment per parameter"
         );
         // Tensors are independent: split the buffers at the tensors' boundaries.
-        let mut work = Vec::with_capacity(layout.len());
+        let mut work = Vec::with_capacity(tensors.len());
         let (mut w_rest, mut m_rest, mut offset) = (&mut params[..], &mut momentum[..], 0);
         let mut v_rest = &mut second_moment[..];
-        for p in layout {
+        for p in tensors {
             debug_assert_eq!(
                 p.range.start, offset,
-                "layout must tile the buffer in order"
+                "tensors must tile the buffer in order"
             );
             let (w, wr) = w_rest.split_at_mut(p.range.len());
             let (m, mr) = m_rest.split_at_mut(p.range.len());
@@ -93,15 +102,14 @@ impl Optimizer {
             work.push((p, w, m, v, &grads[p.range.clone()]));
         }
         work.into_par_iter().for_each(|(p, w, m, v, g)| {
-            let plain = p.role.is_bias_or_bn();
-            let wd = if plain { 0.0 } else { self.weight_decay };
-            let step = lr * lr_scale(p);
+            let wd = if p.plain { 0.0 } else { self.weight_decay };
+            let step = lr * p.lr_scale;
             match self.kind {
                 OptimizerKind::Lars {
                     trust_coefficient,
                     clip,
                 } => {
-                    let trust = if plain {
+                    let trust = if p.plain {
                         1.0
                     } else {
                         trust_ratio(w, g, wd, trust_coefficient, clip.then_some(step))
@@ -170,7 +178,6 @@ fn adamw_step(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nn::{Registry, Role};
 
     /// LARS (or, with `eta = None`, SGD) written out in f64, tensor by tensor, from the
     /// module's formulas.
@@ -229,11 +236,24 @@ mod tests {
         }
     }
 
-    fn layout() -> Registry {
-        let mut reg = Registry::default();
-        reg.add_param("conv.weight".into(), vec![3, 4], Role::ConvWeight);
-        reg.add_param("bn.bias".into(), vec![5], Role::BnBias);
-        reg
+    /// A 3×4 weight, then a bias of 5, with learning-rate multiplier `bias_lr` on the bias.
+    fn layout_scaled(bias_lr: f32) -> Vec<TensorStep> {
+        vec![
+            TensorStep {
+                range: 0..12,
+                plain: false,
+                lr_scale: 1.0,
+            },
+            TensorStep {
+                range: 12..17,
+                plain: true,
+                lr_scale: bias_lr,
+            },
+        ]
+    }
+
+    fn layout() -> Vec<TensorStep> {
+        layout_scaled(1.0)
     }
 
     fn start() -> (Vec<f32>, Vec<f32>) {
@@ -261,7 +281,7 @@ mod tests {
         let g64: Vec<f64> = g.iter().map(|&x| x as f64).collect();
         let wd = opt.weight_decay as f64;
         for t in 1..=3 {
-            opt.step(&reg.params, &mut w, &g, &mut m, &mut [], t, lr, |_| 1.0);
+            opt.step(&reg, &mut w, &g, &mut m, &mut [], t, lr);
             let (rw1, rw2) = rw.split_at_mut(12);
             let (rm1, rm2) = rm.split_at_mut(12);
             reference(rw1, &g64[..12], rm1, lr as f64, wd, eta, clip, false);
@@ -282,14 +302,8 @@ mod tests {
         let (w, g) = start();
         let m = vec![0.1f32; 17];
         let (mut w1, mut m1, mut w2, mut m2) = (w.clone(), m.clone(), w.clone(), m.clone());
-        lars.step(&reg.params, &mut w2, &g, &mut m2, &mut [], 1, 0.7, |p| {
-            if p.name == "bn.bias" {
-                2.0
-            } else {
-                1.0
-            }
-        });
-        lars.step(&reg.params, &mut w1, &g, &mut m1, &mut [], 1, 0.7, |_| 1.0);
+        lars.step(&layout_scaled(2.0), &mut w2, &g, &mut m2, &mut [], 1, 0.7);
+        lars.step(&reg, &mut w1, &g, &mut m1, &mut [], 1, 0.7);
         assert_eq!(w2[..12], w1[..12]);
         for i in 12..17 {
             assert!(((w2[i] - w[i]) - 2.0 * (w1[i] - w[i])).abs() < 1e-5);
@@ -316,26 +330,8 @@ mod tests {
             kind: OptimizerKind::Sgd,
             ..clipped(0.0)
         };
-        clipped(10.0).step(
-            &reg.params,
-            &mut a,
-            &g,
-            &mut [0.0; 17],
-            &mut [],
-            1,
-            0.05,
-            |_| 1.0,
-        );
-        sgd.step(
-            &reg.params,
-            &mut b,
-            &g,
-            &mut [0.0; 17],
-            &mut [],
-            1,
-            0.05,
-            |_| 1.0,
-        );
+        clipped(10.0).step(&reg, &mut a, &g, &mut [0.0; 17], &mut [], 1, 0.05);
+        sgd.step(&reg, &mut b, &g, &mut [0.0; 17], &mut [], 1, 0.05);
         close(&a, &b.iter().map(|&x| x as f64).collect::<Vec<_>>());
     }
 
@@ -366,7 +362,7 @@ mod tests {
             // A gradient that changes from step to step, so the moments matter.
             let g: Vec<f32> = g0.iter().map(|&x| x * (1.0 + 0.3 * t as f32)).collect();
             let g64: Vec<f64> = g.iter().map(|&x| x as f64).collect();
-            adamw.step(&reg.params, &mut w, &g, &mut m, &mut v, t, 0.01, |_| 1.0);
+            adamw.step(&reg, &mut w, &g, &mut m, &mut v, t, 0.01);
             let (rw1, rw2) = rw.split_at_mut(12);
             let (rm1, rm2) = rm.split_at_mut(12);
             let (rv1, rv2) = rv.split_at_mut(12);

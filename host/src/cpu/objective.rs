@@ -21,8 +21,8 @@
 //! an affine, and divide `‖·‖²` by `dim`, so all four losses start on the same scale
 //! (LayerNorm's loss is `2 − 2·` Pearson correlation).
 
-use crate::cpu::gemm::matmul;
-use crate::cpu::nmse_loss;
+use super::gemm::matmul;
+use super::nmse_loss;
 use crate::error::{Error, Result};
 use kernels::loss::{nmse_row_backward, NORM_EPS};
 
@@ -77,10 +77,11 @@ impl Default for Objective {
 
 /// Gradients of one direction's loss: the anchors' is overwritten; the positives' and
 /// same-view rows' (given only when ψ is the online network) are accumulated.
-pub struct DirectionGrads<'a> {
-    pub anchors: &'a mut [f32],
-    pub positives: Option<&'a mut [f32]>,
-    pub same_view: Option<&'a mut [f32]>,
+/// (`T` is the buffer: a slice here, the backend's buffer type behind the backend trait.)
+pub struct DirectionGrads<'a, T: ?Sized = [f32]> {
+    pub anchors: &'a mut T,
+    pub positives: Option<&'a mut T>,
+    pub same_view: Option<&'a mut T>,
 }
 
 impl Objective {
