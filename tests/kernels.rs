@@ -5,36 +5,13 @@
 //! `--include-ignored`, together with the GPU-against-CPU check at BYOL's projector shape.
 //! Finite-difference checks run on the CPU; the GPU is then held to the CPU.
 
+#[macro_use]
 mod common;
 
 use common::*;
 use host::{Backend, BnMode, Cpu, Mlp};
 #[cfg(feature = "cuda")]
 use host::{Cuda, Error};
-
-#[cfg(feature = "cuda")]
-fn gpu() -> Cuda {
-    Cuda::new(0).unwrap_or_else(|e| panic!("these tests need a GPU: {e}"))
-}
-
-/// `test_device!(name, body)`: the tests `name::cpu` and, with the `cuda` feature, `name::cuda`,
-/// each calling `body(&backend)`.
-macro_rules! test_device {
-    ($name:ident, $body:ident) => {
-        mod $name {
-            #[test]
-            fn cpu() {
-                super::$body(&host::Cpu);
-            }
-            #[cfg(feature = "cuda")]
-            #[test]
-            #[ignore = "needs an NVIDIA GPU"]
-            fn cuda() {
-                super::$body(&super::gpu());
-            }
-        }
-    };
-}
 
 test_device!(
     ema_should_match_formula_and_keep_or_copy_at_the_ends,

@@ -1,17 +1,34 @@
-//! ResNet layers on the CPU against naive f64 references (written here, independently) and by
-//! finite differences: conv2d, BatchNorm2d with residual and ReLU, max-pool, average pool,
-//! linear. Shapes include stride 2, padding, odd sizes and channel counts not a multiple of 8.
+//! ResNet layers through the backend trait against naive f64 references (written here,
+//! independently) and by finite differences: GEMM, conv2d, BatchNorm2d with residual and ReLU
+//! (fused, and split into its partial sums and their finish), max-pool, average pool, Linear,
+//! copies. Shapes include stride 2, padding, odd sizes and channel counts not a multiple of 8;
+//! parameters sit at an offset inside larger flat buffers, as in a network. Each check is one
+//! body run on every backend compiled in ([`test_device!`]).
 
+#[macro_use]
 mod common;
 
 use common::*;
-use host::cpu::batchnorm::{batchnorm_backward, batchnorm_forward, BnLayer};
-use host::cpu::conv::{conv_backward, conv_forward, Conv2d, ConvScratch};
-use host::cpu::linear::{linear_backward, linear_forward};
-use host::cpu::pool::{avgpool_backward, avgpool_forward, maxpool_backward, maxpool_forward};
-use host::BnMode;
-use kernels::batchnorm::BnGrads;
-use kernels::conv::ConvGeometry;
+use host::backend::{BatchNorm, Conv2d, ConvGeometry, ConvOp, Gemm, Linear};
+use host::{Backend, BnMode, Cpu};
+
+/// Where the tests put a tensor inside a flat buffer: after `OFFSET` values of something else.
+const OFFSET: usize = 3;
+
+/// `v` behind `OFFSET` values of padding, and its range there.
+fn placed(v: &[f32]) -> (Vec<f32>, std::ops::Range<usize>) {
+    let mut buf = vec![0.25f32; OFFSET];
+    buf.extend_from_slice(v);
+    (buf, OFFSET..OFFSET + v.len())
+}
+
+fn up<B: Backend>(be: &B, v: &[f32]) -> B::Buffer {
+    be.upload(v).unwrap()
+}
+
+fn down<B: Backend>(be: &B, b: &B::Buffer) -> Vec<f32> {
+    be.download(b).unwrap()
+}
 
 /// Naive NHWC convolution in f64, weight OHWI.
 fn conv_ref(
@@ -130,58 +147,81 @@ fn convs() -> Vec<(Conv2d, usize, usize, usize)> {
     ]
 }
 
-#[test]
-fn conv2d_forward_should_match_f64_reference() {
+fn conv_op(c: Conv2d, n: usize, h: usize, w: usize) -> ConvOp {
+    ConvOp {
+        conv: c,
+        n,
+        h,
+        w,
+        weight: OFFSET..OFFSET + c.weight_len(),
+    }
+}
+
+/// Forward against the f64 reference, then both gradients against finite differences of the
+/// reference (conv is linear in each argument, so the quotient is exact up to rounding), and
+/// the accumulating input gradient.
+fn conv2d_matches_reference<B: Backend>(be: &B) {
     for (i, (c, n, h, w)) in convs().into_iter().enumerate() {
         let mut r = rng(i as u64);
-        let x = uniform(&mut r, n * h * w * c.cin, 1.0);
-        let wt = uniform(&mut r, c.weight_len(), 0.5);
+        let mut x = uniform(&mut r, n * h * w * c.cin, 1.0);
+        let mut wt = uniform(&mut r, c.weight_len(), 0.5);
         let (expected, oh, ow) = conv_ref(&c, &to_f64(&x), n, h, w, &to_f64(&wt));
-        let mut out = vec![0.0; n * oh * ow * c.cout];
-        let mut scratch = ConvScratch::for_convs([(&c, n, h, w)]);
-        conv_forward(&c, &x, n, h, w, &wt, &mut out, &mut scratch);
+        let op = conv_op(c, n, h, w);
+        let (params, _) = placed(&wt);
+        let (xb, pb) = (up(be, &x), up(be, &params));
+        let mut out = up(be, &vec![0.0; n * oh * ow * c.cout + 5]); // longer: the prefix is used
+        let Some(mut ws) = supported(
+            "conv_workspace",
+            be.conv_workspace(std::slice::from_ref(&op)),
+        ) else {
+            return;
+        };
+        if supported(
+            "conv2d_forward",
+            be.conv2d_forward(&op, &pb, &xb, &mut out, &mut ws),
+        )
+        .is_none()
+        {
+            return;
+        }
+        let got = down(be, &out);
         assert_close(
             &format!("conv {c:?} {n}x{h}x{w}"),
-            &out,
+            &got[..expected.len()],
             &expected,
             1e-5,
             1e-6,
         );
-    }
-}
+        assert!(
+            got[expected.len()..].iter().all(|&v| v == 0.0),
+            "conv wrote past its output"
+        );
 
-#[test]
-fn conv2d_gradients_should_match_finite_differences() {
-    for (i, (c, n, h, w)) in convs().into_iter().enumerate() {
-        let mut r = rng(10 + i as u64);
-        let mut x = uniform(&mut r, n * h * w * c.cin, 1.0);
-        let mut wt = uniform(&mut r, c.weight_len(), 0.5);
-        let g = c.geometry(h, w);
-        let out_len = n * g.out_h() * g.out_w() * c.cout;
-        let weights = uniform(&mut r, out_len, 1.0);
-        let mut scratch = ConvScratch::for_convs([(&c, n, h, w)]);
-        // Objective J = Σ out ⊙ R, in f64 from the exact f64 reference (conv is linear in
-        // each argument, so the difference quotient is exact up to rounding).
+        let weights = uniform(&mut r, expected.len(), 1.0);
         let objective = |x: &[f32], wt: &[f32]| -> f64 {
             let (out, _, _) = conv_ref(&c, &to_f64(x), n, h, w, &to_f64(wt));
             out.iter().zip(&weights).map(|(o, &r)| o * r as f64).sum()
         };
-        let mut dw = vec![0.5f32; c.weight_len()]; // accumulates onto 0.5
-        let mut dx = vec![9.0f32; x.len()]; // overwritten
-        conv_backward(
-            &c,
-            &x,
-            n,
-            h,
-            w,
-            &wt,
-            &weights,
-            &mut dw,
+        let mut grads = up(be, &vec![0.5f32; params.len()]); // accumulates onto 0.5
+        let mut dx = up(be, &vec![9.0f32; x.len()]); // overwritten
+        let dout = up(be, &weights);
+        be.conv2d_backward(
+            &op,
+            &pb,
+            &xb,
+            &dout,
+            &mut grads,
             Some((&mut dx, false)),
-            &mut scratch,
+            &mut ws,
+        )
+        .unwrap();
+        let (dw, dx_host) = (down(be, &grads), down(be, &dx));
+        assert!(
+            dw[..OFFSET].iter().all(|&v| v == 0.5),
+            "conv touched other gradients"
         );
         let eps = 1e-2;
-        for (k, &g) in dw.iter().enumerate() {
+        for (k, &g) in dw[OFFSET..].iter().enumerate() {
             let (p, m) = perturbed(&mut wt, k, eps, |wt| objective(&x, wt));
             let fd = (p - m) / (2.0 * eps as f64);
             let g = g - 0.5;
@@ -190,7 +230,7 @@ fn conv2d_gradients_should_match_finite_differences() {
                 "dW[{k}] of {c:?}: {g} vs {fd}"
             );
         }
-        for (k, &g) in dx.iter().enumerate() {
+        for (k, &g) in dx_host.iter().enumerate() {
             let (p, m) = perturbed(&mut x, k, eps, |x| objective(x, &wt));
             let fd = (p - m) / (2.0 * eps as f64);
             assert!(
@@ -199,27 +239,48 @@ fn conv2d_gradients_should_match_finite_differences() {
             );
         }
         // Accumulating mode adds to what is there.
-        let mut dx2 = vec![1.0f32; x.len()];
-        conv_backward(
-            &c,
-            &x,
-            n,
-            h,
-            w,
-            &wt,
-            &weights,
-            &mut dw,
+        let mut dx2 = up(be, &vec![1.0f32; x.len()]);
+        be.conv2d_backward(
+            &op,
+            &pb,
+            &xb,
+            &dout,
+            &mut grads,
             Some((&mut dx2, true)),
-            &mut scratch,
-        );
-        assert!(dx2.iter().zip(&dx).all(|(a, b)| (a - 1.0 - b).abs() < 1e-5));
+            &mut ws,
+        )
+        .unwrap();
+        let dx2 = down(be, &dx2);
+        assert!(dx2
+            .iter()
+            .zip(&dx_host)
+            .all(|(a, b)| (a - 1.0 - b).abs() < 1e-5));
+    }
+}
+test_device!(
+    conv2d_should_match_f64_reference_and_finite_differences,
+    conv2d_matches_reference
+);
+
+/// The BatchNorm layer of the tests: γ, β in a parameter buffer and the running statistics
+/// in a running buffer, each behind `OFFSET` values.
+fn bn_layer(rows: usize, cols: usize, relu: bool) -> BatchNorm {
+    BatchNorm {
+        rows,
+        cols,
+        relu,
+        gamma: OFFSET..OFFSET + cols,
+        beta: OFFSET + cols..OFFSET + 2 * cols,
+        running_mean: OFFSET..OFFSET + cols,
+        running_var: OFFSET + cols..OFFSET + 2 * cols,
+        linear_bias: None,
     }
 }
 
 /// BatchNorm2d as `[N·H·W, C]`, tall enough for the two-pass row-block path, with residual
-/// and ReLU, against the f64 reference; eval mode too.
-#[test]
-fn batchnorm2d_with_residual_should_match_f64_reference_on_tall_inputs() {
+/// and ReLU, against the f64 reference; the split form (partial sums, then finish) gives the
+/// fused form's bits; eval mode too.
+fn batchnorm2d_matches_reference<B: Backend>(be: &B) {
     for (rows, cols, residual, relu) in [
         (3001usize, 13usize, true, true),
         (2500, 7, false, false),
@@ -236,27 +297,28 @@ fn batchnorm2d_with_residual_should_match_f64_reference_on_tall_inputs() {
             .map(|v| v + 1.0)
             .collect::<Vec<_>>();
         let beta = uniform(&mut r, cols, 0.3);
-        let (mut rm, mut rv) = (vec![0.1f32; cols], vec![1.5f32; cols]);
-        let (mut mean, mut invstd) = (vec![0.0; cols], vec![0.0; cols]);
-        let mut a = vec![0.0; rows * cols];
-        let layer = BnLayer {
-            gamma: &gamma,
-            beta: &beta,
-            running_mean: &mut rm,
-            running_var: &mut rv,
-            mean: &mut mean,
-            invstd: &mut invstd,
-        };
-        batchnorm_forward(
-            &h,
-            &mut a,
-            rows,
-            cols,
+        let (params, _) = placed(&[gamma.clone(), beta.clone()].concat());
+        let (running0, _) = placed(&[vec![0.1f32; cols], vec![1.5f32; cols]].concat());
+        let bn = bn_layer(rows, cols, relu);
+        let (hb, pb, resb) = (up(be, &h), up(be, &params), up(be, &res));
+        let mut running = up(be, &running0);
+        let mut stats = up(be, &vec![0.0; 2 * cols]);
+        let mut a = up(be, &vec![0.0; rows * cols]);
+        let res_arg = residual.then_some(&resb);
+        let forward = be.batchnorm_forward(
+            &bn,
             BnMode::Train,
-            layer,
-            residual.then_some(&res[..]),
-            relu,
+            &pb,
+            &mut running,
+            &hb,
+            res_arg,
+            &mut stats,
+            &mut a,
         );
+        if supported("batchnorm_forward", forward).is_none() {
+            return;
+        }
+        let a_host = down(be, &a);
         // Reference, f64.
         let n = rows as f64;
         let mut e_a = vec![0.0; rows * cols];
@@ -280,7 +342,13 @@ fn batchnorm2d_with_residual_should_match_f64_reference_on_tall_inputs() {
             }
         }
         let tag = format!("{rows}x{cols} residual {residual} relu {relu}");
-        assert_close(&format!("BN2d out {tag}"), &a, &e_a, 1e-4, 1e-5);
+        assert_close(&format!("BN2d out {tag}"), &a_host, &e_a, 1e-4, 1e-5);
+        let run = down(be, &running);
+        assert_eq!(
+            run[..OFFSET],
+            running0[..OFFSET],
+            "BN touched other statistics"
+        );
         let e_rm: Vec<f64> = e_mean
             .iter()
             .map(|m| 0.9 * 0.1f32 as f64 + 0.1 * m)
@@ -289,31 +357,92 @@ fn batchnorm2d_with_residual_should_match_f64_reference_on_tall_inputs() {
             .iter()
             .map(|v| 0.9 * 1.5 + 0.1 * v * n / (n - 1.0))
             .collect();
-        assert_close(&format!("BN2d running mean {tag}"), &rm, &e_rm, 1e-5, 1e-6);
-        assert_close(&format!("BN2d running var {tag}"), &rv, &e_rv, 1e-4, 1e-5);
+        let (rm, rv) = run[OFFSET..].split_at(cols);
+        assert_close(&format!("BN2d running mean {tag}"), rm, &e_rm, 1e-5, 1e-6);
+        assert_close(&format!("BN2d running var {tag}"), rv, &e_rv, 1e-4, 1e-5);
+
+        // The split form: the partial sums are the shifted sums of the reference, and their
+        // finish gives the fused forward's bits.
+        let mut sums = up(be, &vec![0.0; 3 * cols]);
+        if let Some(()) = supported("batchnorm_sums", be.batchnorm_sums(&bn, &hb, &mut sums)) {
+            let sums_host = down(be, &sums);
+            let shift = &h[..cols];
+            let e_s1: Vec<f64> = (0..cols)
+                .map(|c| (0..rows).map(|i| (h[i * cols + c] - shift[c]) as f64).sum())
+                .collect();
+            let e_s2: Vec<f64> = (0..cols)
+                .map(|c| {
+                    (0..rows)
+                        .map(|i| ((h[i * cols + c] - shift[c]) as f64).powi(2))
+                        .sum()
+                })
+                .collect();
+            assert_eq!(&sums_host[..cols], shift, "BN sums: the shift is row 0");
+            assert_close(
+                &format!("BN2d Σ(h−shift) {tag}"),
+                &sums_host[cols..2 * cols],
+                &e_s1,
+                1e-4,
+                1e-5,
+            );
+            assert_close(
+                &format!("BN2d Σ(h−shift)² {tag}"),
+                &sums_host[2 * cols..],
+                &e_s2,
+                1e-4,
+                1e-5,
+            );
+            let mut running2 = up(be, &running0);
+            let (mut stats2, mut a2) = (
+                up(be, &vec![0.0; 2 * cols]),
+                up(be, &vec![0.0; rows * cols]),
+            );
+            be.batchnorm_finish(
+                &bn,
+                rows,
+                &sums,
+                &pb,
+                &mut running2,
+                &hb,
+                res_arg,
+                &mut stats2,
+                &mut a2,
+            )
+            .unwrap();
+            assert!(
+                down(be, &a2) == a_host,
+                "split BN output differs from fused {tag}"
+            );
+            assert!(
+                down(be, &stats2) == down(be, &stats),
+                "split BN statistics {tag}"
+            );
+            assert!(
+                down(be, &running2) == run,
+                "split BN running statistics {tag}"
+            );
+        }
 
         // Backward against the reference's derivation.
         let dout = uniform(&mut r, rows * cols, 1.0);
-        let mut grad = dout.clone();
-        let (mut dg, mut db) = (vec![0.0; cols], vec![0.0; cols]);
-        let mut dres = vec![0.0; rows * cols];
-        let grads = BnGrads {
-            gamma: &mut dg,
-            beta: &mut db,
-            linear_bias: &mut [],
-        };
-        batchnorm_backward(
-            &h,
+        let mut grad = up(be, &dout);
+        let mut grads = up(be, &vec![0.0; params.len()]);
+        let mut dres = up(be, &vec![0.0; rows * cols]);
+        let backward = be.batchnorm_backward(
+            &bn,
+            &pb,
+            &hb,
             &a,
+            &stats,
             &mut grad,
-            rows,
-            cols,
-            relu,
-            &gamma,
-            (&mean, &invstd),
-            grads,
-            residual.then_some(&mut dres[..]),
+            &mut grads,
+            residual.then_some(&mut dres),
         );
+        if supported("batchnorm_backward", backward).is_none() {
+            return;
+        }
+        let (grad, grads, dres) = (down(be, &grad), down(be, &grads), down(be, &dres));
+        let (dg, db) = grads[OFFSET..].split_at(cols);
         let (mut e_dh, mut e_dg, mut e_db, mut e_dres) = (
             vec![0.0; rows * cols],
             vec![0.0; cols],
@@ -343,32 +472,26 @@ fn batchnorm2d_with_residual_should_match_f64_reference_on_tall_inputs() {
             }
         }
         assert_close(&format!("BN2d dh {tag}"), &grad, &e_dh, 1e-3, 1e-4);
-        assert_close(&format!("BN2d dgamma {tag}"), &dg, &e_dg, 1e-3, 1e-4);
-        assert_close(&format!("BN2d dbeta {tag}"), &db, &e_db, 1e-4, 1e-5);
+        assert_close(&format!("BN2d dgamma {tag}"), dg, &e_dg, 1e-3, 1e-4);
+        assert_close(&format!("BN2d dbeta {tag}"), db, &e_db, 1e-4, 1e-5);
         if residual {
             assert_close(&format!("BN2d dresidual {tag}"), &dres, &e_dres, 0.0, 0.0);
         }
 
         // Eval mode: the running statistics normalise, and stay as they are.
-        let (rm0, rv0) = (rm.clone(), rv.clone());
-        let layer = BnLayer {
-            gamma: &gamma,
-            beta: &beta,
-            running_mean: &mut rm,
-            running_var: &mut rv,
-            mean: &mut mean,
-            invstd: &mut invstd,
-        };
-        batchnorm_forward(
-            &h,
-            &mut a,
-            rows,
-            cols,
+        let before = down(be, &running);
+        be.batchnorm_forward(
+            &bn,
             BnMode::Eval,
-            layer,
-            residual.then_some(&res[..]),
-            relu,
-        );
+            &pb,
+            &mut running,
+            &hb,
+            res_arg,
+            &mut stats,
+            &mut a,
+        )
+        .unwrap();
+        let (rm0, rv0) = before[OFFSET..].split_at(cols);
         let e_eval: Vec<f64> = (0..rows * cols)
             .map(|i| {
                 let c = i % cols;
@@ -383,51 +506,61 @@ fn batchnorm2d_with_residual_should_match_f64_reference_on_tall_inputs() {
                 }
             })
             .collect();
-        assert_close(&format!("BN2d eval {tag}"), &a, &e_eval, 1e-4, 1e-5);
+        assert_close(
+            &format!("BN2d eval {tag}"),
+            &down(be, &a),
+            &e_eval,
+            1e-4,
+            1e-5,
+        );
         assert_eq!(
-            (rm, rv),
-            (rm0, rv0),
+            down(be, &running),
+            before,
             "eval mode must not touch the running statistics"
         );
     }
 }
+test_device!(
+    batchnorm2d_with_residual_should_match_f64_reference_on_tall_inputs,
+    batchnorm2d_matches_reference
+);
 
 #[test]
 fn batchnorm2d_results_should_not_depend_on_the_thread_count() {
     let (rows, cols) = (5000, 9);
     let mut r = rng(77);
     let h = uniform(&mut r, rows * cols, 1.0);
+    let bn = bn_layer(rows, cols, true);
+    let (params, _) = placed(&[vec![1.0f32; cols], vec![0.0f32; cols]].concat());
     let run = |threads: usize| {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()
             .unwrap();
         pool.install(|| {
-            let (g, b) = (vec![1.0f32; cols], vec![0.0f32; cols]);
-            let (mut rm, mut rv, mut m, mut s) = (
-                vec![0.0; cols],
-                vec![1.0; cols],
-                vec![0.0; cols],
-                vec![0.0; cols],
-            );
+            let (running, _) = placed(&[vec![0.0f32; cols], vec![1.0f32; cols]].concat());
+            let (mut running, mut stats) = (running, vec![0.0; 2 * cols]);
             let mut a = vec![0.0; rows * cols];
-            let layer = BnLayer {
-                gamma: &g,
-                beta: &b,
-                running_mean: &mut rm,
-                running_var: &mut rv,
-                mean: &mut m,
-                invstd: &mut s,
-            };
-            batchnorm_forward(&h, &mut a, rows, cols, BnMode::Train, layer, None, true);
-            (a, rm, rv)
+            Cpu.batchnorm_forward(
+                &bn,
+                BnMode::Train,
+                &params,
+                &mut running,
+                &h,
+                None,
+                &mut stats,
+                &mut a,
+            )
+            .unwrap();
+            let mut sums = vec![0.0; 3 * cols];
+            Cpu.batchnorm_sums(&bn, &h, &mut sums).unwrap();
+            (a, running, sums)
         })
     };
     assert!(run(1) == run(3), "BatchNorm must reduce in a fixed order");
 }
 
-#[test]
-fn maxpool_should_match_reference_and_route_gradients_to_the_maximum() {
+fn maxpool_matches_reference<B: Backend>(be: &B) {
     let (n, h, w, c) = (2, 7, 6, 5);
     let g = ConvGeometry {
         h,
@@ -441,11 +574,21 @@ fn maxpool_should_match_reference_and_route_gradients_to_the_maximum() {
     assert_eq!((oh, ow), (4, 3));
     let mut r = rng(3);
     let x = uniform(&mut r, n * h * w * c, 1.0);
-    let mut out = vec![0.0; n * oh * ow * c];
-    let mut am = vec![0u32; out.len()];
-    maxpool_forward(g, &x, n, &mut out, &mut am);
+    let len = n * oh * ow * c;
+    let mut out = up(be, &vec![0.0; len]);
+    let mut am = be.indices(len).unwrap();
+    let xb = up(be, &x);
+    if supported(
+        "maxpool_forward",
+        be.maxpool_forward(g, n, &xb, &mut out, &mut am),
+    )
+    .is_none()
+    {
+        return;
+    }
+    let out = down(be, &out);
     let mut e_dx = vec![0.0f64; x.len()];
-    let dout = uniform(&mut r, out.len(), 1.0);
+    let dout = uniform(&mut r, len, 1.0);
     for b in 0..n {
         for oy in 0..oh {
             for ox in 0..ow {
@@ -466,18 +609,29 @@ fn maxpool_should_match_reference_and_route_gradients_to_the_maximum() {
             }
         }
     }
-    let mut dx = vec![7.0; x.len()];
-    maxpool_backward(g, &dout, &am, n, &mut dx);
-    assert_close("maxpool dx", &dx, &e_dx, 1e-6, 1e-7);
+    let mut dx = up(be, &vec![7.0; x.len()]);
+    be.maxpool_backward(g, n, &up(be, &dout), &am, &mut dx)
+        .unwrap();
+    assert_close("maxpool dx", &down(be, &dx), &e_dx, 1e-6, 1e-7);
 }
+test_device!(
+    maxpool_should_match_reference_and_route_gradients_to_the_maximum,
+    maxpool_matches_reference
+);
 
-#[test]
-fn avgpool_should_match_reference_and_finite_differences() {
+fn avgpool_matches_reference<B: Backend>(be: &B) {
     let (n, hw, c) = (3, 5, 4);
     let mut r = rng(4);
     let mut x = uniform(&mut r, n * hw * c, 1.0);
-    let mut out = vec![0.0; n * c];
-    avgpool_forward(&x, n, hw, c, &mut out);
+    let forward = |x: &[f32]| -> Option<Vec<f32>> {
+        let mut out = up(be, &vec![0.0; n * c]);
+        supported(
+            "avgpool_forward",
+            be.avgpool_forward(n, hw, c, &up(be, x), &mut out),
+        )?;
+        Some(down(be, &out))
+    };
+    let Some(out) = forward(&x) else { return };
     let e: Vec<f64> = (0..n * c)
         .map(|i| {
             (0..hw)
@@ -488,12 +642,12 @@ fn avgpool_should_match_reference_and_finite_differences() {
         .collect();
     assert_close("avgpool", &out, &e, 1e-6, 1e-7);
     let wts = uniform(&mut r, n * c, 1.0);
-    let mut dx = vec![0.0; x.len()];
-    avgpool_backward(&wts, n, hw, c, &mut dx);
-    for (k, &g) in dx.iter().enumerate() {
+    let mut dx = up(be, &vec![3.0; x.len()]);
+    be.avgpool_backward(n, hw, c, &up(be, &wts), &mut dx)
+        .unwrap();
+    for (k, &g) in down(be, &dx).iter().enumerate() {
         let (p, m) = perturbed(&mut x, k, 1e-2, |x| {
-            let mut o = vec![0.0; n * c];
-            avgpool_forward(x, n, hw, c, &mut o);
+            let o = forward(x).unwrap();
             o.iter()
                 .zip(&wts)
                 .map(|(a, b)| *a as f64 * *b as f64)
@@ -502,9 +656,12 @@ fn avgpool_should_match_reference_and_finite_differences() {
         assert!(((p - m) / 2e-2 - g as f64).abs() < 1e-4, "avgpool dx[{k}]");
     }
 }
+test_device!(
+    avgpool_should_match_reference_and_finite_differences,
+    avgpool_matches_reference
+);
 
-#[test]
-fn linear_should_match_reference_and_finite_differences() {
+fn linear_matches_reference<B: Backend>(be: &B) {
     let (rows, k, n) = (5, 7, 3);
     let mut r = rng(5);
     let (mut x, mut w, mut b) = (
@@ -525,8 +682,18 @@ fn linear_should_match_reference_and_finite_differences() {
             })
             .sum()
     };
-    let mut out = vec![0.0; rows * n];
-    linear_forward(&mut out, &x, &w, &b, rows, k, n);
+    // The bias before the weight, both behind padding, as no network lays them out.
+    let (params, _) = placed(&[b.clone(), w.clone()].concat());
+    let l = Linear {
+        rows,
+        input: k,
+        output: n,
+        weight: OFFSET + n..OFFSET + n + n * k,
+        bias: Some(OFFSET..OFFSET + n),
+    };
+    let (pb, xb) = (up(be, &params), up(be, &x));
+    let mut out = up(be, &vec![0.0; rows * n]);
+    be.linear_forward(&l, &pb, &xb, &mut out).unwrap();
     let e: Vec<f64> = (0..rows * n)
         .map(|i| {
             b[i % n] as f64
@@ -535,11 +702,20 @@ fn linear_should_match_reference_and_finite_differences() {
                     .sum::<f64>()
         })
         .collect();
-    assert_close("linear", &out, &e, 1e-5, 1e-6);
-    let (mut dw, mut db, mut dx) = (vec![0.0; n * k], vec![0.0; n], vec![0.0; rows * k]);
-    linear_backward(&mut dw, &mut db, Some(&mut dx), &x, &w, &wts, rows, k, n);
+    assert_close("linear", &down(be, &out), &e, 1e-5, 1e-6);
+    let mut grads = up(be, &vec![0.0; params.len()]);
+    let mut dx = up(be, &vec![0.0; rows * k]);
+    be.linear_backward(&l, &pb, &xb, &up(be, &wts), &mut grads, Some(&mut dx))
+        .unwrap();
+    let grads = down(be, &grads);
+    assert!(
+        grads[..OFFSET].iter().all(|&v| v == 0.0),
+        "linear touched other gradients"
+    );
+    let (db, dw) = grads[OFFSET..].split_at(n);
+    let dx = down(be, &dx);
     let eps = 1e-2;
-    for (name, grad, v) in [("w", &dw, 0usize), ("b", &db, 1), ("x", &dx, 2)] {
+    for (name, grad, v) in [("w", dw, 0usize), ("b", db, 1), ("x", &dx[..], 2)] {
         for (i, &g) in grad.iter().enumerate() {
             let (p, m) = match v {
                 0 => perturbed(&mut w, i, eps, |w| objective(&x, w, &b)),
@@ -555,3 +731,65 @@ fn linear_should_match_reference_and_finite_differences() {
         }
     }
 }
+test_device!(
+    linear_should_match_reference_and_finite_differences,
+    linear_matches_reference
+);
+
+/// Every transpose and the accumulating mode, against an f64 triple loop.
+fn gemm_matches_reference<B: Backend>(be: &B) {
+    let (m, n, k) = (5, 7, 9);
+    let mut r = rng(11);
+    for (lhs_t, rhs_t, accumulate) in [
+        (false, false, false),
+        (true, false, true),
+        (false, true, false),
+        (true, true, true),
+    ] {
+        let (a, b, c0) = (
+            uniform(&mut r, m * k, 1.0),
+            uniform(&mut r, k * n, 1.0),
+            uniform(&mut r, m * n, 1.0),
+        );
+        let at = |i: usize, p: usize| if lhs_t { a[p * m + i] } else { a[i * k + p] } as f64;
+        let bt = |p: usize, j: usize| if rhs_t { b[j * k + p] } else { b[p * n + j] } as f64;
+        let e: Vec<f64> = (0..m * n)
+            .map(|ij| {
+                let (i, j) = (ij / n, ij % n);
+                let start = if accumulate { c0[ij] as f64 } else { 0.0 };
+                start + (0..k).map(|p| at(i, p) * bt(p, j)).sum::<f64>()
+            })
+            .collect();
+        let g = Gemm {
+            m,
+            n,
+            k,
+            lhs_t,
+            rhs_t,
+            accumulate,
+        };
+        let mut c = up(be, &c0);
+        be.matmul(g, &mut c, &up(be, &a), &up(be, &b)).unwrap();
+        assert_close(&format!("gemm {g:?}"), &down(be, &c), &e, 1e-5, 1e-6);
+    }
+}
+test_device!(
+    gemm_should_match_f64_reference_in_every_transpose,
+    gemm_matches_reference
+);
+
+/// `copy` writes exactly its range; `add_assign` adds exactly its prefix.
+fn copies_touch_exactly_their_ranges<B: Backend>(be: &B) {
+    let src = up(be, &[1.0, 2.0, 3.0, 4.0, 5.0]);
+    let mut dst = up(be, &[0.0; 6]);
+    be.copy(&src, 1..4, &mut dst, 2).unwrap();
+    assert_eq!(down(be, &dst), [0.0, 0.0, 2.0, 3.0, 4.0, 0.0]);
+    be.add_assign(&mut dst, &src, 3).unwrap();
+    assert_eq!(down(be, &dst), [1.0, 2.0, 5.0, 3.0, 4.0, 0.0]);
+    be.fill_zero(&mut dst).unwrap();
+    assert_eq!(down(be, &dst), [0.0; 6]);
+}
+test_device!(
+    copies_should_touch_exactly_their_ranges,
+    copies_touch_exactly_their_ranges
+);

@@ -9,6 +9,47 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use reference::RefMlp;
 
+/// The GPU the `cuda` variants of [`test_device!`] run on.
+#[cfg(feature = "cuda")]
+pub fn gpu() -> host::Cuda {
+    host::Cuda::new(0).unwrap_or_else(|e| panic!("these tests need a GPU: {e}"))
+}
+
+/// `test_device!(name, body)`: the tests `name::cpu` and, with the `cuda` feature, `name::cuda`,
+/// each calling `body(&backend)` (as candle's `test_device!`). The GPU variants are ignored
+/// by default: `scripts/gpu-bundle.sh` runs them with `--include-ignored` on a GPU machine.
+#[macro_export]
+macro_rules! test_device {
+    ($name:ident, $body:ident) => {
+        mod $name {
+            #[test]
+            fn cpu() {
+                super::$body(&host::Cpu);
+            }
+            #[cfg(feature = "cuda")]
+            #[test]
+            #[ignore = "needs an NVIDIA GPU"]
+            fn cuda() {
+                super::$body(&$crate::common::gpu());
+            }
+        }
+    };
+}
+
+/// `Some(value)`, or `None` where the backend answers that it has no kernel for the op yet
+/// (said on stderr): the check stops there on that backend, and runs in full the day the
+/// backend has the op. Any other error fails the test.
+pub fn supported<T>(op: &str, result: Result<T, Error>) -> Option<T> {
+    match result {
+        Ok(v) => Some(v),
+        Err(Error::Unsupported(why)) => {
+            eprintln!("{op}: skipped on this backend: {why}");
+            None
+        }
+        Err(e) => panic!("{op}: {e}"),
+    }
+}
+
 pub fn rng(seed: u64) -> ChaCha8Rng {
     ChaCha8Rng::seed_from_u64(seed)
 }
