@@ -2,11 +2,12 @@
 //! against PyTorch (fixtures from `scripts/torch/make_fixtures.py`), end-to-end finite
 //! differences, BatchNorm modes, and bad input.
 
+#[macro_use]
 mod common;
 
 use common::*;
 use host::nn::{Arch, ResNet, ResNetConfig, Stem};
-use host::{BnMode, Cpu, Error};
+use host::{Backend, BnMode, Cpu, Error};
 use safetensors::SafeTensors;
 
 /// The fixtures folder: `BYOL_FIXTURES` when set (a test binary run away from its source
@@ -95,7 +96,8 @@ fn tensor(st: &SafeTensors, name: &str) -> Vec<f32> {
 /// Gradients are compared tensor by tensor in norm (relative error ≤ 2e-3) and, where
 /// `elementwise_grads`, also element by element: through ResNet-50's sixteen blocks single
 /// small entries drift by ~1% from rounding while every tensor stays within 7e-4 in norm.
-fn matches_pytorch(
+fn matches_pytorch<B: Backend>(
+    be: &B,
     arch: Arch,
     stem: Stem,
     file: &str,
@@ -118,15 +120,19 @@ fn matches_pytorch(
     for p in &r.params {
         r.from_torch(p, &tensor(&st, &format!("param.{}", p.name)), &mut params);
     }
-    let mut running = vec![0.0; r.buffer_len()];
+    let mut initial = vec![0.0; r.buffer_len()];
     for b in &r.buffers {
-        running[b.range.clone()].copy_from_slice(&tensor(&st, &format!("initial.{}", b.name)));
+        initial[b.range.clone()].copy_from_slice(&tensor(&st, &format!("initial.{}", b.name)));
     }
     let x = tensor(&st, "input_nhwc");
-    let mut acts = net.activations(&Cpu, batch, size, size).unwrap();
-    net.forward(&Cpu, &params, &mut running, &x, BnMode::Train, &mut acts)
-        .unwrap();
-    let repr = acts.representation().clone();
+    let (pb, xb) = (be.upload(&params).unwrap(), be.upload(&x).unwrap());
+    let mut running = be.upload(&initial).unwrap();
+    let mut acts = net.activations(be, batch, size, size).unwrap();
+    let forward = net.forward(be, &pb, &mut running, &xb, BnMode::Train, &mut acts);
+    if supported(&format!("{file}: forward"), forward).is_none() {
+        return;
+    }
+    let repr = be.download(acts.representation()).unwrap();
     assert_close(
         &format!("{file}: representation"),
         &repr,
@@ -134,28 +140,23 @@ fn matches_pytorch(
         1e-3,
         1e-4,
     );
+    let running_host = be.download(&running).unwrap();
     for b in &r.buffers {
         let e = to_f64(&tensor(&st, &format!("running.{}", b.name)));
         assert_close(
             &format!("{file}: {}", b.name),
-            &running[b.range.clone()],
+            &running_host[b.range.clone()],
             &e,
             1e-3,
             1e-4,
         );
     }
-    let mut grads = vec![0.0; r.param_len()];
-    let mut gx = vec![0.0; x.len()];
-    net.backward(
-        &Cpu,
-        &params,
-        &x,
-        &mut acts,
-        &tensor(&st, "repr_weights"),
-        &mut grads,
-        Some(&mut gx),
-    )
-    .unwrap();
+    let mut grads = be.zeros(r.param_len()).unwrap();
+    let mut gx = be.zeros(x.len()).unwrap();
+    let weights = be.upload(&tensor(&st, "repr_weights")).unwrap();
+    net.backward(be, &pb, &xb, &mut acts, &weights, &mut grads, Some(&mut gx))
+        .unwrap();
+    let (grads, gx) = (be.download(&grads).unwrap(), be.download(&gx).unwrap());
     for p in &r.params {
         let e = to_f64(&tensor(&st, &format!("grad.{}", p.name)));
         let ours = r.to_torch(p, &grads);
@@ -169,10 +170,9 @@ fn matches_pytorch(
     if elementwise_grads {
         assert_close(&format!("{file}: ∂L/∂input"), &gx, &e, 2e-3, 2e-4);
     }
-    let before = running.clone();
-    net.forward(&Cpu, &params, &mut running, &x, BnMode::Eval, &mut acts)
+    net.forward(be, &pb, &mut running, &xb, BnMode::Eval, &mut acts)
         .unwrap();
-    let repr = acts.representation().clone();
+    let repr = be.download(acts.representation()).unwrap();
     assert_close(
         &format!("{file}: eval representation"),
         &repr,
@@ -181,14 +181,15 @@ fn matches_pytorch(
         1e-4,
     );
     assert_eq!(
-        running, before,
+        be.download(&running).unwrap(),
+        running_host,
         "eval mode must not touch the running statistics"
     );
 }
 
-#[test]
-fn resnet18_cifar_forward_and_backward_should_match_pytorch() {
+fn resnet18_cifar_matches_pytorch<B: Backend>(be: &B) {
     matches_pytorch(
+        be,
         Arch::ResNet18,
         Stem::Cifar,
         "resnet_resnet18_cifar_w4.safetensors",
@@ -198,10 +199,14 @@ fn resnet18_cifar_forward_and_backward_should_match_pytorch() {
         true,
     );
 }
+test_device!(
+    resnet18_cifar_forward_and_backward_should_match_pytorch,
+    resnet18_cifar_matches_pytorch
+);
 
-#[test]
-fn resnet50_imagenet_forward_and_backward_should_match_pytorch() {
+fn resnet50_imagenet_matches_pytorch<B: Backend>(be: &B) {
     matches_pytorch(
+        be,
         Arch::ResNet50,
         Stem::ImageNet,
         "resnet_resnet50_imagenet_w4.safetensors",
@@ -211,6 +216,10 @@ fn resnet50_imagenet_forward_and_backward_should_match_pytorch() {
         false,
     );
 }
+test_device!(
+    resnet50_imagenet_forward_and_backward_should_match_pytorch,
+    resnet50_imagenet_matches_pytorch
+);
 
 #[test]
 fn conv_weights_should_round_trip_through_the_torch_layout() {
