@@ -285,6 +285,7 @@ fn batchnorm2d_matches_reference<B: Backend>(be: &B) {
         (3001usize, 13usize, true, true),
         (2500, 7, false, false),
         (600, 5, true, true),
+        (500, 6, false, true), // one row block: the one-pass forward and backward
     ] {
         let mut r = rng(rows as u64);
         let h = uniform(&mut r, rows * cols, 2.0)
@@ -442,6 +443,55 @@ fn batchnorm2d_matches_reference<B: Backend>(be: &B) {
             return;
         }
         let (grad, grads, dres) = (down(be, &grad), down(be, &grads), down(be, &dres));
+        // The split backward (sums, then finish with local = global) gives the same bits.
+        let (dout_b, mut sums) = (up(be, &dout), up(be, &vec![0.0; 2 * cols]));
+        let mut dres2 = up(be, &vec![0.0; rows * cols]);
+        let split = be.batchnorm_backward_sums(
+            &bn,
+            &hb,
+            &a,
+            &stats,
+            &dout_b,
+            &mut sums,
+            residual.then_some(&mut dres2),
+        );
+        if supported("batchnorm_backward_sums", split).is_some() {
+            let (mut grad2, mut grads2) = (up(be, &dout), up(be, &vec![0.0; params.len()]));
+            be.batchnorm_backward_finish(
+                &bn,
+                rows,
+                &sums,
+                &sums,
+                &pb,
+                &hb,
+                &a,
+                &stats,
+                &mut grad2,
+                &mut grads2,
+            )
+            .unwrap();
+            assert!(down(be, &grad2) == grad, "split BN backward dh {tag}");
+            assert!(down(be, &grads2) == grads, "split BN backward dγ, dβ {tag}");
+            assert!(down(be, &dres2) == dres, "split BN backward residual {tag}");
+            let sums = down(be, &sums);
+            let dy = |i: usize| {
+                if !relu || e_a[i] > 0.0 {
+                    dout[i] as f64
+                } else {
+                    0.0
+                }
+            };
+            let e_sum_dy: Vec<f64> = (0..cols)
+                .map(|c| (0..rows).map(|i| dy(i * cols + c)).sum())
+                .collect();
+            assert_close(
+                &format!("BN2d Σdy {tag}"),
+                &sums[..cols],
+                &e_sum_dy,
+                1e-4,
+                1e-5,
+            );
+        }
         let (dg, db) = grads[OFFSET..].split_at(cols);
         let (mut e_dh, mut e_dg, mut e_db, mut e_dres) = (
             vec![0.0; rows * cols],

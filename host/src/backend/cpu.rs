@@ -305,6 +305,68 @@ impl Backend for Cpu {
         Ok(())
     }
 
+    fn batchnorm_backward_sums(
+        &self,
+        bn: &BatchNorm,
+        h: &Vec<f32>,
+        a: &Vec<f32>,
+        stats: &Vec<f32>,
+        grad: &Vec<f32>,
+        sums: &mut Vec<f32>,
+        residual_grad: Option<&mut Vec<f32>>,
+    ) -> Result<()> {
+        let (len, c) = (bn.rows * bn.cols, bn.cols);
+        let (mean, invstd) = stats[..2 * c].split_at(c);
+        batchnorm::batchnorm_backward_sums(
+            &h[..len],
+            &a[..len],
+            &grad[..len],
+            bn.rows,
+            c,
+            bn.relu,
+            (mean, invstd),
+            &mut sums[..2 * c],
+            residual_grad.map(|r| &mut r[..len]),
+        );
+        Ok(())
+    }
+
+    fn batchnorm_backward_finish(
+        &self,
+        bn: &BatchNorm,
+        count: usize,
+        local: &Vec<f32>,
+        global: &Vec<f32>,
+        params: &Vec<f32>,
+        h: &Vec<f32>,
+        a: &Vec<f32>,
+        stats: &Vec<f32>,
+        grad: &mut Vec<f32>,
+        grads: &mut Vec<f32>,
+    ) -> Result<()> {
+        let (len, c) = (bn.rows * bn.cols, bn.cols);
+        let (gamma, beta, bias) = split_bn_grads(grads, bn);
+        let (mean, invstd) = stats[..2 * c].split_at(c);
+        batchnorm::batchnorm_backward_finish(
+            &h[..len],
+            &a[..len],
+            &mut grad[..len],
+            bn.rows,
+            c,
+            count,
+            bn.relu,
+            &params[bn.gamma.clone()],
+            (mean, invstd),
+            (&local[..2 * c], &global[..2 * c]),
+            BnGrads {
+                gamma,
+                beta,
+                linear_bias: bias,
+            },
+        );
+        Ok(())
+    }
+
     fn maxpool_forward(
         &self,
         g: ConvGeometry,

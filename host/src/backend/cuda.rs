@@ -482,6 +482,34 @@ impl Backend for Cuda {
         )
     }
 
+    fn batchnorm_backward_sums(
+        &self,
+        _bn: &BatchNorm,
+        _h: &CudaSlice<f32>,
+        _a: &CudaSlice<f32>,
+        _stats: &CudaSlice<f32>,
+        _grad: &CudaSlice<f32>,
+        _sums: &mut CudaSlice<f32>,
+        _residual_grad: Option<&mut CudaSlice<f32>>,
+    ) -> Result<()> {
+        unsupported("batchnorm_backward_sums")
+    }
+    fn batchnorm_backward_finish(
+        &self,
+        _bn: &BatchNorm,
+        _count: usize,
+        _local: &CudaSlice<f32>,
+        _global: &CudaSlice<f32>,
+        _params: &CudaSlice<f32>,
+        _h: &CudaSlice<f32>,
+        _a: &CudaSlice<f32>,
+        _stats: &CudaSlice<f32>,
+        _grad: &mut CudaSlice<f32>,
+        _grads: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        unsupported("batchnorm_backward_finish")
+    }
+
     fn maxpool_forward(
         &self,
         _g: ConvGeometry,

@@ -243,6 +243,39 @@ pub trait Backend: Sync {
         residual_grad: Option<&mut Self::Buffer>,
     ) -> Result<()>;
 
+    /// Backward, first half: `sums [2·cols] = Σ dy, Σ dy·x̂` per column (`dy` is ∂L/∂a
+    /// through the ReLU), reduced in a fixed order; with a residual, its gradient `dy` is
+    /// written to `residual_grad`. A data-parallel run adds these over replicas.
+    #[allow(clippy::too_many_arguments)]
+    fn batchnorm_backward_sums(
+        &self,
+        bn: &BatchNorm,
+        h: &Self::Buffer,
+        a: &Self::Buffer,
+        stats: &Self::Buffer,
+        grad: &Self::Buffer,
+        sums: &mut Self::Buffer,
+        residual_grad: Option<&mut Self::Buffer>,
+    ) -> Result<()>;
+    /// Backward, second half: `grad` goes from ∂L/∂a to ∂L/∂h with the `global` sums over
+    /// `count` rows; γ, β accumulate this replica's `local` sums and the Linear bias of
+    /// `bn.linear_bias` its `Σ ∂L/∂h`. With `local` = `global` and `count = bn.rows` this is
+    /// [`Backend::batchnorm_backward`] (bit for bit on the CPU).
+    #[allow(clippy::too_many_arguments)]
+    fn batchnorm_backward_finish(
+        &self,
+        bn: &BatchNorm,
+        count: usize,
+        local: &Self::Buffer,
+        global: &Self::Buffer,
+        params: &Self::Buffer,
+        h: &Self::Buffer,
+        a: &Self::Buffer,
+        stats: &Self::Buffer,
+        grad: &mut Self::Buffer,
+        grads: &mut Self::Buffer,
+    ) -> Result<()>;
+
     // ---- Pooling.
     /// `out [n, oh, ow, c]` = max over each window of `x [n, h, w, c]` (`g.cin = c`), with
     /// each maximum's index within its image in `argmax`.
@@ -316,6 +349,11 @@ pub trait Backend: Sync {
         t: u64,
         lr: f32,
     ) -> Result<()>;
+    /// Averages `buf` over the replicas of a data-parallel run (the gradient before the
+    /// optimiser); one process has nothing to do.
+    fn average_over_replicas(&self, _buf: &mut Self::Buffer) -> Result<()> {
+        Ok(())
+    }
     fn ema_update_unchecked(
         &self,
         target: &mut Self::Buffer,

@@ -265,6 +265,56 @@ pub fn batchnorm_backward(
         });
         return;
     }
+    let mut sums = vec![0.0f32; 2 * cols];
+    batchnorm_backward_sums(
+        h,
+        a,
+        grad,
+        rows,
+        cols,
+        relu,
+        normalised,
+        &mut sums,
+        residual_grad,
+    );
+    let sums = &sums;
+    batchnorm_backward_finish(
+        h,
+        a,
+        grad,
+        rows,
+        cols,
+        rows,
+        relu,
+        gamma,
+        normalised,
+        (sums, sums),
+        grads,
+    );
+}
+
+/// Backward, first half: `sums [2·cols] = Σ dy, Σ dy·x̂` per column over the rows (`dy` is
+/// ∂L/∂a through the ReLU), as partial sums per row block reduced in block order; with a
+/// residual, its gradient `dy` is written to `residual_grad`. These are the sums a
+/// data-parallel run adds across replicas before finishing.
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_backward_sums(
+    h: &[f32],
+    a: &[f32],
+    grad: &[f32],
+    rows: usize,
+    cols: usize,
+    relu: bool,
+    normalised: (&[f32], &[f32]),
+    sums: &mut [f32],
+    residual_grad: Option<&mut [f32]>,
+) {
+    let (hp, ap, gp) = (
+        h.as_ptr() as usize,
+        a.as_ptr() as usize,
+        grad.as_ptr() as usize,
+    );
+    let (mean, invstd) = normalised;
     let blocks = rows.div_ceil(ROW_BLOCK);
     let rg = residual_grad.map_or(TilePtr::null(), TilePtr::new);
     let (mut sdy, mut sdx) = (vec![0.0f32; blocks * cols], vec![0.0f32; blocks * cols]);
@@ -273,32 +323,57 @@ pub fn batchnorm_backward(
     // residual gradient.
     par_tiles(rows, cols, ROW_BLOCK, |b, t| unsafe {
         let at = b * cols + t.c0;
-        let sums = (p1.slice(at, t.width), p2.slice(at, t.width));
+        let partial = (p1.slice(at, t.width), p2.slice(at, t.width));
         let (m, s) = (part(mean, t), part(invstd, t));
         bn::backward_sums::<TILE>(
             t,
             hp as *const f32,
             ap as *const f32,
-            g.ptr(),
+            gp as *const f32,
             relu,
             (m, s),
-            sums,
+            partial,
             rg.ptr(),
         )
     });
-    let (sum_dy, sum_dy_xhat) = (reduce_blocks(&sdy, cols), reduce_blocks(&sdx, cols));
+    sums[..cols].copy_from_slice(&reduce_blocks(&sdy, cols));
+    sums[cols..2 * cols].copy_from_slice(&reduce_blocks(&sdx, cols));
+}
+
+/// Backward, second half, with `sums = (local, global)` from [`batchnorm_backward_sums`]:
+/// `grad` goes from ∂L/∂a to ∂L/∂h with the `global` sums over `count` rows (all replicas'
+/// rows in a data-parallel run); γ and β accumulate this replica's `local` sums, and a
+/// preceding Linear's bias its `Σ ∂L/∂h` (each replica's part, added when gradients are).
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_backward_finish(
+    h: &[f32],
+    a: &[f32],
+    grad: &mut [f32],
+    rows: usize,
+    cols: usize,
+    count: usize,
+    relu: bool,
+    gamma: &[f32],
+    normalised: (&[f32], &[f32]),
+    sums: (&[f32], &[f32]),
+    grads: BnGrads<'_>,
+) {
+    let (hp, ap, g) = (h.as_ptr() as usize, a.as_ptr() as usize, TilePtr::new(grad));
+    let (mean, invstd) = normalised;
+    let (local, global) = sums;
+    let (sum_dy, sum_dy_xhat) = global[..2 * cols].split_at(cols);
+    let blocks = rows.div_ceil(ROW_BLOCK);
     let mut sdh = vec![0.0f32; blocks * cols];
     let p3 = TilePtr::new(&mut sdh);
-    let (sum_dy_r, sum_dy_xhat_r) = (&sum_dy, &sum_dy_xhat);
     // SAFETY: tiles are disjoint in `grad`; each (block, tile) writes its own partial slots.
     par_tiles(rows, cols, ROW_BLOCK, |b, t| unsafe {
-        let sums = (part(sum_dy_r, t), part(sum_dy_xhat_r, t));
+        let sums = (part(sum_dy, t), part(sum_dy_xhat, t));
         let normalised = (part(mean, t), part(invstd, t));
         let gm = part(gamma, t);
         let out = p3.slice(b * cols + t.c0, t.width);
         bn::backward_apply::<TILE>(
             t,
-            rows,
+            count,
             hp as *const f32,
             ap as *const f32,
             g.ptr(),
@@ -309,5 +384,6 @@ pub fn batchnorm_backward(
             out,
         )
     });
-    bn::finish_grads(&sum_dy, &sum_dy_xhat, &reduce_blocks(&sdh, cols), grads);
+    let (local_dy, local_dy_xhat) = local[..2 * cols].split_at(cols);
+    bn::finish_grads(local_dy, local_dy_xhat, &reduce_blocks(&sdh, cols), grads);
 }
