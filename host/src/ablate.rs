@@ -313,6 +313,7 @@ pub fn run_one(r: &StudyRun, dir: &Path, progress: bool) -> Result<RunResult> {
             resume,
             stop_after_epochs: None,
             progress,
+            replicas: None,
         },
     ) {
         Ok(s) => s,

@@ -8,6 +8,7 @@
 //! under torchvision's names, loadable with `torchvision.models.resnet18().load_state_dict(…,
 //! strict=False)` (no `fc`, no `num_batches_tracked`).
 
+use crate::backend::Backend;
 use crate::byol::{Byol, ByolState};
 use crate::error::{Error, Result};
 use crate::files::Tensor;
@@ -71,7 +72,12 @@ fn write_atomic(
 }
 
 /// Writes a training checkpoint; `config` is the run's configuration as JSON.
-pub fn save(path: &Path, byol: &Byol, state: &ByolState, config: &str) -> Result<()> {
+pub fn save<B: Backend>(
+    path: &Path,
+    byol: &Byol<B>,
+    state: &ByolState,
+    config: &str,
+) -> Result<()> {
     let r = &byol.registry;
     let mut t = param_tensors(r, "online.", &state.online, usize::MAX);
     t.extend(param_tensors(
@@ -104,7 +110,7 @@ pub fn save(path: &Path, byol: &Byol, state: &ByolState, config: &str) -> Result
 
 /// Reads a training checkpoint written by [`save`] for the same networks. Returns the state
 /// and the stored configuration (JSON).
-pub fn load(path: &Path, byol: &Byol) -> Result<(ByolState, String)> {
+pub fn load<B: Backend>(path: &Path, byol: &Byol<B>) -> Result<(ByolState, String)> {
     let bad = |reason: String| Error::Checkpoint {
         path: path.into(),
         reason,
@@ -215,7 +221,7 @@ pub fn stored_config(path: &Path) -> Result<String> {
 }
 
 /// Writes the online encoder alone, under torchvision's names, in PyTorch's layouts.
-pub fn export_encoder(path: &Path, byol: &Byol, state: &ByolState) -> Result<()> {
+pub fn export_encoder<B: Backend>(path: &Path, byol: &Byol<B>, state: &ByolState) -> Result<()> {
     let enc = &byol.encoder.registry;
     let n = enc.param_len();
     let mut t = param_tensors(enc, "", &state.online[..n], n);

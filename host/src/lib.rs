@@ -3,6 +3,7 @@
 //! - [`nn`]: the ResNet encoder, the projector/predictor MLP and their parameter registry,
 //!   generic over the backend;
 //! - [`byol`]: the networks, the training step, LARS and the schedules;
+//! - [`dist`]: the collectives of a data-parallel run (one process, threads, MPI);
 //! - [`data`]: data sets, their readers and downloads, the augmentations;
 //! - [`eval`]: kNN monitor, collapse diagnostics, linear evaluation;
 //! - [`train`], [`checkpoint`], [`plot`], [`ablate`], [`files`]: runs, their files, studies.
@@ -13,6 +14,7 @@ pub mod byol;
 pub mod checkpoint;
 pub mod cpu;
 pub mod data;
+pub mod dist;
 pub mod embed;
 pub mod error;
 pub mod eval;

@@ -140,6 +140,15 @@ struct TrainArgs {
     /// (the recipe imagenet-<N>; explicit flags override).
     #[arg(long)]
     preset: Option<String>,
+    /// Data-parallel training over the ranks of `mpirun -np N` (build with --features mpi):
+    /// each rank takes 1/N of every batch, BatchNorm statistics and gradients are shared.
+    /// Threads per rank default to the cores over the ranks on this machine.
+    #[arg(long)]
+    distributed: bool,
+    /// With --distributed: BatchNorm statistics of each rank's part of the batch only
+    /// (the ablation), instead of the whole batch's (cross-replica, the paper's).
+    #[arg(long, requires = "distributed")]
+    per_replica_batchnorm: bool,
     /// Every field of the configuration, as a flag.
     #[command(flatten)]
     train: TrainConfig,
@@ -313,8 +322,37 @@ fn main() -> ExitCode {
     }
 }
 
+/// The collective of a `--distributed` run.
+#[cfg(feature = "mpi")]
+fn collective() -> Result<std::sync::Arc<dyn host::dist::Collective>, Error> {
+    Ok(std::sync::Arc::new(host::dist::mpi::Mpi::init()?))
+}
+
+#[cfg(not(feature = "mpi"))]
+fn collective() -> Result<std::sync::Arc<dyn host::dist::Collective>, Error> {
+    Err(Error::InvalidArgument(
+        "--distributed needs MPI: build with `cargo build --release -p host --features mpi` (Debian: apt install libopenmpi-dev openmpi-bin libclang-dev) and start it with `mpirun -np N target/release/host train --distributed …`".into(),
+    ))
+}
+
 fn train(args: &TrainArgs, matches: &ArgMatches) -> Result<(), Error> {
-    let (cfg, out, threads) = args.config(matches)?;
+    let (cfg, out, mut threads) = args.config(matches)?;
+    let replicas = match args.distributed {
+        true => Some(host::train::Replicas {
+            collective: collective()?,
+            sync_batchnorm: !args.per_replica_batchnorm,
+        }),
+        false => None,
+    };
+    if let (Some(r), None) = (&replicas, threads) {
+        // The cores shared by the ranks on this machine (Open MPI says how many there are).
+        let local: usize = std::env::var("OMPI_COMM_WORLD_LOCAL_SIZE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(r.collective.world());
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        threads = Some((cores / local.max(1)).max(1));
+    }
     if let Some(t) = threads {
         rayon::ThreadPoolBuilder::new()
             .num_threads(t.max(1))
@@ -326,7 +364,42 @@ fn train(args: &TrainArgs, matches: &ArgMatches) -> Result<(), Error> {
         resume: args.resume.as_deref().map(host::train::checkpoint_path),
         stop_after_epochs: args.stop_after_epochs,
         progress: true,
+        replicas,
     };
+    match &opts.replicas {
+        // A rank's error ends every rank, so that none waits forever in a collective.
+        Some(r) if r.collective.world() > 1 => {
+            let c = r.collective.clone();
+            run_training(&cfg, &out, &opts).inspect_err(|e| {
+                eprintln!("error (rank {} of {}): {e}", c.rank(), c.world());
+                c.abort(1)
+            })
+        }
+        _ => run_training(&cfg, &out, &opts),
+    }
+}
+
+fn run_training(cfg: &TrainConfig, out: &Path, opts: &RunOptions) -> Result<(), Error> {
+    let lead = opts
+        .replicas
+        .as_ref()
+        .is_none_or(|r| r.collective.rank() == 0);
+    if !lead {
+        host::train::train(cfg, opts)?;
+        return Ok(());
+    }
+    if let Some(r) = &opts.replicas {
+        eprintln!(
+            "data-parallel: {} ranks × {} threads, {} BatchNorm",
+            r.collective.world(),
+            rayon::current_num_threads(),
+            if r.sync_batchnorm {
+                "cross-replica"
+            } else {
+                "per-replica"
+            }
+        );
+    }
     eprintln!(
         "BYOL: {} (width {}, {} stem) on {}{}, {} epochs of batch {}, {} threads → {}",
         cfg.model.arch,
@@ -368,7 +441,7 @@ fn train(args: &TrainArgs, matches: &ArgMatches) -> Result<(), Error> {
     if !ablations.is_empty() {
         eprintln!("  ablation: {}", ablations.join(", "));
     }
-    let s = host::train::train(&cfg, &opts)?;
+    let s = host::train::train(cfg, opts)?;
     println!("\nsummary ({})", s.out.display());
     println!("  epoch   loss     kNN top-1   std·√d   eff. rank");
     if let Some(k) = s.knn_init {

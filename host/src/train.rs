@@ -8,6 +8,9 @@
 //! and augmentations, so with the same thread count two runs are bit-identical, and a run
 //! resumed from an epoch's checkpoint continues exactly as the uninterrupted one.
 
+use crate::backend::cpu::Cpu;
+use crate::backend::distributed::Distributed;
+use crate::backend::Backend;
 use crate::byol::schedule::{learning_rate, tau_to};
 use crate::byol::{
     closed_form, Byol, ByolConfig, LrMultipliers, Objective, Optimizer, OptimizerKind,
@@ -17,6 +20,7 @@ use crate::checkpoint;
 use crate::data::augment::{mix, Augmenter, ViewConfig};
 use crate::data::formats::{self, UNLABELED};
 use crate::data::{synthetic, Dataset};
+use crate::dist::{bits, checksum, disagreement, Collective, Single};
 use crate::error::{Error, Result};
 use crate::eval::{diagnose, embed, knn_accuracy, Collapse};
 use crate::nn::{Arch, ResNetConfig, Stem};
@@ -724,6 +728,32 @@ pub struct RunOptions {
     pub stop_after_epochs: Option<usize>,
     /// Print progress to standard error.
     pub progress: bool,
+    /// This process's place in a data-parallel run; `None` for one process.
+    pub replicas: Option<Replicas>,
+}
+
+/// A data-parallel run as one rank sees it: the collective joining the ranks, and whether
+/// BatchNorm statistics are cross-replica (the paper's) or per replica (the ablation).
+#[derive(Clone)]
+pub struct Replicas {
+    pub collective: std::sync::Arc<dyn Collective>,
+    pub sync_batchnorm: bool,
+}
+
+impl std::fmt::Debug for Replicas {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "rank {} of {}, {} BatchNorm",
+            self.collective.rank(),
+            self.collective.world(),
+            if self.sync_batchnorm {
+                "cross-replica"
+            } else {
+                "per-replica"
+            }
+        )
+    }
 }
 
 /// The data of a configuration: train (for pre-training; it may hold unlabelled images)
@@ -1027,9 +1057,9 @@ pub fn labelled(data: &Dataset) -> Vec<usize> {
 /// The monitor after an epoch: kNN accuracy of the online encoder (bank = labelled training
 /// images, queries = held-out), and collapse diagnostics on up to 1024 of the bank's
 /// representations and their projections (evaluation-mode BatchNorm).
-pub fn monitor(
-    byol: &Byol,
-    state: &crate::byol::ByolState,
+pub fn monitor<B: Backend>(
+    byol: &Byol<B>,
+    state: &crate::byol::ByolState<B>,
     train: &Dataset,
     test: &Dataset,
     aug: &Augmenter,
@@ -1078,10 +1108,36 @@ pub fn monitor(
     })
 }
 
-/// Trains as configured. Returns the per-epoch record.
+/// Trains as configured. Returns the per-epoch record (on every rank but the first of a
+/// data-parallel run, which leaves the files and the record to rank 0, an empty one).
 pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
+    match &opts.replicas {
+        None => train_on(cfg, opts, Cpu, &Single),
+        Some(r) => {
+            let backend = Distributed::new(Cpu, r.collective.clone(), r.sync_batchnorm);
+            train_on(cfg, opts, backend, r.collective.as_ref())
+        }
+    }
+}
+
+/// The run on `backend`, one rank of `collective`'s (rank 0 of 1 in one process). Every
+/// rank takes its equal part of each global batch, in the order one process would use; the
+/// first rank alone writes files and runs the monitor.
+fn train_on<B: Backend>(
+    cfg: &TrainConfig,
+    opts: &RunOptions,
+    backend: B,
+    collective: &dyn Collective,
+) -> Result<Summary> {
     cfg.validate()?;
-    prepare_out(&opts.out)?;
+    let (rank, world) = (collective.rank(), collective.world());
+    let lead = rank == 0;
+    if !collective.agree(checksum(cfg.json().bytes()))? {
+        return Err(disagreement("the configuration"));
+    }
+    if lead {
+        prepare_out(&opts.out)?;
+    }
     let (train, test) = load_data(cfg)?;
     if cfg.optim.batch_size > train.len() {
         return Err(Error::InvalidArgument(format!(
@@ -1097,8 +1153,10 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         )));
     }
     let aug = augmenter(&train, cfg)?;
-    let byol = Byol::new(cfg.byol_config()?)?;
-    let mut state = match &opts.resume {
+    let byol_config = cfg.byol_config()?;
+    let shard = shard_of_batch(cfg.optim.batch_size, world, &byol_config)?;
+    let byol = Byol::on(backend, byol_config)?;
+    let mut host_state = match &opts.resume {
         None => byol.init(cfg.seed),
         Some(path) => {
             let (state, stored) = checkpoint::load(path, &byol)?;
@@ -1118,28 +1176,52 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
             state
         }
     };
-    // config.json is a valid `--config` file; it also records the thread count, on which
-    // the bits of the run depend (the conv layers split their sums by thread).
-    let mut config_json = serde_json::to_value(cfg).expect("a config serialises");
-    config_json["run"] = serde_json::json!({"threads": rayon::current_num_threads()});
-    let config_json = serde_json::to_string_pretty(&config_json).expect("JSON serialises");
-    crate::files::write_atomic(&opts.out.join(RUN_CONFIG), config_json.as_bytes())?;
-    let metrics_path = opts.out.join("metrics.jsonl");
+    // Every rank starts from rank 0's state, whatever it read or drew.
+    for buf in [
+        &mut host_state.online,
+        &mut host_state.target,
+        &mut host_state.online_running,
+        &mut host_state.target_running,
+        &mut host_state.momentum,
+        &mut host_state.second_moment,
+    ] {
+        collective.broadcast_f32(buf)?;
+    }
+    let mut state = host_state.to_backend(&byol.backend)?;
     let (b, n) = (cfg.optim.batch_size, train.len());
     let steps_per_epoch = n / b;
     let first_epoch = (state.step / steps_per_epoch as u64) as usize;
-    if opts.resume.is_some() {
-        metrics_before(&metrics_path, state.step, first_epoch)?;
+    let metrics_path = opts.out.join("metrics.jsonl");
+    let mut metrics = None;
+    if lead {
+        // config.json is a valid `--config` file; it also records the thread count, on
+        // which the bits of the run depend (the conv layers split their sums by thread),
+        // and the number of ranks.
+        let mut config_json = serde_json::to_value(cfg).expect("a config serialises");
+        config_json["run"] = serde_json::json!({"threads": rayon::current_num_threads()});
+        if world > 1 {
+            config_json["run"]["ranks"] = world.into();
+        }
+        let config_json = serde_json::to_string_pretty(&config_json).expect("JSON serialises");
+        crate::files::write_atomic(&opts.out.join(RUN_CONFIG), config_json.as_bytes())?;
+        if opts.resume.is_some() {
+            metrics_before(&metrics_path, state.step, first_epoch)?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(opts.resume.is_some())
+            .write(true)
+            .truncate(opts.resume.is_none())
+            .open(&metrics_path)
+            .map_err(|e| Error::io(&metrics_path, e))?;
+        metrics = Some(file);
     }
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(opts.resume.is_some())
-        .write(true)
-        .truncate(opts.resume.is_none())
-        .open(&metrics_path)
-        .map_err(|e| Error::io(&metrics_path, e))?;
+    // Only the first rank writes the record.
     let mut record = |line: serde_json::Value| -> Result<()> {
-        writeln!(metrics, "{line}").map_err(|e| Error::io(&metrics_path, e))
+        match &mut metrics {
+            Some(m) => writeln!(m, "{line}").map_err(|e| Error::io(&metrics_path, e)),
+            None => Ok(()),
+        }
     };
 
     let total = (cfg.optim.epochs * steps_per_epoch) as u64;
@@ -1155,7 +1237,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         .unwrap_or(cfg.optim.epochs)
         .min(cfg.optim.epochs);
 
-    let knn_init = if opts.resume.is_none() {
+    let knn_init = if opts.resume.is_none() && lead {
         let acc = monitor(&byol, &state, &train, &test, &aug, cfg)?.knn_top1;
         record(serde_json::json!({"kind": "epoch", "epoch": 0, "knn_top1": acc}))?;
         if opts.progress {
@@ -1165,7 +1247,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
     } else {
         None
     };
-    let mut work = byol.work(b, aug.size, aug.size)?;
+    let mut work = byol.work(shard, aug.size, aug.size)?;
     let px = aug.size * aug.size * 3;
     let mut epochs = Vec::new();
     let mut collapsed_at = None;
@@ -1184,10 +1266,13 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
             scope.spawn(move || {
                 for s in 0..steps_per_epoch {
                     let k = (epoch * steps_per_epoch + s) as u64;
-                    let (mut v1, mut v2) = (vec![0.0f32; b * px], vec![0.0f32; b * px]);
-                    aug.batch(
+                    let (mut v1, mut v2) = (vec![0.0f32; shard * px], vec![0.0f32; shard * px]);
+                    // This rank's part of the global batch, with the views of its positions.
+                    let first = rank * shard;
+                    aug.batch_part(
                         train,
-                        &order[s * b..(s + 1) * b],
+                        &order[s * b + first..s * b + first + shard],
+                        first,
                         mix(cfg.seed ^ mix(k ^ 0x5eed)),
                         [&mut v1, &mut v2],
                     );
@@ -1208,24 +1293,29 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
                     }),
                 );
                 let step_start = Instant::now();
-                let loss = byol
+                let views = [byol.backend.upload(&v1)?, byol.backend.upload(&v2)?];
+                let local = byol
                     .step(
                         &mut state,
                         &mut work,
-                        [&v1, &v2],
+                        [&views[0], &views[1]],
                         lr as f32,
                         t as f32,
                         &optimizer,
                         lr_mult,
                     )?
                     .loss;
+                // The loss of the global batch: the mean of the ranks' means.
+                let mut sum = [local];
+                collective.all_reduce_f32(&mut sum)?;
+                let loss = sum[0] / world as f32;
                 loss_sum += loss as f64;
                 images += b;
                 let ips = b as f64 / step_start.elapsed().as_secs_f64();
                 record(
                     serde_json::json!({"kind": "step", "step": k, "epoch": epoch + 1, "loss": loss, "lr": lr, "tau": t, "images_per_s": ips}),
                 )?;
-                if opts.progress {
+                if opts.progress && lead {
                     let ips = images as f64 / run_start.elapsed().as_secs_f64();
                     let left = (total - state.step) as usize * b;
                     progress(
@@ -1243,6 +1333,18 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
             }
             Ok(())
         })?;
+        // The replicas must hold the same parameters and statistics, bit for bit.
+        let online = byol.backend.download(&state.online)?;
+        let running = byol.backend.download(&state.online_running)?;
+        if !collective.agree(checksum(bits(&online).chain(bits(&running))))? {
+            return Err(disagreement(&format!(
+                "the parameters after epoch {}",
+                epoch + 1
+            )));
+        }
+        if !lead {
+            continue;
+        }
         let Monitor {
             knn_top1: acc,
             collapse,
@@ -1262,7 +1364,8 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
             "projection_std": collapse.projection_std, "healthy_std": collapse.healthy_std,
             "effective_rank": collapse.effective_rank, "collapsed": collapse.collapsed,
         }))?;
-        checkpoint::save(&opts.out.join(CHECKPOINT), &byol, &state, &cfg.json())?;
+        let host_state = state.to_host(&byol.backend)?;
+        checkpoint::save(&opts.out.join(CHECKPOINT), &byol, &host_state, &cfg.json())?;
         if opts.progress {
             let line = format!(
                 "epoch {}/{}: loss {:.4}, kNN top-1 {:.2}%, projection std·√d {:.3}, effective rank {:.1}{}, {:.0} s",
@@ -1286,7 +1389,11 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         }
         epochs.push(rec);
     }
-    crate::plot::plot_metrics(&metrics_path, &opts.out.join("training.png"))?;
+    if lead {
+        crate::plot::plot_metrics(&metrics_path, &opts.out.join("training.png"))?;
+    }
+    // No rank leaves (and finalises its collective) before the first has written its files.
+    collective.barrier()?;
     Ok(Summary {
         knn_init,
         epochs,
@@ -1294,6 +1401,34 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         images_per_s: images as f64 / run_start.elapsed().as_secs_f64(),
         out: opts.out.clone(),
     })
+}
+
+/// This rank's part of each global batch of `batch` images over `world` ranks; errors where
+/// the batch does not split evenly, or where the loss needs the whole batch at once.
+fn shard_of_batch(batch: usize, world: usize, byol: &crate::byol::ByolConfig) -> Result<usize> {
+    if world == 1 {
+        return Ok(batch);
+    }
+    if !batch.is_multiple_of(world) || batch / world < 2 {
+        return Err(Error::InvalidArgument(format!(
+            "optim.batch_size {batch} must split into {world} equal parts of at least 2 images (one per rank)"
+        )));
+    }
+    let whole_batch = if byol.predictor == crate::byol::PredictorKind::ClosedForm {
+        Some("the closed-form predictor (a least-squares fit to the whole batch)")
+    } else if byol.objective.beta > 0.0 {
+        Some("the contrastive term (ablation.beta > 0: negatives from the whole batch)")
+    } else if byol.objective.normalisation == crate::byol::Normalisation::BatchNorm {
+        Some("the batchnorm loss normalisation (statistics of the whole batch)")
+    } else {
+        None
+    };
+    match whole_batch {
+        Some(what) => Err(Error::InvalidArgument(format!(
+            "{what} is not data-parallel yet: run it in one process"
+        ))),
+        None => Ok(batch / world),
+    }
 }
 
 /// Cuts a resumed run's `metrics.jsonl` back to what the checkpoint holds: the records of

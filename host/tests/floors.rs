@@ -6,11 +6,12 @@ use std::path::Path;
 
 /// `(module, floor)`; modules not listed (the run: train, ablate, recipe, checkpoint, embed,
 /// plot, main) sit on top and may use anything.
-const FLOORS: [(&str, usize); 8] = [
+const FLOORS: [(&str, usize); 9] = [
     ("error", 0),
     ("files", 0),
     ("cpu", 1),
     ("data", 1),
+    ("dist", 1),
     ("backend", 2),
     ("nn", 3),
     ("byol", 4),

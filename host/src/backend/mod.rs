@@ -19,6 +19,7 @@
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod distributed;
 pub mod ptx;
 
 use crate::error::{check_len, Error, Result};

@@ -703,8 +703,10 @@ impl<B: Backend> Byol<B> {
             }
             loss
         };
-        // LARS (or the configured optimiser) on every online parameter, then the EMA of the
-        // whole target in one call.
+        // In a data-parallel run, the gradient averaged over the replicas (one process: as
+        // it is). Then LARS (or the configured optimiser) on every online parameter, and the
+        // EMA of the whole target in one call.
+        be.average_over_replicas(&mut work.grads)?;
         let len = B::len(&state.online);
         if optimizer.needs_second_moment() && B::len(&state.second_moment) != len {
             state.second_moment = be.zeros(len)?;

@@ -175,6 +175,21 @@ impl Augmenter {
     /// The two views of the images `indices` of `data`: `out[v]` is `[indices.len(), size,
     /// size, 3]`. `stream` identifies the batch (e.g. from seed, epoch and step).
     pub fn batch(&self, data: &Dataset, indices: &[usize], stream: u64, out: [&mut [f32]; 2]) {
+        self.batch_part(data, indices, 0, stream, out)
+    }
+
+    /// [`Augmenter::batch`] of a part of a batch whose first image sits at position `first`
+    /// of the whole batch: each image's views come from its position in the whole batch, so
+    /// the ranks of a data-parallel run, each augmenting its part, make exactly the views one
+    /// process makes.
+    pub fn batch_part(
+        &self,
+        data: &Dataset,
+        indices: &[usize],
+        first: usize,
+        stream: u64,
+        out: [&mut [f32]; 2],
+    ) {
         let px = self.size * self.size * 3;
         for (v, out) in out.into_iter().enumerate() {
             out[..indices.len() * px]
@@ -182,7 +197,8 @@ impl Augmenter {
                 .zip(indices.par_iter())
                 .enumerate()
                 .for_each(|(j, (o, &i))| {
-                    let mut rng = ChaCha8Rng::seed_from_u64(mix(mix(stream ^ j as u64) ^ v as u64));
+                    let position = (first + j) as u64;
+                    let mut rng = ChaCha8Rng::seed_from_u64(mix(mix(stream ^ position) ^ v as u64));
                     self.view(&self.views[v], data.image(i), data.h, data.w, &mut rng, o)
                 });
         }
