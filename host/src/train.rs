@@ -1156,6 +1156,16 @@ fn train_on<B: Backend>(
     let byol_config = cfg.byol_config()?;
     let shard = shard_of_batch(cfg.optim.batch_size, world, &byol_config)?;
     let byol = Byol::on(backend, byol_config)?;
+    if world > 1 && lead && opts.progress {
+        let sync = opts.replicas.as_ref().is_some_and(|r| r.sync_batchnorm);
+        let (gradient, batchnorm) = bytes_per_step(&byol, sync);
+        eprintln!(
+            "  each rank adds {:.2} MB per step into the others': gradient {:.2} MB, BatchNorm sums {:.3} MB",
+            (gradient + batchnorm) as f64 / 1e6,
+            gradient as f64 / 1e6,
+            batchnorm as f64 / 1e6
+        );
+    }
     let mut host_state = match &opts.resume {
         None => byol.init(cfg.seed),
         Some(path) => {
@@ -1401,6 +1411,42 @@ fn train_on<B: Backend>(
         images_per_s: images as f64 / run_start.elapsed().as_secs_f64(),
         out: opts.out.clone(),
     })
+}
+
+/// Bytes one rank adds into the others' per step of a data-parallel run: the flat gradient
+/// (f32), and the cross-replica BatchNorm sums: per BatchNorm forward, a count and Σh, Σh²
+/// per channel (f64); per backward, Σdy and Σdy·x̂ per channel (f32). A step runs the target
+/// (encoder and projector) forward on both views, and the online network (encoder,
+/// projector, predictor) forward and backward on both.
+pub fn bytes_per_step<B: Backend>(byol: &Byol<B>, sync_batchnorm: bool) -> (usize, usize) {
+    let channels = |prefix: &str| -> (usize, usize) {
+        let layers = byol
+            .registry
+            .buffers
+            .iter()
+            .filter(|b| b.name.starts_with(prefix) && b.name.ends_with("running_mean"));
+        layers.fold((0, 0), |(n, c), b| (n + 1, c + b.shape[0]))
+    };
+    let (target, online) = {
+        let (e, p, q) = (
+            channels("encoder."),
+            channels("projector."),
+            channels("predictor."),
+        );
+        let target = if byol.config.target_network {
+            (e.0 + p.0, e.1 + p.1)
+        } else {
+            (0, 0)
+        };
+        (target, (e.0 + p.0 + q.0, e.1 + p.1 + q.1))
+    };
+    let forward = |(layers, c): (usize, usize)| layers * 8 + c * 16;
+    let backward = |(_, c): (usize, usize)| c * 8;
+    let batchnorm = match sync_batchnorm {
+        true => 2 * (forward(target) + forward(online) + backward(online)),
+        false => 0,
+    };
+    (byol.registry.param_len() * 4, batchnorm)
 }
 
 /// This rank's part of each global batch of `batch` images over `world` ranks; errors where

@@ -261,3 +261,36 @@ fn a_batch_that_does_not_split_should_be_a_clear_error() {
     );
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// Ranks started with different configurations stop at once with one sentence, before any
+/// training.
+#[test]
+fn ranks_with_different_configurations_should_refuse_to_start() {
+    let run = dir("mismatch");
+    let out = run.to_str().unwrap();
+    let rank = |lr: &'static str| {
+        let mut args = vec![
+            "-np",
+            "1",
+            HOST,
+            "train",
+            "--distributed",
+            "--out",
+            out,
+            "--base-lr",
+            lr,
+        ];
+        args.extend(TINY);
+        args
+    };
+    let mut c = Command::new("mpirun");
+    c.args(["--allow-run-as-root", "--oversubscribe"])
+        .args(rank("0.5"))
+        .arg(":")
+        .args(rank("0.7"));
+    let o = output(c);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("disagree on the configuration"), "{err}");
+    assert!(!run.join("checkpoint.safetensors").exists());
+}
