@@ -314,6 +314,7 @@ pub fn run_one(r: &StudyRun, dir: &Path, progress: bool) -> Result<RunResult> {
             stop_after_epochs: None,
             progress,
             replicas: None,
+            device: crate::backend::Device::Cpu,
         },
     ) {
         Ok(s) => s,

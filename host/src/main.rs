@@ -145,6 +145,9 @@ struct TrainArgs {
     /// Threads per rank default to the cores over the ranks on this machine.
     #[arg(long)]
     distributed: bool,
+    /// Where the step runs: cpu, cuda or cuda:N (GPU N; needs --features cuda).
+    #[arg(long, default_value = "cpu")]
+    device: host::backend::Device,
     /// With --distributed: BatchNorm statistics of each rank's part of the batch only
     /// (the ablation), instead of the whole batch's (cross-replica, the paper's).
     #[arg(long, requires = "distributed")]
@@ -337,6 +340,7 @@ fn collective() -> Result<std::sync::Arc<dyn host::dist::Collective>, Error> {
 
 fn train(args: &TrainArgs, matches: &ArgMatches) -> Result<(), Error> {
     let (cfg, out, mut threads) = args.config(matches)?;
+    host::train::check_device(args.device)?;
     let replicas = match args.distributed {
         true => Some(host::train::Replicas {
             collective: collective()?,
@@ -365,6 +369,7 @@ fn train(args: &TrainArgs, matches: &ArgMatches) -> Result<(), Error> {
         stop_after_epochs: args.stop_after_epochs,
         progress: true,
         replicas,
+        device: args.device,
     };
     match &opts.replicas {
         // A rank's error ends every rank, so that none waits forever in a collective.

@@ -10,7 +10,7 @@
 
 use crate::backend::cpu::Cpu;
 use crate::backend::distributed::Distributed;
-use crate::backend::Backend;
+use crate::backend::{Backend, Device};
 use crate::byol::schedule::{learning_rate, tau_to};
 use crate::byol::{
     closed_form, Byol, ByolConfig, LrMultipliers, Objective, Optimizer, OptimizerKind,
@@ -730,6 +730,8 @@ pub struct RunOptions {
     pub progress: bool,
     /// This process's place in a data-parallel run; `None` for one process.
     pub replicas: Option<Replicas>,
+    /// Where the step runs.
+    pub device: Device,
 }
 
 /// A data-parallel run as one rank sees it: the collective joining the ranks, and whether
@@ -1111,12 +1113,42 @@ pub fn monitor<B: Backend>(
 /// Trains as configured. Returns the per-epoch record (on every rank but the first of a
 /// data-parallel run, which leaves the files and the record to rank 0, an empty one).
 pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
-    match &opts.replicas {
-        None => train_on(cfg, opts, Cpu, &Single),
-        Some(r) => {
+    match (&opts.replicas, opts.device) {
+        (None, Device::Cpu) => train_on(cfg, opts, Cpu, &Single),
+        (Some(r), Device::Cpu) => {
             let backend = Distributed::new(Cpu, r.collective.clone(), r.sync_batchnorm);
             train_on(cfg, opts, backend, r.collective.as_ref())
         }
+        (None, Device::Cuda(ordinal)) => train_on_gpu(cfg, opts, ordinal),
+        (Some(_), Device::Cuda(_)) => Err(Error::InvalidArgument(
+            "--distributed runs on the CPU for now: data-parallel GPUs (NCCL) come with GPU training"
+                .into(),
+        )),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn train_on_gpu(cfg: &TrainConfig, opts: &RunOptions, ordinal: usize) -> Result<Summary> {
+    train_on(cfg, opts, crate::backend::cuda::Cuda::new(ordinal)?, &Single)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn train_on_gpu(_cfg: &TrainConfig, _opts: &RunOptions, ordinal: usize) -> Result<Summary> {
+    check_device(Device::Cuda(ordinal))?;
+    unreachable!("check_device refuses every GPU in a build without the `cuda` feature")
+}
+
+/// Whether `device` can run here: a clear [`Error::GpuUnavailable`] naming what is missing
+/// (the feature, the driver, the GPU, cuBLAS) before any work.
+pub fn check_device(device: Device) -> Result<()> {
+    match device {
+        Device::Cpu => Ok(()),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(ordinal) => crate::backend::cuda::Cuda::new(ordinal).map(|_| ()),
+        #[cfg(not(feature = "cuda"))]
+        Device::Cuda(_) => Err(Error::GpuUnavailable(
+            "this binary was built without the `cuda` feature: rebuild with `cargo build --release -p host --features cuda`".into(),
+        )),
     }
 }
 

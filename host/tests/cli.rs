@@ -86,6 +86,14 @@ fn bad_input_should_get_one_sentence_naming_what_was_expected() {
         (&["train", "--recipe", "huge"], "huge"),
         (&["train", "--preset", "7"], "expected 40, 100, 300 or 1000"),
         (
+            &["train", "--device", "tpu"],
+            "expected cpu, cuda or cuda:N",
+        ),
+        (
+            &["train", "--device", "cuda:x"],
+            "expected cpu, cuda or cuda:N",
+        ),
+        (
             &["train", "--projection-dim", "0"],
             "projection_dim is a size",
         ),
@@ -363,4 +371,30 @@ fn every_config_file_should_be_valid() {
             .validate()
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     }
+}
+
+/// `--device cuda` on a machine without a GPU (or a build without the feature) is one
+/// sentence saying what is missing, before any work.
+#[test]
+fn a_gpu_run_without_a_gpu_should_say_what_is_missing() {
+    let o = train(&["--device", "cuda"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.starts_with("error: GPU unavailable: "), "{err}");
+    assert!(
+        err.contains("without the `cuda` feature") || err.contains("libcuda.so"),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+}
+
+/// Without the `mpi` feature, `--distributed` says how to get it.
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn a_distributed_run_without_mpi_should_say_how_to_build_it() {
+    let o = train(&["--distributed"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("--distributed needs MPI: build with"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
 }

@@ -33,6 +33,31 @@ pub use crate::cpu::objective::{DirectionGrads, Normalisation, Objective};
 pub use crate::cpu::optimizer::{Optimizer, OptimizerKind, TensorStep};
 pub use kernels::conv::ConvGeometry;
 
+/// Where a run computes: `cpu`, or `cuda` / `cuda:N` (GPU N). Checkpoints do not depend on it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Device {
+    #[default]
+    Cpu,
+    Cuda(usize),
+}
+
+impl std::str::FromStr for Device {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || {
+            Error::InvalidArgument(format!(
+                "device {s:?}: expected cpu, cuda or cuda:N (N the GPU's index)"
+            ))
+        };
+        match s.split_once(':') {
+            None if s == "cpu" => Ok(Device::Cpu),
+            None if s == "cuda" => Ok(Device::Cuda(0)),
+            Some(("cuda", n)) => n.parse().map(Device::Cuda).map_err(|_| bad()),
+            _ => Err(bad()),
+        }
+    }
+}
+
 /// `dst[m, n] = (dst if accumulate, else 0) + op(lhs) · op(rhs)`, row-major: `op(lhs)` is
 /// `[m, k]` (stored `[k, m]` when `lhs_t`), `op(rhs)` is `[k, n]` (stored `[n, k]` when
 /// `rhs_t`).
