@@ -1129,7 +1129,12 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
 
 #[cfg(feature = "cuda")]
 fn train_on_gpu(cfg: &TrainConfig, opts: &RunOptions, ordinal: usize) -> Result<Summary> {
-    train_on(cfg, opts, crate::backend::cuda::Cuda::new(ordinal)?, &Single)
+    train_on(
+        cfg,
+        opts,
+        crate::backend::cuda::Cuda::new(ordinal)?,
+        &Single,
+    )
 }
 
 #[cfg(not(feature = "cuda"))]
