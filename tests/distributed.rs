@@ -226,14 +226,10 @@ fn three_steps<B: Backend<Buffer = Vec<f32>>>(
     (losses, state.online, state.online_running)
 }
 
+/// `‖a − b‖ / ‖b‖`.
 fn relative(a: &[f32], b: &[f32]) -> f64 {
-    let diff: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
-        .sum();
-    let norm: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
-    (diff / norm.max(1e-30)).sqrt()
+    let (err, norm) = norm_error(a, &to_f64(b));
+    err / norm.max(1e-30)
 }
 
 /// N ranks on shards of a global batch equal one process on the whole batch: the same

@@ -91,6 +91,16 @@ pub fn assert_close(what: &str, actual: &[f32], expected: &[f64], rtol: f64, ato
 /// layer the gradient went through.
 pub fn assert_norm_close(what: &str, actual: &[f32], expected: &[f64], tol: f64) {
     assert_eq!(actual.len(), expected.len(), "{what}: length");
+    let (err, norm) = norm_error(actual, expected);
+    assert!(
+        err <= tol * norm,
+        "{what}: relative error {:.2e} > {tol:e} (norm {norm:.3e})",
+        err / norm
+    );
+}
+
+/// `(‖actual − expected‖, ‖expected‖)`, in f64.
+pub fn norm_error(actual: &[f32], expected: &[f64]) -> (f64, f64) {
     let err: f64 = actual
         .iter()
         .zip(expected)
@@ -98,11 +108,7 @@ pub fn assert_norm_close(what: &str, actual: &[f32], expected: &[f64], tol: f64)
         .sum::<f64>()
         .sqrt();
     let norm: f64 = expected.iter().map(|e| e * e).sum::<f64>().sqrt();
-    assert!(
-        err <= tol * norm,
-        "{what}: relative error {:.2e} > {tol:e} (norm {norm:.3e})",
-        err / norm
-    );
+    (err, norm)
 }
 
 /// An MLP with random parameters and running statistics, on the host and as a reference.
