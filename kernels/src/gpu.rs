@@ -2,9 +2,12 @@
 //! owns and calls the shared function the CPU path calls too; nothing else lives here.
 //!
 //! Launch shapes (the host's `cuda` backend follows them): element kernels one thread per
-//! element, row kernels one thread per row, column kernels one thread per column; 1-D grids.
+//! element, row kernels one thread per row, column kernels one thread per column, and the
+//! `grid` kernels the thread counts `grid` states; 1-D grids. Flags are passed as `usize`.
 
-use crate::batchnorm::{self, Activation, Affine, BatchStats, BnGrads, Running, ScaleOffset, Tile};
+use crate::batchnorm::Tile;
+use crate::conv::ConvGeometry;
+use crate::grid::{self, TensorRow};
 use crate::{ema, linear, loss};
 use core::arch::nvptx::{_block_dim_x, _block_idx_x, _thread_idx_x};
 use core::slice::{from_raw_parts, from_raw_parts_mut};
@@ -30,11 +33,6 @@ fn column(rows: usize, cols: usize, c: usize) -> Tile {
         width: 1,
     }
 }
-
-const RELU: Activation = Activation {
-    residual: core::ptr::null(),
-    relu: true,
-};
 
 #[no_mangle]
 pub unsafe extern "ptx-kernel" fn ema_update(
@@ -88,106 +86,70 @@ pub unsafe extern "ptx-kernel" fn nmse_backward(
     }
 }
 
-#[no_mangle]
-pub unsafe extern "ptx-kernel" fn bn_relu_forward_train(
-    h: *const f32,
-    a: *mut f32,
-    rows: usize,
-    cols: usize,
-    gamma: *const f32,
-    beta: *const f32,
-    mean: *mut f32,
-    invstd: *mut f32,
-    running_mean: *mut f32,
-    running_var: *mut f32,
-) {
-    let c = thread_index();
-    if c < cols {
-        batchnorm::forward_train_columns::<1>(
-            column(rows, cols, c),
-            h,
-            a,
-            Affine {
-                gamma: from_raw_parts(gamma.add(c), 1),
-                beta: from_raw_parts(beta.add(c), 1),
-            },
-            BatchStats {
-                mean: from_raw_parts_mut(mean.add(c), 1),
-                invstd: from_raw_parts_mut(invstd.add(c), 1),
-            },
-            Running {
-                mean: from_raw_parts_mut(running_mean.add(c), 1),
-                var: from_raw_parts_mut(running_var.add(c), 1),
-            },
-            RELU,
-        );
-    }
+/// The body of an entry point whose threads each own one unit of `grid`: `i` is the thread's
+/// index, guarded against the unit count.
+macro_rules! grid_entry {
+    ($(fn $name:ident($($arg:ident: $ty:ty),*) threads($threads:expr) => $body:expr;)*) => {$(
+        #[no_mangle]
+        pub unsafe extern "ptx-kernel" fn $name($($arg: $ty),*) {
+            let i = thread_index();
+            if i < $threads {
+                $body(i)
+            }
+        }
+    )*};
 }
 
-#[no_mangle]
-pub unsafe extern "ptx-kernel" fn bn_relu_forward_eval(
-    h: *const f32,
-    a: *mut f32,
-    rows: usize,
-    cols: usize,
-    gamma: *const f32,
-    beta: *const f32,
-    running_mean: *const f32,
-    running_var: *const f32,
-) {
-    let c = thread_index();
-    if c < cols {
-        let (mut scale, mut offset) = ([0.0f32], [0.0f32]);
-        batchnorm::eval_scale_offset(
-            Affine {
-                gamma: from_raw_parts(gamma.add(c), 1),
-                beta: from_raw_parts(beta.add(c), 1),
-            },
-            from_raw_parts(running_mean.add(c), 1),
-            from_raw_parts(running_var.add(c), 1),
-            ScaleOffset {
-                scale: &mut scale,
-                offset: &mut offset,
-            },
-        );
-        batchnorm::normalise::<1>(column(rows, cols, c), h, a, &scale, &offset, RELU);
-    }
+fn geometry(h: usize, w: usize, cin: usize, k: usize, stride: usize, pad: usize) -> ConvGeometry {
+    ConvGeometry { h, w, cin, k, stride, pad }
 }
 
-#[no_mangle]
-pub unsafe extern "ptx-kernel" fn bn_relu_backward(
-    h: *const f32,
-    a: *const f32,
-    grad: *mut f32,
-    rows: usize,
-    cols: usize,
-    gamma: *const f32,
-    mean: *const f32,
-    invstd: *const f32,
-    grad_gamma: *mut f32,
-    grad_beta: *mut f32,
-    grad_linear_bias: *mut f32,
-) {
-    let c = thread_index();
-    if c < cols {
-        batchnorm::backward_columns::<1>(
-            column(rows, cols, c),
-            h,
-            a,
-            grad,
-            true,
-            from_raw_parts(gamma.add(c), 1),
-            (
-                from_raw_parts(mean.add(c), 1),
-                from_raw_parts(invstd.add(c), 1),
-            ),
-            BnGrads {
-                gamma: from_raw_parts_mut(grad_gamma.add(c), 1),
-                beta: from_raw_parts_mut(grad_beta.add(c), 1),
-                linear_bias: from_raw_parts_mut(grad_linear_bias.add(c), 1),
-            },
-        );
-    }
+grid_entry! {
+    fn bn_sums_partial(h: *const f32, rows: usize, cols: usize, partial: *mut f32)
+        threads(grid::row_blocks(rows) * cols)
+        => |i| grid::bn_sums_partial(i, h, rows, cols, partial);
+    fn reduce_blocks(partial: *const f32, k: usize, blocks: usize, cols: usize, out: *mut f32)
+        threads(k * blocks.div_ceil(grid::GPU_REDUCE_GROUP) * cols)
+        => |i| grid::reduce_blocks(i, partial, blocks, cols, out);
+    fn bn_finish(cols: usize, count: usize, sums: *const f32, gamma: *const f32, beta: *const f32, running_mean: *mut f32, running_var: *mut f32, stats: *mut f32, fold: *mut f32)
+        threads(cols)
+        => |c| grid::bn_finish(c, cols, count, sums, gamma, beta, running_mean, running_var, stats, fold);
+    fn bn_fold_eval(cols: usize, gamma: *const f32, beta: *const f32, running_mean: *const f32, running_var: *const f32, fold: *mut f32)
+        threads(cols)
+        => |c| grid::bn_fold_eval(c, cols, gamma, beta, running_mean, running_var, fold);
+    fn bn_normalise(rows: usize, cols: usize, h: *const f32, residual: *const f32, relu: usize, fold: *const f32, a: *mut f32)
+        threads(rows * cols)
+        => |i| grid::bn_normalise(i, cols, h, residual, relu != 0, fold, a);
+    fn bn_backward_partial(rows: usize, cols: usize, h: *const f32, a: *const f32, grad: *const f32, relu: usize, stats: *const f32, partial: *mut f32, residual_grad: *mut f32)
+        threads(grid::row_blocks(rows) * cols)
+        => |i| grid::bn_backward_partial(i, rows, cols, h, a, grad, relu != 0, stats, partial, residual_grad);
+    fn bn_backward_apply(rows: usize, cols: usize, count: usize, h: *const f32, a: *const f32, grad: *mut f32, relu: usize, gamma: *const f32, stats: *const f32, sums: *const f32, partial_dh: *mut f32)
+        threads(grid::row_blocks(rows) * cols)
+        => |i| grid::bn_backward_apply(i, rows, cols, count, h, a, grad, relu != 0, gamma, stats, sums, partial_dh);
+    fn bn_finish_grads(cols: usize, local: *const f32, sum_dh: *const f32, grad_gamma: *mut f32, grad_beta: *mut f32, grad_bias: *mut f32)
+        threads(cols)
+        => |c| grid::bn_finish_grads(c, cols, local, sum_dh, grad_gamma, grad_beta, grad_bias);
+    fn maxpool_forward(n: usize, h: usize, w: usize, cin: usize, k: usize, stride: usize, pad: usize, x: *const f32, out: *mut f32, argmax: *mut u32)
+        threads({ let g = geometry(h, w, cin, k, stride, pad); n * g.out_h() * g.out_w() })
+        => |i| grid::maxpool_forward(i, geometry(h, w, cin, k, stride, pad), n, x, out, argmax);
+    fn maxpool_backward(n: usize, h: usize, w: usize, cin: usize, k: usize, stride: usize, pad: usize, dout: *const f32, argmax: *const u32, dx: *mut f32)
+        threads(n * h * w * cin)
+        => |i| grid::maxpool_backward(i, geometry(h, w, cin, k, stride, pad), dout, argmax, dx);
+    fn avgpool_forward(n: usize, hw: usize, c: usize, x: *const f32, out: *mut f32)
+        threads(n * c)
+        => |i| grid::avgpool_forward(i, hw, c, x, out);
+    fn avgpool_backward(n: usize, hw: usize, c: usize, dout: *const f32, dx: *mut f32)
+        threads(n * hw * c)
+        => |i| grid::avgpool_backward(i, hw, c, dout, dx);
+    fn lars_square_sums(chunks: usize, chunk_tensor: *const u32, table: *const TensorRow, params: *const f32, grads: *const f32, partial: *mut f64)
+        threads(chunks)
+        => |i| grid::lars_square_sums(i, chunks, chunk_tensor, table, params, grads, partial);
+    fn lars_trust(tensors: usize, table: *mut TensorRow, chunks: usize, partial: *const f64, eta: f32, clip: usize)
+        threads(tensors)
+        => |t| grid::lars_trust(t, table, chunks, partial, eta, clip != 0);
+    fn optimizer_update(n_params: usize, table: *const TensorRow, tensors: usize, params: *mut f32, grads: *const f32, momentum: *mut f32, second_moment: *mut f32, mu: f32, adam_bc2_sqrt: f32, adam: usize)
+        threads(n_params)
+        => |i| grid::optimizer_update(i, table, tensors, params, grads, momentum, second_moment, mu, adam_bc2_sqrt, adam != 0);
 }
 
 #[no_mangle]

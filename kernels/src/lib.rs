@@ -16,8 +16,10 @@
 pub mod batchnorm;
 pub mod conv;
 pub mod ema;
+pub mod grid;
 pub mod linear;
 pub mod loss;
+pub mod optimizer;
 mod math;
 pub mod pool;
 

@@ -20,6 +20,7 @@ pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod distributed;
+pub mod gpu_plan;
 pub mod ptx;
 
 use crate::error::{check_len, Error, Result};

@@ -24,9 +24,21 @@ macro_rules! ptx_entries {
             ema_update(target: DeviceAddr, online: DeviceAddr, tau: f32, n: usize);
             nmse_forward(p: DeviceAddr, z: DeviceAddr, loss_rows: DeviceAddr, rows: usize, dim: usize);
             nmse_backward(p: DeviceAddr, z: DeviceAddr, grad_p: DeviceAddr, rows: usize, dim: usize, scale: f32);
-            bn_relu_forward_train(h: DeviceAddr, a: DeviceAddr, rows: usize, cols: usize, gamma: DeviceAddr, beta: DeviceAddr, mean: DeviceAddr, invstd: DeviceAddr, running_mean: DeviceAddr, running_var: DeviceAddr);
-            bn_relu_forward_eval(h: DeviceAddr, a: DeviceAddr, rows: usize, cols: usize, gamma: DeviceAddr, beta: DeviceAddr, running_mean: DeviceAddr, running_var: DeviceAddr);
-            bn_relu_backward(h: DeviceAddr, a: DeviceAddr, grad: DeviceAddr, rows: usize, cols: usize, gamma: DeviceAddr, mean: DeviceAddr, invstd: DeviceAddr, grad_gamma: DeviceAddr, grad_beta: DeviceAddr, grad_linear_bias: DeviceAddr);
+            bn_sums_partial(h: DeviceAddr, rows: usize, cols: usize, partial: DeviceAddr);
+            reduce_blocks(partial: DeviceAddr, k: usize, blocks: usize, cols: usize, out: DeviceAddr);
+            bn_finish(cols: usize, count: usize, sums: DeviceAddr, gamma: DeviceAddr, beta: DeviceAddr, running_mean: DeviceAddr, running_var: DeviceAddr, stats: DeviceAddr, fold: DeviceAddr);
+            bn_fold_eval(cols: usize, gamma: DeviceAddr, beta: DeviceAddr, running_mean: DeviceAddr, running_var: DeviceAddr, fold: DeviceAddr);
+            bn_normalise(rows: usize, cols: usize, h: DeviceAddr, residual: DeviceAddr, relu: usize, fold: DeviceAddr, a: DeviceAddr);
+            bn_backward_partial(rows: usize, cols: usize, h: DeviceAddr, a: DeviceAddr, grad: DeviceAddr, relu: usize, stats: DeviceAddr, partial: DeviceAddr, residual_grad: DeviceAddr);
+            bn_backward_apply(rows: usize, cols: usize, count: usize, h: DeviceAddr, a: DeviceAddr, grad: DeviceAddr, relu: usize, gamma: DeviceAddr, stats: DeviceAddr, sums: DeviceAddr, partial_dh: DeviceAddr);
+            bn_finish_grads(cols: usize, local: DeviceAddr, sum_dh: DeviceAddr, grad_gamma: DeviceAddr, grad_beta: DeviceAddr, grad_bias: DeviceAddr);
+            maxpool_forward(n: usize, h: usize, w: usize, cin: usize, k: usize, stride: usize, pad: usize, x: DeviceAddr, out: DeviceAddr, argmax: DeviceAddr);
+            maxpool_backward(n: usize, h: usize, w: usize, cin: usize, k: usize, stride: usize, pad: usize, dout: DeviceAddr, argmax: DeviceAddr, dx: DeviceAddr);
+            avgpool_forward(n: usize, hw: usize, c: usize, x: DeviceAddr, out: DeviceAddr);
+            avgpool_backward(n: usize, hw: usize, c: usize, dout: DeviceAddr, dx: DeviceAddr);
+            lars_square_sums(chunks: usize, chunk_tensor: DeviceAddr, table: DeviceAddr, params: DeviceAddr, grads: DeviceAddr, partial: DeviceAddr);
+            lars_trust(tensors: usize, table: DeviceAddr, chunks: usize, partial: DeviceAddr, eta: f32, clip: usize);
+            optimizer_update(n_params: usize, table: DeviceAddr, tensors: usize, params: DeviceAddr, grads: DeviceAddr, momentum: DeviceAddr, second_moment: DeviceAddr, mu: f32, adam_bc2_sqrt: f32, adam: usize);
             bias_fill(dst: DeviceAddr, rows: usize, cols: usize, bias: DeviceAddr);
             column_sum(x: DeviceAddr, rows: usize, cols: usize, out: DeviceAddr);
         }

@@ -1,16 +1,11 @@
-//! The optimisers of a BYOL run, over one flat parameter buffer walked tensor by tensor.
-//!
-//! - **LARS** as the official BYOL code runs it: per tensor `g ← ∇ + wd·w`,
-//!   then `g ← r·g` with the trust ratio `r = η·‖w‖/‖g‖` (1 where either norm is 0), then
-//!   `m ← momentum·m + g`, `w ← w − lr·m`. With `clip` the rate a tensor moves at is capped
-//!   at the scheduled lr: `r ← min(r, lr)/lr`, so the step is `min(η‖w‖/‖g‖, lr)`, as LARC's
-//!   clip mode and solo-learn's `clip_lr` do.
-//! - **SGD** with momentum: LARS with `r = 1`.
-//! - **AdamW** (PyTorch's): `w ← w·(1 − lr·wd)`, then the bias-corrected Adam step with
-//!   β = (momentum, 0.999), ε = 1e-8.
+//! The optimisers of a BYOL run on the CPU: LARS (optionally clipped), SGD with momentum and
+//! AdamW, whose per-parameter arithmetic is `kernels::optimizer`, over one flat parameter
+//! buffer walked tensor by tensor (tensors in parallel, each trust ratio in one sequential f64
+//! pass).
 //!
 //! Biases and BatchNorm parameters skip the weight decay and the trust ratio in all three.
 
+use kernels::optimizer as opt;
 use rayon::prelude::*;
 use std::ops::Range;
 
@@ -44,10 +39,6 @@ pub struct TensorStep {
     /// predictor's λ in the ablations).
     pub lr_scale: f32,
 }
-
-/// AdamW's second-moment decay and its denominator's guard (PyTorch's defaults).
-const ADAM_BETA2: f32 = 0.999;
-const ADAM_EPS: f32 = 1e-8;
 
 impl Optimizer {
     /// LARS as in the official code: η = 1e-3, momentum 0.9, no clipping.
@@ -123,31 +114,27 @@ impl Optimizer {
     }
 }
 
-/// `η·‖w‖/‖∇ + wd·w‖` in f64 (1 where either norm is 0); with `clip = Some(lr)` the rate is
-/// capped at `lr`: `min(r, lr)/lr`.
+/// The trust ratio of one tensor: its two sums of squares in one sequential f64 pass.
 fn trust_ratio(w: &[f32], g: &[f32], wd: f32, eta: f32, clip: Option<f32>) -> f32 {
-    let w_norm = w.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
-    let g_norm = w
-        .iter()
-        .zip(g)
-        .map(|(&x, &d)| ((d + wd * x) as f64).powi(2))
-        .sum::<f64>()
-        .sqrt();
-    if !(w_norm > 0.0 && g_norm > 0.0) {
-        return 1.0;
-    }
-    let r = eta as f64 * w_norm / g_norm;
-    match clip {
-        Some(lr) if lr > 0.0 => (r.min(lr as f64) / lr as f64) as f32,
-        _ => r as f32,
-    }
+    let (ww, gg) = opt::lars_square_sums(w, g, wd);
+    opt::trust_ratio(ww, gg, eta, clip.unwrap_or(0.0))
 }
 
 /// `m ← momentum·m + trust·(∇ + wd·w)`, `w ← w − step·m`.
 fn momentum_step(w: &mut [f32], m: &mut [f32], g: &[f32], wd: f32, trust: f32, mu: f32, step: f32) {
     for ((x, v), &d) in w.iter_mut().zip(m.iter_mut()).zip(g) {
-        *v = mu * *v + trust * (d + wd * *x);
-        *x -= step * *v;
+        opt::momentum_element(x, v, d, wd, trust, mu, step);
+    }
+}
+
+/// AdamW's bias corrections at step `t` (from 1) for learning rate `step`.
+pub fn adam_factors(beta1: f32, t: u64, step: f32) -> opt::AdamFactors {
+    let t = t.max(1) as i32;
+    let bc1 = 1.0 - (beta1 as f64).powi(t);
+    let bc2 = 1.0 - (opt::ADAM_BETA2 as f64).powi(t);
+    opt::AdamFactors {
+        step_size: (step as f64 / bc1) as f32,
+        bc2_sqrt: bc2.sqrt() as f32,
     }
 }
 
@@ -163,15 +150,9 @@ fn adamw_step(
     t: u64,
     step: f32,
 ) {
-    let t = t.max(1) as i32;
-    let bc1 = 1.0 - (beta1 as f64).powi(t);
-    let bc2 = 1.0 - (ADAM_BETA2 as f64).powi(t);
-    let (step_size, bc2_sqrt) = ((step as f64 / bc1) as f32, bc2.sqrt() as f32);
+    let f = adam_factors(beta1, t, step);
     for (((x, m), v), &d) in w.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
-        *x *= 1.0 - step * wd;
-        *m = beta1 * *m + (1.0 - beta1) * d;
-        *v = ADAM_BETA2 * *v + (1.0 - ADAM_BETA2) * d * d;
-        *x -= step_size * *m / (v.sqrt() / bc2_sqrt + ADAM_EPS);
+        opt::adamw_element(x, m, v, d, wd, beta1, step, f);
     }
 }
 

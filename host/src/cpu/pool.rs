@@ -1,7 +1,7 @@
 //! Max-pooling and global average pooling on the CPU, NHWC; one image per rayon task.
 
 use kernels::conv::ConvGeometry;
-use kernels::pool::{avgpool_image, avgpool_image_backward, maxpool_pixel};
+use kernels::pool::{avgpool_image, avgpool_image_backward, maxpool_input_gradient, maxpool_pixel};
 use rayon::prelude::*;
 
 /// `out [n, oh, ow, c]` = max over each window of `x [n, h, w, c]`; `argmax` (same length as
@@ -26,12 +26,14 @@ pub fn maxpool_backward(g: ConvGeometry, dout: &[f32], argmax: &[u32], n: usize,
         .par_chunks_mut(image_in)
         .enumerate()
         .for_each(|(m, dx)| {
-            dx.fill(0.0);
             let (d, am) = (
                 &dout[m * image_out..][..image_out],
                 &argmax[m * image_out..][..image_out],
             );
-            d.iter().zip(am).for_each(|(&g, &i)| dx[i as usize] += g);
+            for (i, v) in dx.iter_mut().enumerate() {
+                let (pixel, c) = (i / g.cin, i % g.cin);
+                *v = maxpool_input_gradient(g, d, am, pixel / g.w, pixel % g.w, c);
+            }
         });
 }
 
