@@ -9,7 +9,9 @@ mod common;
 
 use common::*;
 use host::backend::gpu_plan::{reduce_launches, OptimizerPlan};
-use host::backend::{BatchNorm, ConvGeometry, Optimizer, OptimizerKind, OptimizerState, TensorStep};
+use host::backend::{
+    BatchNorm, ConvGeometry, Optimizer, OptimizerKind, OptimizerState, TensorStep,
+};
 use host::{Backend, BnMode, Cpu};
 use kernels::grid::{self, row_blocks, TensorRow, GPU_REDUCE_GROUP};
 use std::ptr::{null, null_mut};
@@ -60,21 +62,40 @@ fn batchnorm_thread_functions_match_the_cpu_backend() {
     ] {
         let tag = format!("{rows}x{cols} residual {residual} relu {relu}");
         let mut r = rng(rows as u64 + 11);
-        let h: Vec<f32> = uniform(&mut r, rows * cols, 2.0).iter().map(|v| v + 3.0).collect();
+        let h: Vec<f32> = uniform(&mut r, rows * cols, 2.0)
+            .iter()
+            .map(|v| v + 3.0)
+            .collect();
         let res = uniform(&mut r, rows * cols, 1.0);
         // [a Linear's bias, γ, β]: the bias's slot only receives its gradient.
-        let params: Vec<f32> =
-            [vec![0.0; cols], uniform(&mut r, cols, 0.5), uniform(&mut r, cols, 0.3)].concat();
+        let params: Vec<f32> = [
+            vec![0.0; cols],
+            uniform(&mut r, cols, 0.5),
+            uniform(&mut r, cols, 0.3),
+        ]
+        .concat();
         let running0: Vec<f32> = [vec![0.1f32; cols], vec![1.5f32; cols]].concat();
         let dy = uniform(&mut r, rows * cols, 1.0);
         let bn = layer(rows, cols, relu, true);
 
         // CPU backend.
-        let (mut running, mut stats, mut a) =
-            (running0.clone(), vec![0.0; 2 * cols], vec![0.0; rows * cols]);
+        let (mut running, mut stats, mut a) = (
+            running0.clone(),
+            vec![0.0; 2 * cols],
+            vec![0.0; rows * cols],
+        );
         let res_arg = residual.then_some(&res);
-        cpu.batchnorm_forward(&bn, BnMode::Train, &params, &mut running, &h, res_arg, &mut stats, &mut a)
-            .unwrap();
+        cpu.batchnorm_forward(
+            &bn,
+            BnMode::Train,
+            &params,
+            &mut running,
+            &h,
+            res_arg,
+            &mut stats,
+            &mut a,
+        )
+        .unwrap();
         let (mut grad, mut grads, mut res_grad) =
             (dy.clone(), vec![0.5f32; 3 * cols], vec![0.0; rows * cols]);
         cpu.batchnorm_backward(
@@ -96,8 +117,11 @@ fn batchnorm_thread_functions_match_the_cpu_backend() {
             grid::bn_sums_partial(i, h.as_ptr(), rows, cols, partial.as_mut_ptr())
         });
         let sums = [&h[..cols], &reduce(&partial, 2, blocks, cols)[..]].concat();
-        let (mut g_running, mut g_stats, mut fold) =
-            (running0.clone(), vec![0.0f32; 2 * cols], vec![0.0f32; 2 * cols]);
+        let (mut g_running, mut g_stats, mut fold) = (
+            running0.clone(),
+            vec![0.0f32; 2 * cols],
+            vec![0.0f32; 2 * cols],
+        );
         let (gamma, beta) = (params[cols..].as_ptr(), params[2 * cols..].as_ptr());
         let rm = g_running.as_mut_ptr();
         launch(cols, |c| unsafe {
@@ -117,15 +141,39 @@ fn batchnorm_thread_functions_match_the_cpu_backend() {
         let mut g_a = vec![f32::NAN; rows * cols];
         let res_ptr = if residual { res.as_ptr() } else { null() };
         launch(rows * cols, |i| unsafe {
-            grid::bn_normalise(i, cols, h.as_ptr(), res_ptr, relu, fold.as_ptr(), g_a.as_mut_ptr())
+            grid::bn_normalise(
+                i,
+                cols,
+                h.as_ptr(),
+                res_ptr,
+                relu,
+                fold.as_ptr(),
+                g_a.as_mut_ptr(),
+            )
         });
         assert_close(&format!("forward {tag}"), &g_a, &to_f64(&a), 1e-5, 1e-6);
-        assert_close(&format!("stats {tag}"), &g_stats, &to_f64(&stats), 1e-5, 1e-6);
-        assert_close(&format!("running {tag}"), &g_running, &to_f64(&running), 1e-5, 1e-6);
+        assert_close(
+            &format!("stats {tag}"),
+            &g_stats,
+            &to_f64(&stats),
+            1e-5,
+            1e-6,
+        );
+        assert_close(
+            &format!("running {tag}"),
+            &g_running,
+            &to_f64(&running),
+            1e-5,
+            1e-6,
+        );
 
         let mut partial = vec![f32::NAN; 2 * blocks * cols];
         let mut g_res_grad = vec![f32::NAN; rows * cols];
-        let rg = if residual { g_res_grad.as_mut_ptr() } else { null_mut() };
+        let rg = if residual {
+            g_res_grad.as_mut_ptr()
+        } else {
+            null_mut()
+        };
         launch(blocks * cols, |i| unsafe {
             grid::bn_backward_partial(
                 i,
@@ -162,10 +210,24 @@ fn batchnorm_thread_functions_match_the_cpu_backend() {
         let mut g_grads = vec![0.5f32; 3 * cols];
         let gp = g_grads.as_mut_ptr();
         launch(cols, |c| unsafe {
-            grid::bn_finish_grads(c, cols, local.as_ptr(), sum_dh.as_ptr(), gp.add(cols), gp.add(2 * cols), gp)
+            grid::bn_finish_grads(
+                c,
+                cols,
+                local.as_ptr(),
+                sum_dh.as_ptr(),
+                gp.add(cols),
+                gp.add(2 * cols),
+                gp,
+            )
         });
         assert_close(&format!("∂h {tag}"), &g_grad, &to_f64(&grad), 1e-4, 1e-5);
-        assert_close(&format!("∂γ ∂β ∂bias {tag}"), &g_grads, &to_f64(&grads), 1e-4, 1e-4);
+        assert_close(
+            &format!("∂γ ∂β ∂bias {tag}"),
+            &g_grads,
+            &to_f64(&grads),
+            1e-4,
+            1e-4,
+        );
         if residual {
             assert_eq!(g_res_grad, res_grad, "residual gradient {tag}");
         }
@@ -173,13 +235,38 @@ fn batchnorm_thread_functions_match_the_cpu_backend() {
         // Evaluation mode gives the CPU's bits.
         let mut e_a = vec![0.0; rows * cols];
         let (mut run2, mut st2) = (running.clone(), vec![0.0; 2 * cols]);
-        cpu.batchnorm_forward(&bn, BnMode::Eval, &params, &mut run2, &h, res_arg, &mut st2, &mut e_a)
-            .unwrap();
+        cpu.batchnorm_forward(
+            &bn,
+            BnMode::Eval,
+            &params,
+            &mut run2,
+            &h,
+            res_arg,
+            &mut st2,
+            &mut e_a,
+        )
+        .unwrap();
         launch(cols, |c| unsafe {
-            grid::bn_fold_eval(c, cols, gamma, beta, running.as_ptr(), running[cols..].as_ptr(), fold.as_mut_ptr())
+            grid::bn_fold_eval(
+                c,
+                cols,
+                gamma,
+                beta,
+                running.as_ptr(),
+                running[cols..].as_ptr(),
+                fold.as_mut_ptr(),
+            )
         });
         launch(rows * cols, |i| unsafe {
-            grid::bn_normalise(i, cols, h.as_ptr(), res_ptr, relu, fold.as_ptr(), g_a.as_mut_ptr())
+            grid::bn_normalise(
+                i,
+                cols,
+                h.as_ptr(),
+                res_ptr,
+                relu,
+                fold.as_ptr(),
+                g_a.as_mut_ptr(),
+            )
         });
         assert_eq!(g_a, e_a, "eval forward {tag}");
     }
@@ -189,13 +276,30 @@ fn batchnorm_thread_functions_match_the_cpu_backend() {
 #[test]
 fn pooling_thread_functions_match_the_cpu_backend() {
     let cpu = Cpu;
-    for (n, h, w, c, k, stride, pad) in [(2usize, 9usize, 7usize, 5usize, 3usize, 2usize, 1usize), (1, 8, 8, 3, 2, 2, 0), (3, 5, 6, 2, 3, 1, 1)] {
-        let g = ConvGeometry { h, w, cin: c, k, stride, pad };
+    for (n, h, w, c, k, stride, pad) in [
+        (2usize, 9usize, 7usize, 5usize, 3usize, 2usize, 1usize),
+        (1, 8, 8, 3, 2, 2, 0),
+        (3, 5, 6, 2, 3, 1, 1),
+    ] {
+        let g = ConvGeometry {
+            h,
+            w,
+            cin: c,
+            k,
+            stride,
+            pad,
+        };
         let (oh, ow) = (g.out_h(), g.out_w());
         let mut r = rng((n * h * w * c) as u64);
         // Ties (a coarse grid of values) exercise the first-maximum rule.
-        let x: Vec<f32> = uniform(&mut r, n * h * w * c, 1.0).iter().map(|v| (v * 4.0).round()).collect();
-        let (mut out, mut am) = (vec![0.0; n * oh * ow * c], cpu.indices(n * oh * ow * c).unwrap());
+        let x: Vec<f32> = uniform(&mut r, n * h * w * c, 1.0)
+            .iter()
+            .map(|v| (v * 4.0).round())
+            .collect();
+        let (mut out, mut am) = (
+            vec![0.0; n * oh * ow * c],
+            cpu.indices(n * oh * ow * c).unwrap(),
+        );
         cpu.maxpool_forward(g, n, &x, &mut out, &mut am).unwrap();
         let (mut g_out, mut g_am) = (vec![f32::NAN; out.len()], vec![u32::MAX; out.len()]);
         launch(n * oh * ow, |i| unsafe {
@@ -210,19 +314,26 @@ fn pooling_thread_functions_match_the_cpu_backend() {
         launch(x.len(), |i| unsafe {
             grid::maxpool_backward(i, g, dout.as_ptr(), g_am.as_ptr(), g_dx.as_mut_ptr())
         });
-        assert_eq!(g_dx, dx, "maxpool backward {n}x{h}x{w}x{c} k{k} s{stride} p{pad}");
+        assert_eq!(
+            g_dx, dx,
+            "maxpool backward {n}x{h}x{w}x{c} k{k} s{stride} p{pad}"
+        );
 
         let hw = h * w;
         let mut avg = vec![0.0; n * c];
         cpu.avgpool_forward(n, hw, c, &x, &mut avg).unwrap();
         let mut g_avg = vec![f32::NAN; n * c];
-        launch(n * c, |i| unsafe { grid::avgpool_forward(i, hw, c, x.as_ptr(), g_avg.as_mut_ptr()) });
+        launch(n * c, |i| unsafe {
+            grid::avgpool_forward(i, hw, c, x.as_ptr(), g_avg.as_mut_ptr())
+        });
         assert_eq!(g_avg, avg);
         let dpool = uniform(&mut r, n * c, 1.0);
         let mut dxa = vec![0.0; x.len()];
         cpu.avgpool_backward(n, hw, c, &dpool, &mut dxa).unwrap();
         let mut g_dxa = vec![f32::NAN; x.len()];
-        launch(x.len(), |i| unsafe { grid::avgpool_backward(i, hw, c, dpool.as_ptr(), g_dxa.as_mut_ptr()) });
+        launch(x.len(), |i| unsafe {
+            grid::avgpool_backward(i, hw, c, dpool.as_ptr(), g_dxa.as_mut_ptr())
+        });
         assert_eq!(g_dxa, dxa);
     }
 }
@@ -232,17 +343,41 @@ fn pooling_thread_functions_match_the_cpu_backend() {
 #[test]
 fn optimizer_thread_functions_match_the_cpu_backend() {
     let cpu = Cpu;
-    let lars = |clip| OptimizerKind::Lars { trust_coefficient: 0.02, clip };
+    let lars = |clip| OptimizerKind::Lars {
+        trust_coefficient: 0.02,
+        clip,
+    };
     // A tensor longer than a norm chunk, a plain one, an ordinary one with a learning-rate
     // multiplier.
     let tensors = vec![
-        TensorStep { range: 0..5003, plain: false, lr_scale: 1.0 },
-        TensorStep { range: 5003..5010, plain: true, lr_scale: 1.0 },
-        TensorStep { range: 5010..5300, plain: false, lr_scale: 10.0 },
+        TensorStep {
+            range: 0..5003,
+            plain: false,
+            lr_scale: 1.0,
+        },
+        TensorStep {
+            range: 5003..5010,
+            plain: true,
+            lr_scale: 1.0,
+        },
+        TensorStep {
+            range: 5010..5300,
+            plain: false,
+            lr_scale: 10.0,
+        },
     ];
     let len = 5300;
-    for kind in [lars(false), lars(true), OptimizerKind::Sgd, OptimizerKind::AdamW] {
-        let opt = Optimizer { kind, momentum: 0.9, weight_decay: 1e-4 };
+    for kind in [
+        lars(false),
+        lars(true),
+        OptimizerKind::Sgd,
+        OptimizerKind::AdamW,
+    ] {
+        let opt = Optimizer {
+            kind,
+            momentum: 0.9,
+            weight_decay: 1e-4,
+        };
         let mut r = rng(5);
         let w0 = uniform(&mut r, len, 1.0);
         let (mut w, mut m, mut v) = (w0.clone(), vec![0.0f32; len], vec![0.0f32; len]);
@@ -250,11 +385,19 @@ fn optimizer_thread_functions_match_the_cpu_backend() {
         for t in 1..=3u64 {
             let grads = uniform(&mut r, len, 0.1);
             let lr = 0.3 * t as f32;
-            let mut second = if opt.needs_second_moment() { v.clone() } else { vec![] };
+            let mut second = if opt.needs_second_moment() {
+                v.clone()
+            } else {
+                vec![]
+            };
             cpu.optimizer_step(
                 &opt,
                 &tensors,
-                OptimizerState { params: &mut w, momentum: &mut m, second_moment: &mut second },
+                OptimizerState {
+                    params: &mut w,
+                    momentum: &mut m,
+                    second_moment: &mut second,
+                },
                 &grads,
                 t,
                 lr,

@@ -315,6 +315,7 @@ pub fn run_one(r: &StudyRun, dir: &Path, progress: bool) -> Result<RunResult> {
             progress,
             replicas: None,
             device: crate::backend::Device::Cpu,
+            precision: Default::default(),
         },
     ) {
         Ok(s) => s,

@@ -96,7 +96,8 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
-    /// Check the GPU path: open GPU 0, load the kernels, report the device (needs `--features cuda`).
+    /// Check the GPU path: where the NVIDIA libraries were found, then open GPU 0, load the
+    /// kernels and report the device, its memory and the libraries' versions (needs `--features cuda`).
     GpuInfo,
 }
 
@@ -148,6 +149,10 @@ struct TrainArgs {
     /// Where the step runs: cpu, cuda or cuda:N (GPU N; needs --features cuda).
     #[arg(long, default_value = "cpu")]
     device: host::backend::Device,
+    /// Convolutions and GEMMs on a GPU: f32 (exact single precision) or tf32 (tensor cores,
+    /// f32 accumulation). BatchNorm, loss, optimiser and EMA stay f32.
+    #[arg(long, default_value = "f32")]
+    precision: host::backend::Precision,
     /// With --distributed: BatchNorm statistics of each rank's part of the batch only
     /// (the ablation), instead of the whole batch's (cross-replica, the paper's).
     #[arg(long, requires = "distributed")]
@@ -370,6 +375,7 @@ fn train(args: &TrainArgs, matches: &ArgMatches) -> Result<(), Error> {
         progress: true,
         replicas,
         device: args.device,
+        precision: args.precision,
     };
     match &opts.replicas {
         // A rank's error ends every rank, so that none waits forever in a collective.
@@ -606,10 +612,23 @@ fn export(run: &Path, out: &Path) -> Result<(), Error> {
 
 #[cfg(feature = "cuda")]
 fn gpu_info() -> Result<(), Error> {
+    use host::backend::gpu_libs;
+    println!("library folders searched:");
+    for f in gpu_libs::search_folders() {
+        println!("  {}", f.display());
+    }
+    for (name, path) in gpu_libs::locate() {
+        match path {
+            Some(p) => println!("{name}: {}", p.display()),
+            None => println!("{name}: not in those folders (left to the loader's own search)"),
+        }
+    }
     let gpu = host::Cuda::new(0)?;
     println!(
-        "GPU 0: {}; {} kernels loaded from the embedded PTX",
+        "GPU 0: {}, {:.1} GiB; {}; {} kernels loaded from the embedded PTX",
         gpu.device_name()?,
+        gpu.total_memory()? as f64 / (1u64 << 30) as f64,
+        gpu.library_versions()?,
         host::backend::ptx::KERNEL_NAMES.len()
     );
     Ok(())

@@ -10,7 +10,7 @@
 
 use crate::backend::cpu::Cpu;
 use crate::backend::distributed::Distributed;
-use crate::backend::{Backend, Device};
+use crate::backend::{Backend, Device, Precision};
 use crate::byol::schedule::{learning_rate, tau_to};
 use crate::byol::{
     closed_form, Byol, ByolConfig, LrMultipliers, Objective, Optimizer, OptimizerKind,
@@ -732,6 +732,8 @@ pub struct RunOptions {
     pub replicas: Option<Replicas>,
     /// Where the step runs.
     pub device: Device,
+    /// Convolutions' and GEMMs' arithmetic on a GPU (ignored on the CPU).
+    pub precision: Precision,
 }
 
 /// A data-parallel run as one rank sees it: the collective joining the ranks, and whether
@@ -1129,12 +1131,8 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
 
 #[cfg(feature = "cuda")]
 fn train_on_gpu(cfg: &TrainConfig, opts: &RunOptions, ordinal: usize) -> Result<Summary> {
-    train_on(
-        cfg,
-        opts,
-        crate::backend::cuda::Cuda::new(ordinal)?,
-        &Single,
-    )
+    let gpu = crate::backend::cuda::Cuda::with_precision(ordinal, opts.precision)?;
+    train_on(cfg, opts, gpu, &Single)
 }
 
 #[cfg(not(feature = "cuda"))]

@@ -101,7 +101,14 @@ macro_rules! grid_entry {
 }
 
 fn geometry(h: usize, w: usize, cin: usize, k: usize, stride: usize, pad: usize) -> ConvGeometry {
-    ConvGeometry { h, w, cin, k, stride, pad }
+    ConvGeometry {
+        h,
+        w,
+        cin,
+        k,
+        stride,
+        pad,
+    }
 }
 
 grid_entry! {

@@ -58,7 +58,13 @@ unsafe fn one_mut<'a>(p: *mut f32, at: usize) -> &'a mut [f32] {
 /// # Safety
 /// `h` holds `[rows, cols]`, `partial` `2·blocks·cols` values.
 #[inline(always)]
-pub unsafe fn bn_sums_partial(i: usize, h: *const f32, rows: usize, cols: usize, partial: *mut f32) {
+pub unsafe fn bn_sums_partial(
+    i: usize,
+    h: *const f32,
+    rows: usize,
+    cols: usize,
+    partial: *mut f32,
+) {
     let (b, c, blocks) = (i / cols, i % cols, row_blocks(rows));
     let (mut s1, mut s2) = ([0.0f32], [0.0f32]);
     bn::stats_partial::<1>(block_tile(rows, cols, b, c), h, one(h, c), &mut s1, &mut s2);

@@ -19,8 +19,8 @@ pub mod ema;
 pub mod grid;
 pub mod linear;
 pub mod loss;
-pub mod optimizer;
 mod math;
+pub mod optimizer;
 pub mod pool;
 
 #[cfg(target_arch = "nvptx64")]

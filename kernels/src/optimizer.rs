@@ -34,7 +34,10 @@ pub fn lars_square_sums(w: &[f32], g: &[f32], wd: f32) -> (f64, f64) {
 /// with `clip_lr > 0` the rate is capped at that lr: `min(r, lr)/lr`.
 #[inline(always)]
 pub fn trust_ratio(w_squares: f64, g_squares: f64, eta: f32, clip_lr: f32) -> f32 {
-    let (w_norm, g_norm) = (crate::math::sqrt64(w_squares), crate::math::sqrt64(g_squares));
+    let (w_norm, g_norm) = (
+        crate::math::sqrt64(w_squares),
+        crate::math::sqrt64(g_squares),
+    );
     if !(w_norm > 0.0 && g_norm > 0.0) {
         return 1.0;
     }

@@ -1,31 +1,38 @@
 //! The CUDA backend: the kernel crate's PTX launched through `cudarc` (driver API, loaded at
-//! run time so the crate builds with no CUDA installed), GEMMs through cuBLAS.
+//! run time so the crate builds with no CUDA installed), GEMMs through cuBLAS, convolutions
+//! through cuDNN in NHWC (our layout; weights OHWI are cuDNN's KRSC).
 //!
 //! Everything runs on one stream, in order, so kernels take raw device pointers: stream
-//! order already serialises them. Launch shapes follow `kernels::gpu`: one thread per
-//! element, row or column, [`BLOCK`] threads per block.
+//! order already serialises them. Launch shapes follow `kernels::gpu` and `kernels::grid`
+//! ([`BLOCK`] threads per block); what is planned on the host first (the optimiser's table,
+//! the reduction levels) is `gpu_plan`, tested without a GPU.
 //!
 //! cuBLAS is column-major; a row-major `C[m,n] = op(A)·op(B)` is the column-major
 //! `Cᵀ[n,m] = op(B)ᵀ·op(A)ᵀ`, which is what [`Cuda::sgemm`] asks it for.
-
 //!
-//! Ops without a GPU kernel yet (convolution, pooling, BatchNorm with a residual or without a
-//! ReLU, the split BatchNorm sums, the ablation objectives, the optimisers) return
-//! [`Error::Unsupported`] naming the op; they arrive with GPU training (`--device cuda`).
+//! The ablations' loss objectives (other normalisations, the contrastive term, no target
+//! network) run on the host: their inputs are `[batch, projection]`, a few hundred KB, and
+//! copying them is cheap next to a ResNet step; BYOL's own loss has its kernels.
 
+use super::gpu_plan::{reduce_launches, OptimizerPlan};
 use super::ptx::{self, DeviceAddr};
 use super::{
-    Backend, BatchNorm, BnMode, ConvGeometry, ConvOp, DirectionGrads, Gemm, Linear, Normalisation,
-    Objective, Optimizer, OptimizerState, TensorStep,
+    cpu::Cpu, Backend, BatchNorm, BnMode, ConvGeometry, ConvOp, DirectionGrads, Gemm, Linear,
+    Normalisation, Objective, Optimizer, OptimizerState, Precision, TensorStep,
 };
 use crate::error::{Error, Result};
 use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
+use cudarc::cudnn::{
+    self, sys as dnn_sys, ConvBackwardData, ConvBackwardFilter, ConvDescriptor, ConvForward, Cudnn,
+    FilterDescriptor, TensorDescriptor,
+};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg,
 };
+use kernels::grid::{row_blocks, GPU_REDUCE_GROUP};
 use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// Threads per block for every kernel.
 const BLOCK: u32 = 256;
@@ -34,18 +41,32 @@ fn cuda_err(e: impl std::fmt::Display) -> Error {
     Error::Cuda(e.to_string())
 }
 
-/// One GPU with the kernels loaded and a cuBLAS handle.
+/// The cuDNN handle. cuDNN handles may not be used by two threads at once; the backend holds
+/// it behind a mutex, and every call on it is queued on the backend's one stream.
+struct DnnHandle(Arc<Cudnn>);
+// SAFETY: the handle is only used under the backend's mutex (see above).
+unsafe impl Send for DnnHandle {}
+
+/// One GPU with the kernels loaded, a cuBLAS and a cuDNN handle.
 pub struct Cuda {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     blas: CudaBlas,
+    dnn: Mutex<DnnHandle>,
+    precision: Precision,
     kernels: HashMap<&'static str, CudaFunction>,
 }
 
 impl Cuda {
-    /// Opens GPU `ordinal`. Without a driver, a device or cuBLAS it returns
+    /// Opens GPU `ordinal` in f32. Without a driver, a device, cuBLAS or cuDNN it returns
     /// [`Error::GpuUnavailable`] saying which is missing; it never panics.
     pub fn new(ordinal: usize) -> Result<Self> {
+        Self::with_precision(ordinal, Precision::F32)
+    }
+
+    /// Opens GPU `ordinal` with convolutions and GEMMs in `precision`.
+    pub fn with_precision(ordinal: usize, precision: Precision) -> Result<Self> {
+        super::gpu_libs::preload();
         // SAFETY: these only try to dlopen the libraries.
         if !unsafe { cudarc::driver::sys::is_culib_present() } {
             return Err(Error::GpuUnavailable(
@@ -56,6 +77,11 @@ impl Cuda {
             return Err(Error::GpuUnavailable(
                 "libcublas.so.13 was not found: install CUDA 13's cuBLAS or add its folder to LD_LIBRARY_PATH"
                     .into(),
+            ));
+        }
+        if !unsafe { dnn_sys::is_culib_present() } {
+            return Err(Error::GpuUnavailable(
+                "libcudnn.so.9 (cuDNN 9) was not found: pip install nvidia-cudnn-cu13, or add its lib folder to LD_LIBRARY_PATH".into(),
             ));
         }
         let ctx = CudaContext::new(ordinal)
@@ -69,12 +95,46 @@ impl Cuda {
             kernels.insert(name, module.load_function(name).map_err(cuda_err)?);
         }
         let blas = CudaBlas::new(stream.clone()).map_err(cuda_err)?;
+        let math = match precision {
+            Precision::F32 => blas_sys::cublasMath_t::CUBLAS_DEFAULT_MATH,
+            Precision::Tf32 => blas_sys::cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH,
+        };
+        // SAFETY: the handle is valid; the mode only selects GEMM kernels.
+        unsafe { blas_sys::cublasSetMathMode(*blas.handle(), math) }
+            .result()
+            .map_err(cuda_err)?;
+        let dnn = Cudnn::new(stream.clone()).map_err(cuda_err)?;
         Ok(Cuda {
             ctx,
             stream,
             blas,
+            dnn: Mutex::new(DnnHandle(dnn)),
+            precision,
             kernels,
         })
+    }
+
+    /// cuBLAS's and cuDNN's versions, as `host gpu-info` prints them.
+    pub fn library_versions(&self) -> Result<String> {
+        let mut v = 0i32;
+        // SAFETY: the handle is valid and `v` outlives the call.
+        unsafe { blas_sys::cublasGetVersion_v2(*self.blas.handle(), &mut v) }
+            .result()
+            .map_err(cuda_err)?;
+        Ok(format!(
+            "cuBLAS {v}, cuDNN {}",
+            cudnn::result::get_version()
+        ))
+    }
+
+    /// Total memory of the device, bytes.
+    pub fn total_memory(&self) -> Result<usize> {
+        self.ctx.total_mem().map_err(cuda_err)
+    }
+
+    /// The precision of convolutions and GEMMs.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// The device's name, e.g. "NVIDIA H100 80GB HBM3".
@@ -115,6 +175,79 @@ impl Cuda {
     /// The typed launches of the kernels.
     fn launch(&self) -> Launch<'_> {
         Launch { cuda: self }
+    }
+
+    /// Raw device address of a buffer of any element type (tables, indices, f64 partials).
+    fn ptr_any<T>(&self, buf: &CudaSlice<T>) -> u64 {
+        let (p, _sync) = buf.device_ptr(&self.stream);
+        p
+    }
+
+    fn ptr_u32(&self, buf: &CudaSlice<u32>) -> u64 {
+        self.ptr_any(buf)
+    }
+
+    /// Adds the row blocks of `partial [k, blocks, cols]` into `out [k, cols]` (a device
+    /// address), [`GPU_REDUCE_GROUP`] blocks per thread and launch, in block order.
+    fn reduce_blocks(
+        &self,
+        partial: CudaSlice<f32>,
+        k: usize,
+        blocks: usize,
+        cols: usize,
+        out: u64,
+    ) -> Result<()> {
+        let mut current = partial;
+        let launches = reduce_launches(blocks);
+        for (level, &b) in launches.iter().enumerate() {
+            let groups = b.div_ceil(GPU_REDUCE_GROUP);
+            let threads = k * groups * cols;
+            if level + 1 == launches.len() {
+                return self.launch().reduce_blocks(
+                    threads,
+                    self.ptr(&current, 0),
+                    k,
+                    b,
+                    cols,
+                    out,
+                );
+            }
+            let next = self.zeros(threads)?;
+            let (from, to) = (self.ptr(&current, 0), self.ptr(&next, 0));
+            self.launch().reduce_blocks(threads, from, k, b, cols, to)?;
+            current = next;
+        }
+        Ok(())
+    }
+
+    /// `a = act(h·scale + offset (+ residual))` with `fold [2, cols]` (scale, offset).
+    fn normalise(
+        &self,
+        bn: &BatchNorm,
+        h: &CudaSlice<f32>,
+        residual: Option<&CudaSlice<f32>>,
+        fold: &CudaSlice<f32>,
+        a: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let (rows, cols) = (bn.rows, bn.cols);
+        fits("BatchNorm output [rows, cols]", a, rows * cols)?;
+        let res = match residual {
+            Some(r) => {
+                fits("BatchNorm residual [rows, cols]", r, rows * cols)?;
+                self.ptr(r, 0)
+            }
+            None => 0,
+        };
+        self.launch().bn_normalise(
+            rows * cols,
+            rows,
+            cols,
+            self.ptr(h, 0),
+            res,
+            bn.relu as usize,
+            self.ptr(fold, 0),
+            self.ptr(a, 0),
+        )
     }
 
     /// Row-major `dst[m,n] = (dst if accumulate) + op(lhs)·op(rhs)` on raw addresses (see
@@ -223,17 +356,20 @@ fn fits_range(what: &'static str, buf: &CudaSlice<f32>, r: &Range<usize>) -> Res
     fits(what, buf, r.end)
 }
 
-/// The error of an op with no GPU kernel yet.
-fn unsupported<T>(op: &str) -> Result<T> {
-    Err(Error::Unsupported(format!(
-        "{op} has no GPU kernel yet: it runs on the CPU backend until GPU training lands"
-    )))
+fn fits_indices(what: &'static str, buf: &CudaSlice<u32>, len: usize) -> Result<()> {
+    if buf.len() < len {
+        return Err(Error::InvalidArgument(format!(
+            "{what}: the buffer holds {} indices, the shape needs {len}",
+            buf.len()
+        )));
+    }
+    Ok(())
 }
 
 impl Backend for Cuda {
     type Buffer = CudaSlice<f32>;
     type Indices = CudaSlice<u32>;
-    type ConvWorkspace = ();
+    type ConvWorkspace = DnnConvs;
 
     fn upload(&self, data: &[f32]) -> Result<CudaSlice<f32>> {
         self.stream.clone_htod(data).map_err(cuda_err)
@@ -352,53 +488,162 @@ impl Backend for Cuda {
         Ok(())
     }
 
-    fn conv_workspace(&self, _convs: &[ConvOp]) -> Result<()> {
-        Ok(())
+    fn conv_workspace(&self, convs: &[ConvOp]) -> Result<DnnConvs> {
+        let dnn = self.dnn.lock().expect("cuDNN handle poisoned");
+        let mut plans = HashMap::new();
+        let mut bytes = 256usize;
+        for c in convs {
+            let key = ConvKey::of(c);
+            if plans.contains_key(&key) {
+                continue;
+            }
+            let plan = ConvPlan::new(&dnn.0, c, self.precision).map_err(cuda_err)?;
+            bytes = bytes.max(plan.workspace_bytes);
+            plans.insert(key, plan);
+        }
+        let workspace = self.stream.alloc_zeros::<u8>(bytes).map_err(cuda_err)?;
+        Ok(DnnConvs { plans, workspace })
     }
     fn conv2d_forward(
         &self,
-        _c: &ConvOp,
-        _params: &CudaSlice<f32>,
-        _x: &CudaSlice<f32>,
-        _out: &mut CudaSlice<f32>,
-        _ws: &mut (),
+        c: &ConvOp,
+        params: &CudaSlice<f32>,
+        x: &CudaSlice<f32>,
+        out: &mut CudaSlice<f32>,
+        ws: &mut DnnConvs,
     ) -> Result<()> {
-        unsupported("conv2d_forward")
+        fits_range("conv weight", params, &c.weight)?;
+        fits("conv input [n, h, w, cin]", x, c.input_len())?;
+        fits("conv output [n, oh, ow, cout]", out, c.output_len())?;
+        let _dnn = self.dnn.lock().expect("cuDNN handle poisoned");
+        let (plan, workspace) = ws.plan(c)?;
+        let w = params.slice(c.weight.clone());
+        let op = ConvForward {
+            conv: &plan.conv,
+            x: &plan.x,
+            w: &plan.w,
+            y: &plan.y,
+        };
+        // SAFETY: the descriptors were made for this shape (looked up by it) and the buffers
+        // hold at least the extents checked above.
+        unsafe { op.launch(plan.forward, Some(workspace), (1.0, 0.0), x, &w, out) }
+            .map_err(cuda_err)
     }
     fn conv2d_backward(
         &self,
-        _c: &ConvOp,
-        _params: &CudaSlice<f32>,
-        _x: &CudaSlice<f32>,
-        _dout: &CudaSlice<f32>,
-        _grads: &mut CudaSlice<f32>,
-        _dx: Option<(&mut CudaSlice<f32>, bool)>,
-        _ws: &mut (),
+        c: &ConvOp,
+        params: &CudaSlice<f32>,
+        x: &CudaSlice<f32>,
+        dout: &CudaSlice<f32>,
+        grads: &mut CudaSlice<f32>,
+        dx: Option<(&mut CudaSlice<f32>, bool)>,
+        ws: &mut DnnConvs,
     ) -> Result<()> {
-        unsupported("conv2d_backward")
+        fits_range("conv weight", params, &c.weight)?;
+        fits_range("conv weight gradient", grads, &c.weight)?;
+        fits("conv input [n, h, w, cin]", x, c.input_len())?;
+        fits(
+            "conv output gradient [n, oh, ow, cout]",
+            dout,
+            c.output_len(),
+        )?;
+        let _dnn = self.dnn.lock().expect("cuDNN handle poisoned");
+        let (plan, workspace) = ws.plan(c)?;
+        let mut dw = grads.slice_mut(c.weight.clone());
+        let filter = ConvBackwardFilter {
+            conv: &plan.conv,
+            x: &plan.x,
+            dw: &plan.w,
+            dy: &plan.y,
+        };
+        // SAFETY: as in the forward; the filter gradient accumulates (β = 1).
+        unsafe {
+            filter.launch(
+                plan.backward_filter,
+                Some(&mut *workspace),
+                (1.0, 1.0),
+                x,
+                &mut dw,
+                dout,
+            )
+        }
+        .map_err(cuda_err)?;
+        if let Some((dx, accumulate)) = dx {
+            fits("conv input gradient [n, h, w, cin]", dx, c.input_len())?;
+            let w = params.slice(c.weight.clone());
+            let data = ConvBackwardData {
+                conv: &plan.conv,
+                dx: &plan.x,
+                w: &plan.w,
+                dy: &plan.y,
+            };
+            let beta = if accumulate { 1.0 } else { 0.0 };
+            // SAFETY: as in the forward.
+            unsafe {
+                data.launch(
+                    plan.backward_data,
+                    Some(workspace),
+                    (1.0, beta),
+                    dx,
+                    &w,
+                    dout,
+                )
+            }
+            .map_err(cuda_err)?;
+        }
+        Ok(())
     }
 
     fn batchnorm_sums(
         &self,
-        _bn: &BatchNorm,
-        _h: &CudaSlice<f32>,
-        _sums: &mut CudaSlice<f32>,
+        bn: &BatchNorm,
+        h: &CudaSlice<f32>,
+        sums: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        unsupported("batchnorm_sums")
+        let (rows, cols) = (bn.rows, bn.cols);
+        fits("BatchNorm input [rows, cols]", h, rows * cols)?;
+        fits("BatchNorm sums [3·cols]", sums, 3 * cols)?;
+        let blocks = row_blocks(rows);
+        let partial = self.zeros(2 * blocks * cols)?;
+        self.launch().bn_sums_partial(
+            blocks * cols,
+            self.ptr(h, 0),
+            rows,
+            cols,
+            self.ptr(&partial, 0),
+        )?;
+        self.copy(h, 0..cols, sums, 0)?;
+        self.reduce_blocks(partial, 2, blocks, cols, self.ptr(sums, cols))
     }
     fn batchnorm_finish(
         &self,
-        _bn: &BatchNorm,
-        _count: usize,
-        _sums: &CudaSlice<f32>,
-        _params: &CudaSlice<f32>,
-        _running: &mut CudaSlice<f32>,
-        _h: &CudaSlice<f32>,
-        _residual: Option<&CudaSlice<f32>>,
-        _stats: &mut CudaSlice<f32>,
-        _a: &mut CudaSlice<f32>,
+        bn: &BatchNorm,
+        count: usize,
+        sums: &CudaSlice<f32>,
+        params: &CudaSlice<f32>,
+        running: &mut CudaSlice<f32>,
+        h: &CudaSlice<f32>,
+        residual: Option<&CudaSlice<f32>>,
+        stats: &mut CudaSlice<f32>,
+        a: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        unsupported("batchnorm_finish")
+        let cols = bn.cols;
+        check_batchnorm(bn, params, running, h, stats)?;
+        fits("BatchNorm sums [3·cols]", sums, 3 * cols)?;
+        let fold = self.zeros(2 * cols)?;
+        self.launch().bn_finish(
+            cols,
+            cols,
+            count,
+            self.ptr(sums, 0),
+            self.ptr(params, bn.gamma.start),
+            self.ptr(params, bn.beta.start),
+            self.ptr(running, bn.running_mean.start),
+            self.ptr(running, bn.running_var.start),
+            self.ptr(stats, 0),
+            self.ptr(&fold, 0),
+        )?;
+        self.normalise(bn, h, residual, &fold, a)
     }
 
     fn batchnorm_forward(
@@ -412,29 +657,28 @@ impl Backend for Cuda {
         stats: &mut CudaSlice<f32>,
         a: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        if residual.is_some() || !bn.relu {
-            return unsupported("BatchNorm with a residual or without a ReLU");
-        }
-        let (rows, cols) = (bn.rows, bn.cols);
         check_batchnorm(bn, params, running, h, stats)?;
-        fits("BatchNorm output [rows, cols]", a, rows * cols)?;
-        let (hp, ap) = (self.ptr(h, 0), self.ptr(a, 0));
-        let (gamma, beta) = (
-            self.ptr(params, bn.gamma.start),
-            self.ptr(params, bn.beta.start),
-        );
-        let rm = self.ptr(running, bn.running_mean.start);
-        let rv = self.ptr(running, bn.running_var.start);
         match mode {
             BnMode::Train => {
-                let (mean, invstd) = (self.ptr(stats, 0), self.ptr(stats, cols));
-                self.launch().bn_relu_forward_train(
-                    cols, hp, ap, rows, cols, gamma, beta, mean, invstd, rm, rv,
-                )
+                let mut sums = self.zeros(3 * bn.cols)?;
+                self.batchnorm_sums(bn, h, &mut sums)?;
+                let count = bn.rows;
+                self.batchnorm_finish(bn, count, &sums, params, running, h, residual, stats, a)
             }
-            BnMode::Eval => self
-                .launch()
-                .bn_relu_forward_eval(cols, hp, ap, rows, cols, gamma, beta, rm, rv),
+            BnMode::Eval => {
+                let cols = bn.cols;
+                let fold = self.zeros(2 * cols)?;
+                self.launch().bn_fold_eval(
+                    cols,
+                    cols,
+                    self.ptr(params, bn.gamma.start),
+                    self.ptr(params, bn.beta.start),
+                    self.ptr(running, bn.running_mean.start),
+                    self.ptr(running, bn.running_var.start),
+                    self.ptr(&fold, 0),
+                )?;
+                self.normalise(bn, h, residual, &fold, a)
+            }
         }
     }
 
@@ -449,106 +693,160 @@ impl Backend for Cuda {
         grads: &mut CudaSlice<f32>,
         residual_grad: Option<&mut CudaSlice<f32>>,
     ) -> Result<()> {
-        let Some(bias) = &bn.linear_bias else {
-            return unsupported("BatchNorm backward without a preceding Linear");
-        };
-        if residual_grad.is_some() || !bn.relu {
-            return unsupported("BatchNorm backward with a residual or without a ReLU");
-        }
-        let (rows, cols) = (bn.rows, bn.cols);
-        fits_range("BatchNorm γ", params, &bn.gamma)?;
-        fits("BatchNorm stats [2·cols]", stats, 2 * cols)?;
-        for (what, buf) in [("BatchNorm input h", h), ("BatchNorm output a", a)] {
-            fits(what, buf, rows * cols)?;
-        }
-        fits("BatchNorm gradient [rows, cols]", grad, rows * cols)?;
-        for r in [&bn.gamma, &bn.beta, bias] {
-            fits_range("BatchNorm parameter gradients", grads, r)?;
-        }
-        let (mean, invstd) = (self.ptr(stats, 0), self.ptr(stats, cols));
-        self.launch().bn_relu_backward(
-            cols,
-            self.ptr(h, 0),
-            self.ptr(a, 0),
-            self.ptr(grad, 0),
-            rows,
-            cols,
-            self.ptr(params, bn.gamma.start),
-            mean,
-            invstd,
-            self.ptr(grads, bn.gamma.start),
-            self.ptr(grads, bn.beta.start),
-            self.ptr(grads, bias.start),
-        )
+        let mut sums = self.zeros(2 * bn.cols)?;
+        self.batchnorm_backward_sums(bn, h, a, stats, grad, &mut sums, residual_grad)?;
+        let count = bn.rows;
+        self.batchnorm_backward_finish(bn, count, &sums, &sums, params, h, a, stats, grad, grads)
     }
 
     fn batchnorm_backward_sums(
         &self,
-        _bn: &BatchNorm,
-        _h: &CudaSlice<f32>,
-        _a: &CudaSlice<f32>,
-        _stats: &CudaSlice<f32>,
-        _grad: &CudaSlice<f32>,
-        _sums: &mut CudaSlice<f32>,
-        _residual_grad: Option<&mut CudaSlice<f32>>,
+        bn: &BatchNorm,
+        h: &CudaSlice<f32>,
+        a: &CudaSlice<f32>,
+        stats: &CudaSlice<f32>,
+        grad: &CudaSlice<f32>,
+        sums: &mut CudaSlice<f32>,
+        residual_grad: Option<&mut CudaSlice<f32>>,
     ) -> Result<()> {
-        unsupported("batchnorm_backward_sums")
+        let (rows, cols) = (bn.rows, bn.cols);
+        check_batchnorm_backward(bn, h, a, stats, grad)?;
+        fits("BatchNorm backward sums [2·cols]", sums, 2 * cols)?;
+        let rg = match residual_grad {
+            Some(r) => {
+                fits("BatchNorm residual gradient [rows, cols]", r, rows * cols)?;
+                self.ptr(r, 0)
+            }
+            None => 0,
+        };
+        let blocks = row_blocks(rows);
+        let partial = self.zeros(2 * blocks * cols)?;
+        self.launch().bn_backward_partial(
+            blocks * cols,
+            rows,
+            cols,
+            self.ptr(h, 0),
+            self.ptr(a, 0),
+            self.ptr(grad, 0),
+            bn.relu as usize,
+            self.ptr(stats, 0),
+            self.ptr(&partial, 0),
+            rg,
+        )?;
+        self.reduce_blocks(partial, 2, blocks, cols, self.ptr(sums, 0))
     }
     fn batchnorm_backward_finish(
         &self,
-        _bn: &BatchNorm,
-        _count: usize,
-        _local: &CudaSlice<f32>,
-        _global: &CudaSlice<f32>,
-        _params: &CudaSlice<f32>,
-        _h: &CudaSlice<f32>,
-        _a: &CudaSlice<f32>,
-        _stats: &CudaSlice<f32>,
-        _grad: &mut CudaSlice<f32>,
-        _grads: &mut CudaSlice<f32>,
+        bn: &BatchNorm,
+        count: usize,
+        local: &CudaSlice<f32>,
+        global: &CudaSlice<f32>,
+        params: &CudaSlice<f32>,
+        h: &CudaSlice<f32>,
+        a: &CudaSlice<f32>,
+        stats: &CudaSlice<f32>,
+        grad: &mut CudaSlice<f32>,
+        grads: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        unsupported("batchnorm_backward_finish")
+        let (rows, cols) = (bn.rows, bn.cols);
+        check_batchnorm_backward(bn, h, a, stats, grad)?;
+        fits_range("BatchNorm γ", params, &bn.gamma)?;
+        fits("BatchNorm local sums [2·cols]", local, 2 * cols)?;
+        fits("BatchNorm global sums [2·cols]", global, 2 * cols)?;
+        for r in [&bn.gamma, &bn.beta].into_iter().chain(&bn.linear_bias) {
+            fits_range("BatchNorm parameter gradients", grads, r)?;
+        }
+        let blocks = row_blocks(rows);
+        let partial_dh = self.zeros(blocks * cols)?;
+        self.launch().bn_backward_apply(
+            blocks * cols,
+            rows,
+            cols,
+            count,
+            self.ptr(h, 0),
+            self.ptr(a, 0),
+            self.ptr(grad, 0),
+            bn.relu as usize,
+            self.ptr(params, bn.gamma.start),
+            self.ptr(stats, 0),
+            self.ptr(global, 0),
+            self.ptr(&partial_dh, 0),
+        )?;
+        let sum_dh = self.zeros(cols)?;
+        self.reduce_blocks(partial_dh, 1, blocks, cols, self.ptr(&sum_dh, 0))?;
+        let bias = bn
+            .linear_bias
+            .as_ref()
+            .map_or(0, |b| self.ptr(grads, b.start));
+        self.launch().bn_finish_grads(
+            cols,
+            cols,
+            self.ptr(local, 0),
+            self.ptr(&sum_dh, 0),
+            self.ptr(grads, bn.gamma.start),
+            self.ptr(grads, bn.beta.start),
+            bias,
+        )
     }
 
     fn maxpool_forward(
         &self,
-        _g: ConvGeometry,
-        _n: usize,
-        _x: &CudaSlice<f32>,
-        _out: &mut CudaSlice<f32>,
-        _argmax: &mut CudaSlice<u32>,
+        g: ConvGeometry,
+        n: usize,
+        x: &CudaSlice<f32>,
+        out: &mut CudaSlice<f32>,
+        argmax: &mut CudaSlice<u32>,
     ) -> Result<()> {
-        unsupported("maxpool_forward")
+        let pixels = n * g.out_h() * g.out_w();
+        fits("max-pool input [n, h, w, c]", x, n * g.h * g.w * g.cin)?;
+        fits("max-pool output [n, oh, ow, c]", out, pixels * g.cin)?;
+        fits_indices("max-pool argmax [n, oh, ow, c]", argmax, pixels * g.cin)?;
+        let (p, a) = (self.ptr(x, 0), self.ptr(out, 0));
+        let am = self.ptr_u32(argmax);
+        self.launch()
+            .maxpool_forward(pixels, n, g.h, g.w, g.cin, g.k, g.stride, g.pad, p, a, am)
     }
     fn maxpool_backward(
         &self,
-        _g: ConvGeometry,
-        _n: usize,
-        _dout: &CudaSlice<f32>,
-        _argmax: &CudaSlice<u32>,
-        _dx: &mut CudaSlice<f32>,
+        g: ConvGeometry,
+        n: usize,
+        dout: &CudaSlice<f32>,
+        argmax: &CudaSlice<u32>,
+        dx: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        unsupported("maxpool_backward")
+        let (inputs, outputs) = (n * g.h * g.w * g.cin, n * g.out_h() * g.out_w() * g.cin);
+        fits("max-pool output gradient [n, oh, ow, c]", dout, outputs)?;
+        fits_indices("max-pool argmax [n, oh, ow, c]", argmax, outputs)?;
+        fits("max-pool input gradient [n, h, w, c]", dx, inputs)?;
+        let (d, am, x) = (self.ptr(dout, 0), self.ptr_u32(argmax), self.ptr(dx, 0));
+        self.launch()
+            .maxpool_backward(inputs, n, g.h, g.w, g.cin, g.k, g.stride, g.pad, d, am, x)
     }
     fn avgpool_forward(
         &self,
-        _n: usize,
-        _hw: usize,
-        _c: usize,
-        _x: &CudaSlice<f32>,
-        _out: &mut CudaSlice<f32>,
+        n: usize,
+        hw: usize,
+        c: usize,
+        x: &CudaSlice<f32>,
+        out: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        unsupported("avgpool_forward")
+        fits("average-pool input [n, hw, c]", x, n * hw * c)?;
+        fits("average-pool output [n, c]", out, n * c)?;
+        let (xp, o) = (self.ptr(x, 0), self.ptr(out, 0));
+        self.launch().avgpool_forward(n * c, n, hw, c, xp, o)
     }
     fn avgpool_backward(
         &self,
-        _n: usize,
-        _hw: usize,
-        _c: usize,
-        _dout: &CudaSlice<f32>,
-        _dx: &mut CudaSlice<f32>,
+        n: usize,
+        hw: usize,
+        c: usize,
+        dout: &CudaSlice<f32>,
+        dx: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        unsupported("avgpool_backward")
+        fits("average-pool output gradient [n, c]", dout, n * c)?;
+        fits("average-pool input gradient [n, hw, c]", dx, n * hw * c)?;
+        let (d, x) = (self.ptr(dout, 0), self.ptr(dx, 0));
+        self.launch().avgpool_backward(n * hw * c, n, hw, c, d, x)
     }
 
     fn nmse_loss_unchecked(
@@ -577,30 +875,135 @@ impl Backend for Cuda {
         objective: &Objective,
         anchors: &CudaSlice<f32>,
         positives: &CudaSlice<f32>,
-        _same_view: &CudaSlice<f32>,
+        same_view: &CudaSlice<f32>,
         rows: usize,
         dim: usize,
         grads: DirectionGrads<'_, CudaSlice<f32>>,
     ) -> Result<f32> {
-        // BYOL's own loss (ℓ2-normalised, no contrastive term, ψ from a target network) is
-        // the normalised MSE; the ablations' objectives have no GPU kernel yet.
         let byol = objective.normalisation == Normalisation::L2 && objective.beta == 0.0;
-        if !byol || grads.positives.is_some() || grads.same_view.is_some() {
-            return unsupported("the ablations' loss objectives");
+        if byol && grads.positives.is_none() && grads.same_view.is_none() {
+            return self.nmse_loss(anchors, positives, rows, dim, Some(grads.anchors));
         }
-        self.nmse_loss(anchors, positives, rows, dim, Some(grads.anchors))
+        // The ablations' objectives on the host (see the module's comment).
+        let len = rows * dim;
+        for (what, buf) in [
+            ("objective anchors [rows, dim]", anchors),
+            ("objective positives [rows, dim]", positives),
+            ("objective same-view rows [rows, dim]", same_view),
+        ] {
+            fits(what, buf, len)?;
+        }
+        let host = |b: &CudaSlice<f32>| -> Result<Vec<f32>> {
+            self.stream.clone_dtoh(&b.slice(0..len)).map_err(cuda_err)
+        };
+        let (a, p, v) = (host(anchors)?, host(positives)?, host(same_view)?);
+        let DirectionGrads {
+            anchors: ga,
+            positives: gp,
+            same_view: gv,
+        } = grads;
+        let mut ha = host(ga)?;
+        let mut hp = gp.as_deref().map(host).transpose()?;
+        let mut hv = gv.as_deref().map(host).transpose()?;
+        let loss = Cpu.objective_direction(
+            objective,
+            &a,
+            &p,
+            &v,
+            rows,
+            dim,
+            DirectionGrads {
+                anchors: &mut ha,
+                positives: hp.as_mut(),
+                same_view: hv.as_mut(),
+            },
+        )?;
+        for (dst, src) in [(Some(ga), Some(ha)), (gp, hp), (gv, hv)] {
+            if let (Some(dst), Some(src)) = (dst, src) {
+                let mut d = dst.slice_mut(0..len);
+                self.stream.memcpy_htod(&src, &mut d).map_err(cuda_err)?;
+            }
+        }
+        Ok(loss)
     }
 
     fn optimizer_step(
         &self,
-        _optimizer: &Optimizer,
-        _tensors: &[TensorStep],
-        _state: OptimizerState<'_, CudaSlice<f32>>,
-        _grads: &CudaSlice<f32>,
-        _t: u64,
-        _lr: f32,
+        optimizer: &Optimizer,
+        tensors: &[TensorStep],
+        state: OptimizerState<'_, CudaSlice<f32>>,
+        grads: &CudaSlice<f32>,
+        t: u64,
+        lr: f32,
     ) -> Result<()> {
-        unsupported("optimizer_step (LARS, SGD, AdamW)")
+        let n = tensors.last().map_or(0, |p| p.range.end);
+        for (what, buf) in [
+            ("optimizer parameters", &*state.params),
+            ("optimizer momentum", &*state.momentum),
+            ("optimizer gradients", grads),
+        ] {
+            fits(what, buf, n)?;
+        }
+        let plan = OptimizerPlan::new(optimizer, tensors, t, lr);
+        if plan.adam {
+            fits("optimizer second moment", state.second_moment, n)?;
+        }
+        let table = self
+            .stream
+            .clone_htod(&plan.table_words())
+            .map_err(cuda_err)?;
+        let table_ptr = self.ptr_any(&table);
+        if let Some((eta, clip)) = plan.lars {
+            let chunks = plan.chunk_tensor.len();
+            if chunks > 0 {
+                let chunk_tensor = self
+                    .stream
+                    .clone_htod(&plan.chunk_tensor)
+                    .map_err(cuda_err)?;
+                let partial = self
+                    .stream
+                    .alloc_zeros::<f64>(2 * chunks)
+                    .map_err(cuda_err)?;
+                self.launch().lars_square_sums(
+                    chunks,
+                    chunks,
+                    self.ptr_any(&chunk_tensor),
+                    table_ptr,
+                    self.ptr(state.params, 0),
+                    self.ptr(grads, 0),
+                    self.ptr_any(&partial),
+                )?;
+                let tensors = plan.rows.len();
+                let p = self.ptr_any(&partial);
+                self.launch().lars_trust(
+                    tensors,
+                    tensors,
+                    table_ptr,
+                    chunks,
+                    p,
+                    eta,
+                    clip as usize,
+                )?;
+            }
+        }
+        let second = if plan.adam {
+            self.ptr(state.second_moment, 0)
+        } else {
+            0
+        };
+        self.launch().optimizer_update(
+            n,
+            n,
+            table_ptr,
+            plan.rows.len(),
+            self.ptr(state.params, 0),
+            self.ptr(grads, 0),
+            self.ptr(state.momentum, 0),
+            second,
+            optimizer.momentum,
+            plan.adam_bc2_sqrt,
+            plan.adam as usize,
+        )
     }
 
     fn ema_update_unchecked(
@@ -636,4 +1039,134 @@ fn check_batchnorm(
     fits_range("BatchNorm running variance", running, &bn.running_var)?;
     fits("BatchNorm stats [2·cols]", stats, 2 * bn.cols)?;
     fits("BatchNorm input [rows, cols]", h, bn.rows * bn.cols)
+}
+
+fn check_batchnorm_backward(
+    bn: &BatchNorm,
+    h: &CudaSlice<f32>,
+    a: &CudaSlice<f32>,
+    stats: &CudaSlice<f32>,
+    grad: &CudaSlice<f32>,
+) -> Result<()> {
+    let len = bn.rows * bn.cols;
+    fits("BatchNorm input h [rows, cols]", h, len)?;
+    fits("BatchNorm output a [rows, cols]", a, len)?;
+    fits("BatchNorm gradient [rows, cols]", grad, len)?;
+    fits("BatchNorm stats [2·cols]", stats, 2 * bn.cols)
+}
+
+/// A convolution's shape, the key of its cuDNN plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct ConvKey([usize; 8]);
+
+impl ConvKey {
+    fn of(c: &ConvOp) -> Self {
+        let k = &c.conv;
+        ConvKey([k.cin, k.cout, k.k, k.stride, k.pad, c.n, c.h, c.w])
+    }
+}
+
+/// The cuDNN descriptors of one convolution shape and the algorithms chosen for it, once.
+struct ConvPlan {
+    x: TensorDescriptor<f32>,
+    w: FilterDescriptor<f32>,
+    y: TensorDescriptor<f32>,
+    conv: ConvDescriptor<f32>,
+    forward: dnn_sys::cudnnConvolutionFwdAlgo_t,
+    backward_data: dnn_sys::cudnnConvolutionBwdDataAlgo_t,
+    backward_filter: dnn_sys::cudnnConvolutionBwdFilterAlgo_t,
+    workspace_bytes: usize,
+}
+
+impl ConvPlan {
+    fn new(
+        dnn: &Arc<Cudnn>,
+        c: &ConvOp,
+        precision: Precision,
+    ) -> std::result::Result<Self, cudnn::CudnnError> {
+        use dnn_sys::cudnnTensorFormat_t::CUDNN_TENSOR_NHWC;
+        let k = &c.conv;
+        let g = k.geometry(c.h, c.w);
+        let i = |v: usize| v as i32;
+        let x =
+            dnn.create_4d_tensor::<f32>(CUDNN_TENSOR_NHWC, [i(c.n), i(k.cin), i(c.h), i(c.w)])?;
+        let y = dnn.create_4d_tensor::<f32>(
+            CUDNN_TENSOR_NHWC,
+            [i(c.n), i(k.cout), i(g.out_h()), i(g.out_w())],
+        )?;
+        // OHWI is cuDNN's NHWC filter layout (KRSC); dimensions are given as [K, C, R, S].
+        let w =
+            dnn.create_4d_filter::<f32>(CUDNN_TENSOR_NHWC, [i(k.cout), i(k.cin), i(k.k), i(k.k)])?;
+        let mut conv = dnn.create_conv2d::<f32>(
+            [i(k.pad); 2],
+            [i(k.stride); 2],
+            [1, 1],
+            dnn_sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
+        )?;
+        conv.set_math_type(match precision {
+            // FMA math keeps cuDNN off TF32 tensor cores: f32 means f32.
+            Precision::F32 => dnn_sys::cudnnMathType_t::CUDNN_FMA_MATH,
+            Precision::Tf32 => dnn_sys::cudnnMathType_t::CUDNN_TENSOR_OP_MATH,
+        })?;
+        let fwd = ConvForward {
+            conv: &conv,
+            x: &x,
+            w: &w,
+            y: &y,
+        };
+        let forward = fwd.pick_algorithm()?;
+        let data = ConvBackwardData {
+            conv: &conv,
+            dx: &x,
+            w: &w,
+            dy: &y,
+        };
+        let backward_data = data.pick_algorithm()?;
+        let filter = ConvBackwardFilter {
+            conv: &conv,
+            x: &x,
+            dw: &w,
+            dy: &y,
+        };
+        let backward_filter = filter.pick_algorithm()?;
+        let workspace_bytes = fwd
+            .get_workspace_size(forward)?
+            .max(data.get_workspace_size(backward_data)?)
+            .max(filter.get_workspace_size(backward_filter)?);
+        Ok(ConvPlan {
+            x,
+            w,
+            y,
+            conv,
+            forward,
+            backward_data,
+            backward_filter,
+            workspace_bytes,
+        })
+    }
+}
+
+/// The convolutions of one network at one input shape on cuDNN: a plan per shape and one
+/// workspace as large as the largest plan needs.
+pub struct DnnConvs {
+    plans: HashMap<ConvKey, ConvPlan>,
+    workspace: CudaSlice<u8>,
+}
+
+// SAFETY: the descriptors are host-side cuDNN structs that are only read while the backend
+// holds its cuDNN mutex, and the workspace is only used through `&mut DnnConvs`.
+unsafe impl Send for DnnConvs {}
+unsafe impl Sync for DnnConvs {}
+
+impl DnnConvs {
+    /// The plan of `c` and the workspace, or an error naming the shape that was not planned.
+    fn plan(&mut self, c: &ConvOp) -> Result<(&ConvPlan, &mut CudaSlice<u8>)> {
+        let plan = self.plans.get(&ConvKey::of(c)).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "convolution {:?} on {}×{}×{} images was not in the workspace it was given",
+                c.conv, c.n, c.h, c.w
+            ))
+        })?;
+        Ok((plan, &mut self.workspace))
+    }
 }

@@ -20,6 +20,8 @@ pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod distributed;
+#[cfg(feature = "cuda")]
+pub mod gpu_libs;
 pub mod gpu_plan;
 pub mod ptx;
 
@@ -33,6 +35,32 @@ pub use crate::cpu::conv::Conv2d;
 pub use crate::cpu::objective::{DirectionGrads, Normalisation, Objective};
 pub use crate::cpu::optimizer::{Optimizer, OptimizerKind, TensorStep};
 pub use kernels::conv::ConvGeometry;
+
+/// The arithmetic of convolutions and GEMMs on a GPU: `f32` (IEEE single precision, no tensor
+/// cores) or `tf32` (tensor cores with TF32 inputs, f32 accumulation and storage). The CPU
+/// always computes in f32. BatchNorm, the loss, the optimiser and the EMA are f32 in both.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Precision {
+    #[default]
+    F32,
+    Tf32,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" => Ok(Precision::F32),
+            "tf32" => Ok(Precision::Tf32),
+            "bf16" => Err(Error::InvalidArgument(
+                "precision bf16 is not implemented yet: use f32 or tf32".into(),
+            )),
+            _ => Err(Error::InvalidArgument(format!(
+                "precision {s:?}: expected f32 or tf32"
+            ))),
+        }
+    }
+}
 
 /// Where a run computes: `cpu`, or `cuda` / `cuda:N` (GPU N). Checkpoints do not depend on it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -1,0 +1,113 @@
+//! Finding the NVIDIA libraries at run time. The GPU machines this project targets have the
+//! driver (`libcuda.so.1`) but may have cuBLAS and cuDNN only inside Python wheels
+//! (`nvidia-cublas`, `nvidia-cudnn-cu13`, …), whose `lib` folders are not on the loader's path.
+//! [`preload`] opens every library found in those folders by its full path, with global
+//! symbols, before `cudarc` asks the loader for it by name: the loader then answers with the
+//! copy already loaded (it matches the soname), and cuDNN's own sub-libraries are found beside
+//! it. [`search_folders`] is what `host gpu-info` lists.
+
+use std::path::{Path, PathBuf};
+
+/// The libraries cudarc opens by name, as their wheels ship them.
+const LIBRARIES: &[&str] = &[
+    "libcublasLt.so.13",
+    "libcublas.so.13",
+    "libnvrtc.so.13",
+    "libcudnn.so.9",
+];
+
+/// Folders that may hold the libraries, in search order: `BYOL_CUDA_LIBS` (colon-separated),
+/// `LD_LIBRARY_PATH`, the `lib` folders of the `nvidia` package in every Python
+/// `site-packages` / `dist-packages` under `/usr`, `/usr/local`, `$VIRTUAL_ENV`, `~/.local`
+/// and `/opt/conda`, then `/usr/local/cuda/lib64`.
+pub fn search_folders() -> Vec<PathBuf> {
+    let mut folders: Vec<PathBuf> = Vec::new();
+    for var in ["BYOL_CUDA_LIBS", "LD_LIBRARY_PATH"] {
+        if let Ok(v) = std::env::var(var) {
+            folders.extend(v.split(':').filter(|s| !s.is_empty()).map(PathBuf::from));
+        }
+    }
+    let mut prefixes = vec![
+        PathBuf::from("/usr"),
+        PathBuf::from("/usr/local"),
+        PathBuf::from("/opt/conda"),
+    ];
+    if let Ok(v) = std::env::var("VIRTUAL_ENV") {
+        prefixes.push(PathBuf::from(v));
+    }
+    if let Ok(h) = std::env::var("HOME") {
+        prefixes.push(Path::new(&h).join(".local"));
+    }
+    for prefix in prefixes {
+        for lib in ["lib", "lib64"] {
+            for python in children(&prefix.join(lib)) {
+                if !file_name_starts(&python, "python3") {
+                    continue;
+                }
+                for packages in ["site-packages", "dist-packages"] {
+                    let nvidia = python.join(packages).join("nvidia");
+                    for component in children(&nvidia) {
+                        let lib = component.join("lib");
+                        if lib.is_dir() {
+                            folders.push(lib);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    folders.push(PathBuf::from("/usr/local/cuda/lib64"));
+    folders.retain(|f| f.is_dir());
+    folders.dedup();
+    folders
+}
+
+fn children(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn file_name_starts(p: &Path, prefix: &str) -> bool {
+    p.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with(prefix))
+}
+
+/// Where each library was found: `(name, Some(path))` or `(name, None)`.
+pub fn locate() -> Vec<(&'static str, Option<PathBuf>)> {
+    let folders = search_folders();
+    LIBRARIES
+        .iter()
+        .map(|&name| {
+            let found = folders.iter().map(|f| f.join(name)).find(|p| p.is_file());
+            (name, found)
+        })
+        .collect()
+}
+
+/// Opens every library [`locate`] finds, once per process (see the module's comment).
+/// Libraries not found are left to the loader's own search.
+pub fn preload() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        for (_, path) in locate() {
+            if let Some(path) = path {
+                // SAFETY: loading an NVIDIA library runs its initialisers, as cudarc's own
+                // loading would; the handle is leaked so the library stays loaded.
+                let flags = libc_flags();
+                if let Ok(lib) = unsafe { libloading::os::unix::Library::open(Some(&path), flags) }
+                {
+                    std::mem::forget(lib);
+                }
+            }
+        }
+    });
+}
+
+/// `RTLD_NOW | RTLD_GLOBAL`.
+fn libc_flags() -> i32 {
+    libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_GLOBAL
+}
