@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Builds, here, everything a GPU machine needs to check the CUDA path (docs/DESIGN.md §3: it has the
-# NVIDIA driver and CUDA 13 but no Rust and no network): release test and bench binaries with
-# the `cuda` feature (the PTX is embedded in them) and a run.sh that runs them all as one
-# command and prints a short report. Output: gpu-bundle/ (about 20 MB).
+# Builds, here, everything a GPU machine needs to check the CUDA path (it has the NVIDIA driver,
+# Python with torch and the nvidia-* wheels, but no Rust and no network): release test and
+# bench binaries and the host binary with the `cuda` feature (the PTX is embedded in them), the
+# PyTorch baselines, and a run.sh that runs, as one command: `host gpu-info`, every test (the
+# GPU ones included), a short `host train --device cuda` on the embedded set, and the benches
+# beside PyTorch on the same GPU. Output: gpu-bundle/ (about 60 MB).
 # Usage: scripts/gpu-bundle.sh, then on the GPU machine: bash gpu-bundle/run.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +25,10 @@ cargo test --release --features cuda --no-run --message-format=json -q 2>/dev/nu
   while read -r name exe; do strip -o "$out/test-$name" "$exe"; done
 cargo bench --features cuda --no-run --message-format=json -q 2>/dev/null | executables bench |
   while read -r name exe; do strip -o "$out/bench-$name" "$exe"; done
+cargo build --release -q -p host --features cuda
+strip -o "$out/host" target/release/host
 cp kernels/ptx/byol_kernels.ptx "$out/"
+cp -r scripts/torch "$out/torch"
 cat > "$out/run.sh" <<'RUN'
 #!/usr/bin/env bash
 # Runs every test (GPU ones included) and the benches; prints a short report.
@@ -32,16 +37,33 @@ cd "$(dirname "$0")"
 for d in $(python3 -c 'import nvidia, os; r = nvidia.__path__[0]; print(" ".join(os.path.join(r, s, "lib") for s in ("cu13", "cublas")))' 2>/dev/null) /usr/local/cuda/lib64; do
   [ -d "$d" ] && export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"
 done
+# cuDNN 9 (nvidia-cudnn-cu13 or -cu12) and NVRTC, likewise; `host gpu-info` shows what was found.
+for d in $(python3 -c 'import nvidia, os; r = nvidia.__path__[0]; print(" ".join(os.path.join(r, s, "lib") for s in os.listdir(r)))' 2>/dev/null); do
+  [ -d "$d" ] && export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"
+done
 # The PyTorch fixtures of tests/resnet.rs, when the bundle sits in a copy of the repository.
 [ -d ../tests/fixtures ] && export BYOL_FIXTURES="$(cd ../tests/fixtures && pwd)"
+export BYOL_TORCH_SCRIPTS="$PWD/torch"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null || echo "nvidia-smi not found"
+echo "== host gpu-info"
+./host gpu-info || { echo "== overall: FAIL (no usable GPU)"; exit 1; }
 status=0
 for t in ./test-*; do
   echo "== $t"
   if ! "$t" --include-ignored --test-threads=1 2>&1 | tail -n 25; then status=1; fi
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
 done
-for b in ./bench-*; do
+echo "== host train --device cuda (embedded set, the default recipe, at most 2 minutes)"
+rm -rf run-gpu
+timeout 150 ./host train --device cuda --out run-gpu 2>&1 | grep -v '^epoch [0-9]*/[0-9]* \[' | tail -n 15
+python3 - <<'PY' || status=1
+import json
+rows = [json.loads(l) for l in open("run-gpu/metrics.jsonl")]
+knn = [r["knn_top1"] for r in rows if r.get("kind") in ("init", "epoch") and "knn_top1" in r]
+print("kNN top-1 by epoch:", ", ".join(f"{k:.1f}" for k in knn))
+assert len(knn) >= 3 and knn[-1] > knn[0] + 5, "the GPU run's kNN did not rise"
+PY
+for b in ./bench-kernels ./bench-gpu; do
   echo "== $b"
   "$b" --bench || status=1
 done

@@ -61,7 +61,10 @@ pub fn peak_rss_mib() -> f64 {
 /// Runs `scripts/torch/<script>` with `args` (when `python3` has torch), prints its line and
 /// the ratio of our `images_per_s` and `peak_rss_mib` to its.
 pub fn torch_baseline(script: &str, args: &[String], images_per_s: f64, rss_mib: f64) {
-    let path = format!("{}/scripts/torch/{script}", env!("CARGO_MANIFEST_DIR"));
+    // `BYOL_TORCH_SCRIPTS` when the bench binary runs away from its source tree (the GPU bundle).
+    let dir = std::env::var("BYOL_TORCH_SCRIPTS")
+        .unwrap_or_else(|_| format!("{}/scripts/torch", env!("CARGO_MANIFEST_DIR")));
+    let path = format!("{dir}/{script}");
     match std::process::Command::new("python3")
         .arg(&path)
         .args(args)
@@ -74,12 +77,16 @@ pub fn torch_baseline(script: &str, args: &[String], images_per_s: f64, rss_mib:
                 line.split_whitespace()
                     .find_map(|f| f.strip_prefix(k)?.parse().ok())
             };
-            if let (Some(ips), Some(rss)) = (field("images_per_s="), field("peak_rss_mib=")) {
-                println!(
+            match (field("images_per_s="), field("peak_rss_mib=")) {
+                (Some(ips), Some(rss)) if rss_mib.is_finite() => println!(
                     "ratio rust/torch: throughput {:.2}x, peak memory {:.2}x",
                     images_per_s / ips,
                     rss_mib / rss
-                );
+                ),
+                (Some(ips), _) => {
+                    println!("ratio rust/torch: throughput {:.2}x", images_per_s / ips)
+                }
+                _ => {}
             }
         }
         _ => println!("torch baseline skipped: python3 with torch and torchvision not found"),

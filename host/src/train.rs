@@ -1297,6 +1297,7 @@ fn train_on<B: Backend>(
     let mut epochs = Vec::new();
     let mut collapsed_at = None;
     let (run_start, mut images) = (Instant::now(), 0usize);
+    let mut waited = 0.0f64;
     for epoch in first_epoch..last_epoch {
         let start = Instant::now();
         let mut order: Vec<usize> = (0..n).collect();
@@ -1327,9 +1328,12 @@ fn train_on<B: Backend>(
                 }
             });
             for s in 0..steps_per_epoch {
+                // Time the step waits for its batch: the augmentation falling behind.
+                let wait_start = Instant::now();
                 let [v1, v2] = rx
                     .recv()
                     .expect("the augmentation thread sends every batch");
+                waited += wait_start.elapsed().as_secs_f64();
                 let k = state.step as usize;
                 let (lr, t) = (
                     learning_rate(peak, k, warmup, total as usize),
@@ -1361,7 +1365,8 @@ fn train_on<B: Backend>(
                     serde_json::json!({"kind": "step", "step": k, "epoch": epoch + 1, "loss": loss, "lr": lr, "tau": t, "images_per_s": ips}),
                 )?;
                 if opts.progress && lead {
-                    let ips = images as f64 / run_start.elapsed().as_secs_f64();
+                    let elapsed = run_start.elapsed().as_secs_f64();
+                    let ips = images as f64 / elapsed;
                     let left = (total - state.step) as usize * b;
                     progress(
                         epoch + 1,
@@ -1372,6 +1377,7 @@ fn train_on<B: Backend>(
                         lr,
                         t,
                         ips,
+                        waited / elapsed,
                         left,
                     );
                 }
@@ -1561,12 +1567,14 @@ fn progress(
     lr: f64,
     tau: f64,
     ips: f64,
+    data_wait: f64,
     images_left: usize,
 ) {
     let bar = progress_bar(s, steps);
     let eta = (images_left as f64 / ips.max(1e-9)) as u64;
     let line = format!(
-        "epoch {epoch}/{epochs} [{bar}] step {s}/{steps} loss {loss:.4} lr {lr:.4} τ {tau:.4} {ips:.0} img/s ETA {}m{:02}s",
+        "epoch {epoch}/{epochs} [{bar}] step {s}/{steps} loss {loss:.4} lr {lr:.4} τ {tau:.4} {ips:.0} img/s, waited for data {:.0}% ETA {}m{:02}s",
+        100.0 * data_wait,
         eta / 60,
         eta % 60
     );
