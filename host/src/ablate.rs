@@ -5,6 +5,7 @@
 //! from their checkpoint. The table (`results.md`) puts our numbers beside the paper's; at
 //! this scale the numbers differ from ImageNet, the qualitative findings are what to compare.
 
+use crate::backend::Device;
 use crate::byol::schedule::PRESETS;
 use crate::error::{Error, Result};
 use crate::recipe::{imagenet, SMALL};
@@ -297,7 +298,7 @@ fn recipe_study(base: &TrainConfig) -> Vec<(String, Change)> {
 }
 
 /// Trains (or resumes, or skips) one run in `dir` and evaluates it.
-pub fn run_one(r: &StudyRun, dir: &Path, progress: bool) -> Result<RunResult> {
+pub fn run_one(r: &StudyRun, dir: &Path, progress: bool, device: Device) -> Result<RunResult> {
     let result_path = dir.join("result.json");
     if let Ok(text) = std::fs::read_to_string(&result_path) {
         if let Ok(done) = serde_json::from_str::<RunResult>(&text) {
@@ -314,7 +315,7 @@ pub fn run_one(r: &StudyRun, dir: &Path, progress: bool) -> Result<RunResult> {
             stop_after_epochs: None,
             progress,
             replicas: None,
-            device: crate::backend::Device::Cpu,
+            device,
             precision: Default::default(),
         },
     ) {
@@ -426,7 +427,14 @@ pub fn table(name: &str, runs: &[StudyRun], results: &[RunResult]) -> String {
 
 /// Runs study `name` over `base` in `out/<name>/<run>/`; writes `results.md` and
 /// `results.png` there and returns the table.
-pub fn run_study(name: &str, base: &TrainConfig, out: &Path, progress: bool) -> Result<String> {
+/// Each run trains on `device`.
+pub fn run_study(
+    name: &str,
+    base: &TrainConfig,
+    out: &Path,
+    progress: bool,
+    device: Device,
+) -> Result<String> {
     let runs = study(name, base)?;
     let dir = out.join(name);
     let mut results = Vec::new();
@@ -438,6 +446,7 @@ pub fn run_study(name: &str, base: &TrainConfig, out: &Path, progress: bool) -> 
             r,
             &dir.join(r.label.replace(['=', ','], "_")),
             progress,
+            device,
         )?);
     }
     let t = table(name, &runs, &results);

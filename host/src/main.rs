@@ -1,10 +1,25 @@
 //! `host`: the BYOL command line. Only what works is offered; planned commands say so.
 
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use host::backend::Device;
 use host::train::{given_fields, DataConfig, RunOptions, TrainConfig};
-use host::{checkpoint, Error};
+use host::{checkpoint, Backend, Error};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+
+/// `$f(backend)` with the backend `device` names: the closure is written once and expanded
+/// per backend type, so the function it calls can be generic.
+macro_rules! on_device {
+    ($device:expr, $f:expr) => {
+        match $device {
+            Device::Cpu => $f(host::Cpu),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(n) => host::Cuda::new(n).and_then(|gpu| $f(gpu)),
+            #[cfg(not(feature = "cuda"))]
+            Device::Cuda(n) => host::train::check_device(Device::Cuda(n)),
+        }
+    };
+}
 
 #[derive(Parser)]
 #[command(
@@ -95,6 +110,9 @@ enum Command {
         dataset: Option<String>,
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Where the runs train: cpu, cuda or cuda:N.
+        #[arg(long, default_value = "cpu")]
+        device: Device,
     },
     /// Check the GPU path: where the NVIDIA libraries were found, then open GPU 0, load the
     /// kernels and report the device, its memory and the libraries' versions (needs `--features cuda`).
@@ -107,6 +125,9 @@ enum EvalCommand {
     Knn {
         /// A run folder, or its checkpoint.
         checkpoint: PathBuf,
+        /// Where the encoder runs: cpu, cuda or cuda:N.
+        #[arg(long, default_value = "cpu")]
+        device: Device,
     },
     /// Linear evaluation: a softmax classifier on the frozen encoder, lr swept over the paper's values.
     Linear {
@@ -115,6 +136,9 @@ enum EvalCommand {
         /// Epochs of the classifier's training.
         #[arg(long, default_value_t = 80)]
         epochs: usize,
+        /// Where the encoder runs (the classifier trains on the CPU): cpu, cuda or cuda:N.
+        #[arg(long, default_value = "cpu")]
+        device: Device,
     },
 }
 
@@ -148,7 +172,7 @@ struct TrainArgs {
     distributed: bool,
     /// Where the step runs: cpu, cuda or cuda:N (GPU N; needs --features cuda).
     #[arg(long, default_value = "cpu")]
-    device: host::backend::Device,
+    device: Device,
     /// Convolutions and GEMMs on a GPU: f32 (exact single precision) or tf32 (tensor cores,
     /// f32 accumulation). BatchNorm, loss, optimiser and EMA stay f32.
     #[arg(long, default_value = "f32")]
@@ -257,10 +281,14 @@ fn main() -> ExitCode {
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let result = match cli.command {
         Command::Train(args) => train(&args, sub_matches(&matches, "train")),
-        Command::Eval(EvalCommand::Knn { checkpoint }) => eval_knn(&checkpoint),
-        Command::Eval(EvalCommand::Linear { checkpoint, epochs }) => {
-            eval_linear(&checkpoint, epochs)
+        Command::Eval(EvalCommand::Knn { checkpoint, device }) => {
+            on_device!(device, |be| eval_knn(&checkpoint, be))
         }
+        Command::Eval(EvalCommand::Linear {
+            checkpoint,
+            epochs,
+            device,
+        }) => on_device!(device, |be| eval_linear(&checkpoint, epochs, be)),
         Command::Export { checkpoint, out } => export(&checkpoint, &out),
         Command::Embed {
             checkpoint,
@@ -311,13 +339,16 @@ fn main() -> ExitCode {
             train_size,
             dataset,
             data_dir,
+            device,
         } => {
             let mut base = host::ablate::base();
             base.optim.epochs = epochs.unwrap_or(base.optim.epochs);
             base.data.train_size = train_size.unwrap_or(base.data.train_size);
             base.data.dataset = dataset.unwrap_or(base.data.dataset);
             base.data.data_dir = data_dir.or(base.data.data_dir);
-            host::ablate::run_study(&study, &base, &out, true).map(|table| println!("{table}"))
+            host::train::check_device(device)
+                .and_then(|()| host::ablate::run_study(&study, &base, &out, true, device))
+                .map(|table| println!("{table}"))
         }
         Command::GpuInfo => gpu_info(),
     };
@@ -493,8 +524,18 @@ fn open_run(run: &Path) -> Result<(host::byol::Byol, host::byol::ByolState, Trai
     Ok((byol, state, cfg))
 }
 
-fn eval_knn(path: &Path) -> Result<(), Error> {
-    let (byol, state, cfg) = open_run(path)?;
+/// A run's network and state on `backend` (checkpoints are read on the host, then uploaded).
+type RunOn<B> = (host::byol::Byol<B>, host::byol::ByolState<B>, TrainConfig);
+
+fn open_run_on<B: Backend>(run: &Path, backend: B) -> Result<RunOn<B>, Error> {
+    let (_, host_state, cfg) = open_run(run)?;
+    let byol = host::byol::Byol::on(backend, cfg.byol_config()?)?;
+    let state = host_state.to_backend(&byol.backend)?;
+    Ok((byol, state, cfg))
+}
+
+fn eval_knn<B: Backend>(path: &Path, backend: B) -> Result<(), Error> {
+    let (byol, state, cfg) = open_run_on(path, backend)?;
     let (train, test) = host::train::load_data(&cfg)?;
     let aug = host::train::augmenter(&train, &cfg)?;
     let acc = host::train::monitor(&byol, &state, &train, &test, &aug, &cfg)?.knn_top1;
@@ -508,8 +549,8 @@ fn eval_knn(path: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-fn eval_linear(path: &Path, epochs: usize) -> Result<(), Error> {
-    let (byol, state, cfg) = open_run(path)?;
+fn eval_linear<B: Backend>(path: &Path, epochs: usize, backend: B) -> Result<(), Error> {
+    let (byol, state, cfg) = open_run_on(path, backend)?;
     let (train, test) = host::train::load_data(&cfg)?;
     let aug = host::train::augmenter(&train, &cfg)?;
     // The encoder's parameters and statistics lead the online buffers.

@@ -374,18 +374,30 @@ fn every_config_file_should_be_valid() {
 }
 
 /// `--device cuda` on a machine without a GPU (or a build without the feature) is one
-/// sentence saying what is missing, before any work.
+/// sentence saying what is missing, before any work: in training, evaluation and studies.
 #[test]
 fn a_gpu_run_without_a_gpu_should_say_what_is_missing() {
-    let o = train(&["--device", "cuda"]);
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.starts_with("error: GPU unavailable: "), "{err}");
-    assert!(
-        err.contains("without the `cuda` feature") || err.contains("libcuda.so"),
-        "{err}"
-    );
-    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    let dir = dir("gpu-missing");
+    let out = dir.to_str().unwrap();
+    let runs: [&[&str]; 3] = [
+        &["train", "--device", "cuda", "--out", out],
+        &["eval", "knn", out, "--device", "cuda"],
+        &["ablate", "tau", "--out", out, "--device", "cuda:1"],
+    ];
+    for args in runs {
+        let o = host(args);
+        assert!(!o.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.starts_with("error: GPU unavailable: "),
+            "{args:?}: {err}"
+        );
+        assert!(
+            err.contains("without the `cuda` feature") || err.contains("libcuda.so"),
+            "{args:?}: {err}"
+        );
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+    }
 }
 
 /// Without the `mpi` feature, `--distributed` says how to get it.
