@@ -138,3 +138,25 @@ fn a_state_should_move_between_cpu_and_gpu_mid_run() {
         );
     }
 }
+
+/// The data-parallel GPU backend with NCCL's gradient average, at world size 1 (one GPU can
+/// check it): the same steps as the plain GPU backend.
+#[test]
+#[ignore = "needs an NVIDIA GPU and NCCL"]
+fn nccl_at_world_size_one_should_equal_the_plain_gpu_step() {
+    use host::backend::distributed::Distributed;
+    use host::dist::{nccl::Nccl, Single};
+    use std::sync::Arc;
+    let stem = Stem::Cifar;
+    let (state, views, size) = setup(stem);
+    let (want_losses, want) = steps(Cuda::new(0).unwrap(), stem, &state, &views, size, 3);
+    let gpu = Cuda::new(0).unwrap();
+    let nccl = Nccl::new(&gpu, &Single).unwrap();
+    let backend = Distributed::new(gpu, Arc::new(Single), true)
+        .with_device_average(Box::new(move |buf| nccl.average(buf)));
+    let (losses, got) = steps(backend, stem, &state, &views, size, 3);
+    assert_eq!(losses.len(), want_losses.len());
+    let d = relative(&got.online, &want.online);
+    println!("NCCL world 1: parameters {d:.1e} from the plain GPU step");
+    assert!(d < 1e-6, "NCCL world 1: {d:.1e}");
+}

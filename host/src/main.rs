@@ -277,6 +277,8 @@ fn sub_matches<'a>(matches: &'a ArgMatches, name: &str) -> &'a ArgMatches {
 }
 
 fn main() -> ExitCode {
+    #[cfg(feature = "cuda")]
+    restart_with_gpu_libraries();
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let result = match cli.command {
@@ -358,6 +360,29 @@ fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// A command that may open a GPU starts itself again, once, with the NVIDIA libraries of the
+/// Python wheels on its library path (`gpu_libs::library_path`); a failed restart just goes on
+/// (the libraries are then looked for where the loader looks).
+#[cfg(feature = "cuda")]
+fn restart_with_gpu_libraries() {
+    use host::backend::gpu_libs;
+    use std::os::unix::process::CommandExt;
+    let args: Vec<String> = std::env::args().collect();
+    if !args.iter().any(|a| a.contains("cuda") || a == "gpu-info") {
+        return;
+    }
+    if let Some(path) = gpu_libs::library_path() {
+        let err = std::process::Command::new("/proc/self/exe")
+            .args(&args[1..])
+            .env("LD_LIBRARY_PATH", path)
+            .env(gpu_libs::BYOL_LIBRARY_PATH_SET, "1")
+            .exec();
+        eprintln!(
+            "note: could not restart with the GPU libraries' folders on the library path: {err}"
+        );
     }
 }
 

@@ -1121,22 +1121,43 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
             let backend = Distributed::new(Cpu, r.collective.clone(), r.sync_batchnorm);
             train_on(cfg, opts, backend, r.collective.as_ref())
         }
-        (None, Device::Cuda(ordinal)) => train_on_gpu(cfg, opts, ordinal),
-        (Some(_), Device::Cuda(_)) => Err(Error::InvalidArgument(
-            "--distributed runs on the CPU for now: data-parallel GPUs (NCCL) come with GPU training"
-                .into(),
-        )),
+        (replicas, Device::Cuda(ordinal)) => train_on_gpu(cfg, opts, ordinal, replicas.as_ref()),
     }
 }
 
+/// On GPU `ordinal`; in a data-parallel run, rank r of a machine takes GPU `ordinal` + its
+/// local rank (`OMPI_COMM_WORLD_LOCAL_RANK` or torchrun's `LOCAL_RANK`, else 0), and the
+/// gradient average goes through NCCL.
 #[cfg(feature = "cuda")]
-fn train_on_gpu(cfg: &TrainConfig, opts: &RunOptions, ordinal: usize) -> Result<Summary> {
-    let gpu = crate::backend::cuda::Cuda::with_precision(ordinal, opts.precision)?;
-    train_on(cfg, opts, gpu, &Single)
+fn train_on_gpu(
+    cfg: &TrainConfig,
+    opts: &RunOptions,
+    ordinal: usize,
+    replicas: Option<&Replicas>,
+) -> Result<Summary> {
+    use crate::backend::cuda::Cuda;
+    let Some(r) = replicas else {
+        let gpu = Cuda::with_precision(ordinal, opts.precision)?;
+        return train_on(cfg, opts, gpu, &Single);
+    };
+    let local = ["OMPI_COMM_WORLD_LOCAL_RANK", "LOCAL_RANK"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok()?.parse::<usize>().ok())
+        .unwrap_or(0);
+    let gpu = Cuda::with_precision(ordinal + local, opts.precision)?;
+    let nccl = crate::dist::nccl::Nccl::new(&gpu, r.collective.as_ref())?;
+    let backend = Distributed::new(gpu, r.collective.clone(), r.sync_batchnorm)
+        .with_device_average(Box::new(move |buf| nccl.average(buf)));
+    train_on(cfg, opts, backend, r.collective.as_ref())
 }
 
 #[cfg(not(feature = "cuda"))]
-fn train_on_gpu(_cfg: &TrainConfig, _opts: &RunOptions, ordinal: usize) -> Result<Summary> {
+fn train_on_gpu(
+    _cfg: &TrainConfig,
+    _opts: &RunOptions,
+    ordinal: usize,
+    _replicas: Option<&Replicas>,
+) -> Result<Summary> {
     check_device(Device::Cuda(ordinal))?;
     unreachable!("check_device refuses every GPU in a build without the `cuda` feature")
 }

@@ -132,6 +132,11 @@ impl Cuda {
         self.ctx.total_mem().map_err(cuda_err)
     }
 
+    /// The stream every op of this backend is queued on.
+    pub fn stream(&self) -> Arc<CudaStream> {
+        self.stream.clone()
+    }
+
     /// The precision of convolutions and GEMMs.
     pub fn precision(&self) -> Precision {
         self.precision

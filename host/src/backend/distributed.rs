@@ -14,6 +14,9 @@
 //!
 //! With `sync_batchnorm` off every rank normalises with its own shard (per-replica
 //! BatchNorm, for the batch-size ablation). Everything else is the inner backend's.
+//!
+//! Device buffers go through host memory for the collective, except the gradient average
+//! when a [`DeviceAverage`] is given (NCCL on GPUs: `crate::dist::nccl`).
 
 use super::{
     Backend, BatchNorm, BnMode, ConvGeometry, ConvOp, DirectionGrads, Gemm, Linear, Objective,
@@ -24,12 +27,18 @@ use crate::error::Result;
 use std::ops::Range;
 use std::sync::Arc;
 
+/// An average over the ranks done on the devices (NCCL between GPUs), in place of the
+/// collective's host-memory one.
+pub type DeviceAverage<B> = Box<dyn Fn(&mut <B as Backend>::Buffer) -> Result<()> + Send + Sync>;
+
 /// `inner`'s ops on one rank of a data-parallel run over `collective`.
-pub struct Distributed<B> {
+pub struct Distributed<B: Backend> {
     pub inner: B,
     pub collective: Arc<dyn Collective>,
     /// Cross-replica BatchNorm (true, the paper's) or per-replica.
     pub sync_batchnorm: bool,
+    /// The gradient average on the devices, where there is one.
+    device_average: Option<DeviceAverage<B>>,
 }
 
 impl<B: Backend> Distributed<B> {
@@ -38,7 +47,14 @@ impl<B: Backend> Distributed<B> {
             inner,
             collective,
             sync_batchnorm,
+            device_average: None,
         }
+    }
+
+    /// The gradient average goes through `average` (on the devices) instead of host memory.
+    pub fn with_device_average(mut self, average: DeviceAverage<B>) -> Self {
+        self.device_average = Some(average);
+        self
     }
 
     fn syncs(&self) -> bool {
@@ -332,6 +348,9 @@ impl<B: Backend> Backend for Distributed<B> {
             .optimizer_step(optimizer, tensors, state, grads, t, lr)
     }
     fn average_over_replicas(&self, buf: &mut B::Buffer) -> Result<()> {
+        if let Some(average) = &self.device_average {
+            return average(buf);
+        }
         let world = self.collective.world();
         if world == 1 {
             return Ok(());

@@ -111,3 +111,53 @@ pub fn preload() {
 fn libc_flags() -> i32 {
     libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_GLOBAL
 }
+
+/// The library path a GPU process should run with, when it differs from its own: the wheels'
+/// folders [`search_folders`] found, and a private folder naming NCCL's `libnccl.so.2` (the
+/// only name its wheel ships) `libnccl.so`, a name cudarc's loader tries. `None` when the
+/// current path already holds them. The loader reads its path once, at start: `main` runs
+/// itself again with this one (see [`BYOL_LIBRARY_PATH_SET`]).
+pub fn library_path() -> Option<String> {
+    if std::env::var_os(BYOL_LIBRARY_PATH_SET).is_some() {
+        return None;
+    }
+    let current = std::env::var("LD_LIBRARY_PATH").unwrap_or_default();
+    let on_path: Vec<&str> = current.split(':').filter(|s| !s.is_empty()).collect();
+    let mut add: Vec<PathBuf> = search_folders()
+        .into_iter()
+        .filter(|f| !on_path.iter().any(|p| Path::new(p) == f))
+        .collect();
+    let folders = search_folders();
+    let has = |name: &str| folders.iter().any(|f| f.join(name).is_file());
+    if !has("libnccl.so") {
+        if let Some(real) = folders
+            .iter()
+            .map(|f| f.join("libnccl.so.2"))
+            .find(|p| p.is_file())
+        {
+            // One folder per library found (reused by later runs), named by its path's hash.
+            let tag = crate::dist::checksum(real.to_string_lossy().bytes());
+            let alias = std::env::temp_dir().join(format!("byol-nccl-{tag:016x}"));
+            let link = alias.join("libnccl.so");
+            let made = std::fs::create_dir_all(&alias).and_then(|()| {
+                match std::os::unix::fs::symlink(&real, &link) {
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+                    other => other,
+                }
+            });
+            if made.is_ok() {
+                add.insert(0, alias);
+            }
+        }
+    }
+    if add.is_empty() {
+        return None;
+    }
+    let mut path: Vec<String> = add.iter().map(|p| p.display().to_string()).collect();
+    path.extend(on_path.iter().map(|s| s.to_string()));
+    Some(path.join(":"))
+}
+
+/// Set in the environment of the process `main` starts again with [`library_path`], so that it
+/// does not start itself a third time.
+pub const BYOL_LIBRARY_PATH_SET: &str = "BYOL_LIBRARY_PATH_SET";

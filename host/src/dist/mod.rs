@@ -5,11 +5,14 @@
 //! [`mpi::Mpi`] (Open MPI, across processes and machines, started by `mpirun`).
 //!
 //! Buffers are host slices; the data-parallel backend ([`crate::backend::distributed`]) moves
-//! device buffers through them. Sums are in a fixed order for a given world size (rank order
+//! device buffers through them, except a GPU run's gradient average, which goes through NCCL
+//! on the devices ([`nccl::Nccl`], with the `cuda` feature). Sums are in a fixed order for a given world size (rank order
 //! in-process; MPI's reduction for a fixed size), so a run repeats bit for bit.
 
 #[cfg(feature = "mpi")]
 pub mod mpi;
+#[cfg(feature = "cuda")]
+pub mod nccl;
 pub mod threads;
 
 use crate::error::{Error, Result};
