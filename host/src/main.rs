@@ -689,6 +689,12 @@ fn gpu_info() -> Result<(), Error> {
             None => println!("{name}: not in those folders (left to the loader's own search)"),
         }
     }
+    for (name, version) in gpu_libs::loadable_versions() {
+        match version {
+            Ok(v) => println!("{name} {v} loads"),
+            Err(why) => println!("{name}: {why}"),
+        }
+    }
     let gpu = host::Cuda::new(0)?;
     println!(
         "GPU 0: {}, {:.1} GiB; {}; {} kernels loaded from the embedded PTX",

@@ -19,7 +19,7 @@ const LIBRARIES: &[&str] = &[
 /// Folders that may hold the libraries, in search order: `BYOL_CUDA_LIBS` (colon-separated),
 /// `LD_LIBRARY_PATH`, the `lib` folders of the `nvidia` package in every Python
 /// `site-packages` / `dist-packages` under `/usr`, `/usr/local`, `$VIRTUAL_ENV`, `~/.local`
-/// and `/opt/conda`, then `/usr/local/cuda/lib64`.
+/// and `/opt/conda`, and where the `python3` on the PATH has it; then `/usr/local/cuda/lib64`.
 pub fn search_folders() -> Vec<PathBuf> {
     let mut folders: Vec<PathBuf> = Vec::new();
     for var in ["BYOL_CUDA_LIBS", "LD_LIBRARY_PATH"] {
@@ -56,10 +56,29 @@ pub fn search_folders() -> Vec<PathBuf> {
             }
         }
     }
+    folders.extend(python_nvidia_folders());
     folders.push(PathBuf::from("/usr/local/cuda/lib64"));
-    folders.retain(|f| f.is_dir());
-    folders.dedup();
+    let mut seen = std::collections::HashSet::new();
+    folders.retain(|f| f.is_dir() && seen.insert(f.canonicalize().unwrap_or_else(|_| f.clone())));
     folders
+}
+
+/// The `lib` folders of the `nvidia` package as the `python3` on the PATH sees it (pyenv,
+/// conda and virtual environments included); none without Python or the package.
+fn python_nvidia_folders() -> Vec<PathBuf> {
+    let probe = "import nvidia, os; print('\\n'.join(nvidia.__path__))";
+    let Ok(out) = std::process::Command::new("python3")
+        .args(["-c", probe])
+        .output()
+    else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .flat_map(|root| children(Path::new(root.trim())))
+        .map(|component| component.join("lib"))
+        .filter(|lib| lib.is_dir())
+        .collect()
 }
 
 fn children(dir: &Path) -> Vec<PathBuf> {
@@ -161,3 +180,26 @@ pub fn library_path() -> Option<String> {
 /// Set in the environment of the process `main` starts again with [`library_path`], so that it
 /// does not start itself a third time.
 pub const BYOL_LIBRARY_PATH_SET: &str = "BYOL_LIBRARY_PATH_SET";
+
+/// The versions of cuDNN and NCCL as their libraries report them (no GPU needed), or why not:
+/// what `host gpu-info` prints before it opens the GPU, proving the libraries load.
+pub fn loadable_versions() -> Vec<(&'static str, std::result::Result<String, String>)> {
+    preload();
+    // SAFETY: the presence checks only try to load the libraries; the version calls take no
+    // device and write one integer.
+    let cudnn = if unsafe { cudarc::cudnn::sys::is_culib_present() } {
+        Ok(cudarc::cudnn::result::get_version().to_string())
+    } else {
+        Err("libcudnn.so.9 does not load".to_string())
+    };
+    let nccl = if unsafe { cudarc::nccl::sys::is_culib_present() } {
+        let mut v = 0i32;
+        match unsafe { cudarc::nccl::sys::ncclGetVersion(&mut v) } {
+            cudarc::nccl::sys::ncclResult_t::ncclSuccess => Ok(v.to_string()),
+            e => Err(format!("ncclGetVersion: {e:?}")),
+        }
+    } else {
+        Err("libnccl.so does not load (only needed for several GPUs)".to_string())
+    };
+    vec![("cuDNN", cudnn), ("NCCL", nccl)]
+}
