@@ -30,9 +30,9 @@ start=$(date +%s)
 "$host" train --out "$out/ours" "$@" 2>&1 | grep --line-buffered -v '^epoch [0-9]*/[0-9]* \[' | tee "$out/ours.log"
 echo "ours: $(( $(date +%s) - start )) s wall" | tee -a "$out/ours.log"
 "$host" export "$out/ours/checkpoint.safetensors" "$out/ours-encoder.safetensors"
-epochs=$(python3 -c "import json; print(json.load(open('$out/ours/config.json'))['epochs'])")
-batch=$(python3 -c "import json; print(json.load(open('$out/ours/config.json'))['batch_size'])")
-width=$(python3 -c "import json; print(json.load(open('$out/ours/config.json'))['width'])")
+epochs=$(python3 -c "import json; print(json.load(open('$out/ours/config.json'))['optim']['epochs'])")
+batch=$(python3 -c "import json; print(json.load(open('$out/ours/config.json'))['optim']['batch_size'])")
+width=$(python3 -c "import json; print(json.load(open('$out/ours/config.json'))['model']['width'])")
 cd "$root/scripts/torch"
 python3 byol_pytorch_reference.py --data "$out/data.safetensors" --epochs "$epochs" --batch "$batch" \
   --width "$width" --ours "$out/ours-encoder.safetensors" > "$out/reference.json"
