@@ -523,12 +523,7 @@ impl Backend for Cuda {
         let _dnn = self.dnn.lock().expect("cuDNN handle poisoned");
         let (plan, workspace) = ws.plan(c)?;
         let w = params.slice(c.weight.clone());
-        let op = ConvForward {
-            conv: &plan.conv,
-            x: &plan.x,
-            w: &plan.w,
-            y: &plan.y,
-        };
+        let op = plan.d.forward();
         // SAFETY: the descriptors were made for this shape (looked up by it) and the buffers
         // hold at least the extents checked above.
         unsafe { op.launch(plan.forward, Some(workspace), (1.0, 0.0), x, &w, out) }
@@ -555,12 +550,7 @@ impl Backend for Cuda {
         let _dnn = self.dnn.lock().expect("cuDNN handle poisoned");
         let (plan, workspace) = ws.plan(c)?;
         let mut dw = grads.slice_mut(c.weight.clone());
-        let filter = ConvBackwardFilter {
-            conv: &plan.conv,
-            x: &plan.x,
-            dw: &plan.w,
-            dy: &plan.y,
-        };
+        let filter = plan.d.backward_filter();
         // SAFETY: as in the forward; the filter gradient accumulates (β = 1).
         unsafe {
             filter.launch(
@@ -576,12 +566,7 @@ impl Backend for Cuda {
         if let Some((dx, accumulate)) = dx {
             fits("conv input gradient [n, h, w, cin]", dx, c.input_len())?;
             let w = params.slice(c.weight.clone());
-            let data = ConvBackwardData {
-                conv: &plan.conv,
-                dx: &plan.x,
-                w: &plan.w,
-                dy: &plan.y,
-            };
+            let data = plan.d.backward_data();
             let beta = if accumulate { 1.0 } else { 0.0 };
             // SAFETY: as in the forward.
             unsafe {
@@ -1071,12 +1056,32 @@ impl ConvKey {
     }
 }
 
-/// The cuDNN descriptors of one convolution shape and the algorithms chosen for it, once.
-struct ConvPlan {
+/// The cuDNN descriptors of one convolution shape: input, filter, output, convolution.
+struct Descriptors {
     x: TensorDescriptor<f32>,
     w: FilterDescriptor<f32>,
     y: TensorDescriptor<f32>,
     conv: ConvDescriptor<f32>,
+}
+
+impl Descriptors {
+    fn forward(&self) -> ConvForward<'_, f32, f32, f32> {
+        let (conv, x, w, y) = (&self.conv, &self.x, &self.w, &self.y);
+        ConvForward { conv, x, w, y }
+    }
+    fn backward_data(&self) -> ConvBackwardData<'_, f32, f32, f32> {
+        let (conv, dx, w, dy) = (&self.conv, &self.x, &self.w, &self.y);
+        ConvBackwardData { conv, dx, w, dy }
+    }
+    fn backward_filter(&self) -> ConvBackwardFilter<'_, f32, f32, f32> {
+        let (conv, x, dw, dy) = (&self.conv, &self.x, &self.w, &self.y);
+        ConvBackwardFilter { conv, x, dw, dy }
+    }
+}
+
+/// A convolution shape's descriptors and the algorithms cuDNN's heuristics chose for it, once.
+struct ConvPlan {
+    d: Descriptors,
     forward: dnn_sys::cudnnConvolutionFwdAlgo_t,
     backward_data: dnn_sys::cudnnConvolutionBwdDataAlgo_t,
     backward_filter: dnn_sys::cudnnConvolutionBwdFilterAlgo_t,
@@ -1113,36 +1118,19 @@ impl ConvPlan {
             Precision::F32 => dnn_sys::cudnnMathType_t::CUDNN_FMA_MATH,
             Precision::Tf32 => dnn_sys::cudnnMathType_t::CUDNN_TENSOR_OP_MATH,
         })?;
-        let fwd = ConvForward {
-            conv: &conv,
-            x: &x,
-            w: &w,
-            y: &y,
-        };
-        let forward = fwd.pick_algorithm()?;
-        let data = ConvBackwardData {
-            conv: &conv,
-            dx: &x,
-            w: &w,
-            dy: &y,
-        };
-        let backward_data = data.pick_algorithm()?;
-        let filter = ConvBackwardFilter {
-            conv: &conv,
-            x: &x,
-            dw: &w,
-            dy: &y,
-        };
-        let backward_filter = filter.pick_algorithm()?;
+        let d = Descriptors { x, w, y, conv };
+        let (fwd, data, filter) = (d.forward(), d.backward_data(), d.backward_filter());
+        let (forward, backward_data, backward_filter) = (
+            fwd.pick_algorithm()?,
+            data.pick_algorithm()?,
+            filter.pick_algorithm()?,
+        );
         let workspace_bytes = fwd
             .get_workspace_size(forward)?
             .max(data.get_workspace_size(backward_data)?)
             .max(filter.get_workspace_size(backward_filter)?);
         Ok(ConvPlan {
-            x,
-            w,
-            y,
-            conv,
+            d,
             forward,
             backward_data,
             backward_filter,
