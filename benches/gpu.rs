@@ -2,8 +2,8 @@
 //!
 //! - the BYOL step: ResNet-18 (CIFAR stem), projector 512→4096→256, predictor 256→4096→256,
 //!   batch 512 of 32×32 images (two target passes, two online passes with backward, LARS,
-//!   EMA), ours in f32 and TF32 against PyTorch eager in f32, TF32 and AMP bf16 with
-//!   channels_last (`scripts/torch/bench_byol_step.py`);
+//!   EMA), ours in f32, TF32 and bf16 against PyTorch eager in the same (bf16: AMP autocast
+//!   with channels_last) (`scripts/torch/bench_byol_step.py`);
 //! - ResNet-50 forward+backward, ImageNet stem, batch 128 of 224×224
 //!   (`scripts/torch/bench_resnet.py`), same modes.
 //!
@@ -128,9 +128,6 @@ fn main() {
                 "--precision",
             ];
             torch("bench_resnet.py", &[&base[..], &[&p]].concat(), ips);
-            if precision == Precision::Tf32 {
-                torch("bench_resnet.py", &[&base[..], &["bf16"]].concat(), ips);
-            }
         }
     }
 }

@@ -449,3 +449,56 @@ fn optimizer_thread_functions_match_the_cpu_backend() {
         }
     }
 }
+
+/// bf16 conversions against the `half` crate's (round to nearest, ties to even) on random bit
+/// patterns and the special values; NaN stays NaN; back to f32 is exact, and accumulates.
+#[test]
+fn bf16_conversions_round_to_nearest_even() {
+    use kernels::precision::{bf16_to_f32, f32_to_bf16};
+    let mut r = rng(3);
+    let specials = [
+        0.0f32,
+        -0.0,
+        1.0,
+        -1.5,
+        f32::MAX,
+        f32::MIN_POSITIVE,
+        1e-40,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+    ];
+    let values: Vec<f32> = specials
+        .into_iter()
+        .chain((0..100_000).map(|_| f32::from_bits(rand::Rng::random::<u32>(&mut r))))
+        // Exact ties: the bits below bf16's last place are exactly half of it.
+        .chain((0..1000u32).map(|k| f32::from_bits((k << 17) | 0x8000 | 0x3f80_0000)))
+        .collect();
+    let mut bits = vec![0u16; values.len()];
+    launch(values.len(), |i| unsafe {
+        grid::convert_to_bf16(i, values.as_ptr(), bits.as_mut_ptr())
+    });
+    for (&x, &b) in values.iter().zip(&bits) {
+        if x.is_nan() {
+            assert!(bf16_to_f32(b).is_nan(), "{x:?} must stay NaN");
+        } else {
+            assert_eq!(
+                b,
+                half::bf16::from_f32(x).to_bits(),
+                "{x:e} ({:#010x})",
+                x.to_bits()
+            );
+            assert_eq!(f32_to_bf16(bf16_to_f32(b)), b, "bf16 → f32 → bf16 is exact");
+        }
+    }
+    let mut acc = vec![1.0f32; values.len()];
+    let finite: Vec<u16> = bits
+        .iter()
+        .map(|&b| if bf16_to_f32(b).is_finite() { b } else { 0 })
+        .collect();
+    launch(values.len(), |i| unsafe {
+        grid::convert_from_bf16(i, finite.as_ptr(), acc.as_mut_ptr(), true)
+    });
+    for (a, &b) in acc.iter().zip(&finite) {
+        assert_eq!(*a, 1.0 + bf16_to_f32(b));
+    }
+}

@@ -173,8 +173,8 @@ struct TrainArgs {
     /// Where the step runs: cpu, cuda or cuda:N (GPU N; needs --features cuda).
     #[arg(long, default_value = "cpu")]
     device: Device,
-    /// Convolutions and GEMMs on a GPU: f32 (exact single precision) or tf32 (tensor cores,
-    /// f32 accumulation). BatchNorm, loss, optimiser and EMA stay f32.
+    /// Convolutions and GEMMs on a GPU: f32 (exact single precision), tf32 or bf16 (tensor
+    /// cores, f32 accumulation). Weights, BatchNorm, loss, optimiser and EMA stay f32.
     #[arg(long, default_value = "f32")]
     precision: host::backend::Precision,
     /// With --distributed: BatchNorm statistics of each rank's part of the batch only

@@ -154,6 +154,12 @@ grid_entry! {
     fn lars_trust(tensors: usize, table: *mut TensorRow, chunks: usize, partial: *const f64, eta: f32, clip: usize)
         threads(tensors)
         => |t| grid::lars_trust(t, table, chunks, partial, eta, clip != 0);
+    fn convert_to_bf16(n: usize, src: *const f32, dst: *mut u16)
+        threads(n)
+        => |i| grid::convert_to_bf16(i, src, dst);
+    fn convert_from_bf16(n: usize, src: *const u16, dst: *mut f32, accumulate: usize)
+        threads(n)
+        => |i| grid::convert_from_bf16(i, src, dst, accumulate != 0);
     fn optimizer_update(n_params: usize, table: *const TensorRow, tensors: usize, params: *mut f32, grads: *const f32, momentum: *mut f32, second_moment: *mut f32, mu: f32, adam_bc2_sqrt: f32, adam: usize)
         threads(n_params)
         => |i| grid::optimizer_update(i, table, tensors, params, grads, momentum, second_moment, mu, adam_bc2_sqrt, adam != 0);

@@ -490,3 +490,22 @@ pub unsafe fn optimizer_update(
         opt::momentum_element(w, m, g, row.weight_decay, row.trust, mu, row.step);
     }
 }
+
+/// Threads: `n`. `dst[i] = bf16(src[i])` (see `precision`).
+///
+/// # Safety
+/// `src` holds `n` f32, `dst` `n` u16.
+#[inline(always)]
+pub unsafe fn convert_to_bf16(i: usize, src: *const f32, dst: *mut u16) {
+    *dst.add(i) = crate::precision::f32_to_bf16(*src.add(i));
+}
+
+/// Threads: `n`. `dst[i] = f32(src[i])`, or `+=` with `accumulate`.
+///
+/// # Safety
+/// `src` holds `n` u16, `dst` `n` f32.
+#[inline(always)]
+pub unsafe fn convert_from_bf16(i: usize, src: *const u16, dst: *mut f32, accumulate: bool) {
+    let v = crate::precision::bf16_to_f32(*src.add(i));
+    *dst.add(i) = if accumulate { *dst.add(i) + v } else { v };
+}

@@ -22,6 +22,7 @@ pub mod loss;
 mod math;
 pub mod optimizer;
 pub mod pool;
+pub mod precision;
 
 #[cfg(target_arch = "nvptx64")]
 pub mod gpu;

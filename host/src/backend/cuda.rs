@@ -29,6 +29,7 @@ use cudarc::cudnn::{
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg,
 };
+use half::bf16;
 use kernels::grid::{row_blocks, GPU_REDUCE_GROUP};
 use std::collections::HashMap;
 use std::ops::Range;
@@ -96,7 +97,7 @@ impl Cuda {
         }
         let blas = CudaBlas::new(stream.clone()).map_err(cuda_err)?;
         let math = match precision {
-            Precision::F32 => blas_sys::cublasMath_t::CUBLAS_DEFAULT_MATH,
+            Precision::F32 | Precision::Bf16 => blas_sys::cublasMath_t::CUBLAS_DEFAULT_MATH,
             Precision::Tf32 => blas_sys::cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH,
         };
         // SAFETY: the handle is valid; the mode only selects GEMM kernels.
@@ -256,9 +257,110 @@ impl Cuda {
     }
 
     /// Row-major `dst[m,n] = (dst if accumulate) + op(lhs)·op(rhs)` on raw addresses (see
-    /// [`super::Gemm`]).
+    /// [`super::Gemm`]), in the backend's precision: with bf16, on bf16 copies of `lhs [m·k]`
+    /// and `rhs [k·n]` accumulated in f32 into the f32 `dst`.
     #[allow(clippy::too_many_arguments)]
     fn sgemm(
+        &self,
+        dst: u64,
+        m: usize,
+        n: usize,
+        k: usize,
+        lhs: u64,
+        lhs_t: bool,
+        rhs: u64,
+        rhs_t: bool,
+        accumulate: bool,
+    ) -> Result<()> {
+        if self.precision != Precision::Bf16 {
+            return self.sgemm_f32(dst, m, n, k, lhs, lhs_t, rhs, rhs_t, accumulate);
+        }
+        let (l16, r16) = (self.bf16_copy(lhs, m * k)?, self.bf16_copy(rhs, k * n)?);
+        let (l16, r16) = (self.ptr_any(&l16), self.ptr_any(&r16));
+        use blas_sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
+        let (op_b, ldb) = if rhs_t {
+            (CUBLAS_OP_T, k)
+        } else {
+            (CUBLAS_OP_N, n)
+        };
+        let (op_a, lda) = if lhs_t {
+            (CUBLAS_OP_T, m)
+        } else {
+            (CUBLAS_OP_N, k)
+        };
+        let (alpha, beta) = (1.0f32, if accumulate { 1.0f32 } else { 0.0 });
+        let bf16 = blas_sys::cudaDataType::CUDA_R_16BF;
+        // SAFETY: as `sgemm_f32`; the bf16 copies hold `m·k` and `k·n` values and live until
+        // the end of this function, after the GEMM is queued on the same stream (the copies'
+        // memory is freed in stream order).
+        unsafe {
+            blas::gemm_ex(
+                *self.blas.handle(),
+                op_b,
+                op_a,
+                n as i32,
+                m as i32,
+                k as i32,
+                &alpha as *const f32 as *const _,
+                r16 as *const _,
+                bf16,
+                ldb as i32,
+                l16 as *const _,
+                bf16,
+                lda as i32,
+                &beta as *const f32 as *const _,
+                dst as *mut _,
+                blas_sys::cudaDataType::CUDA_R_32F,
+                n as i32,
+                blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .map_err(cuda_err)
+    }
+
+    /// A bf16 copy of the `len` f32 values at `src`.
+    fn bf16_copy(&self, src: u64, len: usize) -> Result<CudaSlice<u16>> {
+        let dst = self.stream.alloc_zeros::<u16>(len).map_err(cuda_err)?;
+        self.launch()
+            .convert_to_bf16(len, len, src, self.ptr_any(&dst))?;
+        Ok(dst)
+    }
+
+    /// `dst[..len] = bf16(src[at..at + len])`.
+    fn convert_to_bf16(
+        &self,
+        src: &CudaSlice<f32>,
+        at: usize,
+        len: usize,
+        dst: &mut CudaSlice<bf16>,
+    ) -> Result<()> {
+        fits("bf16 conversion source", src, at + len)?;
+        if dst.len() < len {
+            return Err(no_scratch());
+        }
+        self.launch()
+            .convert_to_bf16(len, len, self.ptr(src, at), self.ptr_any(dst))
+    }
+
+    /// `dst[at..at + len] = f32(src[..len])`, or `+=` with `accumulate`.
+    fn convert_from_bf16(
+        &self,
+        src: &CudaSlice<bf16>,
+        dst: &mut CudaSlice<f32>,
+        at: usize,
+        len: usize,
+        accumulate: bool,
+    ) -> Result<()> {
+        fits("bf16 conversion destination", dst, at + len)?;
+        let (s, d) = (self.ptr_any(src), self.ptr(dst, at));
+        self.launch()
+            .convert_from_bf16(len, len, s, d, accumulate as usize)
+    }
+
+    /// Row-major f32 GEMM (cuBLAS's sgemm).
+    #[allow(clippy::too_many_arguments)]
+    fn sgemm_f32(
         &self,
         dst: u64,
         m: usize,
@@ -496,7 +598,7 @@ impl Backend for Cuda {
     fn conv_workspace(&self, convs: &[ConvOp]) -> Result<DnnConvs> {
         let dnn = self.dnn.lock().expect("cuDNN handle poisoned");
         let mut plans = HashMap::new();
-        let mut bytes = 256usize;
+        let (mut bytes, mut largest) = (256usize, [0usize; 3]);
         for c in convs {
             let key = ConvKey::of(c);
             if plans.contains_key(&key) {
@@ -504,10 +606,30 @@ impl Backend for Cuda {
             }
             let plan = ConvPlan::new(&dnn.0, c, self.precision).map_err(cuda_err)?;
             bytes = bytes.max(plan.workspace_bytes);
+            let sizes = [c.input_len(), c.output_len(), c.weight.len()];
+            largest = std::array::from_fn(|k| largest[k].max(sizes[k]));
             plans.insert(key, plan);
         }
         let workspace = self.stream.alloc_zeros::<u8>(bytes).map_err(cuda_err)?;
-        Ok(DnnConvs { plans, workspace })
+        let scratch = match self.precision {
+            Precision::Bf16 => {
+                let [x, y, w] = largest;
+                let alloc = |n: usize| self.stream.alloc_zeros::<bf16>(n.max(1)).map_err(cuda_err);
+                Some(Bf16Scratch {
+                    x: alloc(x)?,
+                    dx: alloc(x)?,
+                    y: alloc(y)?,
+                    w: alloc(w)?,
+                    dw: alloc(w)?,
+                })
+            }
+            _ => None,
+        };
+        Ok(DnnConvs {
+            plans,
+            workspace,
+            scratch,
+        })
     }
     fn conv2d_forward(
         &self,
@@ -521,13 +643,37 @@ impl Backend for Cuda {
         fits("conv input [n, h, w, cin]", x, c.input_len())?;
         fits("conv output [n, oh, ow, cout]", out, c.output_len())?;
         let _dnn = self.dnn.lock().expect("cuDNN handle poisoned");
-        let (plan, workspace) = ws.plan(c)?;
+        let (plan, workspace, scratch) = ws.plan(c)?;
         let w = params.slice(c.weight.clone());
-        let op = plan.d.forward();
-        // SAFETY: the descriptors were made for this shape (looked up by it) and the buffers
-        // hold at least the extents checked above.
-        unsafe { op.launch(plan.forward, Some(workspace), (1.0, 0.0), x, &w, out) }
-            .map_err(cuda_err)
+        let algo = plan.forward;
+        // SAFETY (both arms): the descriptors were made for this shape (looked up by it) and
+        // the buffers hold at least the extents checked above (the bf16 scratch, the largest
+        // shape's).
+        match (&plan.d, scratch) {
+            (Typed::F32(d), _) => unsafe {
+                d.forward()
+                    .launch(algo, Some(workspace), (1.0, 0.0), x, &w, out)
+            }
+            .map_err(cuda_err),
+            (Typed::Bf16(d), Some(s)) => {
+                self.convert_to_bf16(x, 0, c.input_len(), &mut s.x)?;
+                self.convert_to_bf16(params, c.weight.start, c.weight.len(), &mut s.w)?;
+                let op = d.forward();
+                unsafe {
+                    op.launch(
+                        algo,
+                        Some(workspace),
+                        (bf(1.0), bf(0.0)),
+                        &s.x,
+                        &s.w,
+                        &mut s.y,
+                    )
+                }
+                .map_err(cuda_err)?;
+                self.convert_from_bf16(&s.y, out, 0, c.output_len(), false)
+            }
+            (Typed::Bf16(_), None) => Err(no_scratch()),
+        }
     }
     fn conv2d_backward(
         &self,
@@ -547,41 +693,76 @@ impl Backend for Cuda {
             dout,
             c.output_len(),
         )?;
-        let _dnn = self.dnn.lock().expect("cuDNN handle poisoned");
-        let (plan, workspace) = ws.plan(c)?;
-        let mut dw = grads.slice_mut(c.weight.clone());
-        let filter = plan.d.backward_filter();
-        // SAFETY: as in the forward; the filter gradient accumulates (β = 1).
-        unsafe {
-            filter.launch(
-                plan.backward_filter,
-                Some(&mut *workspace),
-                (1.0, 1.0),
-                x,
-                &mut dw,
-                dout,
-            )
-        }
-        .map_err(cuda_err)?;
-        if let Some((dx, accumulate)) = dx {
+        if let Some((dx, _)) = &dx {
             fits("conv input gradient [n, h, w, cin]", dx, c.input_len())?;
-            let w = params.slice(c.weight.clone());
-            let data = plan.d.backward_data();
-            let beta = if accumulate { 1.0 } else { 0.0 };
-            // SAFETY: as in the forward.
-            unsafe {
-                data.launch(
-                    plan.backward_data,
-                    Some(workspace),
-                    (1.0, beta),
-                    dx,
-                    &w,
-                    dout,
-                )
-            }
-            .map_err(cuda_err)?;
         }
-        Ok(())
+        let _dnn = self.dnn.lock().expect("cuDNN handle poisoned");
+        let (plan, workspace, scratch) = ws.plan(c)?;
+        let (filter_algo, data_algo) = (plan.backward_filter, plan.backward_data);
+        // SAFETY (every launch): as in the forward. The filter gradient accumulates (β = 1;
+        // in bf16 it is written to the scratch and added in f32); the data gradient is written
+        // or, with its flag, added.
+        match (&plan.d, scratch) {
+            (Typed::F32(d), _) => {
+                let mut dw = grads.slice_mut(c.weight.clone());
+                let filter = d.backward_filter();
+                unsafe {
+                    filter.launch(
+                        filter_algo,
+                        Some(&mut *workspace),
+                        (1.0, 1.0),
+                        x,
+                        &mut dw,
+                        dout,
+                    )
+                }
+                .map_err(cuda_err)?;
+                if let Some((dx, accumulate)) = dx {
+                    let w = params.slice(c.weight.clone());
+                    let beta = if accumulate { 1.0 } else { 0.0 };
+                    let data = d.backward_data();
+                    unsafe { data.launch(data_algo, Some(workspace), (1.0, beta), dx, &w, dout) }
+                        .map_err(cuda_err)?;
+                }
+                Ok(())
+            }
+            (Typed::Bf16(d), Some(s)) => {
+                self.convert_to_bf16(x, 0, c.input_len(), &mut s.x)?;
+                self.convert_to_bf16(dout, 0, c.output_len(), &mut s.y)?;
+                let (one, zero) = (bf(1.0), bf(0.0));
+                let filter = d.backward_filter();
+                unsafe {
+                    filter.launch(
+                        filter_algo,
+                        Some(&mut *workspace),
+                        (one, zero),
+                        &s.x,
+                        &mut s.dw,
+                        &s.y,
+                    )
+                }
+                .map_err(cuda_err)?;
+                self.convert_from_bf16(&s.dw, grads, c.weight.start, c.weight.len(), true)?;
+                if let Some((dx, accumulate)) = dx {
+                    self.convert_to_bf16(params, c.weight.start, c.weight.len(), &mut s.w)?;
+                    let data = d.backward_data();
+                    unsafe {
+                        data.launch(
+                            data_algo,
+                            Some(workspace),
+                            (one, zero),
+                            &mut s.dx,
+                            &s.w,
+                            &s.y,
+                        )
+                    }
+                    .map_err(cuda_err)?;
+                    self.convert_from_bf16(&s.dx, dx, 0, c.input_len(), accumulate)?;
+                }
+                Ok(())
+            }
+            (Typed::Bf16(_), None) => Err(no_scratch()),
+        }
     }
 
     fn batchnorm_sums(
@@ -1056,79 +1237,107 @@ impl ConvKey {
     }
 }
 
-/// The cuDNN descriptors of one convolution shape: input, filter, output, convolution.
-struct Descriptors {
-    x: TensorDescriptor<f32>,
-    w: FilterDescriptor<f32>,
-    y: TensorDescriptor<f32>,
+/// The cuDNN descriptors of one convolution shape in element type `T`: input, filter,
+/// output, and the convolution (computing in f32).
+struct Descriptors<T> {
+    x: TensorDescriptor<T>,
+    w: FilterDescriptor<T>,
+    y: TensorDescriptor<T>,
     conv: ConvDescriptor<f32>,
 }
 
-impl Descriptors {
-    fn forward(&self) -> ConvForward<'_, f32, f32, f32> {
-        let (conv, x, w, y) = (&self.conv, &self.x, &self.w, &self.y);
-        ConvForward { conv, x, w, y }
-    }
-    fn backward_data(&self) -> ConvBackwardData<'_, f32, f32, f32> {
-        let (conv, dx, w, dy) = (&self.conv, &self.x, &self.w, &self.y);
-        ConvBackwardData { conv, dx, w, dy }
-    }
-    fn backward_filter(&self) -> ConvBackwardFilter<'_, f32, f32, f32> {
-        let (conv, x, dw, dy) = (&self.conv, &self.x, &self.w, &self.y);
-        ConvBackwardFilter { conv, x, dw, dy }
-    }
-}
-
-/// A convolution shape's descriptors and the algorithms cuDNN's heuristics chose for it, once.
-struct ConvPlan {
-    d: Descriptors,
-    forward: dnn_sys::cudnnConvolutionFwdAlgo_t,
-    backward_data: dnn_sys::cudnnConvolutionBwdDataAlgo_t,
-    backward_filter: dnn_sys::cudnnConvolutionBwdFilterAlgo_t,
-    workspace_bytes: usize,
-}
-
-impl ConvPlan {
-    fn new(
-        dnn: &Arc<Cudnn>,
-        c: &ConvOp,
-        precision: Precision,
-    ) -> std::result::Result<Self, cudnn::CudnnError> {
+impl<T: cudnn::CudnnDataType> Descriptors<T> {
+    fn new(dnn: &Arc<Cudnn>, c: &ConvOp, math: dnn_sys::cudnnMathType_t) -> DnnResult<Self> {
         use dnn_sys::cudnnTensorFormat_t::CUDNN_TENSOR_NHWC;
         let k = &c.conv;
         let g = k.geometry(c.h, c.w);
         let i = |v: usize| v as i32;
-        let x =
-            dnn.create_4d_tensor::<f32>(CUDNN_TENSOR_NHWC, [i(c.n), i(k.cin), i(c.h), i(c.w)])?;
-        let y = dnn.create_4d_tensor::<f32>(
+        let x = dnn.create_4d_tensor::<T>(CUDNN_TENSOR_NHWC, [i(c.n), i(k.cin), i(c.h), i(c.w)])?;
+        let y = dnn.create_4d_tensor::<T>(
             CUDNN_TENSOR_NHWC,
             [i(c.n), i(k.cout), i(g.out_h()), i(g.out_w())],
         )?;
         // OHWI is cuDNN's NHWC filter layout (KRSC); dimensions are given as [K, C, R, S].
         let w =
-            dnn.create_4d_filter::<f32>(CUDNN_TENSOR_NHWC, [i(k.cout), i(k.cin), i(k.k), i(k.k)])?;
+            dnn.create_4d_filter::<T>(CUDNN_TENSOR_NHWC, [i(k.cout), i(k.cin), i(k.k), i(k.k)])?;
         let mut conv = dnn.create_conv2d::<f32>(
             [i(k.pad); 2],
             [i(k.stride); 2],
             [1, 1],
             dnn_sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
         )?;
-        conv.set_math_type(match precision {
-            // FMA math keeps cuDNN off TF32 tensor cores: f32 means f32.
-            Precision::F32 => dnn_sys::cudnnMathType_t::CUDNN_FMA_MATH,
-            Precision::Tf32 => dnn_sys::cudnnMathType_t::CUDNN_TENSOR_OP_MATH,
-        })?;
-        let d = Descriptors { x, w, y, conv };
-        let (fwd, data, filter) = (d.forward(), d.backward_data(), d.backward_filter());
-        let (forward, backward_data, backward_filter) = (
+        conv.set_math_type(math)?;
+        Ok(Descriptors { x, w, y, conv })
+    }
+    fn forward(&self) -> ConvForward<'_, T, f32, T> {
+        let (conv, x, w, y) = (&self.conv, &self.x, &self.w, &self.y);
+        ConvForward { conv, x, w, y }
+    }
+    fn backward_data(&self) -> ConvBackwardData<'_, T, f32, T> {
+        let (conv, dx, w, dy) = (&self.conv, &self.x, &self.w, &self.y);
+        ConvBackwardData { conv, dx, w, dy }
+    }
+    fn backward_filter(&self) -> ConvBackwardFilter<'_, T, f32, T> {
+        let (conv, x, dw, dy) = (&self.conv, &self.x, &self.w, &self.y);
+        ConvBackwardFilter { conv, x, dw, dy }
+    }
+    /// cuDNN's heuristic choice of the three algorithms, and the workspace they need.
+    fn choose(&self) -> DnnResult<(FwdAlgo, DataAlgo, FilterAlgo, usize)> {
+        let (fwd, data, filter) = (self.forward(), self.backward_data(), self.backward_filter());
+        let (f, d, w) = (
             fwd.pick_algorithm()?,
             data.pick_algorithm()?,
             filter.pick_algorithm()?,
         );
-        let workspace_bytes = fwd
-            .get_workspace_size(forward)?
-            .max(data.get_workspace_size(backward_data)?)
-            .max(filter.get_workspace_size(backward_filter)?);
+        let bytes = fwd
+            .get_workspace_size(f)?
+            .max(data.get_workspace_size(d)?)
+            .max(filter.get_workspace_size(w)?);
+        Ok((f, d, w, bytes))
+    }
+}
+
+type DnnResult<T> = std::result::Result<T, cudnn::CudnnError>;
+type FwdAlgo = dnn_sys::cudnnConvolutionFwdAlgo_t;
+type DataAlgo = dnn_sys::cudnnConvolutionBwdDataAlgo_t;
+type FilterAlgo = dnn_sys::cudnnConvolutionBwdFilterAlgo_t;
+
+/// A shape's descriptors in the backend's storage type.
+enum Typed {
+    F32(Descriptors<f32>),
+    Bf16(Descriptors<bf16>),
+}
+
+/// A convolution shape's descriptors and the algorithms cuDNN's heuristics chose for it, once.
+struct ConvPlan {
+    d: Typed,
+    forward: FwdAlgo,
+    backward_data: DataAlgo,
+    backward_filter: FilterAlgo,
+    workspace_bytes: usize,
+}
+
+impl ConvPlan {
+    fn new(dnn: &Arc<Cudnn>, c: &ConvOp, precision: Precision) -> DnnResult<Self> {
+        use dnn_sys::cudnnMathType_t::{CUDNN_FMA_MATH, CUDNN_TENSOR_OP_MATH};
+        let (d, (forward, backward_data, backward_filter, workspace_bytes)) = match precision {
+            // FMA math keeps cuDNN off TF32 tensor cores: f32 means f32.
+            Precision::F32 => {
+                let d = Descriptors::<f32>::new(dnn, c, CUDNN_FMA_MATH)?;
+                let chosen = d.choose()?;
+                (Typed::F32(d), chosen)
+            }
+            Precision::Tf32 => {
+                let d = Descriptors::<f32>::new(dnn, c, CUDNN_TENSOR_OP_MATH)?;
+                let chosen = d.choose()?;
+                (Typed::F32(d), chosen)
+            }
+            Precision::Bf16 => {
+                let d = Descriptors::<bf16>::new(dnn, c, CUDNN_TENSOR_OP_MATH)?;
+                let chosen = d.choose()?;
+                (Typed::Bf16(d), chosen)
+            }
+        };
         Ok(ConvPlan {
             d,
             forward,
@@ -1139,11 +1348,34 @@ impl ConvPlan {
     }
 }
 
+/// bf16 copies of the largest input, output and filter of a network's convolutions, and of
+/// their gradients, reused by every convolution of a bf16 run.
+struct Bf16Scratch {
+    x: CudaSlice<bf16>,
+    dx: CudaSlice<bf16>,
+    y: CudaSlice<bf16>,
+    w: CudaSlice<bf16>,
+    dw: CudaSlice<bf16>,
+}
+
+fn bf(v: f32) -> bf16 {
+    bf16::from_f32(v)
+}
+
+fn no_scratch() -> Error {
+    Error::InvalidArgument(
+        "a bf16 convolution ran on a workspace made for another precision or a smaller shape"
+            .into(),
+    )
+}
+
 /// The convolutions of one network at one input shape on cuDNN: a plan per shape and one
 /// workspace as large as the largest plan needs.
 pub struct DnnConvs {
     plans: HashMap<ConvKey, ConvPlan>,
     workspace: CudaSlice<u8>,
+    /// The bf16 copies of a bf16 run; `None` in f32 and TF32.
+    scratch: Option<Bf16Scratch>,
 }
 
 // SAFETY: the descriptors are host-side cuDNN structs that are only read while the backend
@@ -1152,14 +1384,18 @@ unsafe impl Send for DnnConvs {}
 unsafe impl Sync for DnnConvs {}
 
 impl DnnConvs {
-    /// The plan of `c` and the workspace, or an error naming the shape that was not planned.
-    fn plan(&mut self, c: &ConvOp) -> Result<(&ConvPlan, &mut CudaSlice<u8>)> {
+    /// The plan of `c`, the workspace and the bf16 scratch, or an error naming the shape that
+    /// was not planned.
+    fn plan(
+        &mut self,
+        c: &ConvOp,
+    ) -> Result<(&ConvPlan, &mut CudaSlice<u8>, Option<&mut Bf16Scratch>)> {
         let plan = self.plans.get(&ConvKey::of(c)).ok_or_else(|| {
             Error::InvalidArgument(format!(
                 "convolution {:?} on {}×{}×{} images was not in the workspace it was given",
                 c.conv, c.n, c.h, c.w
             ))
         })?;
-        Ok((plan, &mut self.workspace))
+        Ok((plan, &mut self.workspace, self.scratch.as_mut()))
     }
 }

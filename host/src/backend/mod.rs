@@ -37,13 +37,16 @@ pub use crate::cpu::optimizer::{Optimizer, OptimizerKind, TensorStep};
 pub use kernels::conv::ConvGeometry;
 
 /// The arithmetic of convolutions and GEMMs on a GPU: `f32` (IEEE single precision, no tensor
-/// cores) or `tf32` (tensor cores with TF32 inputs, f32 accumulation and storage). The CPU
-/// always computes in f32. BatchNorm, the loss, the optimiser and the EMA are f32 in both.
+/// cores), `tf32` (tensor cores with TF32 inputs, f32 accumulation and storage) or `bf16`
+/// (tensor cores on bf16 copies of the inputs, f32 accumulation, outputs back in f32). The
+/// CPU always computes in f32. Parameters (the master weights), optimiser state, BatchNorm,
+/// the loss and the EMA are f32 in all three.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Precision {
     #[default]
     F32,
     Tf32,
+    Bf16,
 }
 
 impl std::str::FromStr for Precision {
@@ -52,11 +55,9 @@ impl std::str::FromStr for Precision {
         match s {
             "f32" => Ok(Precision::F32),
             "tf32" => Ok(Precision::Tf32),
-            "bf16" => Err(Error::InvalidArgument(
-                "precision bf16 is not implemented yet: use f32 or tf32".into(),
-            )),
+            "bf16" => Ok(Precision::Bf16),
             _ => Err(Error::InvalidArgument(format!(
-                "precision {s:?}: expected f32 or tf32"
+                "precision {s:?}: expected f32, tf32 or bf16"
             ))),
         }
     }

@@ -38,6 +38,8 @@ macro_rules! ptx_entries {
             avgpool_backward(n: usize, hw: usize, c: usize, dout: DeviceAddr, dx: DeviceAddr);
             lars_square_sums(chunks: usize, chunk_tensor: DeviceAddr, table: DeviceAddr, params: DeviceAddr, grads: DeviceAddr, partial: DeviceAddr);
             lars_trust(tensors: usize, table: DeviceAddr, chunks: usize, partial: DeviceAddr, eta: f32, clip: usize);
+            convert_to_bf16(n: usize, src: DeviceAddr, dst: DeviceAddr);
+            convert_from_bf16(n: usize, src: DeviceAddr, dst: DeviceAddr, accumulate: usize);
             optimizer_update(n_params: usize, table: DeviceAddr, tensors: usize, params: DeviceAddr, grads: DeviceAddr, momentum: DeviceAddr, second_moment: DeviceAddr, mu: f32, adam_bc2_sqrt: f32, adam: usize);
             bias_fill(dst: DeviceAddr, rows: usize, cols: usize, bias: DeviceAddr);
             column_sum(x: DeviceAddr, rows: usize, cols: usize, out: DeviceAddr);
