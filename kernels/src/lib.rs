@@ -13,6 +13,7 @@
     feature(abi_ptx, stdarch_nvptx, core_float_math)
 )]
 
+pub mod augment;
 pub mod batchnorm;
 pub mod conv;
 pub mod ema;

@@ -23,3 +23,26 @@ pub fn sqrt64(x: f64) -> f64 {
 pub fn sqrt64(x: f64) -> f64 {
     libm::sqrt(x)
 }
+
+#[cfg(target_arch = "nvptx64")]
+#[inline(always)]
+pub fn floor(x: f32) -> f32 {
+    core::f32::math::floor(x)
+}
+
+#[cfg(not(target_arch = "nvptx64"))]
+#[inline(always)]
+pub fn floor(x: f32) -> f32 {
+    libm::floorf(x)
+}
+
+/// `x mod rhs` in `[0, |rhs|)`, as std's `f32::rem_euclid`.
+#[inline(always)]
+pub fn rem_euclid(x: f32, rhs: f32) -> f32 {
+    let r = x % rhs;
+    if r < 0.0 {
+        r + rhs.abs()
+    } else {
+        r
+    }
+}

@@ -17,6 +17,10 @@
 
 use super::Dataset;
 use crate::error::{Error, Result};
+use kernels::augment::{
+    blur_value, finish_value, grayscale_pixel, jitter_pixel, mean_gray, resize_value, ViewParams,
+    BRIGHTNESS, CONTRAST, HUE, MAX_BLUR, SATURATION,
+};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -223,7 +227,8 @@ impl Augmenter {
             });
     }
 
-    /// One augmented, normalised view of `img [h, w, 3]` into `out [size, size, 3]`.
+    /// One augmented, normalised view of `img [h, w, 3]` into `out [size, size, 3]`: the
+    /// view's randomness drawn ([`Augmenter::draw`]), then applied ([`Augmenter::apply`]).
     pub fn view(
         &self,
         cfg: &ViewConfig,
@@ -233,39 +238,97 @@ impl Augmenter {
         rng: &mut impl Rng,
         out: &mut [f32],
     ) {
+        let p = self.draw(cfg, h, w, rng);
+        self.apply(&p, img, w, out);
+    }
+
+    /// Everything random about one view of an `h × w` image, drawn from `rng` in a fixed order
+    /// (crop, flip, jitter factors and order, grayscale, blur σ, solarisation; a draw that only
+    /// matters when the one before it fires is made only then).
+    pub fn draw(&self, cfg: &ViewConfig, h: usize, w: usize, rng: &mut impl Rng) -> ViewParams {
         let (top, left, ch, cw) = crop_box(cfg, h, w, rng);
-        let s = self.size;
-        resize_bicubic(img, w, (top, left, ch, cw), s, out);
-        if rng.random::<f32>() < cfg.flip {
-            for row in out.chunks_exact_mut(s * 3) {
-                for x in 0..s / 2 {
-                    for c in 0..3 {
-                        row.swap(x * 3 + c, (s - 1 - x) * 3 + c);
-                    }
-                }
-            }
-        }
+        let mut p = ViewParams::plain(h, w);
+        p.crop = [top, left, ch, cw].map(|v| v as u32);
+        p.flip = (rng.random::<f32>() < cfg.flip) as u32;
         if rng.random::<f32>() < cfg.jitter {
-            colour_jitter(cfg, rng, out);
+            // torchvision's ColorJitter: factors drawn once, the four adjustments in random order.
+            let factor = |rng: &mut dyn rand::RngCore, amount: f32| {
+                rng.random_range((1.0 - amount).max(0.0)..=1.0 + amount)
+            };
+            let b = factor(rng, cfg.brightness);
+            let c = factor(rng, cfg.contrast);
+            let s = factor(rng, cfg.saturation);
+            let hue = rng.random_range(-cfg.hue..=cfg.hue);
+            let mut order = [BRIGHTNESS, CONTRAST, SATURATION, HUE];
+            order.shuffle(rng);
+            (p.jitter, p.factors, p.order) = (1, [b, c, s, hue], order);
         }
-        if rng.random::<f32>() < cfg.grayscale {
-            out.chunks_exact_mut(3).for_each(|p| p.fill(gray(p)));
-        }
+        p.grayscale = (rng.random::<f32>() < cfg.grayscale) as u32;
         if rng.random::<f32>() < cfg.blur {
             let sigma = rng.random_range(cfg.blur_sigma.0..=cfg.blur_sigma.1);
-            gaussian_blur(out, s, blur_kernel_size(s), sigma);
+            blur_weights(&mut p, blur_kernel_size(self.size), sigma);
         }
-        if rng.random::<f32>() < cfg.solarize {
-            out.iter_mut().for_each(|v| {
-                if *v >= 0.5 {
-                    *v = 1.0 - *v
-                }
-            });
+        p.solarize = (rng.random::<f32>() < cfg.solarize) as u32;
+        p
+    }
+
+    /// Applies the drawn view `p` to `img [·, w, 3]`, into `out [size, size, 3]` normalised,
+    /// with the pixel functions of `kernels::augment` (those the GPU runs).
+    pub fn apply(&self, p: &ViewParams, img: &[u8], w: usize, out: &mut [f32]) {
+        let s = self.size;
+        let pixels = s * s;
+        for (i, v) in out[..pixels * 3].iter_mut().enumerate() {
+            let (pixel, c) = (i / 3, i % 3);
+            *v = resize_value(p, img, w, s, pixel / s, pixel % s, c);
         }
-        for p in out.chunks_exact_mut(3) {
-            for ((v, m), s) in p.iter_mut().zip(self.mean).zip(self.std) {
-                *v = (*v - m) / s;
+        if p.jitter != 0 {
+            for op in p.order {
+                let mean = if op == CONTRAST {
+                    mean_gray(out, pixels)
+                } else {
+                    0.0
+                };
+                out[..pixels * 3]
+                    .chunks_exact_mut(3)
+                    .for_each(|px| jitter_pixel(op, p.factors, mean, px));
             }
+        }
+        if p.grayscale != 0 {
+            out[..pixels * 3]
+                .chunks_exact_mut(3)
+                .for_each(grayscale_pixel);
+        }
+        if p.blur_len > 0 {
+            blur(p, &mut out[..pixels * 3], s);
+        }
+        for (i, v) in out[..pixels * 3].iter_mut().enumerate() {
+            *v = finish_value(p, *v, self.mean[i % 3], self.std[i % 3]);
+        }
+    }
+}
+
+/// The view's gaussian weights for a kernel of `k` taps (cut to [`MAX_BLUR`]) at `sigma`,
+/// normalised to sum 1.
+fn blur_weights(p: &mut ViewParams, k: usize, sigma: f32) {
+    let k = k.min(MAX_BLUR);
+    let half = (k / 2) as isize;
+    let weights: Vec<f32> = (-half..=half)
+        .map(|t| (-(t * t) as f32 / (2.0 * sigma * sigma)).exp())
+        .collect();
+    let total: f32 = weights.iter().sum();
+    for (dst, w) in p.blur.iter_mut().zip(&weights) {
+        *dst = w / total;
+    }
+    p.blur_len = k as u32;
+}
+
+/// The separable blur of `img [side, side, 3]` in place: along x, then along y.
+fn blur(p: &ViewParams, img: &mut [f32], side: usize) {
+    for horizontal in [true, false] {
+        let src = img.to_vec();
+        for (i, v) in img.iter_mut().enumerate() {
+            let (pixel, c) = (i / 3, i % 3);
+            *v = blur_value(p, &src, side, pixel / side, pixel % side, c, horizontal);
         }
     }
 }
@@ -309,162 +372,6 @@ pub fn crop_box(
         (h, w)
     };
     ((h - ch) / 2, (w - cw) / 2, ch, cw)
-}
-
-/// Bicubic convolution weight (PyTorch's A = −0.75).
-fn cubic(x: f32) -> f32 {
-    const A: f32 = -0.75;
-    let x = x.abs();
-    if x <= 1.0 {
-        ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
-    } else if x < 2.0 {
-        ((A * x - 5.0 * A) * x + 8.0 * A) * x - 4.0 * A
-    } else {
-        0.0
-    }
-}
-
-/// Resizes the crop `(top, left, ch, cw)` of `img [·, w, 3]` (u8) to `[size, size, 3]` in
-/// `[0, 1]`, bicubic with half-pixel centres and edge clamping inside the crop (as PyTorch's
-/// `interpolate(mode="bicubic", align_corners=False)` on the cropped tensor), then clamped.
-fn resize_bicubic(
-    img: &[u8],
-    w: usize,
-    crop: (usize, usize, usize, usize),
-    size: usize,
-    out: &mut [f32],
-) {
-    let (top, left, ch, cw) = crop;
-    let taps = |o: usize, extent: usize| -> ([usize; 4], [f32; 4]) {
-        let src = (o as f32 + 0.5) * extent as f32 / size as f32 - 0.5;
-        let base = src.floor();
-        let t = src - base;
-        let idx = [-1, 0, 1, 2].map(|d| (base as isize + d).clamp(0, extent as isize - 1) as usize);
-        (
-            idx,
-            [cubic(1.0 + t), cubic(t), cubic(1.0 - t), cubic(2.0 - t)],
-        )
-    };
-    for oy in 0..size {
-        let (ys, wy) = taps(oy, ch);
-        for ox in 0..size {
-            let (xs, wx) = taps(ox, cw);
-            for c in 0..3 {
-                let mut v = 0.0f32;
-                for (&y, &a) in ys.iter().zip(&wy) {
-                    for (&x, &b) in xs.iter().zip(&wx) {
-                        v += a * b * img[((top + y) * w + left + x) * 3 + c] as f32;
-                    }
-                }
-                out[(oy * size + ox) * 3 + c] = (v / 255.0).clamp(0.0, 1.0);
-            }
-        }
-    }
-}
-
-/// ITU-R 601-2 luma, as torchvision's `rgb_to_grayscale`.
-fn gray(p: &[f32]) -> f32 {
-    0.299 * p[0] + 0.587 * p[1] + 0.114 * p[2]
-}
-
-/// torchvision's ColorJitter: factors drawn once, the four adjustments in random order.
-fn colour_jitter(cfg: &ViewConfig, rng: &mut impl Rng, img: &mut [f32]) {
-    let factor = |rng: &mut dyn rand::RngCore, amount: f32| {
-        rng.random_range((1.0 - amount).max(0.0)..=1.0 + amount)
-    };
-    let b = factor(rng, cfg.brightness);
-    let c = factor(rng, cfg.contrast);
-    let s = factor(rng, cfg.saturation);
-    let h = rng.random_range(-cfg.hue..=cfg.hue);
-    let mut order = [0, 1, 2, 3];
-    order.shuffle(rng);
-    for op in order {
-        match op {
-            0 => img.iter_mut().for_each(|v| *v = (*v * b).clamp(0.0, 1.0)),
-            1 => {
-                let mean = img.chunks_exact(3).map(gray).sum::<f32>() / (img.len() / 3) as f32;
-                img.iter_mut()
-                    .for_each(|v| *v = (c * *v + (1.0 - c) * mean).clamp(0.0, 1.0));
-            }
-            2 => img.chunks_exact_mut(3).for_each(|p| {
-                let g = gray(p);
-                p.iter_mut()
-                    .for_each(|v| *v = (s * *v + (1.0 - s) * g).clamp(0.0, 1.0));
-            }),
-            _ => img.chunks_exact_mut(3).for_each(|p| shift_hue(p, h)),
-        }
-    }
-}
-
-/// Rotates the hue of one RGB pixel by `shift` turns (through HSV, as torchvision).
-fn shift_hue(p: &mut [f32], shift: f32) {
-    let (r, g, b) = (p[0], p[1], p[2]);
-    let max = r.max(g).max(b);
-    let min = r.min(g).min(b);
-    let delta = max - min;
-    if delta <= 0.0 {
-        return; // gray: no hue to turn
-    }
-    let hue = if max == r {
-        ((g - b) / delta).rem_euclid(6.0)
-    } else if max == g {
-        (b - r) / delta + 2.0
-    } else {
-        (r - g) / delta + 4.0
-    } / 6.0;
-    let (h, s, v) = ((hue + shift).rem_euclid(1.0) * 6.0, delta / max, max);
-    let i = (h.floor() as usize).min(5);
-    let f = h - i as f32;
-    let (pp, q, t) = (v * (1.0 - s), v * (1.0 - s * f), v * (1.0 - s * (1.0 - f)));
-    let rgb = match i {
-        0 => [v, t, pp],
-        1 => [q, v, pp],
-        2 => [pp, v, t],
-        3 => [pp, q, v],
-        4 => [t, pp, v],
-        _ => [v, pp, q],
-    };
-    p.copy_from_slice(&rgb);
-}
-
-/// Separable gaussian blur of `img [side, side, 3]`, reflect padding (torchvision's).
-fn gaussian_blur(img: &mut [f32], side: usize, k: usize, sigma: f32) {
-    let half = (k / 2) as isize;
-    let mut weights: Vec<f32> = (-half..=half)
-        .map(|t| (-(t * t) as f32 / (2.0 * sigma * sigma)).exp())
-        .collect();
-    let total: f32 = weights.iter().sum();
-    weights.iter_mut().for_each(|w| *w /= total);
-    let reflect = |i: isize| -> usize {
-        let n = side as isize;
-        let i = if i < 0 { -i } else { i };
-        (if i >= n { 2 * (n - 1) - i } else { i }).clamp(0, n - 1) as usize
-    };
-    let mut tmp = vec![0.0f32; img.len()];
-    for pass in 0..2 {
-        let (src, dst) = if pass == 0 {
-            (&*img, &mut tmp[..])
-        } else {
-            (&tmp[..], &mut *img)
-        };
-        let src = src.to_vec();
-        for y in 0..side {
-            for x in 0..side {
-                for c in 0..3 {
-                    let mut v = 0.0;
-                    for (t, &wgt) in (-half..=half).zip(&weights) {
-                        let (sy, sx) = if pass == 0 {
-                            (y, reflect(x as isize + t))
-                        } else {
-                            (reflect(y as isize + t), x)
-                        };
-                        v += wgt * src[(sy * side + sx) * 3 + c];
-                    }
-                    dst[(y * side + x) * 3 + c] = v;
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -585,30 +492,33 @@ mod tests {
 
     #[test]
     fn hue_shift_should_turn_colours_and_keep_gray() {
-        let mut red = [1.0, 0.0, 0.0];
+        use kernels::augment::shift_hue;
+        let mut red = [1.0f32, 0.0, 0.0];
         shift_hue(&mut red, 1.0 / 3.0);
         assert!(
             (red[0] - 0.0).abs() < 1e-5 && (red[1] - 1.0).abs() < 1e-5 && red[2].abs() < 1e-5,
             "{red:?}"
         );
-        let mut p = [0.2, 0.5, 0.9];
+        let mut p = [0.2f32, 0.5, 0.9];
         shift_hue(&mut p, 0.0);
         assert!(
             (p[0] - 0.2).abs() < 1e-5 && (p[1] - 0.5).abs() < 1e-5 && (p[2] - 0.9).abs() < 1e-5
         );
-        let mut g = [0.4, 0.4, 0.4];
+        let mut g = [0.4f32, 0.4, 0.4];
         shift_hue(&mut g, 0.3);
         assert_eq!(g, [0.4, 0.4, 0.4]);
     }
 
     #[test]
     fn blur_should_preserve_a_constant_image_and_smooth_an_impulse() {
+        let mut p = ViewParams::plain(9, 9);
+        blur_weights(&mut p, 3, 1.0);
         let mut flat = vec![0.3f32; 9 * 9 * 3];
-        gaussian_blur(&mut flat, 9, 3, 1.0);
+        blur(&p, &mut flat, 9);
         assert!(flat.iter().all(|v| (v - 0.3).abs() < 1e-6));
         let mut dot = vec![0.0f32; 9 * 9 * 3];
         dot[(4 * 9 + 4) * 3] = 1.0;
-        gaussian_blur(&mut dot, 9, 3, 1.0);
+        blur(&p, &mut dot, 9);
         let total: f32 = dot.iter().step_by(3).sum();
         assert!(
             (total - 1.0).abs() < 1e-5 && dot[(4 * 9 + 4) * 3] < 0.5 && dot[(4 * 9 + 5) * 3] > 0.05
