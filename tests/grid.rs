@@ -502,3 +502,89 @@ fn bf16_conversions_round_to_nearest_even() {
         assert_eq!(*a, 1.0 + bf16_to_f32(b));
     }
 }
+
+/// The GPU's augmentation (`--augment-on gpu`), its launches run on the CPU, gives the CPU
+/// workers' views bit for bit: BYOL's T and T′ with blur and solarisation, on a colour data set
+/// whose images are not square.
+#[test]
+fn augmentation_thread_functions_give_the_cpu_views() {
+    use host::data::augment::{Augmenter, ViewConfig};
+    use host::data::Dataset;
+    let (n, h, w, size) = (5usize, 20usize, 27usize, 16usize);
+    let mut r = rng(8);
+    let data = Dataset {
+        name: "random".into(),
+        images: (0..n * h * w * 3)
+            .map(|_| rand::Rng::random::<u8>(&mut r))
+            .collect(),
+        labels: vec![0; n],
+        h,
+        w,
+        classes: 1,
+    };
+    let aug = Augmenter {
+        views: [
+            ViewConfig::BYOL_T,
+            ViewConfig {
+                solarize: 0.7,
+                blur: 0.6,
+                ..ViewConfig::BYOL_T_PRIME
+            },
+        ],
+        size,
+        mean: [0.4, 0.5, 0.6],
+        std: [0.2, 0.25, 0.3],
+    };
+    let indices = [3usize, 0, 4, 4, 1, 2, 0];
+    let (b, px) = (indices.len(), size * size * 3);
+    let mut cpu = [vec![0.0f32; b * px], vec![0.0f32; b * px]];
+    let [c1, c2] = &mut cpu;
+    aug.batch_part(&data, &indices, 2, 77, [c1, c2]);
+    let params = aug.batch_params(&data, b, 2, 77);
+    let index: Vec<u32> = indices.iter().map(|&i| i as u32).collect();
+    for (v, p) in params.iter().enumerate() {
+        let (pp, ip) = (p.as_ptr(), index.as_ptr());
+        let mut out = vec![f32::NAN; b * px];
+        let mut tmp = vec![f32::NAN; b * px];
+        let mut means = vec![0.0f32; b];
+        launch(b * px, |i| unsafe {
+            grid::augment_resize(
+                i,
+                pp,
+                data.images.as_ptr(),
+                ip,
+                h,
+                w,
+                size,
+                out.as_mut_ptr(),
+            )
+        });
+        for stage in 0..4 {
+            launch(b, |m| unsafe {
+                grid::augment_mean_gray(m, pp, stage, size, out.as_ptr(), means.as_mut_ptr())
+            });
+            launch(b * size * size, |i| unsafe {
+                grid::augment_jitter(i, pp, stage, size, means.as_ptr(), out.as_mut_ptr())
+            });
+        }
+        launch(b * size * size, |i| unsafe {
+            grid::augment_grayscale(i, pp, size, out.as_mut_ptr())
+        });
+        launch(b * px, |i| unsafe {
+            grid::augment_blur(i, pp, size, out.as_ptr(), tmp.as_mut_ptr(), true)
+        });
+        launch(b * px, |i| unsafe {
+            grid::augment_blur(i, pp, size, tmp.as_ptr(), out.as_mut_ptr(), false)
+        });
+        launch(b * px, |i| unsafe {
+            grid::augment_finish(i, pp, size, aug.mean, aug.std, out.as_mut_ptr())
+        });
+        let blurred = p.iter().filter(|q| q.blur_len > 0).count();
+        let jittered = p.iter().filter(|q| q.jitter != 0).count();
+        assert!(
+            blurred > 0 && jittered > 0,
+            "view {v}: the batch exercises blur and jitter"
+        );
+        assert_eq!(out, cpu[v], "view {v}");
+    }
+}

@@ -5,6 +5,7 @@
 //! element, row kernels one thread per row, column kernels one thread per column, and the
 //! `grid` kernels the thread counts `grid` states; 1-D grids. Flags are passed as `usize`.
 
+use crate::augment::ViewParams;
 use crate::batchnorm::Tile;
 use crate::conv::ConvGeometry;
 use crate::grid::{self, TensorRow};
@@ -154,6 +155,24 @@ grid_entry! {
     fn lars_trust(tensors: usize, table: *mut TensorRow, chunks: usize, partial: *const f64, eta: f32, clip: usize)
         threads(tensors)
         => |t| grid::lars_trust(t, table, chunks, partial, eta, clip != 0);
+    fn augment_resize(n: usize, params: *const ViewParams, images: *const u8, index: *const u32, h: usize, w: usize, size: usize, out: *mut f32)
+        threads(n * size * size * 3)
+        => |i| grid::augment_resize(i, params, images, index, h, w, size, out);
+    fn augment_mean_gray(n: usize, params: *const ViewParams, stage: usize, size: usize, out: *const f32, means: *mut f32)
+        threads(n)
+        => |m| grid::augment_mean_gray(m, params, stage, size, out, means);
+    fn augment_jitter(n: usize, params: *const ViewParams, stage: usize, size: usize, means: *const f32, out: *mut f32)
+        threads(n * size * size)
+        => |i| grid::augment_jitter(i, params, stage, size, means, out);
+    fn augment_grayscale(n: usize, params: *const ViewParams, size: usize, out: *mut f32)
+        threads(n * size * size)
+        => |i| grid::augment_grayscale(i, params, size, out);
+    fn augment_blur(n: usize, params: *const ViewParams, size: usize, src: *const f32, dst: *mut f32, horizontal: usize)
+        threads(n * size * size * 3)
+        => |i| grid::augment_blur(i, params, size, src, dst, horizontal != 0);
+    fn augment_finish(n: usize, params: *const ViewParams, size: usize, m0: f32, m1: f32, m2: f32, s0: f32, s1: f32, s2: f32, out: *mut f32)
+        threads(n * size * size * 3)
+        => |i| grid::augment_finish(i, params, size, [m0, m1, m2], [s0, s1, s2], out);
     fn convert_to_bf16(n: usize, src: *const f32, dst: *mut u16)
         threads(n)
         => |i| grid::convert_to_bf16(i, src, dst);

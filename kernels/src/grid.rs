@@ -11,6 +11,7 @@
 //! column), then [`reduce_blocks`] adds [`GPU_REDUCE_GROUP`] blocks at a time, in block order,
 //! until one is left: fixed order, no atomics, so a GPU run repeats bit for bit.
 
+use crate::augment::{self, ViewParams};
 use crate::batchnorm::{self as bn, Activation, Affine, BatchStats, Running, ScaleOffset, Tile};
 use crate::conv::ConvGeometry;
 use crate::optimizer::{self as opt, AdamFactors};
@@ -508,4 +509,136 @@ pub unsafe fn convert_to_bf16(i: usize, src: *const f32, dst: *mut u16) {
 pub unsafe fn convert_from_bf16(i: usize, src: *const u16, dst: *mut f32, accumulate: bool) {
     let v = crate::precision::bf16_to_f32(*src.add(i));
     *dst.add(i) = if accumulate { *dst.add(i) + v } else { v };
+}
+
+// ---- Augmentation (`--augment-on gpu`). `params [n]` holds each batch row's drawn view,
+// `index [n]` its image in `images [·, h, w, 3]` (u8); `out [n, size, size, 3]`.
+
+/// Threads: `n·size·size·3`. The resized (and flipped) crop.
+///
+/// # Safety
+/// The buffers hold the shapes above; `index` names images inside `images`.
+#[allow(clippy::too_many_arguments)] // one argument per buffer, as the PTX entry point
+#[inline(always)]
+pub unsafe fn augment_resize(
+    i: usize,
+    params: *const ViewParams,
+    images: *const u8,
+    index: *const u32,
+    h: usize,
+    w: usize,
+    size: usize,
+    out: *mut f32,
+) {
+    let per_image = size * size * 3;
+    let (m, v) = (i / per_image, i % per_image);
+    let (pixel, c) = (v / 3, v % 3);
+    let image = from_raw_parts(images.add(*index.add(m) as usize * h * w * 3), h * w * 3);
+    *out.add(i) = augment::resize_value(
+        &*params.add(m),
+        image,
+        w,
+        size,
+        pixel / size,
+        pixel % size,
+        c,
+    );
+}
+
+/// Threads: `n`. Image `m`'s mean luma, where its jitter's operation number `stage` is
+/// contrast (the only one that needs it).
+///
+/// # Safety
+/// As [`augment_resize`]; `means [n]`.
+#[inline(always)]
+pub unsafe fn augment_mean_gray(
+    m: usize,
+    params: *const ViewParams,
+    stage: usize,
+    size: usize,
+    out: *const f32,
+    means: *mut f32,
+) {
+    let p = &*params.add(m);
+    if p.jitter != 0 && p.order[stage] == augment::CONTRAST {
+        let pixels = size * size;
+        *means.add(m) =
+            augment::mean_gray(from_raw_parts(out.add(m * pixels * 3), pixels * 3), pixels);
+    }
+}
+
+/// Threads: `n·size·size`, one per pixel. Jitter operation number `stage` of the pixel's view.
+///
+/// # Safety
+/// As [`augment_mean_gray`].
+#[inline(always)]
+pub unsafe fn augment_jitter(
+    i: usize,
+    params: *const ViewParams,
+    stage: usize,
+    size: usize,
+    means: *const f32,
+    out: *mut f32,
+) {
+    let m = i / (size * size);
+    let p = &*params.add(m);
+    if p.jitter != 0 {
+        let px = from_raw_parts_mut(out.add(i * 3), 3);
+        augment::jitter_pixel(p.order[stage], p.factors, *means.add(m), px);
+    }
+}
+
+/// Threads: `n·size·size`. Grayscale where the pixel's view has it.
+///
+/// # Safety
+/// As [`augment_resize`].
+#[inline(always)]
+pub unsafe fn augment_grayscale(i: usize, params: *const ViewParams, size: usize, out: *mut f32) {
+    if (*params.add(i / (size * size))).grayscale != 0 {
+        augment::grayscale_pixel(from_raw_parts_mut(out.add(i * 3), 3));
+    }
+}
+
+/// Threads: `n·size·size·3`. One pass of the view's blur from `src` into `dst` (a copy where
+/// the view has no blur).
+///
+/// # Safety
+/// `src` and `dst` hold `[n, size, size, 3]` and do not overlap.
+#[inline(always)]
+pub unsafe fn augment_blur(
+    i: usize,
+    params: *const ViewParams,
+    size: usize,
+    src: *const f32,
+    dst: *mut f32,
+    horizontal: bool,
+) {
+    let per_image = size * size * 3;
+    let (m, v) = (i / per_image, i % per_image);
+    let p = &*params.add(m);
+    *dst.add(i) = if p.blur_len > 0 {
+        let (pixel, c) = (v / 3, v % 3);
+        let image = from_raw_parts(src.add(m * per_image), per_image);
+        augment::blur_value(p, image, size, pixel / size, pixel % size, c, horizontal)
+    } else {
+        *src.add(i)
+    };
+}
+
+/// Threads: `n·size·size·3`. Solarisation where the view has it, then normalisation.
+///
+/// # Safety
+/// As [`augment_resize`].
+#[inline(always)]
+pub unsafe fn augment_finish(
+    i: usize,
+    params: *const ViewParams,
+    size: usize,
+    mean: [f32; 3],
+    std: [f32; 3],
+    out: *mut f32,
+) {
+    let p = &*params.add(i / (size * size * 3));
+    let c = i % 3;
+    *out.add(i) = augment::finish_value(p, *out.add(i), mean[c], std[c]);
 }

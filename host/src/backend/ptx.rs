@@ -38,6 +38,12 @@ macro_rules! ptx_entries {
             avgpool_backward(n: usize, hw: usize, c: usize, dout: DeviceAddr, dx: DeviceAddr);
             lars_square_sums(chunks: usize, chunk_tensor: DeviceAddr, table: DeviceAddr, params: DeviceAddr, grads: DeviceAddr, partial: DeviceAddr);
             lars_trust(tensors: usize, table: DeviceAddr, chunks: usize, partial: DeviceAddr, eta: f32, clip: usize);
+            augment_resize(n: usize, params: DeviceAddr, images: DeviceAddr, index: DeviceAddr, h: usize, w: usize, size: usize, out: DeviceAddr);
+            augment_mean_gray(n: usize, params: DeviceAddr, stage: usize, size: usize, out: DeviceAddr, means: DeviceAddr);
+            augment_jitter(n: usize, params: DeviceAddr, stage: usize, size: usize, means: DeviceAddr, out: DeviceAddr);
+            augment_grayscale(n: usize, params: DeviceAddr, size: usize, out: DeviceAddr);
+            augment_blur(n: usize, params: DeviceAddr, size: usize, src: DeviceAddr, dst: DeviceAddr, horizontal: usize);
+            augment_finish(n: usize, params: DeviceAddr, size: usize, m0: f32, m1: f32, m2: f32, s0: f32, s1: f32, s2: f32, out: DeviceAddr);
             convert_to_bf16(n: usize, src: DeviceAddr, dst: DeviceAddr);
             convert_from_bf16(n: usize, src: DeviceAddr, dst: DeviceAddr, accumulate: usize);
             optimizer_update(n_params: usize, table: DeviceAddr, tensors: usize, params: DeviceAddr, grads: DeviceAddr, momentum: DeviceAddr, second_moment: DeviceAddr, mu: f32, adam_bc2_sqrt: f32, adam: usize);

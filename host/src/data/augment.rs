@@ -195,17 +195,34 @@ impl Augmenter {
         out: [&mut [f32]; 2],
     ) {
         let px = self.size * self.size * 3;
-        for (v, out) in out.into_iter().enumerate() {
+        let params = self.batch_params(data, indices.len(), first, stream);
+        for ((out, params), _) in out.into_iter().zip(&params).zip(0..) {
             out[..indices.len() * px]
                 .par_chunks_mut(px)
-                .zip(indices.par_iter())
-                .enumerate()
-                .for_each(|(j, (o, &i))| {
+                .zip(indices.par_iter().zip(params))
+                .for_each(|(o, (&i, p))| self.apply(p, data.image(i), data.w, o));
+        }
+    }
+
+    /// The drawn views (T and T′) of `count` images at positions `first..` of a batch: what
+    /// [`Augmenter::batch_part`] applies on the CPU and the GPU's augmentation applies there.
+    pub fn batch_params(
+        &self,
+        data: &Dataset,
+        count: usize,
+        first: usize,
+        stream: u64,
+    ) -> [Vec<ViewParams>; 2] {
+        [0usize, 1].map(|v| {
+            (0..count)
+                .into_par_iter()
+                .map(|j| {
                     let position = (first + j) as u64;
                     let mut rng = ChaCha8Rng::seed_from_u64(mix(mix(stream ^ position) ^ v as u64));
-                    self.view(&self.views[v], data.image(i), data.h, data.w, &mut rng, o)
-                });
-        }
+                    self.draw(&self.views[v], data.h, data.w, &mut rng)
+                })
+                .collect()
+        })
     }
 
     /// The images `indices`, whole and unaugmented, resized and normalised (for evaluation).
