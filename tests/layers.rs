@@ -843,3 +843,69 @@ test_device!(
     copies_should_touch_exactly_their_ranges,
     copies_touch_exactly_their_ranges
 );
+
+/// The augmentation op (`--augment-on gpu`) gives the CPU workers' views, bit for bit: the
+/// same drawn views applied by the same `kernels::augment` functions (the GPU has no
+/// contraction into FMAs in them, and its divisions and square roots round as the CPU's).
+fn augment_gives_the_workers_views<B: Backend>(be: &B) {
+    use host::backend::AugmentOp;
+    use host::data::augment::{Augmenter, ViewConfig};
+    use host::data::Dataset;
+    let (n, h, w, size) = (4usize, 21usize, 18usize, 12usize);
+    let mut r = rng(21);
+    let data = Dataset {
+        name: "random".into(),
+        images: (0..n * h * w * 3)
+            .map(|_| rand::Rng::random::<u8>(&mut r))
+            .collect(),
+        labels: vec![0; n],
+        h,
+        w,
+        classes: 1,
+    };
+    let t_prime = ViewConfig {
+        blur: 0.7,
+        solarize: 0.6,
+        ..ViewConfig::BYOL_T_PRIME
+    };
+    let aug = Augmenter {
+        views: [ViewConfig::BYOL_T, t_prime],
+        size,
+        mean: [0.45, 0.5, 0.55],
+        std: [0.2, 0.22, 0.25],
+    };
+    let indices = [2usize, 0, 3, 3, 1];
+    let px = size * size * 3;
+    let mut want = [
+        vec![0.0f32; indices.len() * px],
+        vec![0.0f32; indices.len() * px],
+    ];
+    let [w1, w2] = &mut want;
+    aug.batch_part(&data, &indices, 0, 5, [w1, w2]);
+    let params = aug.batch_params(&data, indices.len(), 0, 5);
+    let index: Vec<u32> = indices.iter().map(|&i| i as u32).collect();
+    let images = be.upload_images(&data.images).unwrap();
+    for (v, p) in params.iter().enumerate() {
+        let op = AugmentOp {
+            h,
+            w,
+            size,
+            mean: aug.mean,
+            std: aug.std,
+            index: &index,
+            params: p,
+        };
+        let mut out = be.zeros(indices.len() * px).unwrap();
+        be.augment(&op, &images, n, &mut out).unwrap();
+        assert_eq!(down(be, &out), want[v], "view {v}");
+        // A row naming an image that is not there is an error, not a read out of bounds.
+        let bad = [index[0], n as u32];
+        let op = AugmentOp {
+            index: &bad,
+            params: &p[..2],
+            ..op
+        };
+        assert!(be.augment(&op, &images, n, &mut out).is_err());
+    }
+}
+test_device!(augment_on_the_device, augment_gives_the_workers_views);

@@ -65,6 +65,27 @@ fn same_seed_should_give_bit_identical_runs() {
     assert_ne!(losses(&a), losses(&c), "another seed, another run");
 }
 
+/// The views made on the step's device (`--augment-on gpu`; here the CPU backend applies the
+/// drawn views itself) are the worker threads' views: the same run, bit for bit, with blur
+/// and solarisation in play.
+#[test]
+fn views_made_on_the_device_should_equal_the_workers_views() {
+    let cfg = tiny().with(|c| {
+        c.augment.blur_t = 1.0;
+        c.augment.blur_t_prime = 0.5;
+    });
+    let (workers, device) = (dir("aug-workers"), dir("aug-device"));
+    train(&cfg, &opts(&workers)).unwrap();
+    let on_device = RunOptions {
+        augment_on: host::train::AugmentOn::Device,
+        ..opts(&device)
+    };
+    train(&cfg, &on_device).unwrap();
+    let read = |d: &Path| std::fs::read(d.join("checkpoint.safetensors")).unwrap();
+    assert_eq!(losses(&workers), losses(&device));
+    assert!(read(&workers) == read(&device), "checkpoints differ");
+}
+
 #[test]
 fn a_resumed_run_should_equal_the_uninterrupted_run() {
     let (full, part) = (dir("full"), dir("part"));

@@ -317,6 +317,7 @@ pub fn run_one(r: &StudyRun, dir: &Path, progress: bool, device: Device) -> Resu
             replicas: None,
             device,
             precision: Default::default(),
+            augment_on: Default::default(),
         },
     ) {
         Ok(s) => s,

@@ -177,6 +177,10 @@ struct TrainArgs {
     /// cores, f32 accumulation). Weights, BatchNorm, loss, optimiser and EMA stay f32.
     #[arg(long, default_value = "f32")]
     precision: host::backend::Precision,
+    /// Where the views' pixels are made: cpu (worker threads, the default) or gpu (on the
+    /// device, from source images copied there once; needs --device cuda). Same views either way.
+    #[arg(long, default_value = "cpu", value_parser = ["cpu", "gpu"])]
+    augment_on: String,
     /// With --distributed: BatchNorm statistics of each rank's part of the batch only
     /// (the ablation), instead of the whole batch's (cross-replica, the paper's).
     #[arg(long, requires = "distributed")]
@@ -432,6 +436,15 @@ fn train(args: &TrainArgs, matches: &ArgMatches) -> Result<(), Error> {
         replicas,
         device: args.device,
         precision: args.precision,
+        augment_on: match (args.augment_on.as_str(), args.device) {
+            ("gpu", Device::Cpu) => {
+                return Err(Error::InvalidArgument(
+                    "--augment-on gpu needs --device cuda: on the CPU the worker threads already make the views".into(),
+                ))
+            }
+            ("gpu", _) => host::train::AugmentOn::Device,
+            _ => host::train::AugmentOn::Workers,
+        },
     };
     match &opts.replicas {
         // A rank's error ends every rank, so that none waits forever in a collective.

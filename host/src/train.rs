@@ -10,7 +10,7 @@
 
 use crate::backend::cpu::Cpu;
 use crate::backend::distributed::Distributed;
-use crate::backend::{Backend, Device, Precision};
+use crate::backend::{AugmentOp, Backend, Device, Precision};
 use crate::byol::schedule::{learning_rate, tau_to};
 use crate::byol::{
     closed_form, Byol, ByolConfig, LrMultipliers, Objective, Optimizer, OptimizerKind,
@@ -734,6 +734,8 @@ pub struct RunOptions {
     pub device: Device,
     /// Convolutions' and GEMMs' arithmetic on a GPU (ignored on the CPU).
     pub precision: Precision,
+    /// Where the views' pixels are made.
+    pub augment_on: AugmentOn,
 }
 
 /// A data-parallel run as one rank sees it: the collective joining the ranks, and whether
@@ -1112,6 +1114,28 @@ pub fn monitor<B: Backend>(
     })
 }
 
+/// A batch as the augmentation thread hands it to the step: its views' pixels, or (with the
+/// augmentation on the device) its images and drawn views.
+enum Batch {
+    Pixels([Vec<f32>; 2]),
+    Drawn {
+        index: Vec<u32>,
+        params: [Vec<crate::backend::ViewParams>; 2],
+    },
+}
+
+/// Where a batch's views are made. Either way each view is drawn on the host from its own
+/// stream, so both give the same views (bit for bit on the CPU backend, tested).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AugmentOn {
+    /// CPU worker threads, up to two batches ahead of the step, then copied to the device.
+    #[default]
+    Workers,
+    /// The step's device (`--augment-on gpu`): the source images are copied there once, the
+    /// workers only draw the views, and the device applies them.
+    Device,
+}
+
 /// Trains as configured. Returns the per-epoch record (on every rank but the first of a
 /// data-parallel run, which leaves the files and the record to rank 0, an empty one).
 pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
@@ -1315,6 +1339,18 @@ fn train_on<B: Backend>(
     };
     let mut work = byol.work(shard, aug.size, aug.size)?;
     let px = aug.size * aug.size * 3;
+    // With the augmentation on the device: the source images there once, two view buffers.
+    let on_device = match opts.augment_on {
+        AugmentOn::Workers => None,
+        AugmentOn::Device => Some((
+            byol.backend.upload_images(&train.images)?,
+            [
+                byol.backend.zeros(shard * px)?,
+                byol.backend.zeros(shard * px)?,
+            ],
+        )),
+    };
+    let mut on_device = on_device;
     let mut epochs = Vec::new();
     let mut collapsed_at = None;
     let (run_start, mut images) = (Instant::now(), 0usize);
@@ -1328,22 +1364,27 @@ fn train_on<B: Backend>(
         let mut loss_sum = 0.0f64;
         // Augmentation runs on its own thread, up to two batches ahead of the step.
         std::thread::scope(|scope| -> Result<()> {
-            let (tx, rx) = std::sync::mpsc::sync_channel::<[Vec<f32>; 2]>(2);
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(2);
             let (aug, train, order) = (&aug, &train, &order);
+            let drawn_only = on_device.is_some();
             scope.spawn(move || {
                 for s in 0..steps_per_epoch {
                     let k = (epoch * steps_per_epoch + s) as u64;
-                    let (mut v1, mut v2) = (vec![0.0f32; shard * px], vec![0.0f32; shard * px]);
                     // This rank's part of the global batch, with the views of its positions.
                     let first = rank * shard;
-                    aug.batch_part(
-                        train,
-                        &order[s * b + first..s * b + first + shard],
-                        first,
-                        mix(cfg.seed ^ mix(k ^ 0x5eed)),
-                        [&mut v1, &mut v2],
-                    );
-                    if tx.send([v1, v2]).is_err() {
+                    let idx = &order[s * b + first..s * b + first + shard];
+                    let stream = mix(cfg.seed ^ mix(k ^ 0x5eed));
+                    let batch = if drawn_only {
+                        Batch::Drawn {
+                            index: idx.iter().map(|&i| i as u32).collect(),
+                            params: aug.batch_params(train, shard, first, stream),
+                        }
+                    } else {
+                        let (mut v1, mut v2) = (vec![0.0f32; shard * px], vec![0.0f32; shard * px]);
+                        aug.batch_part(train, idx, first, stream, [&mut v1, &mut v2]);
+                        Batch::Pixels([v1, v2])
+                    };
+                    if tx.send(batch).is_err() {
                         return; // the step stopped (an error): nothing more to make
                     }
                 }
@@ -1351,7 +1392,7 @@ fn train_on<B: Backend>(
             for s in 0..steps_per_epoch {
                 // Time the step waits for its batch: the augmentation falling behind.
                 let wait_start = Instant::now();
-                let [v1, v2] = rx
+                let batch = rx
                     .recv()
                     .expect("the augmentation thread sends every batch");
                 waited += wait_start.elapsed().as_secs_f64();
@@ -1363,16 +1404,34 @@ fn train_on<B: Backend>(
                     }),
                 );
                 let step_start = Instant::now();
-                let views = [byol.backend.upload(&v1)?, byol.backend.upload(&v2)?];
+                let uploaded;
+                let views: [&B::Buffer; 2] = match (batch, on_device.as_mut()) {
+                    (Batch::Drawn { index, params }, Some((images, bufs))) => {
+                        for (buf, params) in bufs.iter_mut().zip(&params) {
+                            let op = AugmentOp {
+                                h: train.h,
+                                w: train.w,
+                                size: aug.size,
+                                mean: aug.mean,
+                                std: aug.std,
+                                index: &index,
+                                params,
+                            };
+                            byol.backend.augment(&op, images, train.len(), buf)?;
+                        }
+                        [&bufs[0], &bufs[1]]
+                    }
+                    (Batch::Pixels([v1, v2]), _) => {
+                        uploaded = [byol.backend.upload(&v1)?, byol.backend.upload(&v2)?];
+                        [&uploaded[0], &uploaded[1]]
+                    }
+                    (Batch::Drawn { .. }, None) => {
+                        unreachable!("views are drawn only for the device")
+                    }
+                };
                 let local = byol
                     .step(
-                        &mut state,
-                        &mut work,
-                        [&views[0], &views[1]],
-                        lr as f32,
-                        t as f32,
-                        &optimizer,
-                        lr_mult,
+                        &mut state, &mut work, views, lr as f32, t as f32, &optimizer, lr_mult,
                     )?
                     .loss;
                 // The loss of the global batch: the mean of the ranks' means.

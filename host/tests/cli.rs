@@ -113,6 +113,14 @@ fn bad_input_should_get_one_sentence_naming_what_was_expected() {
         (&["plot", "/nonexistent/run"], "/nonexistent/run"),
         (&["ablate", "nothing"], "nothing"),
         (&["train", "--epochs", "many"], "invalid value 'many'"),
+        (
+            &["train", "--augment-on", "gpu"],
+            "--augment-on gpu needs --device cuda",
+        ),
+        (
+            &["train", "--precision", "f8"],
+            "expected f32, tf32 or bf16",
+        ),
     ];
     for (args, expected) in cases {
         let out = host(args);

@@ -5,8 +5,8 @@
 //! silent overrun; the networks check their inputs before any op runs.
 
 use super::{
-    Backend, BatchNorm, ConvGeometry, ConvOp, DirectionGrads, Gemm, Linear, Objective, Optimizer,
-    OptimizerState, TensorStep,
+    AugmentOp, Backend, BatchNorm, ConvGeometry, ConvOp, DirectionGrads, Gemm, Linear, Objective,
+    Optimizer, OptimizerState, TensorStep,
 };
 use crate::cpu::batchnorm::{self, BnLayer, BnMode};
 use crate::cpu::conv::{conv_backward, conv_forward, ConvScratch};
@@ -14,8 +14,10 @@ use crate::cpu::gemm::matmul;
 use crate::cpu::linear::{linear_backward, linear_forward};
 use crate::cpu::pool::{avgpool_backward, avgpool_forward, maxpool_backward, maxpool_forward};
 use crate::cpu::{ema_update, nmse_loss};
+use crate::data::augment::apply_view;
 use crate::error::Result;
 use kernels::batchnorm::BnGrads;
+use rayon::prelude::*;
 use std::ops::Range;
 
 /// The CPU backend.
@@ -56,6 +58,7 @@ impl Backend for Cpu {
     type Buffer = Vec<f32>;
     type Indices = Vec<u32>;
     type ConvWorkspace = ConvScratch;
+    type Images = Vec<u8>;
 
     fn upload(&self, data: &[f32]) -> Result<Vec<f32>> {
         Ok(data.to_vec())
@@ -486,6 +489,25 @@ impl Backend for Cpu {
         Ok(())
     }
 
+    fn upload_images(&self, images: &[u8]) -> Result<Vec<u8>> {
+        Ok(images.to_vec())
+    }
+    fn augment_unchecked(
+        &self,
+        op: &AugmentOp<'_>,
+        images: &Vec<u8>,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        let (px, image) = (op.size * op.size * 3, op.h * op.w * 3);
+        out[..op.index.len() * px]
+            .par_chunks_mut(px)
+            .zip(op.index.par_iter().zip(op.params))
+            .for_each(|(o, (&i, p))| {
+                let img = &images[i as usize * image..][..image];
+                apply_view(p, img, op.w, op.size, op.mean, op.std, o)
+            });
+        Ok(())
+    }
     fn ema_update_unchecked(
         &self,
         target: &mut Vec<f32>,

@@ -17,8 +17,8 @@
 use super::gpu_plan::{reduce_launches, OptimizerPlan};
 use super::ptx::{self, DeviceAddr};
 use super::{
-    cpu::Cpu, Backend, BatchNorm, BnMode, ConvGeometry, ConvOp, DirectionGrads, Gemm, Linear,
-    Normalisation, Objective, Optimizer, OptimizerState, Precision, TensorStep,
+    cpu::Cpu, AugmentOp, Backend, BatchNorm, BnMode, ConvGeometry, ConvOp, DirectionGrads, Gemm,
+    Linear, Normalisation, Objective, Optimizer, OptimizerState, Precision, TensorStep, ViewParams,
 };
 use crate::error::{Error, Result};
 use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
@@ -477,6 +477,7 @@ impl Backend for Cuda {
     type Buffer = CudaSlice<f32>;
     type Indices = CudaSlice<u32>;
     type ConvWorkspace = DnnConvs;
+    type Images = CudaSlice<u8>;
 
     fn upload(&self, data: &[f32]) -> Result<CudaSlice<f32>> {
         self.stream.clone_htod(data).map_err(cuda_err)
@@ -1177,6 +1178,39 @@ impl Backend for Cuda {
         )
     }
 
+    fn upload_images(&self, images: &[u8]) -> Result<CudaSlice<u8>> {
+        self.stream.clone_htod(images).map_err(cuda_err)
+    }
+    fn augment_unchecked(
+        &self,
+        op: &AugmentOp<'_>,
+        images: &CudaSlice<u8>,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let (n, s) = (op.index.len(), op.size);
+        let values = n * s * s * 3;
+        // ViewParams is repr(C) and made of 4-byte fields only: upload it as u32 words.
+        let words = std::mem::size_of::<ViewParams>() / 4;
+        // SAFETY: see above; the slice covers exactly the parameters' memory.
+        let raw =
+            unsafe { std::slice::from_raw_parts(op.params.as_ptr() as *const u32, n * words) };
+        let params = self.stream.clone_htod(raw).map_err(cuda_err)?;
+        let index = self.stream.clone_htod(op.index).map_err(cuda_err)?;
+        let (means, tmp) = (self.zeros(n.max(1))?, self.zeros(values.max(1))?);
+        let (pp, o, t) = (self.ptr_any(&params), self.ptr(out, 0), self.ptr(&tmp, 0));
+        let l = self.launch();
+        let (ip, im) = (self.ptr_any(&index), self.ptr_any(images));
+        l.augment_resize(values, n, pp, im, ip, op.h, op.w, s, o)?;
+        for stage in 0..4 {
+            l.augment_mean_gray(n, n, pp, stage, s, o, self.ptr(&means, 0))?;
+            l.augment_jitter(n * s * s, n, pp, stage, s, self.ptr(&means, 0), o)?;
+        }
+        l.augment_grayscale(n * s * s, n, pp, s, o)?;
+        l.augment_blur(values, n, pp, s, o, t, 1)?;
+        l.augment_blur(values, n, pp, s, t, o, 0)?;
+        let ([m0, m1, m2], [s0, s1, s2]) = (op.mean, op.std);
+        l.augment_finish(values, n, pp, s, m0, m1, m2, s0, s1, s2, o)
+    }
     fn ema_update_unchecked(
         &self,
         target: &mut CudaSlice<f32>,

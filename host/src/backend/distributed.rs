@@ -19,8 +19,8 @@
 //! when a [`DeviceAverage`] is given (NCCL on GPUs: `crate::dist::nccl`).
 
 use super::{
-    Backend, BatchNorm, BnMode, ConvGeometry, ConvOp, DirectionGrads, Gemm, Linear, Objective,
-    Optimizer, OptimizerState, TensorStep,
+    AugmentOp, Backend, BatchNorm, BnMode, ConvGeometry, ConvOp, DirectionGrads, Gemm, Linear,
+    Objective, Optimizer, OptimizerState, TensorStep,
 };
 use crate::dist::Collective;
 use crate::error::Result;
@@ -98,6 +98,7 @@ impl<B: Backend> Backend for Distributed<B> {
     type Buffer = B::Buffer;
     type Indices = B::Indices;
     type ConvWorkspace = B::ConvWorkspace;
+    type Images = B::Images;
 
     fn upload(&self, data: &[f32]) -> Result<B::Buffer> {
         self.inner.upload(data)
@@ -361,6 +362,17 @@ impl<B: Backend> Backend for Distributed<B> {
         host.iter_mut().for_each(|v| *v *= scale);
         *buf = self.inner.upload(&host)?;
         Ok(())
+    }
+    fn upload_images(&self, images: &[u8]) -> Result<B::Images> {
+        self.inner.upload_images(images)
+    }
+    fn augment_unchecked(
+        &self,
+        op: &AugmentOp<'_>,
+        images: &B::Images,
+        out: &mut B::Buffer,
+    ) -> Result<()> {
+        self.inner.augment_unchecked(op, images, out)
     }
     fn ema_update_unchecked(
         &self,

@@ -34,6 +34,7 @@ pub use crate::cpu::batchnorm::BnMode;
 pub use crate::cpu::conv::Conv2d;
 pub use crate::cpu::objective::{DirectionGrads, Normalisation, Objective};
 pub use crate::cpu::optimizer::{Optimizer, OptimizerKind, TensorStep};
+pub use kernels::augment::ViewParams;
 pub use kernels::conv::ConvGeometry;
 
 /// The arithmetic of convolutions and GEMMs on a GPU: `f32` (IEEE single precision, no tensor
@@ -151,6 +152,45 @@ impl ConvOp {
     }
 }
 
+/// One batch of views to apply: source images `h × w`, output `size × size`, the channels'
+/// normalisation, and per row its image and its drawn view.
+pub struct AugmentOp<'a> {
+    pub h: usize,
+    pub w: usize,
+    pub size: usize,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+    pub index: &'a [u32],
+    pub params: &'a [ViewParams],
+}
+
+impl AugmentOp<'_> {
+    /// Every row names an image below `image_count`, has a view, and its crop lies inside.
+    pub fn check(&self, image_count: usize) -> Result<()> {
+        if self.params.len() != self.index.len() {
+            return Err(Error::Length {
+                what: "augmentation views (one per row)",
+                expected: self.index.len(),
+                got: self.params.len(),
+            });
+        }
+        for (&i, p) in self.index.iter().zip(self.params) {
+            let [top, left, ch, cw] = p.crop.map(|v| v as usize);
+            let inside = top + ch <= self.h && left + cw <= self.w && ch > 0 && cw > 0;
+            if i as usize >= image_count
+                || !inside
+                || p.blur_len as usize > kernels::augment::MAX_BLUR
+            {
+                return Err(Error::InvalidArgument(format!(
+                    "augmentation row for image {i}: out of the {image_count} images, or a crop {:?} / blur of {} outside a {}×{} image",
+                    p.crop, p.blur_len, self.h, self.w
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The optimiser's state buffers, each as long as the parameters (the second moment empty
 /// unless the optimiser keeps one).
 pub struct OptimizerState<'a, T> {
@@ -168,6 +208,8 @@ pub trait Backend: Sync {
     /// What the convolutions of one network at one input shape need besides their tensors
     /// (column buffers, algorithm choices), allocated once and reused.
     type ConvWorkspace: Send + Sync;
+    /// A data set's source images kept where [`Backend::augment`] reads them.
+    type Images: Send + Sync;
 
     // ---- Memory.
     fn upload(&self, data: &[f32]) -> Result<Self::Buffer>;
@@ -416,6 +458,34 @@ pub trait Backend: Sync {
         online: &Self::Buffer,
         tau: f32,
     ) -> Result<()>;
+
+    // ---- Augmentation (the pixel work of views drawn on the host; `kernels::augment`).
+    /// A data set's images `[count, h, w, 3]` (u8), kept for [`Backend::augment`].
+    fn upload_images(&self, images: &[u8]) -> Result<Self::Images>;
+    /// `out [rows, size, size, 3]` = the views `op.params` of the images `op.index` (checked
+    /// against `images`), normalised.
+    fn augment_unchecked(
+        &self,
+        op: &AugmentOp<'_>,
+        images: &Self::Images,
+        out: &mut Self::Buffer,
+    ) -> Result<()>;
+    /// [`Backend::augment_unchecked`] after checking the op's shapes, indices and output.
+    fn augment(
+        &self,
+        op: &AugmentOp<'_>,
+        images: &Self::Images,
+        image_count: usize,
+        out: &mut Self::Buffer,
+    ) -> Result<()> {
+        op.check(image_count)?;
+        need::<Self>(
+            "augmentation output [rows, size, size, 3]",
+            out,
+            op.index.len() * op.size * op.size * 3,
+        )?;
+        self.augment_unchecked(op, images, out)
+    }
 
     /// `target ← τ·target + (1 − τ)·online[..len(target)]`: the target's parameters are a
     /// prefix of the online network's.

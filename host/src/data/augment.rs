@@ -289,10 +289,26 @@ impl Augmenter {
         p
     }
 
-    /// Applies the drawn view `p` to `img [·, w, 3]`, into `out [size, size, 3]` normalised,
-    /// with the pixel functions of `kernels::augment` (those the GPU runs).
+    /// Applies the drawn view `p` to `img [·, w, 3]`, into `out [size, size, 3]` normalised.
     pub fn apply(&self, p: &ViewParams, img: &[u8], w: usize, out: &mut [f32]) {
-        let s = self.size;
+        apply_view(p, img, w, self.size, self.mean, self.std, out)
+    }
+}
+
+/// The drawn view `p` of `img [·, w, 3]` into `out [size, size, 3]`, normalised by `mean` and
+/// `std`, with the pixel functions of `kernels::augment` (those the GPU runs) in the same
+/// order as the GPU's launches.
+pub fn apply_view(
+    p: &ViewParams,
+    img: &[u8],
+    w: usize,
+    size: usize,
+    mean: [f32; 3],
+    std: [f32; 3],
+    out: &mut [f32],
+) {
+    {
+        let s = size;
         let pixels = s * s;
         for (i, v) in out[..pixels * 3].iter_mut().enumerate() {
             let (pixel, c) = (i / 3, i % 3);
@@ -319,7 +335,7 @@ impl Augmenter {
             blur(p, &mut out[..pixels * 3], s);
         }
         for (i, v) in out[..pixels * 3].iter_mut().enumerate() {
-            *v = finish_value(p, *v, self.mean[i % 3], self.std[i % 3]);
+            *v = finish_value(p, *v, mean[i % 3], std[i % 3]);
         }
     }
 }
