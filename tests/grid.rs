@@ -509,19 +509,8 @@ fn bf16_conversions_round_to_nearest_even() {
 #[test]
 fn augmentation_thread_functions_give_the_cpu_views() {
     use host::data::augment::{Augmenter, ViewConfig};
-    use host::data::Dataset;
     let (n, h, w, size) = (5usize, 20usize, 27usize, 16usize);
-    let mut r = rng(8);
-    let data = Dataset {
-        name: "random".into(),
-        images: (0..n * h * w * 3)
-            .map(|_| rand::Rng::random::<u8>(&mut r))
-            .collect(),
-        labels: vec![0; n],
-        h,
-        w,
-        classes: 1,
-    };
+    let data = random_images(n, h, w, 8);
     let aug = Augmenter {
         views: [
             ViewConfig::BYOL_T,

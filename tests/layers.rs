@@ -850,19 +850,8 @@ test_device!(
 fn augment_gives_the_workers_views<B: Backend>(be: &B) {
     use host::backend::AugmentOp;
     use host::data::augment::{Augmenter, ViewConfig};
-    use host::data::Dataset;
     let (n, h, w, size) = (4usize, 21usize, 18usize, 12usize);
-    let mut r = rng(21);
-    let data = Dataset {
-        name: "random".into(),
-        images: (0..n * h * w * 3)
-            .map(|_| rand::Rng::random::<u8>(&mut r))
-            .collect(),
-        labels: vec![0; n],
-        h,
-        w,
-        classes: 1,
-    };
+    let data = random_images(n, h, w, 21);
     let t_prime = ViewConfig {
         blur: 0.7,
         solarize: 0.6,

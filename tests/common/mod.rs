@@ -58,6 +58,19 @@ pub fn uniform(rng: &mut impl Rng, n: usize, scale: f32) -> Vec<f32> {
     (0..n).map(|_| rng.random_range(-scale..scale)).collect()
 }
 
+/// `n` random RGB images of `h × w` (one class), a data set for the augmentation tests.
+pub fn random_images(n: usize, h: usize, w: usize, seed: u64) -> host::data::Dataset {
+    let mut r = rng(seed);
+    host::data::Dataset {
+        name: "random".into(),
+        images: (0..n * h * w * 3).map(|_| r.random::<u8>()).collect(),
+        labels: vec![0; n],
+        h,
+        w,
+        classes: 1,
+    }
+}
+
 pub fn to_f64(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x as f64).collect()
 }

@@ -277,18 +277,14 @@ impl Cuda {
         }
         let (l16, r16) = (self.bf16_copy(lhs, m * k)?, self.bf16_copy(rhs, k * n)?);
         let (l16, r16) = (self.ptr_any(&l16), self.ptr_any(&r16));
-        use blas_sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
-        let (op_b, ldb) = if rhs_t {
-            (CUBLAS_OP_T, k)
-        } else {
-            (CUBLAS_OP_N, n)
-        };
-        let (op_a, lda) = if lhs_t {
-            (CUBLAS_OP_T, m)
-        } else {
-            (CUBLAS_OP_N, k)
-        };
-        let (alpha, beta) = (1.0f32, if accumulate { 1.0f32 } else { 0.0 });
+        let ColumnMajor {
+            op_a,
+            lda,
+            op_b,
+            ldb,
+            alpha,
+            beta,
+        } = ColumnMajor::of(m, n, k, lhs_t, rhs_t, accumulate);
         let bf16 = blas_sys::cudaDataType::CUDA_R_16BF;
         // SAFETY: as `sgemm_f32`; the bf16 copies hold `m·k` and `k·n` values and live until
         // the end of this function, after the GEMM is queued on the same stream (the copies'
@@ -372,18 +368,14 @@ impl Cuda {
         rhs_t: bool,
         accumulate: bool,
     ) -> Result<()> {
-        use blas_sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
-        let (op_b, ldb) = if rhs_t {
-            (CUBLAS_OP_T, k)
-        } else {
-            (CUBLAS_OP_N, n)
-        };
-        let (op_a, lda) = if lhs_t {
-            (CUBLAS_OP_T, m)
-        } else {
-            (CUBLAS_OP_N, k)
-        };
-        let (alpha, beta) = (1.0f32, if accumulate { 1.0f32 } else { 0.0 });
+        let ColumnMajor {
+            op_a,
+            lda,
+            op_b,
+            ldb,
+            alpha,
+            beta,
+        } = ColumnMajor::of(m, n, k, lhs_t, rhs_t, accumulate);
         // SAFETY: the pointers address the [m,k], [k,n] and [m,n] matrices whose lengths the
         // checked methods of `Backend` validated; cuBLAS runs on our stream.
         unsafe {
@@ -423,6 +415,43 @@ impl Cuda {
             self.launch().bias_fill(n, out, rows, n, bias)?;
         }
         self.sgemm(out, rows, n, k, x, false, w, true, bias.is_some())
+    }
+}
+
+/// A row-major `dst[m,n] (+)= op(lhs)·op(rhs)` as cuBLAS's column-major call sees it (see the
+/// module's comment): the operations and leading dimensions of `lhs` (`a`) and `rhs` (`b`),
+/// and the scalars.
+struct ColumnMajor {
+    op_a: blas_sys::cublasOperation_t,
+    lda: usize,
+    op_b: blas_sys::cublasOperation_t,
+    ldb: usize,
+    alpha: f32,
+    beta: f32,
+}
+
+impl ColumnMajor {
+    fn of(m: usize, n: usize, k: usize, lhs_t: bool, rhs_t: bool, accumulate: bool) -> Self {
+        use blas_sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
+        let (op_b, ldb) = if rhs_t {
+            (CUBLAS_OP_T, k)
+        } else {
+            (CUBLAS_OP_N, n)
+        };
+        let (op_a, lda) = if lhs_t {
+            (CUBLAS_OP_T, m)
+        } else {
+            (CUBLAS_OP_N, k)
+        };
+        let beta = if accumulate { 1.0 } else { 0.0 };
+        ColumnMajor {
+            op_a,
+            lda,
+            op_b,
+            ldb,
+            alpha: 1.0,
+            beta,
+        }
     }
 }
 
