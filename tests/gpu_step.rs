@@ -156,7 +156,7 @@ fn nccl_at_world_size_one_should_equal_the_plain_gpu_step() {
     let (state, views, size) = setup(stem);
     let (want_losses, want) = steps(Cuda::new(0).unwrap(), stem, &state, &views, size, 3);
     let gpu = Cuda::new(0).unwrap();
-    let nccl = Nccl::new(&gpu, &Single).unwrap();
+    let nccl = Nccl::new(gpu.stream(), &Single).unwrap();
     let backend = Distributed::new(gpu, Arc::new(Single), true)
         .with_device_average(Box::new(move |buf| nccl.average(buf)));
     let (losses, got) = steps(backend, stem, &state, &views, size, 3);

@@ -1169,7 +1169,7 @@ fn train_on_gpu(
         .find_map(|v| std::env::var(v).ok()?.parse::<usize>().ok())
         .unwrap_or(0);
     let gpu = Cuda::with_precision(ordinal + local, opts.precision)?;
-    let nccl = crate::dist::nccl::Nccl::new(&gpu, r.collective.as_ref())?;
+    let nccl = crate::dist::nccl::Nccl::new(gpu.stream(), r.collective.as_ref())?;
     let backend = Distributed::new(gpu, r.collective.clone(), r.sync_batchnorm)
         .with_device_average(Box::new(move |buf| nccl.average(buf)));
     train_on(cfg, opts, backend, r.collective.as_ref())

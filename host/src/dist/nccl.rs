@@ -8,11 +8,10 @@
 //! are added in f64, which NCCL's f32 sum would not be.
 
 use super::Collective;
-use crate::backend::cuda::Cuda;
 use crate::error::{Error, Result};
-use cudarc::driver::CudaSlice;
+use cudarc::driver::{CudaSlice, CudaStream};
 use cudarc::nccl::{Comm, Id, ReduceOp};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// One rank's NCCL communicator, on the stream of its GPU backend.
 pub struct Nccl {
@@ -28,8 +27,9 @@ fn nccl_err(e: impl std::fmt::Debug) -> Error {
 }
 
 impl Nccl {
-    /// Joins this rank's GPU to the run's other ranks (every rank calls it together).
-    pub fn new(gpu: &Cuda, collective: &dyn Collective) -> Result<Self> {
+    /// Joins this rank's GPU, whose work is queued on `stream` (the GPU backend's), to the
+    /// run's other ranks (every rank calls it together).
+    pub fn new(stream: Arc<CudaStream>, collective: &dyn Collective) -> Result<Self> {
         // SAFETY: only tries to load the library.
         if !unsafe { cudarc::nccl::sys::is_culib_present() } {
             return Err(Error::GpuUnavailable(
@@ -64,7 +64,7 @@ impl Nccl {
         } else {
             id
         };
-        let comm = Comm::from_rank(gpu.stream(), rank, world, id).map_err(nccl_err)?;
+        let comm = Comm::from_rank(stream, rank, world, id).map_err(nccl_err)?;
         Ok(Nccl {
             comm: Mutex::new(CommHandle(comm)),
         })
