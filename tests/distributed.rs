@@ -10,10 +10,10 @@ mod common;
 use common::*;
 use host::backend::distributed::Distributed;
 use host::backend::BatchNorm;
-use host::byol::{Byol, ByolConfig, LrMultipliers, Optimizer};
+use host::byol::Byol;
 use host::dist::threads::InProcess;
 use host::dist::Collective;
-use host::nn::{Arch, ResNetConfig, Stem};
+use host::nn::Stem;
 use host::{Backend, BnMode, Cpu};
 use std::sync::Arc;
 
@@ -183,53 +183,17 @@ fn cross_replica_batchnorm_should_equal_the_full_batch_f64_reference() {
     }
 }
 
-fn tiny() -> ByolConfig {
-    let encoder = ResNetConfig {
-        arch: Arch::ResNet18,
-        stem: Stem::Cifar,
-        width: 4,
-        in_channels: 3,
-    };
-    ByolConfig::byol(encoder, 32, 16, 32)
-}
-
 /// Three steps' losses, then the online parameters and running statistics.
 type Run = (Vec<f32>, Vec<f32>, Vec<f32>);
 
-/// Three BYOL steps on `backend` with the rows `rows` of the global views.
-fn three_steps<B: Backend<Buffer = Vec<f32>>>(
-    backend: B,
-    views: &[Vec<f32>],
-    rows: std::ops::Range<usize>,
-) -> Run {
-    let byol = Byol::on(backend, tiny()).unwrap();
+/// Three BYOL steps on `backend` with the rows `rows` of the global views (8×8 images).
+fn three_steps<B: Backend>(backend: B, views: &[Vec<f32>], rows: std::ops::Range<usize>) -> Run {
+    let byol = Byol::on(backend, tiny_byol(Stem::Cifar)).unwrap();
     let px = 8 * 8 * 3;
-    let mut state = byol.init(7).to_backend(&byol.backend).unwrap();
-    let mut work = byol.work(rows.len(), 8, 8).unwrap();
-    let part = |v: &Vec<f32>| v[rows.start * px..rows.end * px].to_vec();
+    let part = |v: &[f32]| -> Vec<f32> { v[rows.start * px..rows.end * px].to_vec() };
     let (v1, v2) = (part(&views[0]), part(&views[1]));
-    let lars = Optimizer::official_lars(1.5e-6);
-    let losses = (0..3)
-        .map(|_| {
-            let step = byol.step(
-                &mut state,
-                &mut work,
-                [&v1, &v2],
-                0.2,
-                0.99,
-                &lars,
-                LrMultipliers::default(),
-            );
-            step.unwrap().loss
-        })
-        .collect();
-    (losses, state.online, state.online_running)
-}
-
-/// `‖a − b‖ / ‖b‖`.
-fn relative(a: &[f32], b: &[f32]) -> f64 {
-    let (err, norm) = norm_error(a, &to_f64(b));
-    err / norm.max(1e-30)
+    let (losses, s) = byol_steps(&byol, &byol.init(7), [&v1, &v2], 8, 3);
+    (losses, s.online, s.online_running)
 }
 
 /// N ranks on shards of a global batch equal one process on the whole batch: the same

@@ -11,19 +11,9 @@ mod common;
 
 use common::*;
 use host::backend::Precision;
-use host::byol::{Byol, ByolConfig, ByolState, LrMultipliers, Optimizer};
-use host::nn::{Arch, ResNetConfig, Stem};
+use host::byol::{Byol, ByolState};
+use host::nn::Stem;
 use host::{Backend, Cpu, Cuda};
-
-fn tiny(stem: Stem) -> ByolConfig {
-    let encoder = ResNetConfig {
-        arch: Arch::ResNet18,
-        stem,
-        width: 4,
-        in_channels: 3,
-    };
-    ByolConfig::byol(encoder, 32, 16, 32)
-}
 
 /// Losses of `steps` steps from `state` on `backend`, and the state after them (on the host).
 fn steps<B: Backend>(
@@ -34,33 +24,8 @@ fn steps<B: Backend>(
     size: usize,
     steps: usize,
 ) -> (Vec<f32>, ByolState<Cpu>) {
-    let batch = views[0].len() / (size * size * 3);
-    let byol = Byol::on(backend, tiny(stem)).unwrap();
-    let mut s = state.to_backend(&byol.backend).unwrap();
-    let mut work = byol.work(batch, size, size).unwrap();
-    let v1 = byol.backend.upload(&views[0]).unwrap();
-    let v2 = byol.backend.upload(&views[1]).unwrap();
-    let lars = Optimizer::official_lars(1.5e-6);
-    let losses = (0..steps)
-        .map(|_| {
-            let out = byol.step(
-                &mut s,
-                &mut work,
-                [&v1, &v2],
-                0.2,
-                0.99,
-                &lars,
-                LrMultipliers::default(),
-            );
-            out.unwrap().loss
-        })
-        .collect();
-    (losses, s.to_host(&byol.backend).unwrap())
-}
-
-fn relative(a: &[f32], b: &[f32]) -> f64 {
-    let (err, norm) = norm_error(a, &to_f64(b));
-    err / norm.max(1e-30)
+    let byol = Byol::on(backend, tiny_byol(stem)).unwrap();
+    byol_steps(&byol, state, [&views[0], &views[1]], size, steps)
 }
 
 fn setup(stem: Stem) -> (ByolState<Cpu>, [Vec<f32>; 2], usize) {
@@ -74,7 +39,7 @@ fn setup(stem: Stem) -> (ByolState<Cpu>, [Vec<f32>; 2], usize) {
         uniform(&mut r, batch * size * size * 3, 1.0),
         uniform(&mut r, batch * size * size * 3, 1.0),
     ];
-    let state = Byol::new(tiny(stem)).unwrap().init(7);
+    let state = Byol::new(tiny_byol(stem)).unwrap().init(7);
     (state, views, size)
 }
 

@@ -140,17 +140,21 @@ fn batchnorm_thread_functions_match_the_cpu_backend() {
         });
         let mut g_a = vec![f32::NAN; rows * cols];
         let res_ptr = if residual { res.as_ptr() } else { null() };
-        launch(rows * cols, |i| unsafe {
-            grid::bn_normalise(
-                i,
-                cols,
-                h.as_ptr(),
-                res_ptr,
-                relu,
-                fold.as_ptr(),
-                g_a.as_mut_ptr(),
-            )
-        });
+        // The normalising launch, shared by the training and the evaluation forward.
+        let normalise = |fold: &[f32], a: &mut [f32]| {
+            launch(rows * cols, |i| unsafe {
+                grid::bn_normalise(
+                    i,
+                    cols,
+                    h.as_ptr(),
+                    res_ptr,
+                    relu,
+                    fold.as_ptr(),
+                    a.as_mut_ptr(),
+                )
+            })
+        };
+        normalise(&fold, &mut g_a);
         assert_close(&format!("forward {tag}"), &g_a, &to_f64(&a), 1e-5, 1e-6);
         assert_close(
             &format!("stats {tag}"),
@@ -257,17 +261,7 @@ fn batchnorm_thread_functions_match_the_cpu_backend() {
                 fold.as_mut_ptr(),
             )
         });
-        launch(rows * cols, |i| unsafe {
-            grid::bn_normalise(
-                i,
-                cols,
-                h.as_ptr(),
-                res_ptr,
-                relu,
-                fold.as_ptr(),
-                g_a.as_mut_ptr(),
-            )
-        });
+        normalise(&fold, &mut g_a);
         assert_eq!(g_a, e_a, "eval forward {tag}");
     }
 }

@@ -71,6 +71,49 @@ pub fn random_images(n: usize, h: usize, w: usize, seed: u64) -> host::data::Dat
     }
 }
 
+/// A BYOL of a width-4 ResNet-18 with the given stem, 32-16-32 MLPs: small enough for whole
+/// steps in tests, every kind of layer of the real one.
+pub fn tiny_byol(stem: host::nn::Stem) -> host::byol::ByolConfig {
+    let encoder = host::nn::ResNetConfig {
+        arch: host::nn::Arch::ResNet18,
+        stem,
+        width: 4,
+        in_channels: 3,
+    };
+    host::byol::ByolConfig::byol(encoder, 32, 16, 32)
+}
+
+/// `steps` BYOL steps of `byol` (official LARS, lr 0.2, τ 0.99) from `state` on the views
+/// `[batch, size, size, 3]`: the losses, and the state after them on the host.
+pub fn byol_steps<B: Backend>(
+    byol: &host::byol::Byol<B>,
+    state: &host::byol::ByolState<host::Cpu>,
+    views: [&[f32]; 2],
+    size: usize,
+    steps: usize,
+) -> (Vec<f32>, host::byol::ByolState<host::Cpu>) {
+    let batch = views[0].len() / (size * size * 3);
+    let be = &byol.backend;
+    let mut s = state.to_backend(be).unwrap();
+    let mut work = byol.work(batch, size, size).unwrap();
+    let (v1, v2) = (be.upload(views[0]).unwrap(), be.upload(views[1]).unwrap());
+    let lars = host::byol::Optimizer::official_lars(1.5e-6);
+    let losses = (0..steps)
+        .map(|_| {
+            let m = host::byol::LrMultipliers::default();
+            let out = byol.step(&mut s, &mut work, [&v1, &v2], 0.2, 0.99, &lars, m);
+            out.unwrap().loss
+        })
+        .collect();
+    (losses, s.to_host(be).unwrap())
+}
+
+/// `‖a − b‖ / ‖b‖`.
+pub fn relative(a: &[f32], b: &[f32]) -> f64 {
+    let (err, norm) = norm_error(a, &to_f64(b));
+    err / norm.max(1e-30)
+}
+
 pub fn to_f64(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x as f64).collect()
 }
