@@ -307,36 +307,32 @@ pub fn apply_view(
     std: [f32; 3],
     out: &mut [f32],
 ) {
-    {
-        let s = size;
-        let pixels = s * s;
-        for (i, v) in out[..pixels * 3].iter_mut().enumerate() {
-            let (pixel, c) = (i / 3, i % 3);
-            *v = resize_value(p, img, w, s, pixel / s, pixel % s, c);
+    let (pixels, values) = (size * size, size * size * 3);
+    let out = &mut out[..values];
+    for (i, v) in out.iter_mut().enumerate() {
+        let (pixel, c) = (i / 3, i % 3);
+        *v = resize_value(p, img, w, size, pixel / size, pixel % size, c);
+    }
+    if p.jitter != 0 {
+        for op in p.order {
+            // Contrast blends towards the mean luma of the image as it is at this point.
+            let gray_mean = if op == CONTRAST {
+                mean_gray(out, pixels)
+            } else {
+                0.0
+            };
+            out.chunks_exact_mut(3)
+                .for_each(|px| jitter_pixel(op, p.factors, gray_mean, px));
         }
-        if p.jitter != 0 {
-            for op in p.order {
-                let mean = if op == CONTRAST {
-                    mean_gray(out, pixels)
-                } else {
-                    0.0
-                };
-                out[..pixels * 3]
-                    .chunks_exact_mut(3)
-                    .for_each(|px| jitter_pixel(op, p.factors, mean, px));
-            }
-        }
-        if p.grayscale != 0 {
-            out[..pixels * 3]
-                .chunks_exact_mut(3)
-                .for_each(grayscale_pixel);
-        }
-        if p.blur_len > 0 {
-            blur(p, &mut out[..pixels * 3], s);
-        }
-        for (i, v) in out[..pixels * 3].iter_mut().enumerate() {
-            *v = finish_value(p, *v, mean[i % 3], std[i % 3]);
-        }
+    }
+    if p.grayscale != 0 {
+        out.chunks_exact_mut(3).for_each(grayscale_pixel);
+    }
+    if p.blur_len > 0 {
+        blur(p, out, size);
+    }
+    for (i, v) in out.iter_mut().enumerate() {
+        *v = finish_value(p, *v, mean[i % 3], std[i % 3]);
     }
 }
 
