@@ -693,10 +693,11 @@ fn export(run: &Path, out: &Path) -> Result<(), Error> {
 fn gpu_info() -> Result<(), Error> {
     use host::backend::gpu_libs;
     println!("library folders searched:");
-    for f in gpu_libs::search_folders() {
+    let folders = gpu_libs::search_folders();
+    for f in &folders {
         println!("  {}", f.display());
     }
-    for (name, path) in gpu_libs::locate() {
+    for (name, path) in gpu_libs::locate(&folders) {
         match path {
             Some(p) => println!("{name}: {}", p.display()),
             None => println!("{name}: not in those folders (left to the loader's own search)"),

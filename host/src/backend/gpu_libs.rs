@@ -95,9 +95,9 @@ fn file_name_starts(p: &Path, prefix: &str) -> bool {
         .is_some_and(|n| n.starts_with(prefix))
 }
 
-/// Where each library was found: `(name, Some(path))` or `(name, None)`.
-pub fn locate() -> Vec<(&'static str, Option<PathBuf>)> {
-    let folders = search_folders();
+/// Where each library was found in `folders` ([`search_folders`]): `(name, Some(path))` or
+/// `(name, None)`.
+pub fn locate(folders: &[PathBuf]) -> Vec<(&'static str, Option<PathBuf>)> {
     LIBRARIES
         .iter()
         .map(|&name| {
@@ -112,7 +112,7 @@ pub fn locate() -> Vec<(&'static str, Option<PathBuf>)> {
 pub fn preload() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        for (_, path) in locate() {
+        for (_, path) in locate(&search_folders()) {
             if let Some(path) = path {
                 // SAFETY: loading an NVIDIA library runs its initialisers, as cudarc's own
                 // loading would; the handle is leaked so the library stays loaded.
@@ -142,11 +142,12 @@ pub fn library_path() -> Option<String> {
     }
     let current = std::env::var("LD_LIBRARY_PATH").unwrap_or_default();
     let on_path: Vec<&str> = current.split(':').filter(|s| !s.is_empty()).collect();
-    let mut add: Vec<PathBuf> = search_folders()
-        .into_iter()
-        .filter(|f| !on_path.iter().any(|p| Path::new(p) == f))
-        .collect();
     let folders = search_folders();
+    let mut add: Vec<PathBuf> = folders
+        .iter()
+        .filter(|f| !on_path.iter().any(|p| Path::new(p) == *f))
+        .cloned()
+        .collect();
     let has = |name: &str| folders.iter().any(|f| f.join(name).is_file());
     if !has("libnccl.so") {
         if let Some(real) = folders
