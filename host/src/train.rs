@@ -1187,12 +1187,12 @@ fn train_on_gpu(
 }
 
 /// Whether `device` can run here: a clear [`Error::GpuUnavailable`] naming what is missing
-/// (the feature, the driver, the GPU, cuBLAS) before any work.
+/// (the feature, the driver, cuBLAS, cuDNN, the GPU) before any work, without opening it.
 pub fn check_device(device: Device) -> Result<()> {
     match device {
         Device::Cpu => Ok(()),
         #[cfg(feature = "cuda")]
-        Device::Cuda(ordinal) => crate::backend::cuda::Cuda::new(ordinal).map(|_| ()),
+        Device::Cuda(ordinal) => crate::backend::cuda::Cuda::check_available(ordinal),
         #[cfg(not(feature = "cuda"))]
         Device::Cuda(_) => Err(Error::GpuUnavailable(
             "this binary was built without the `cuda` feature: rebuild with `cargo build --release -p host --features cuda`".into(),
@@ -1340,7 +1340,7 @@ fn train_on<B: Backend>(
     let mut work = byol.work(shard, aug.size, aug.size)?;
     let px = aug.size * aug.size * 3;
     // With the augmentation on the device: the source images there once, two view buffers.
-    let on_device = match opts.augment_on {
+    let mut on_device = match opts.augment_on {
         AugmentOn::Workers => None,
         AugmentOn::Device => Some((
             byol.backend.upload_images(&train.images)?,
@@ -1350,7 +1350,6 @@ fn train_on<B: Backend>(
             ],
         )),
     };
-    let mut on_device = on_device;
     let mut epochs = Vec::new();
     let mut collapsed_at = None;
     let (run_start, mut images) = (Instant::now(), 0usize);

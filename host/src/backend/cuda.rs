@@ -65,8 +65,9 @@ impl Cuda {
         Self::with_precision(ordinal, Precision::F32)
     }
 
-    /// Opens GPU `ordinal` with convolutions and GEMMs in `precision`.
-    pub fn with_precision(ordinal: usize, precision: Precision) -> Result<Self> {
+    /// Whether GPU `ordinal` can be opened: the driver, cuBLAS and cuDNN load and the GPU
+    /// exists. Cheap (no context, no module): what a command checks before any work.
+    pub fn check_available(ordinal: usize) -> Result<()> {
         super::gpu_libs::preload();
         // SAFETY: these only try to dlopen the libraries.
         if !unsafe { cudarc::driver::sys::is_culib_present() } {
@@ -85,6 +86,19 @@ impl Cuda {
                 "libcudnn.so.9 (cuDNN 9) was not found: pip install nvidia-cudnn-cu13, or add its lib folder to LD_LIBRARY_PATH".into(),
             ));
         }
+        let count = CudaContext::device_count()
+            .map_err(|e| Error::GpuUnavailable(format!("cannot count the GPUs: {e}")))?;
+        if ordinal >= count.max(0) as usize {
+            return Err(Error::GpuUnavailable(format!(
+                "GPU {ordinal} was asked for, this machine has {count}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Opens GPU `ordinal` with convolutions and GEMMs in `precision`.
+    pub fn with_precision(ordinal: usize, precision: Precision) -> Result<Self> {
+        Self::check_available(ordinal)?;
         let ctx = CudaContext::new(ordinal)
             .map_err(|e| Error::GpuUnavailable(format!("cannot open GPU {ordinal}: {e}")))?;
         let stream = ctx.default_stream();
@@ -189,10 +203,6 @@ impl Cuda {
         p
     }
 
-    fn ptr_u32(&self, buf: &CudaSlice<u32>) -> u64 {
-        self.ptr_any(buf)
-    }
-
     /// Adds the row blocks of `partial [k, blocks, cols]` into `out [k, cols]` (a device
     /// address), [`GPU_REDUCE_GROUP`] blocks per thread and launch, in block order.
     fn reduce_blocks(
@@ -256,25 +266,13 @@ impl Cuda {
         )
     }
 
-    /// Row-major `dst[m,n] = (dst if accumulate) + op(lhs)·op(rhs)` on raw addresses (see
-    /// [`super::Gemm`]), in the backend's precision: with bf16, on bf16 copies of `lhs [m·k]`
-    /// and `rhs [k·n]` accumulated in f32 into the f32 `dst`.
-    #[allow(clippy::too_many_arguments)]
-    fn sgemm(
-        &self,
-        dst: u64,
-        m: usize,
-        n: usize,
-        k: usize,
-        lhs: u64,
-        lhs_t: bool,
-        rhs: u64,
-        rhs_t: bool,
-        accumulate: bool,
-    ) -> Result<()> {
+    /// `g` (see [`super::Gemm`]) on raw addresses, in the backend's precision: with bf16, on
+    /// bf16 copies of `lhs [m·k]` and `rhs [k·n]` accumulated in f32 into the f32 `dst`.
+    fn sgemm(&self, g: Gemm, dst: u64, lhs: u64, rhs: u64) -> Result<()> {
         if self.precision != Precision::Bf16 {
-            return self.sgemm_f32(dst, m, n, k, lhs, lhs_t, rhs, rhs_t, accumulate);
+            return self.sgemm_f32(g, dst, lhs, rhs);
         }
+        let Gemm { m, n, k, .. } = g;
         let (l16, r16) = (self.bf16_copy(lhs, m * k)?, self.bf16_copy(rhs, k * n)?);
         let (l16, r16) = (self.ptr_any(&l16), self.ptr_any(&r16));
         let ColumnMajor {
@@ -284,7 +282,7 @@ impl Cuda {
             ldb,
             alpha,
             beta,
-        } = ColumnMajor::of(m, n, k, lhs_t, rhs_t, accumulate);
+        } = ColumnMajor::of(g);
         let bf16 = blas_sys::cudaDataType::CUDA_R_16BF;
         // SAFETY: as `sgemm_f32`; the bf16 copies hold `m·k` and `k·n` values and live until
         // the end of this function, after the GEMM is queued on the same stream (the copies'
@@ -354,20 +352,9 @@ impl Cuda {
             .convert_from_bf16(len, len, s, d, accumulate as usize)
     }
 
-    /// Row-major f32 GEMM (cuBLAS's sgemm).
-    #[allow(clippy::too_many_arguments)]
-    fn sgemm_f32(
-        &self,
-        dst: u64,
-        m: usize,
-        n: usize,
-        k: usize,
-        lhs: u64,
-        lhs_t: bool,
-        rhs: u64,
-        rhs_t: bool,
-        accumulate: bool,
-    ) -> Result<()> {
+    /// `g` in f32 (cuBLAS's sgemm).
+    fn sgemm_f32(&self, g: Gemm, dst: u64, lhs: u64, rhs: u64) -> Result<()> {
+        let Gemm { m, n, k, .. } = g;
         let ColumnMajor {
             op_a,
             lda,
@@ -375,7 +362,7 @@ impl Cuda {
             ldb,
             alpha,
             beta,
-        } = ColumnMajor::of(m, n, k, lhs_t, rhs_t, accumulate);
+        } = ColumnMajor::of(g);
         // SAFETY: the pointers address the [m,k], [k,n] and [m,n] matrices whose lengths the
         // checked methods of `Backend` validated; cuBLAS runs on our stream.
         unsafe {
@@ -414,7 +401,15 @@ impl Cuda {
         if let Some(bias) = bias {
             self.launch().bias_fill(n, out, rows, n, bias)?;
         }
-        self.sgemm(out, rows, n, k, x, false, w, true, bias.is_some())
+        let g = Gemm {
+            m: rows,
+            n,
+            k,
+            lhs_t: false,
+            rhs_t: true,
+            accumulate: bias.is_some(),
+        };
+        self.sgemm(g, out, x, w)
     }
 }
 
@@ -431,8 +426,16 @@ struct ColumnMajor {
 }
 
 impl ColumnMajor {
-    fn of(m: usize, n: usize, k: usize, lhs_t: bool, rhs_t: bool, accumulate: bool) -> Self {
+    fn of(g: Gemm) -> Self {
         use blas_sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
+        let Gemm {
+            m,
+            n,
+            k,
+            lhs_t,
+            rhs_t,
+            accumulate,
+        } = g;
         let (op_b, ldb) = if rhs_t {
             (CUBLAS_OP_T, k)
         } else {
@@ -571,7 +574,7 @@ impl Backend for Cuda {
         fits("matmul left operand [m, k]", lhs, g.m * g.k)?;
         fits("matmul right operand [k, n]", rhs, g.k * g.n)?;
         let (d, l, r) = (self.ptr(dst, 0), self.ptr(lhs, 0), self.ptr(rhs, 0));
-        self.sgemm(d, g.m, g.n, g.k, l, g.lhs_t, r, g.rhs_t, g.accumulate)
+        self.sgemm(g, d, l, r)
     }
 
     fn linear_forward(
@@ -616,11 +619,28 @@ impl Backend for Cuda {
                 .column_sum(n, dyp, rows, n, self.ptr(grads, b.start))?;
         }
         let dw = self.ptr(grads, l.weight.start);
-        self.sgemm(dw, n, k, rows, dyp, true, self.ptr(x, 0), false, true)?;
+        // ∂W [n, k] += dyᵀ · x; ∂x [rows, k] = dy · W.
+        let g = Gemm {
+            m: n,
+            n: k,
+            k: rows,
+            lhs_t: true,
+            rhs_t: false,
+            accumulate: true,
+        };
+        self.sgemm(g, dw, dyp, self.ptr(x, 0))?;
         if let Some(dx) = dx {
             fits("Linear input gradient [rows, input]", dx, rows * k)?;
             let w = self.ptr(params, l.weight.start);
-            self.sgemm(self.ptr(dx, 0), rows, k, n, dyp, false, w, false, false)?;
+            let g = Gemm {
+                m: rows,
+                n: k,
+                k: n,
+                lhs_t: false,
+                rhs_t: false,
+                accumulate: false,
+            };
+            self.sgemm(g, self.ptr(dx, 0), dyp, w)?;
         }
         Ok(())
     }
@@ -1003,7 +1023,7 @@ impl Backend for Cuda {
         fits("max-pool output [n, oh, ow, c]", out, pixels * g.cin)?;
         fits_indices("max-pool argmax [n, oh, ow, c]", argmax, pixels * g.cin)?;
         let (p, a) = (self.ptr(x, 0), self.ptr(out, 0));
-        let am = self.ptr_u32(argmax);
+        let am = self.ptr_any(argmax);
         self.launch()
             .maxpool_forward(pixels, n, g.h, g.w, g.cin, g.k, g.stride, g.pad, p, a, am)
     }
@@ -1019,7 +1039,7 @@ impl Backend for Cuda {
         fits("max-pool output gradient [n, oh, ow, c]", dout, outputs)?;
         fits_indices("max-pool argmax [n, oh, ow, c]", argmax, outputs)?;
         fits("max-pool input gradient [n, h, w, c]", dx, inputs)?;
-        let (d, am, x) = (self.ptr(dout, 0), self.ptr_u32(argmax), self.ptr(dx, 0));
+        let (d, am, x) = (self.ptr(dout, 0), self.ptr_any(argmax), self.ptr(dx, 0));
         self.launch()
             .maxpool_backward(inputs, n, g.h, g.w, g.cin, g.k, g.stride, g.pad, d, am, x)
     }
