@@ -110,6 +110,10 @@ enum Command {
         dataset: Option<String>,
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Seed of every run (data order, augmentations, initialisation); repeat a study with
+        /// other seeds (and another `--out`) to see how far single runs spread.
+        #[arg(long)]
+        seed: Option<u64>,
         /// Where the runs train: cpu, cuda or cuda:N.
         #[arg(long, default_value = "cpu")]
         device: Device,
@@ -345,9 +349,11 @@ fn main() -> ExitCode {
             train_size,
             dataset,
             data_dir,
+            seed,
             device,
         } => {
             let mut base = host::ablate::base();
+            base.seed = seed.unwrap_or(base.seed);
             base.optim.epochs = epochs.unwrap_or(base.optim.epochs);
             base.data.train_size = train_size.unwrap_or(base.data.train_size);
             base.data.dataset = dataset.unwrap_or(base.data.dataset);
