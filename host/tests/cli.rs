@@ -241,6 +241,40 @@ fn a_runs_config_json_should_be_a_config_file_that_repeats_the_run() {
 }
 
 #[test]
+fn ablate_seed_should_reach_every_run_of_the_study() {
+    // The smallest study (three runs), one epoch on 64 images: about 15 s.
+    let out = dir("ablate-seed");
+    let done = host(&[
+        "ablate",
+        "closed-form-predictor",
+        "--epochs",
+        "1",
+        "--train-size",
+        "64",
+        "--seed",
+        "5",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let runs: Vec<PathBuf> = std::fs::read_dir(out.join("closed-form-predictor"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    assert_eq!(runs.len(), 3, "{runs:?}");
+    for run in runs {
+        let config = std::fs::read_to_string(run.join("config.json")).unwrap();
+        let config: serde_json::Value = serde_json::from_str(&config).unwrap();
+        assert_eq!(config["seed"], 5, "{}", run.display());
+    }
+}
+
+#[test]
 fn embed_should_write_what_the_knn_monitor_sees() {
     let (run, out) = (dir("embed-run"), dir("embed-out"));
     let run_s = run.to_str().unwrap();
