@@ -10,7 +10,7 @@ use super::{
 };
 use crate::cpu::batchnorm::{self, BnLayer, BnMode};
 use crate::cpu::conv::{conv_backward, conv_forward, ConvScratch};
-use crate::cpu::gemm::matmul;
+use crate::cpu::gemm::gemm;
 use crate::cpu::linear::{linear_backward, linear_forward};
 use crate::cpu::pool::{avgpool_backward, avgpool_forward, maxpool_backward, maxpool_forward};
 use crate::cpu::{ema_update, nmse_loss};
@@ -98,18 +98,7 @@ impl Backend for Cpu {
     }
 
     fn matmul(&self, g: Gemm, dst: &mut Vec<f32>, lhs: &Vec<f32>, rhs: &Vec<f32>) -> Result<()> {
-        let (m, n, k) = (g.m, g.n, g.k);
-        matmul(
-            &mut dst[..m * n],
-            m,
-            n,
-            k,
-            &lhs[..m * k],
-            g.lhs_t,
-            &rhs[..k * n],
-            g.rhs_t,
-            g.accumulate,
-        );
+        gemm(g, dst, lhs, rhs);
         Ok(())
     }
 

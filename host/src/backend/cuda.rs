@@ -401,15 +401,7 @@ impl Cuda {
         if let Some(bias) = bias {
             self.launch().bias_fill(n, out, rows, n, bias)?;
         }
-        let g = Gemm {
-            m: rows,
-            n,
-            k,
-            lhs_t: false,
-            rhs_t: true,
-            accumulate: bias.is_some(),
-        };
-        self.sgemm(g, out, x, w)
+        self.sgemm(Gemm::linear_forward(rows, k, n, bias.is_some()), out, x, w)
     }
 }
 
@@ -619,27 +611,16 @@ impl Backend for Cuda {
                 .column_sum(n, dyp, rows, n, self.ptr(grads, b.start))?;
         }
         let dw = self.ptr(grads, l.weight.start);
-        // ∂W [n, k] += dyᵀ · x; ∂x [rows, k] = dy · W.
-        let g = Gemm {
-            m: n,
-            n: k,
-            k: rows,
-            lhs_t: true,
-            rhs_t: false,
-            accumulate: true,
-        };
-        self.sgemm(g, dw, dyp, self.ptr(x, 0))?;
+        self.sgemm(
+            Gemm::linear_weight_grad(rows, k, n),
+            dw,
+            dyp,
+            self.ptr(x, 0),
+        )?;
         if let Some(dx) = dx {
             fits("Linear input gradient [rows, input]", dx, rows * k)?;
             let w = self.ptr(params, l.weight.start);
-            let g = Gemm {
-                m: rows,
-                n: k,
-                k: n,
-                lhs_t: false,
-                rhs_t: false,
-                accumulate: false,
-            };
+            let g = Gemm::linear_input_grad(rows, k, n);
             self.sgemm(g, self.ptr(dx, 0), dyp, w)?;
         }
         Ok(())

@@ -32,6 +32,7 @@ use std::ops::Range;
 // and are the backend's vocabulary for everything above it.
 pub use crate::cpu::batchnorm::BnMode;
 pub use crate::cpu::conv::Conv2d;
+pub use crate::cpu::gemm::Gemm;
 pub use crate::cpu::objective::{DirectionGrads, Normalisation, Objective};
 pub use crate::cpu::optimizer::{Optimizer, OptimizerKind, TensorStep};
 pub use kernels::augment::ViewParams;
@@ -87,19 +88,6 @@ impl std::str::FromStr for Device {
             _ => Err(bad()),
         }
     }
-}
-
-/// `dst[m, n] = (dst if accumulate, else 0) + op(lhs) · op(rhs)`, row-major: `op(lhs)` is
-/// `[m, k]` (stored `[k, m]` when `lhs_t`), `op(rhs)` is `[k, n]` (stored `[n, k]` when
-/// `rhs_t`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Gemm {
-    pub m: usize,
-    pub n: usize,
-    pub k: usize,
-    pub lhs_t: bool,
-    pub rhs_t: bool,
-    pub accumulate: bool,
 }
 
 /// A Linear layer `y [rows, output] = x [rows, input] · wᵀ (+ b)` whose weight `[output,

@@ -1,6 +1,82 @@
 //! Row-major f32 matrix product on the CPU, through the `gemm` crate (docs/DESIGN.md §4: with its
 //! `x86-v4` feature it reached 62–86 GFLOP/s per core here, the best of the Rust crates tried).
 
+/// `dst[m, n] = (dst if accumulate, else 0) + op(lhs) · op(rhs)`, row-major: `op(lhs)` is
+/// `[m, k]` (stored `[k, m]` when `lhs_t`), `op(rhs)` is `[k, n]` (stored `[n, k]` when
+/// `rhs_t`). Every backend runs the same values, so a layer's products are stated once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Gemm {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub lhs_t: bool,
+    pub rhs_t: bool,
+    pub accumulate: bool,
+}
+
+/// The three products of a Linear layer `y [rows, n] = x [rows, k] · wᵀ`, `w [n, k]` as
+/// PyTorch stores it.
+impl Gemm {
+    /// Forward: `y [rows, n] (+)= x · wᵀ`; it accumulates onto a bias already in `y`.
+    pub fn linear_forward(rows: usize, k: usize, n: usize, onto_bias: bool) -> Gemm {
+        Gemm {
+            m: rows,
+            n,
+            k,
+            lhs_t: false,
+            rhs_t: true,
+            accumulate: onto_bias,
+        }
+    }
+
+    /// Weight gradient: `∂w [n, k] += dyᵀ · x` (accumulated, as gradients are).
+    pub fn linear_weight_grad(rows: usize, k: usize, n: usize) -> Gemm {
+        Gemm {
+            m: n,
+            n: k,
+            k: rows,
+            lhs_t: true,
+            rhs_t: false,
+            accumulate: true,
+        }
+    }
+
+    /// Input gradient: `∂x [rows, k] = dy · w` (overwritten).
+    pub fn linear_input_grad(rows: usize, k: usize, n: usize) -> Gemm {
+        Gemm {
+            m: rows,
+            n: k,
+            k: n,
+            lhs_t: false,
+            rhs_t: false,
+            accumulate: false,
+        }
+    }
+}
+
+/// [`matmul`] of the product `g` describes, on slices that hold at least its operands.
+pub fn gemm(g: Gemm, dst: &mut [f32], lhs: &[f32], rhs: &[f32]) {
+    let Gemm {
+        m,
+        n,
+        k,
+        lhs_t,
+        rhs_t,
+        accumulate,
+    } = g;
+    matmul(
+        &mut dst[..m * n],
+        m,
+        n,
+        k,
+        &lhs[..m * k],
+        lhs_t,
+        &rhs[..k * n],
+        rhs_t,
+        accumulate,
+    )
+}
+
 /// `dst[m, n] = (dst if accumulate, else 0) + op(lhs) · op(rhs)` with row-major storage:
 /// `op(lhs)` is `[m, k]`, stored as `[m, k]`, or as `[k, m]` when `lhs_t`; `op(rhs)` is
 /// `[k, n]`, stored as `[k, n]`, or as `[n, k]` when `rhs_t`. Callers check the lengths.

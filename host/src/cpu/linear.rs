@@ -1,7 +1,7 @@
 //! Linear layers on the CPU: `y [rows, n] = x [rows, k] · wᵀ + bias`, `w [n, k]` as PyTorch
 //! stores it, and the backward. The bias parts are the kernel crate's; products are GEMMs.
 
-use super::gemm::matmul;
+use super::gemm::{gemm, Gemm};
 use super::{par_tiles, part, TilePtr, ROW_BLOCK};
 use kernels::linear;
 
@@ -23,7 +23,7 @@ pub fn linear_forward(
             linear::bias_fill(t, dst.ptr(), part(bias, t))
         });
     }
-    matmul(out, rows, n, k, x, false, w, true, has_bias);
+    gemm(Gemm::linear_forward(rows, k, n, has_bias), out, x, w);
 }
 
 /// `db [n] += Σ_rows dy [rows, n]`, reduced in a fixed order (one pass over every row per
@@ -53,8 +53,8 @@ pub fn linear_backward(
     if !db.is_empty() {
         bias_backward(db, dy, rows, n);
     }
-    matmul(dw, n, k, rows, dy, true, x, false, true);
+    gemm(Gemm::linear_weight_grad(rows, k, n), dw, dy, x);
     if let Some(dx) = dx {
-        matmul(dx, rows, k, n, dy, false, w, false, false);
+        gemm(Gemm::linear_input_grad(rows, k, n), dx, dy, w);
     }
 }
