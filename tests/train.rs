@@ -313,6 +313,12 @@ fn bad_input_should_be_refused_before_any_work_with_a_clear_error() {
         ),
         (
             tiny().with(|c| {
+                c.augment.colour_strength = -1.0;
+            }),
+            "colour_strength scales the paper's colour jitter: expected [0, 5], got -1",
+        ),
+        (
+            tiny().with(|c| {
                 c.optim.target_init = "same".into();
             }),
             "target_init \"same\": expected copy or independent",

@@ -248,6 +248,10 @@ pub struct AugmentConfig {
     /// Smallest area of the random resized crop, as a fraction of the image (paper 0.08).
     #[arg(long, default_value_t, hide_default_value = true)]
     pub crop_min_scale: f64,
+    /// Strength of the colour jitter, a factor on the paper's brightness 0.4, contrast 0.4,
+    /// saturation 0.2 and hue 0.1 (1: the paper's; SimCLR's strength s is this over 2).
+    #[arg(long, default_value_t, hide_default_value = true)]
+    pub colour_strength: f64,
 }
 
 impl Default for AugmentConfig {
@@ -257,6 +261,7 @@ impl Default for AugmentConfig {
             blur_t: 1.0,
             blur_t_prime: 0.1,
             crop_min_scale: 0.08,
+            colour_strength: 1.0,
         }
     }
 }
@@ -473,6 +478,13 @@ impl TrainConfig {
                 self.augment.crop_min_scale
             ));
         }
+        // Hue shifts are turns in [-0.5, 0.5]: 0.1 · strength must stay within them.
+        if !(0.0..=5.0).contains(&self.augment.colour_strength) {
+            return bad(format!(
+                "colour_strength scales the paper's colour jitter: expected [0, 5], got {}",
+                self.augment.colour_strength
+            ));
+        }
         if !(self.optim.lars_eta > 0.0 && self.optim.lars_eta.is_finite()) {
             return bad(format!(
                 "lars_eta (the trust coefficient) must be positive, got {}",
@@ -607,21 +619,18 @@ impl TrainConfig {
     }
 
     /// The two augmentation distributions: the named set over the paper's T and T′ with this
-    /// run's blur probabilities and smallest crop.
+    /// run's blur probabilities, smallest crop and colour strength.
     pub fn views(&self) -> Result<[ViewConfig; 2]> {
         let crop_scale = (self.augment.crop_min_scale as f32, 1.0);
         let base = [
-            ViewConfig {
-                blur: self.augment.blur_t as f32,
-                crop_scale,
-                ..ViewConfig::BYOL_T
-            },
-            ViewConfig {
-                blur: self.augment.blur_t_prime as f32,
-                crop_scale,
-                ..ViewConfig::BYOL_T_PRIME
-            },
-        ];
+            (ViewConfig::BYOL_T, self.augment.blur_t),
+            (ViewConfig::BYOL_T_PRIME, self.augment.blur_t_prime),
+        ]
+        .map(|(v, blur)| ViewConfig {
+            blur: blur as f32,
+            crop_scale,
+            ..v.with_colour_strength(self.augment.colour_strength as f32)
+        });
         ViewConfig::named_over(&self.augment.augmentations, base)
     }
 
@@ -944,7 +953,13 @@ const FLAT_FIELDS: [(&str, &[&str]); 7] = [
     ),
     (
         "augment",
-        &["augmentations", "blur_t", "blur_t_prime", "crop_min_scale"],
+        &[
+            "augmentations",
+            "blur_t",
+            "blur_t_prime",
+            "crop_min_scale",
+            "colour_strength",
+        ],
     ),
     (
         "ablation",

@@ -83,6 +83,18 @@ impl ViewConfig {
 }
 
 impl ViewConfig {
+    /// This distribution with its colour jitter's magnitudes scaled by `s` (its probability
+    /// unchanged); `s = 1` leaves it as it is, bit for bit.
+    pub fn with_colour_strength(self, s: f32) -> ViewConfig {
+        ViewConfig {
+            brightness: self.brightness * s,
+            contrast: self.contrast * s,
+            saturation: self.saturation * s,
+            hue: self.hue * s,
+            ..self
+        }
+    }
+
     /// A named pair (T, T′) for the paper's augmentation ablations: `full` (the paper's),
     /// `symmetric` (T′ = T), `no-colour` (no jitter, no grayscale), `no-grayscale`, `no-blur`,
     /// `no-flip`, `crop-only`, `crop-flip`, `crop-colour` (crop, jitter, grayscale),
@@ -456,6 +468,47 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("crop-blur"));
+    }
+
+    #[test]
+    fn colour_strength_should_scale_the_jitter_and_nothing_else() {
+        let t = ViewConfig {
+            jitter: 1.0,
+            ..ViewConfig::BYOL_T
+        };
+        assert_eq!(t.with_colour_strength(1.0), t);
+        let aug = unit(t);
+        let factors = |s: f32| {
+            let cfg = t.with_colour_strength(s);
+            let mut rng = ChaCha8Rng::seed_from_u64(4);
+            (0..400)
+                .map(|_| aug.draw(&cfg, 8, 8, &mut rng).factors)
+                .collect::<Vec<_>>()
+        };
+        // Strength 0: every draw jitters, by factors that change nothing.
+        assert!(factors(0.0).iter().all(|f| *f == [1.0, 1.0, 1.0, 0.0]));
+        // Strength 2: brightness and contrast in [0.2, 1.8], saturation in [0.6, 1.4], hue
+        // within ±0.2, and the draws reach past the paper's own bounds.
+        let f = factors(2.0);
+        let range = |i: usize| {
+            let v = f.iter().map(|f| f[i]);
+            (
+                v.clone().fold(f32::MAX, f32::min),
+                v.fold(f32::MIN, f32::max),
+            )
+        };
+        for (i, lo, hi) in [(0, 0.2, 1.8), (1, 0.2, 1.8), (2, 0.6, 1.4), (3, -0.2, 0.2)] {
+            let (min, max) = range(i);
+            let paper = (hi - lo) / 4.0;
+            assert!(
+                min >= lo && max <= hi,
+                "factor {i}: [{min}, {max}] ⊄ [{lo}, {hi}]"
+            );
+            assert!(
+                min < lo + paper && max > hi - paper,
+                "factor {i}: [{min}, {max}] stays inside the paper's range"
+            );
+        }
     }
 
     #[test]
