@@ -506,7 +506,7 @@ fn run_training(cfg: &TrainConfig, out: &Path, opts: &RunOptions) -> Result<(), 
         out.display()
     );
     eprintln!(
-        "  recipe {}: {} lr {}·batch/256, weight decay {:e}{}, τ {} → {}, target {}, blur {}/{}, {} warm-up epochs",
+        "  recipe {}: {} lr {}·batch/256, weight decay {:e}{}, τ {}, target {}, blur {}/{}, {} warm-up epochs",
         cfg.recipe,
         cfg.optim.optimizer,
         cfg.optim.base_lr,
@@ -516,8 +516,11 @@ fn run_training(cfg: &TrainConfig, out: &Path, opts: &RunOptions) -> Result<(), 
         } else {
             String::new()
         },
-        cfg.optim.tau_base,
-        cfg.optim.tau_end,
+        if cfg.optim.tau_end == cfg.optim.tau_base {
+            format!("{} (constant)", cfg.optim.tau_base)
+        } else {
+            format!("{} → {}", cfg.optim.tau_base, cfg.optim.tau_end)
+        },
         cfg.optim.target_init,
         cfg.augment.blur_t,
         cfg.augment.blur_t_prime,
