@@ -12,6 +12,15 @@ fn host(args: &[&str]) -> Output {
         .expect("the host binary runs")
 }
 
+/// Fails the test with the command's standard error unless it succeeded.
+fn assert_succeeded(out: &Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("byol-cli-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -159,9 +168,8 @@ fn resume_from_the_run_folder_alone_should_continue_bit_for_bit() {
     let (full, part) = (dir("full"), dir("part"));
     let full_s = full.to_str().unwrap();
     let part_s = part.to_str().unwrap();
-    assert!(train(&["--out", full_s]).status.success());
-    let stopped = train(&["--out", part_s, "--stop-after-epochs", "1"]);
-    assert!(stopped.status.success(), "{stopped:?}");
+    assert_succeeded(&train(&["--out", full_s]));
+    assert_succeeded(&train(&["--out", part_s, "--stop-after-epochs", "1"]));
     // As if killed in the middle of epoch 2: its first steps are already in metrics.jsonl.
     let full_metrics = String::from_utf8(read(&full.join("metrics.jsonl"))).unwrap();
     let epoch2_first_step = full_metrics
@@ -173,9 +181,7 @@ fn resume_from_the_run_folder_alone_should_continue_bit_for_bit() {
     interrupted.push('\n');
     std::fs::write(part.join("metrics.jsonl"), interrupted).unwrap();
 
-    let resumed = host(&["train", "--resume", part_s]);
-    let err = String::from_utf8_lossy(&resumed.stderr);
-    assert!(resumed.status.success(), "{err}");
+    assert_succeeded(&host(&["train", "--resume", part_s]));
     let ckpt = "checkpoint.safetensors";
     assert!(
         read(&full.join(ckpt)) == read(&part.join(ckpt)),
@@ -202,11 +208,7 @@ fn resume_from_the_run_folder_alone_should_continue_bit_for_bit() {
         "--batch-size",
         "16",
     ]);
-    assert!(
-        again.status.success(),
-        "{}",
-        String::from_utf8_lossy(&again.stderr)
-    );
+    assert_succeeded(&again);
 }
 
 #[test]
@@ -214,11 +216,7 @@ fn a_runs_config_json_should_be_a_config_file_that_repeats_the_run() {
     let (a, b) = (dir("config-a"), dir("config-b"));
     let a_s = a.to_str().unwrap();
     let done = train(&["--out", a_s, "--optimizer", "adamw"]);
-    assert!(
-        done.status.success(),
-        "{}",
-        String::from_utf8_lossy(&done.stderr)
-    );
+    assert_succeeded(&done);
     let config = a.join("config.json");
     let again = host(&[
         "train",
@@ -227,11 +225,7 @@ fn a_runs_config_json_should_be_a_config_file_that_repeats_the_run() {
         "--out",
         b.to_str().unwrap(),
     ]);
-    assert!(
-        again.status.success(),
-        "{}",
-        String::from_utf8_lossy(&again.stderr)
-    );
+    assert_succeeded(&again);
     let ckpt = "checkpoint.safetensors";
     assert!(
         read(&a.join(ckpt)) == read(&b.join(ckpt)),
@@ -256,11 +250,7 @@ fn ablate_seed_should_reach_every_run_of_the_study() {
         "--out",
         out.to_str().unwrap(),
     ]);
-    assert!(
-        done.status.success(),
-        "{}",
-        String::from_utf8_lossy(&done.stderr)
-    );
+    assert_succeeded(&done);
     let runs: Vec<PathBuf> = std::fs::read_dir(out.join("closed-form-predictor"))
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -279,11 +269,7 @@ fn embed_should_write_what_the_knn_monitor_sees() {
     let (run, out) = (dir("embed-run"), dir("embed-out"));
     let run_s = run.to_str().unwrap();
     let done = train(&["--out", run_s, "--stop-after-epochs", "1"]);
-    assert!(
-        done.status.success(),
-        "{}",
-        String::from_utf8_lossy(&done.stderr)
-    );
+    assert_succeeded(&done);
     let file = out.join("e.safetensors");
     let npy = out.join("npy");
     for target in [&file, &npy] {
@@ -295,7 +281,7 @@ fn embed_should_write_what_the_knn_monitor_sees() {
             target.to_str().unwrap(),
         ];
         let e = host(&args);
-        assert!(e.status.success(), "{}", String::from_utf8_lossy(&e.stderr));
+        assert_succeeded(&e);
     }
 
     // The monitor's view of the same checkpoint, through the library.
