@@ -13,7 +13,7 @@
 
 use host::backend::Precision;
 use host::byol::{Byol, ByolConfig, LrMultipliers, Optimizer};
-use host::nn::{Arch, ResNet, ResNetConfig, Stem};
+use host::nn::{Arch, ResNet, ResNetConfig, Stem, WeightInit};
 use host::{Backend, BnMode, Cuda};
 use rand::{Rng, SeedableRng};
 
@@ -48,7 +48,9 @@ fn byol_step(gpu: Cuda, batch: usize, iters: usize) -> f64 {
 fn resnet50(gpu: &Cuda, batch: usize, iters: usize) -> f64 {
     let net = ResNet::new(ResNetConfig::new(Arch::ResNet50, Stem::ImageNet)).unwrap();
     let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    let params = gpu.upload(&net.init_params(&mut r)).unwrap();
+    let params = gpu
+        .upload(&net.init_params(WeightInit::Torchvision, &mut r))
+        .unwrap();
     let mut running = gpu.upload(&net.init_running()).unwrap();
     let x = gpu.upload(&random(batch * 224 * 224 * 3, 3)).unwrap();
     let weights = gpu.upload(&random(batch * net.repr_dim(), 4)).unwrap();

@@ -9,6 +9,7 @@
 //! Run: `cargo bench --bench kernels` (add `--features cuda` on a GPU machine).
 
 use host::cpu::gemm::matmul;
+use host::nn::WeightInit;
 use host::{Backend, BnMode, Cpu, Mlp, MlpState};
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
@@ -183,7 +184,7 @@ fn unfused_step(
 fn bench_mlp_cpu() {
     let (mlp, b) = (Mlp::byol(512), 256);
     let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(5);
-    let params = mlp.init_params(&mut r);
+    let params = mlp.init_params(WeightInit::Torchvision, &mut r);
     let (x, dout) = (random(b * mlp.input, 6), random(b * mlp.output, 7));
     let mut st = MlpState {
         mlp,
@@ -291,7 +292,9 @@ fn bench_gpu() {
     let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(5);
     let mut st = MlpState {
         mlp,
-        params: gpu.upload(&mlp.init_params(&mut r)).unwrap(),
+        params: gpu
+            .upload(&mlp.init_params(WeightInit::Torchvision, &mut r))
+            .unwrap(),
         running: gpu.upload(&mlp.init_running()).unwrap(),
     };
     let mut saved = mlp.saved(&gpu, b).unwrap();

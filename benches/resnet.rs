@@ -10,7 +10,7 @@
 //! `--no-torch` skips PyTorch; `BYOL_BENCH_THREADS` sets the thread count, default 2).
 
 use host::cpu::gemm::matmul;
-use host::nn::{Arch, ResNet, ResNetConfig, Stem};
+use host::nn::{Arch, ResNet, ResNetConfig, Stem, WeightInit};
 use host::{BnMode, Cpu};
 use rand::{Rng, SeedableRng};
 use std::time::Instant;
@@ -46,7 +46,7 @@ fn main() {
 
     let net = ResNet::new(ResNetConfig::new(arch, Stem::Cifar)).unwrap();
     let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    let params = net.init_params(&mut r);
+    let params = net.init_params(WeightInit::Torchvision, &mut r);
     let mut running = net.init_running();
     let x: Vec<f32> = (0..batch * size * size * 3)
         .map(|_| r.random_range(-1.0..1.0))

@@ -6,8 +6,8 @@
 mod common;
 
 use common::*;
-use host::nn::{Arch, ResNet, ResNetConfig, Stem};
-use host::{Backend, BnMode, Cpu, Error};
+use host::nn::{Arch, ResNet, ResNetConfig, Stem, WeightInit};
+use host::{Backend, BnMode, Cpu, Error, Mlp};
 use safetensors::SafeTensors;
 
 /// The fixtures folder: `BYOL_FIXTURES` when set (a test binary run away from its source
@@ -232,7 +232,7 @@ fn conv_weights_should_round_trip_through_the_torch_layout() {
     })
     .unwrap();
     let r = &net.registry;
-    let params = net.init_params(&mut rng(1));
+    let params = net.init_params(WeightInit::Torchvision, &mut rng(1));
     let p = r.param("conv1.weight").unwrap();
     let torch = r.to_torch(p, &params);
     // OIHW [4, 3, 7, 7] from OHWI [4, 7, 7, 3]: element (o, i, y, x).
@@ -251,7 +251,7 @@ fn conv_weights_should_round_trip_through_the_torch_layout() {
 #[test]
 fn initialisation_should_follow_torchvision() {
     let net = ResNet::new(ResNetConfig::new(Arch::ResNet18, Stem::Cifar)).unwrap();
-    let params = net.init_params(&mut rng(2));
+    let params = net.init_params(WeightInit::Torchvision, &mut rng(2));
     let r = &net.registry;
     for p in &r.params {
         let v = &params[p.range.clone()];
@@ -274,6 +274,90 @@ fn initialisation_should_follow_torchvision() {
         }
     }
     assert!(net.init_running().chunks(1).count() == r.buffer_len());
+}
+
+/// The spread of N(0, 1) truncated at ±2: `√(1 − 4φ(2) / (Φ(2) − Φ(−2)))`, with
+/// `Φ(2) − Φ(−2) = 0.9544997361` (tables).
+fn truncated_at_two_sigma_spread() -> f64 {
+    let phi2 = (-2.0f64).exp() / (2.0 * std::f64::consts::PI).sqrt();
+    (1.0 - 4.0 * phi2 / 0.954_499_736_1).sqrt()
+}
+
+/// The official code's (Haiku's) draws: every convolution and Linear weight N(0, 1/fan_in)
+/// truncated at ±2σ, biases and β = 0, γ = 1 except γ = 0 on the last BatchNorm of each
+/// bottleneck block (ResNet-50; a basic block keeps γ = 1 there).
+#[test]
+fn official_initialisation_should_follow_the_official_code() {
+    for arch in [Arch::ResNet50, Arch::ResNet18] {
+        let net = ResNet::new(ResNetConfig {
+            width: 16,
+            ..ResNetConfig::new(arch, Stem::Cifar)
+        })
+        .unwrap();
+        let params = net.init_params(WeightInit::Official, &mut rng(3));
+        let mut zeroed = 0;
+        for p in &net.registry.params {
+            let v = &params[p.range.clone()];
+            if p.name.ends_with("bn3.weight") {
+                assert!(v.iter().all(|&x| x == 0.0), "{}: γ = 0", p.name);
+                zeroed += 1;
+            } else if p.name.contains("bn") || p.name.contains("downsample.1") {
+                let expected = if p.name.ends_with(".weight") {
+                    1.0
+                } else {
+                    0.0
+                };
+                assert!(v.iter().all(|&x| x == expected), "{}", p.name);
+            } else {
+                let fan_in = (p.shape[1] * p.shape[2] * p.shape[3]) as f64;
+                let sigma = 1.0 / fan_in.sqrt();
+                assert!(
+                    v.iter().all(|&x| (x as f64).abs() <= 2.0 * sigma + 1e-7),
+                    "{}: truncated at 2σ",
+                    p.name
+                );
+                let spread =
+                    (v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() / v.len() as f64).sqrt();
+                let expected = truncated_at_two_sigma_spread() * sigma;
+                // 432 weights at least (conv1: 16·3·3·3): the spread's standard error is ≤ 4%.
+                assert!(
+                    (spread / expected - 1.0).abs() < 0.15,
+                    "{}: spread {spread} vs {expected}",
+                    p.name
+                );
+            }
+        }
+        let blocks = if arch == Arch::ResNet50 { 16 } else { 0 };
+        assert_eq!(
+            zeroed, blocks,
+            "{arch:?}: one zeroed γ per bottleneck block"
+        );
+    }
+    // The projector's and predictor's Linear layers likewise, with zero biases (a bias on the
+    // last layer here, so that one is checked too).
+    let mlp = Mlp {
+        last_bias: true,
+        ..Mlp::byol(128)
+    };
+    let params = mlp.init_params(WeightInit::Official, &mut rng(4));
+    let weights = [
+        (mlp.block(0).weight, mlp.input),
+        (mlp.last_weight(), mlp.last_input()),
+    ];
+    for (range, fan_in) in weights {
+        let sigma = 1.0 / (fan_in as f64).sqrt();
+        let v = &params[range];
+        assert!(v.iter().all(|&x| (x as f64).abs() <= 2.0 * sigma + 1e-7));
+        let spread = (v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() / v.len() as f64).sqrt();
+        let expected = truncated_at_two_sigma_spread() * sigma;
+        assert!(
+            (spread / expected - 1.0).abs() < 0.02,
+            "{spread} vs {expected}"
+        );
+    }
+    assert!(params[mlp.block(0).bias].iter().all(|&x| x == 0.0));
+    assert!(params[mlp.last_bias_range()].iter().all(|&x| x == 0.0));
+    assert!(params[mlp.block(0).gamma].iter().all(|&x| x == 1.0));
 }
 
 /// An objective's value and the ReLU pattern it went through.
@@ -303,7 +387,7 @@ fn whole_resnet_gradients_should_match_finite_differences() {
         .unwrap();
         let batch = 8;
         let mut r = rng(9);
-        let mut params = net.init_params(&mut r);
+        let mut params = net.init_params(WeightInit::Torchvision, &mut r);
         let mut x = uniform(&mut r, batch * size * size * 3, 1.0);
         let weights = uniform(&mut r, batch * net.repr_dim(), 1.0);
         let mut acts = net.activations(&Cpu, batch, size, size).unwrap();
@@ -399,7 +483,7 @@ fn bad_input_should_be_a_clear_error() {
         in_channels: 3,
     })
     .unwrap();
-    let params = net.init_params(&mut rng(1));
+    let params = net.init_params(WeightInit::Torchvision, &mut rng(1));
     let mut running = net.init_running();
     // Every layer is padded, so even 1×1 images go through (as in PyTorch); no pixel does not.
     let e = net.activations(&Cpu, 2, 0, 5).err().unwrap();
@@ -506,7 +590,7 @@ fn forward_and_backward_should_be_bit_identical_for_the_same_thread_count() {
     .unwrap();
     let (batch, size) = (5, 24);
     let mut r = rng(21);
-    let params = net.init_params(&mut r);
+    let params = net.init_params(WeightInit::Torchvision, &mut r);
     let x = uniform(&mut r, batch * size * size * 3, 1.0);
     let weights = uniform(&mut r, batch * net.repr_dim(), 1.0);
     let run = |threads: usize| {

@@ -324,6 +324,12 @@ fn bad_input_should_be_refused_before_any_work_with_a_clear_error() {
             "target_init \"same\": expected copy or independent",
         ),
         (
+            tiny().with(|c| {
+                c.model.init = "haiku".into();
+            }),
+            "init \"haiku\": expected torchvision or official",
+        ),
+        (
             TrainConfig {
                 recipe: "huge".into(),
                 ..tiny()

@@ -487,10 +487,11 @@ fn run_training(cfg: &TrainConfig, out: &Path, opts: &RunOptions) -> Result<(), 
         );
     }
     eprintln!(
-        "BYOL: {} (width {}, {} stem) on {}{}, {} epochs of batch {}, {} threads → {}",
+        "BYOL: {} (width {}, {} stem, {} init) on {}{}, {} epochs of batch {}, {} threads → {}",
         cfg.model.arch,
         cfg.model.width,
         cfg.model.stem,
+        cfg.model.init,
         cfg.data.dataset,
         if cfg.data.dataset == "synthetic" {
             format!(

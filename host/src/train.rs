@@ -156,6 +156,11 @@ pub struct ModelConfig {
     /// Linear layers of the predictor.
     #[arg(long, default_value_t, hide_default_value = true)]
     pub predictor_depth: usize,
+    /// How fresh weights are drawn: torchvision (PyTorch's defaults, as the PyTorch ports) or
+    /// official (the official BYOL code's Haiku defaults: truncated normal 1/√fan_in, zero
+    /// biases, each bottleneck block's last BatchNorm γ = 0).
+    #[arg(long, default_value_t, hide_default_value = true)]
+    pub init: String,
 }
 
 impl Default for ModelConfig {
@@ -169,6 +174,7 @@ impl Default for ModelConfig {
             predictor_hidden: 4096,
             projector_depth: 2,
             predictor_depth: 2,
+            init: "torchvision".into(),
         }
     }
 }
@@ -574,6 +580,7 @@ impl TrainConfig {
             predictor,
             target_network: self.ablation.target_network,
             target_init: self.optim.target_init.parse()?,
+            init: self.model.init.parse()?,
             objective,
         })
     }
@@ -953,13 +960,7 @@ const FLAT_FIELDS: [(&str, &[&str]); 7] = [
     ),
     (
         "augment",
-        &[
-            "augmentations",
-            "blur_t",
-            "blur_t_prime",
-            "crop_min_scale",
-            "colour_strength",
-        ],
+        &["augmentations", "blur_t", "blur_t_prime", "crop_min_scale"],
     ),
     (
         "ablation",

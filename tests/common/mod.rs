@@ -4,6 +4,7 @@
 
 pub mod reference;
 
+use host::nn::WeightInit;
 use host::{Backend, BnMode, Error, Mlp, MlpState};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -177,7 +178,7 @@ pub struct MlpCase {
 impl MlpCase {
     pub fn new(mlp: Mlp, seed: u64) -> Self {
         let mut r = rng(seed);
-        let mut params = mlp.init_params(&mut r);
+        let mut params = mlp.init_params(WeightInit::Torchvision, &mut r);
         // Random γ and β (not 1 and 0) so the affine's gradients are exercised.
         let mut running = mlp.init_running();
         for k in 0..mlp.hidden_layers() {

@@ -30,7 +30,7 @@ use crate::backend::{
 };
 use crate::error::{check_len, Error, Result};
 use crate::nn::mlp::{Mlp, MlpAt, MlpSaved};
-use crate::nn::{Activations, Registry, ResNet, ResNetConfig};
+use crate::nn::{Activations, Registry, ResNet, ResNetConfig, WeightInit};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::ops::Range;
@@ -85,6 +85,8 @@ pub struct ByolConfig {
     pub target_network: bool,
     /// How the target starts (ignored without a target network).
     pub target_init: TargetInit,
+    /// How the weights of a fresh network are drawn.
+    pub init: WeightInit,
     pub objective: Objective,
 }
 
@@ -106,6 +108,7 @@ impl ByolConfig {
             predictor: PredictorKind::Learned,
             target_network: true,
             target_init: TargetInit::Independent,
+            init: WeightInit::Torchvision,
             objective: Objective::default(),
         }
     }
@@ -414,10 +417,11 @@ impl<B: Backend> Byol<B> {
 
     fn init_params(&self, seed: u64) -> Vec<f32> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let mut p = self.encoder.init_params(&mut rng);
-        p.extend(self.projector.init_params(&mut rng));
+        let init = self.config.init;
+        let mut p = self.encoder.init_params(init, &mut rng);
+        p.extend(self.projector.init_params(init, &mut rng));
         if let Some(q) = &self.predictor {
-            p.extend(q.init_params(&mut rng));
+            p.extend(q.init_params(init, &mut rng));
         }
         p
     }

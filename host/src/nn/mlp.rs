@@ -13,7 +13,7 @@
 
 use crate::backend::{Backend, BatchNorm, BnMode, Linear};
 use crate::error::{check_len, Error, Result};
-use crate::nn::{Registry, Role};
+use crate::nn::{truncated_normal, Registry, Role, WeightInit};
 use rand::Rng;
 use std::ops::Range;
 
@@ -144,23 +144,28 @@ impl Mlp {
         Ok(())
     }
 
-    /// PyTorch's default initialisation: each Linear's weight and bias uniform in
-    /// `±1/√fan_in`; γ = 1, β = 0.
-    pub fn init_params(&self, rng: &mut impl Rng) -> Vec<f32> {
+    /// Fresh parameters drawn as `init` says ([`WeightInit`]); γ = 1, β = 0. torchvision
+    /// (PyTorch's default): each Linear's weight and bias uniform in `±1/√fan_in`. Official
+    /// (Haiku's default): weights `N(0, 1/fan_in)` truncated at ±2σ, biases 0.
+    pub fn init_params(&self, init: WeightInit, rng: &mut impl Rng) -> Vec<f32> {
         let mut p = vec![0.0f32; self.num_params()];
-        let mut uniform = |range: Range<usize>, fan_in: usize| {
-            let bound = 1.0 / (fan_in as f32).sqrt();
+        let mut draw = |range: Range<usize>, fan_in: usize, is_bias: bool| {
+            let scale = 1.0 / (fan_in as f32).sqrt();
             for v in &mut p[range] {
-                *v = rng.random_range(-bound..bound);
+                *v = match init {
+                    WeightInit::Torchvision => rng.random_range(-scale..scale),
+                    WeightInit::Official if is_bias => 0.0,
+                    WeightInit::Official => truncated_normal(rng, scale),
+                };
             }
         };
         for k in 0..self.hidden_layers() {
             let block = self.block(k);
-            uniform(block.weight, block.input);
-            uniform(block.bias, block.input);
+            draw(block.weight, block.input, false);
+            draw(block.bias, block.input, true);
         }
-        uniform(self.last_weight(), self.last_input());
-        uniform(self.last_bias_range(), self.last_input());
+        draw(self.last_weight(), self.last_input(), false);
+        draw(self.last_bias_range(), self.last_input(), true);
         for k in 0..self.hidden_layers() {
             p[self.block(k).gamma].fill(1.0);
         }

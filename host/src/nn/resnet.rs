@@ -11,6 +11,7 @@
 //! shape and reused. Forward and backward run on any backend.
 
 use super::registry::{Registry, Role};
+use super::{truncated_normal, WeightInit};
 use crate::backend::cpu::Cpu;
 use crate::backend::{need, Backend, BatchNorm, BnMode, Conv2d, ConvGeometry, ConvOp};
 use crate::error::{check_len, Error, Result};
@@ -285,17 +286,34 @@ impl ResNet {
         .cout
     }
 
-    /// torchvision's initialisation: convolutions Kaiming-normal with fan-out and ReLU gain
-    /// (`std = √(2 / (cout·k·k))`), BatchNorm γ = 1, β = 0.
-    pub fn init_params(&self, rng: &mut impl Rng) -> Vec<f32> {
+    /// Fresh parameters drawn as `init` says ([`WeightInit`]); BatchNorm β = 0. torchvision:
+    /// convolutions `N(0, 2 / (cout·k·k))`, γ = 1. Official: convolutions `N(0, 1 / (cin·k·k))`
+    /// truncated at ±2σ, γ = 1 except 0 on the last unit of each bottleneck block.
+    pub fn init_params(&self, init: WeightInit, rng: &mut impl Rng) -> Vec<f32> {
         let mut p = vec![0.0f32; self.registry.param_len()];
         for u in &self.units {
-            let std = (2.0 / (u.conv.cout * u.conv.k * u.conv.k) as f32).sqrt();
-            let normal = Normal::new(0.0, std).expect("finite std");
-            p[u.weight.clone()]
-                .iter_mut()
-                .for_each(|v| *v = normal.sample(rng));
+            let Conv2d { cin, cout, k, .. } = u.conv;
+            let weights = &mut p[u.weight.clone()];
+            match init {
+                WeightInit::Torchvision => {
+                    let normal =
+                        Normal::new(0.0, (2.0 / (cout * k * k) as f32).sqrt()).expect("finite std");
+                    weights.iter_mut().for_each(|v| *v = normal.sample(rng));
+                }
+                WeightInit::Official => {
+                    let std = (1.0 / (cin * k * k) as f32).sqrt();
+                    weights
+                        .iter_mut()
+                        .for_each(|v| *v = truncated_normal(rng, std));
+                }
+            }
             p[u.gamma.clone()].fill(1.0);
+        }
+        if init == WeightInit::Official && self.config.arch.expansion() > 1 {
+            for block in &self.blocks {
+                let last = *block.units.last().expect("a block has units");
+                p[self.units[last].gamma.clone()].fill(0.0);
+            }
         }
         p
     }
