@@ -542,6 +542,13 @@ fn a_run_should_train_on_cifar10_files() {
         let n = train_set.labels.iter().filter(|&&l| l == class).count();
         assert_eq!(n, 2, "4 of each class in 40, so 2 in 20");
     }
+    // The run's seed does not choose the data: the same subset, and the same embedded images.
+    let reseeded = host::train::load_data(&limited.clone().with(|c| c.seed = 7)).unwrap();
+    assert_eq!(reseeded.0.images, train_set.images);
+    assert_eq!(reseeded.1.images, test_set.images);
+    let embedded = |seed: u64| host::train::load_data(&tiny().with(|c| c.seed = seed)).unwrap();
+    let (a, b) = (embedded(0), embedded(7));
+    assert_eq!((a.0.images, a.1.images), (b.0.images, b.1.images));
     let too_many = limited.with(|c| {
         c.data.limit_train = Some(41);
     });
