@@ -264,7 +264,7 @@ fn initialisation_should_follow_torchvision() {
             assert!(v.iter().all(|&x| x == 0.0), "{} β = 0", p.name);
         } else {
             let fan_out = (p.shape[0] * p.shape[2] * p.shape[3]) as f64;
-            let std = (v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() / v.len() as f64).sqrt();
+            let std = rms(v);
             let expected = (2.0 / fan_out).sqrt();
             assert!(
                 (std / expected - 1.0).abs() < 0.1,
@@ -276,11 +276,31 @@ fn initialisation_should_follow_torchvision() {
     assert!(net.init_running().chunks(1).count() == r.buffer_len());
 }
 
+/// Root mean square of a tensor's values (its spread about 0), in f64.
+fn rms(v: &[f32]) -> f64 {
+    (v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() / v.len() as f64).sqrt()
+}
+
 /// The spread of N(0, 1) truncated at ±2: `√(1 − 4φ(2) / (Φ(2) − Φ(−2)))`, with
 /// `Φ(2) − Φ(−2) = 0.9544997361` (tables).
 fn truncated_at_two_sigma_spread() -> f64 {
     let phi2 = (-2.0f64).exp() / (2.0 * std::f64::consts::PI).sqrt();
     (1.0 - 4.0 * phi2 / 0.954_499_736_1).sqrt()
+}
+
+/// `v` looks drawn from N(0, 1/fan_in) truncated at ±2σ: no value beyond 2σ, and its spread
+/// within `tolerance` (relative) of the truncated normal's.
+fn assert_truncated_normal(name: &str, v: &[f32], fan_in: usize, tolerance: f64) {
+    let sigma = 1.0 / (fan_in as f64).sqrt();
+    assert!(
+        v.iter().all(|&x| (x as f64).abs() <= 2.0 * sigma + 1e-7),
+        "{name}: truncated at 2σ"
+    );
+    let (spread, expected) = (rms(v), truncated_at_two_sigma_spread() * sigma);
+    assert!(
+        (spread / expected - 1.0).abs() < tolerance,
+        "{name}: spread {spread} vs {expected}"
+    );
 }
 
 /// The official code's (Haiku's) draws: every convolution and Linear weight N(0, 1/fan_in)
@@ -309,22 +329,9 @@ fn official_initialisation_should_follow_the_official_code() {
                 };
                 assert!(v.iter().all(|&x| x == expected), "{}", p.name);
             } else {
-                let fan_in = (p.shape[1] * p.shape[2] * p.shape[3]) as f64;
-                let sigma = 1.0 / fan_in.sqrt();
-                assert!(
-                    v.iter().all(|&x| (x as f64).abs() <= 2.0 * sigma + 1e-7),
-                    "{}: truncated at 2σ",
-                    p.name
-                );
-                let spread =
-                    (v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() / v.len() as f64).sqrt();
-                let expected = truncated_at_two_sigma_spread() * sigma;
                 // 432 weights at least (conv1: 16·3·3·3): the spread's standard error is ≤ 4%.
-                assert!(
-                    (spread / expected - 1.0).abs() < 0.15,
-                    "{}: spread {spread} vs {expected}",
-                    p.name
-                );
+                let fan_in = p.shape[1] * p.shape[2] * p.shape[3];
+                assert_truncated_normal(&p.name, v, fan_in, 0.15);
             }
         }
         let blocks = if arch == Arch::ResNet50 { 16 } else { 0 };
@@ -341,19 +348,11 @@ fn official_initialisation_should_follow_the_official_code() {
     };
     let params = mlp.init_params(WeightInit::Official, &mut rng(4));
     let weights = [
-        (mlp.block(0).weight, mlp.input),
-        (mlp.last_weight(), mlp.last_input()),
+        ("linear1.weight", mlp.block(0).weight, mlp.input),
+        ("last weight", mlp.last_weight(), mlp.last_input()),
     ];
-    for (range, fan_in) in weights {
-        let sigma = 1.0 / (fan_in as f64).sqrt();
-        let v = &params[range];
-        assert!(v.iter().all(|&x| (x as f64).abs() <= 2.0 * sigma + 1e-7));
-        let spread = (v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() / v.len() as f64).sqrt();
-        let expected = truncated_at_two_sigma_spread() * sigma;
-        assert!(
-            (spread / expected - 1.0).abs() < 0.02,
-            "{spread} vs {expected}"
-        );
+    for (name, range, fan_in) in weights {
+        assert_truncated_normal(name, &params[range], fan_in, 0.02);
     }
     assert!(params[mlp.block(0).bias].iter().all(|&x| x == 0.0));
     assert!(params[mlp.last_bias_range()].iter().all(|&x| x == 0.0));
