@@ -558,3 +558,72 @@ fn a_run_should_train_on_cifar10_files() {
         "{e}"
     );
 }
+
+#[test]
+fn a_study_over_several_seeds_should_train_every_setting_on_every_seed() {
+    use host::ablate::{run_study, RunResult};
+    let base = tiny().with(|c| c.optim.epochs = 1);
+    let out = dir("study-seeds");
+    let device = Default::default();
+    let table = run_study("normalisation", &base, &[0, 3], &out, false, device).unwrap();
+    let read = |setting: &str, seed: u64| -> (RunResult, serde_json::Value) {
+        let d = out
+            .join("normalisation")
+            .join(setting)
+            .join(format!("seed-{seed}"));
+        let result = std::fs::read_to_string(d.join("result.json")).unwrap();
+        let config = std::fs::read_to_string(d.join("config.json")).unwrap();
+        (
+            serde_json::from_str(&result).unwrap(),
+            serde_json::from_str(&config).unwrap(),
+        )
+    };
+    for setting in ["l2", "layernorm", "none", "batchnorm"] {
+        let (r0, c0) = (read(setting, 0), read(setting, 3));
+        assert_eq!(r0.1["seed"], 0, "{setting}");
+        assert_eq!(c0.1["seed"], 3, "{setting}");
+        // The table's kNN cell: the mean over both seeds, then each seed's value.
+        let (a, b) = (r0.0.knn_top1 * 100.0, c0.0.knn_top1 * 100.0);
+        let cell = format!(
+            "{:.1} ± {:.1} ({a:.1}, {b:.1})",
+            (a + b) / 2.0,
+            (a - b).abs() / 2f64.sqrt()
+        );
+        assert!(
+            table.contains(&format!("| {setting} | ")),
+            "{setting}\n{table}"
+        );
+        assert!(table.contains(&cell), "{cell}\n{table}");
+    }
+    assert!(
+        table.contains("| +0.0 ± 0.0 (ahead on 0 of 2) |"),
+        "the first setting against itself\n{table}"
+    );
+    let written = std::fs::read_to_string(out.join("normalisation/results.md")).unwrap();
+    assert_eq!(written, table);
+    // A seed is a seed: the two runs of a setting differ.
+    let ckpt = |seed: u64| {
+        std::fs::read(out.join(format!(
+            "normalisation/l2/seed-{seed}/checkpoint.safetensors"
+        )))
+        .unwrap()
+    };
+    assert_ne!(ckpt(0), ckpt(3));
+    // A seed listed twice, or none, is refused before any training.
+    for (seeds, expected) in [
+        (&[1, 1][..], "seed: 1 is listed twice"),
+        (&[], "at least one seed"),
+    ] {
+        let e = run_study(
+            "normalisation",
+            &base,
+            seeds,
+            &dir("study-bad-seeds"),
+            false,
+            device,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains(expected), "{e}");
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}

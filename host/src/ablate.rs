@@ -400,73 +400,179 @@ fn linear_top1(cfg: &TrainConfig, ckpt: &Path) -> Result<f64> {
     .test_accuracy)
 }
 
-/// The Markdown table of a study.
-pub fn table(name: &str, runs: &[StudyRun], results: &[RunResult]) -> String {
-    let pct = |v: f64| {
-        if v.is_nan() {
-            "diverged".to_string()
-        } else {
-            format!("{:.1}", 100.0 * v)
-        }
-    };
-    let mut t = format!("### Study `{name}`\n\n| setting | paper (ImageNet top-1, 300 epochs) | our kNN top-1 | our linear top-1 | projection spread (std·√d) | collapsed |\n|---|---|---|---|---|---|\n");
-    for (r, res) in runs.iter().zip(results) {
-        let collapsed = res
-            .collapsed_at_epoch
-            .map_or("no".to_string(), |e| format!("yes, from epoch {e}"));
+/// Mean and sample standard deviation (0 for one value).
+fn mean_sd(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+    (mean, var.sqrt())
+}
+
+/// A percentage, or "diverged" for a run that did.
+fn pct(v: f64) -> String {
+    if v.is_nan() {
+        "diverged".to_string()
+    } else {
+        format!("{:.1}", 100.0 * v)
+    }
+}
+
+/// One setting's figure over the seeds: the value for one seed; for several, mean ± sample
+/// standard deviation and the values seed by seed.
+fn over_seeds(v: &[f64]) -> String {
+    if v.len() == 1 || v.iter().any(|x| x.is_nan()) {
+        return v.iter().map(|&x| pct(x)).collect::<Vec<_>>().join(", ");
+    }
+    let (m, sd) = mean_sd(v);
+    let each: Vec<String> = v.iter().map(|&x| pct(x)).collect();
+    format!("{} ± {:.1} ({})", pct(m), 100.0 * sd, each.join(", "))
+}
+
+/// The kNN difference from the first setting, paired by seed: mean ± standard error and
+/// the seeds on which the setting is ahead. Runs of one seed differ by several points from
+/// their own reruns, so a difference under about two standard errors is no finding.
+fn paired_difference(v: &[f64], first: &[f64]) -> String {
+    let d: Vec<f64> = v.iter().zip(first).map(|(a, b)| a - b).collect();
+    if d.iter().any(|x| x.is_nan()) {
+        return "—".into();
+    }
+    let (m, sd) = mean_sd(&d);
+    let ahead = d.iter().filter(|&&x| x > 0.0).count();
+    format!(
+        "{:+.1} ± {:.1} (ahead on {ahead} of {})",
+        100.0 * m,
+        100.0 * sd / (d.len() as f64).sqrt(),
+        d.len()
+    )
+}
+
+/// The Markdown table of a study: `results[i][s]` is setting `i` on seed `s`. With several
+/// seeds each figure is a mean ± standard deviation, and a column compares every setting
+/// with the first, seed by seed.
+pub fn table(name: &str, runs: &[StudyRun], results: &[Vec<RunResult>], seeds: &[u64]) -> String {
+    let several = seeds.len() > 1;
+    let seed_list: Vec<String> = seeds.iter().map(|s| s.to_string()).collect();
+    let mut t = format!("### Study `{name}`\n\n");
+    if several {
         t += &format!(
-            "| {} | {} | {} | {} | {:.3} | {collapsed} |\n",
+            "Seeds {}: mean ± standard deviation (each seed's value).\n\n",
+            seed_list.join(", ")
+        );
+    }
+    t += "| setting | paper (ImageNet top-1, 300 epochs) | our kNN top-1 | our linear top-1 |";
+    t += if several {
+        " kNN − first setting's, paired by seed |"
+    } else {
+        ""
+    };
+    t += " projection spread (std·√d) | collapsed |\n|---|---|---|---|";
+    t += if several { "---|" } else { "" };
+    t += "---|---|\n";
+    let column =
+        |res: &[RunResult], f: fn(&RunResult) -> f64| res.iter().map(f).collect::<Vec<_>>();
+    let first_knn = column(&results[0], |r| r.knn_top1);
+    for (r, res) in runs.iter().zip(results) {
+        let collapsed: Vec<String> = res
+            .iter()
+            .zip(seeds)
+            .filter_map(|(x, s)| {
+                x.collapsed_at_epoch.map(|e| {
+                    if several {
+                        format!("seed {s} from epoch {e}")
+                    } else {
+                        format!("yes, from epoch {e}")
+                    }
+                })
+            })
+            .collect();
+        let knn = column(res, |r| r.knn_top1);
+        t += &format!(
+            "| {} | {} | {} | {} |",
             r.label,
             r.paper,
-            pct(res.knn_top1),
-            pct(res.linear_top1),
-            res.projection_spread
+            over_seeds(&knn),
+            over_seeds(&column(res, |r| r.linear_top1)),
+        );
+        if several {
+            t += &format!(" {} |", paired_difference(&knn, &first_knn));
+        }
+        let spread = mean_sd(&column(res, |r| r.projection_spread)).0;
+        t += &format!(
+            " {spread:.3} | {} |\n",
+            if collapsed.is_empty() {
+                "no".to_string()
+            } else {
+                collapsed.join("; ")
+            }
         );
     }
     t
 }
 
-/// Runs study `name` over `base` in `out/<name>/<run>/`; writes `results.md` and
-/// `results.png` there and returns the table.
-/// Each run trains on `device`.
+/// Runs study `name` over `base` once per seed of `seeds`, in `out/<name>/<run>/` for one
+/// seed and `out/<name>/<run>/seed-<S>/` for several; writes `results.md` and `results.png`
+/// there and returns the table. Each run trains on `device`.
 pub fn run_study(
     name: &str,
     base: &TrainConfig,
+    seeds: &[u64],
     out: &Path,
     progress: bool,
     device: Device,
 ) -> Result<String> {
+    if seeds.is_empty() {
+        return Err(Error::InvalidArgument(
+            "seed: expected at least one seed".into(),
+        ));
+    }
+    if let Some(s) = seeds
+        .iter()
+        .enumerate()
+        .find_map(|(i, s)| seeds[..i].contains(s).then_some(s))
+    {
+        return Err(Error::InvalidArgument(format!(
+            "seed: {s} is listed twice; expected distinct seeds"
+        )));
+    }
     let runs = study(name, base)?;
     let dir = out.join(name);
     let mut results = Vec::new();
     for (i, r) in runs.iter().enumerate() {
-        if progress {
-            eprintln!("[{name} {}/{}] {}", i + 1, runs.len(), r.label);
+        let run_dir = dir.join(r.label.replace(['=', ','], "_"));
+        let mut per_seed = Vec::new();
+        for &seed in seeds {
+            if progress {
+                eprintln!(
+                    "[{name} {}/{}] {} (seed {seed})",
+                    i + 1,
+                    runs.len(),
+                    r.label
+                );
+            }
+            let mut seeded = r.clone();
+            seeded.config.seed = seed;
+            let at = if seeds.len() > 1 {
+                run_dir.join(format!("seed-{seed}"))
+            } else {
+                run_dir.clone()
+            };
+            per_seed.push(run_one(&seeded, &at, progress, device)?);
         }
-        results.push(run_one(
-            r,
-            &dir.join(r.label.replace(['=', ','], "_")),
-            progress,
-            device,
-        )?);
+        results.push(per_seed);
     }
-    let t = table(name, &runs, &results);
+    let t = table(name, &runs, &results, seeds);
     crate::files::write_atomic(&dir.join("results.md"), t.as_bytes())?;
-    let knn: Vec<(f64, f64)> = results
-        .iter()
-        .enumerate()
-        .map(|(i, r)| (i as f64 + 1.0, 100.0 * r.knn_top1))
-        .collect();
-    let lin: Vec<(f64, f64)> = results
-        .iter()
-        .enumerate()
-        .map(|(i, r)| (i as f64 + 1.0, 100.0 * r.linear_top1))
-        .collect();
-    let spread: Vec<(f64, f64)> = results
-        .iter()
-        .enumerate()
-        .map(|(i, r)| (i as f64 + 1.0, r.projection_spread))
-        .collect();
+    // One point per setting, in table order: its mean over the seeds.
+    let points = |f: fn(&RunResult) -> f64, scale: f64| -> Vec<(f64, f64)> {
+        let mean = |res: &[RunResult]| mean_sd(&res.iter().map(f).collect::<Vec<_>>()).0;
+        let at = |(i, res): (usize, &Vec<RunResult>)| (i as f64 + 1.0, scale * mean(res));
+        results.iter().enumerate().map(at).collect()
+    };
+    let (knn, lin, spread) = (
+        points(|r| r.knn_top1, 100.0),
+        points(|r| r.linear_top1, 100.0),
+        points(|r| r.projection_spread, 1.0),
+    );
     crate::plot::plot(
         &dir.join("results.png"),
         &[
@@ -532,6 +638,39 @@ mod tests {
             }
         }
         assert!(study("nope", &base).is_err());
+    }
+
+    #[test]
+    fn a_table_over_seeds_should_give_mean_sd_and_the_paired_difference() {
+        let base = base();
+        let runs = study("normalisation", &base).unwrap()[..2].to_vec();
+        let result = |knn: f64| RunResult {
+            label: String::new(),
+            knn_top1: knn,
+            linear_top1: knn + 0.1,
+            collapsed_at_epoch: None,
+            projection_spread: 0.8,
+        };
+        let results = vec![
+            [0.5, 0.3, 0.4].map(result).to_vec(),
+            [0.6, 0.2, 0.7].map(result).to_vec(),
+        ];
+        let t = table("normalisation", &runs, &results, &[0, 1, 2]);
+        // By hand: mean 0.4, sample sd √((0.01 + 0.01 + 0) / 2) = 0.1; the differences
+        // 0.1, −0.1, 0.3 have mean 0.1, sd 0.2 and standard error 0.2 / √3 = 0.1155.
+        assert!(t.contains("| 40.0 ± 10.0 (50.0, 30.0, 40.0) | 50.0 ± 10.0 (60.0, 40.0, 50.0) | +0.0 ± 0.0 (ahead on 0 of 3) |"), "{t}");
+        assert!(t.contains("| 50.0 ± 26.5 (60.0, 20.0, 70.0) |"), "{t}");
+        assert!(t.contains("| +10.0 ± 11.5 (ahead on 2 of 3) |"), "{t}");
+        assert!(t.contains("Seeds 0, 1, 2"), "{t}");
+        // One seed: the single-run table, without the paired column.
+        let one = table(
+            "normalisation",
+            &runs,
+            &[vec![result(0.5)], vec![result(0.6)]],
+            &[7],
+        );
+        assert!(one.contains("| 50.0 | 60.0 | 0.800 | no |"), "{one}");
+        assert!(!one.contains("paired"), "{one}");
     }
 
     #[test]

@@ -110,10 +110,11 @@ enum Command {
         dataset: Option<String>,
         #[arg(long)]
         data_dir: Option<PathBuf>,
-        /// Seed of every run (data order, augmentations, initialisation); repeat a study with
-        /// other seeds (and another `--out`) to see how far single runs spread.
-        #[arg(long)]
-        seed: Option<u64>,
+        /// Seed of every run (data order, augmentations, initialisation), or a list (`0,1,2,3,4`):
+        /// every setting then trains once per seed, and the table gives mean ± standard
+        /// deviation and each setting's difference from the first, paired by seed.
+        #[arg(long, value_delimiter = ',')]
+        seed: Vec<u64>,
         /// Where the runs train: cpu, cuda or cuda:N.
         #[arg(long, default_value = "cpu")]
         device: Device,
@@ -353,13 +354,17 @@ fn main() -> ExitCode {
             device,
         } => {
             let mut base = host::ablate::base();
-            base.seed = seed.unwrap_or(base.seed);
+            let seeds = if seed.is_empty() {
+                vec![base.seed]
+            } else {
+                seed
+            };
             base.optim.epochs = epochs.unwrap_or(base.optim.epochs);
             base.data.train_size = train_size.unwrap_or(base.data.train_size);
             base.data.dataset = dataset.unwrap_or(base.data.dataset);
             base.data.data_dir = data_dir.or(base.data.data_dir);
             host::train::check_device(device)
-                .and_then(|()| host::ablate::run_study(&study, &base, &out, true, device))
+                .and_then(|()| host::ablate::run_study(&study, &base, &seeds, &out, true, device))
                 .map(|table| println!("{table}"))
         }
         Command::GpuInfo => gpu_info(),

@@ -121,6 +121,11 @@ fn bad_input_should_get_one_sentence_naming_what_was_expected() {
         ),
         (&["plot", "/nonexistent/run"], "/nonexistent/run"),
         (&["ablate", "nothing"], "nothing"),
+        (
+            &["ablate", "tau", "--seed", "1,2,1"],
+            "seed: 1 is listed twice",
+        ),
+        (&["ablate", "tau", "--seed", "1,x"], "invalid value 'x'"),
         (&["train", "--epochs", "many"], "invalid value 'many'"),
         (
             &["train", "--augment-on", "gpu"],
