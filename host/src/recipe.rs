@@ -58,6 +58,10 @@ pub const SMALL: Recipe = Recipe {
     tau_end: 1.0,
     target_init: "copy",
     blur: [0.0, 0.0],
+    // The paper's. 0.2 lifts the embedded set (62.2% mean kNN over five seeds against 42.7%:
+    // its small shapes fall outside 8% crops) but loses 3.4 points on average over four
+    // Fashion-MNIST seeds, whose garments fill the frame, and 4–11 on two seeds of real
+    // digits; README "Training".
     crop_min_scale: 0.08,
     predictor_lr_mult: 1.0,
 };
