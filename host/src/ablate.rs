@@ -420,12 +420,12 @@ fn pct(v: f64) -> String {
 /// One setting's figure over the seeds: the value for one seed; for several, mean ± sample
 /// standard deviation and the values seed by seed.
 fn over_seeds(v: &[f64]) -> String {
+    let each = v.iter().map(|&x| pct(x)).collect::<Vec<_>>().join(", ");
     if v.len() == 1 || v.iter().any(|x| x.is_nan()) {
-        return v.iter().map(|&x| pct(x)).collect::<Vec<_>>().join(", ");
+        return each;
     }
     let (m, sd) = mean_sd(v);
-    let each: Vec<String> = v.iter().map(|&x| pct(x)).collect();
-    format!("{} ± {:.1} ({})", pct(m), 100.0 * sd, each.join(", "))
+    format!("{} ± {:.1} ({each})", pct(m), 100.0 * sd)
 }
 
 /// The kNN difference from the first setting, paired by seed: mean ± standard error and
@@ -451,23 +451,29 @@ fn paired_difference(v: &[f64], first: &[f64]) -> String {
 /// with the first, seed by seed.
 pub fn table(name: &str, runs: &[StudyRun], results: &[Vec<RunResult>], seeds: &[u64]) -> String {
     let several = seeds.len() > 1;
-    let seed_list: Vec<String> = seeds.iter().map(|s| s.to_string()).collect();
     let mut t = format!("### Study `{name}`\n\n");
     if several {
+        let list: Vec<String> = seeds.iter().map(|s| s.to_string()).collect();
         t += &format!(
             "Seeds {}: mean ± standard deviation (each seed's value).\n\n",
-            seed_list.join(", ")
+            list.join(", ")
         );
     }
-    t += "| setting | paper (ImageNet top-1, 300 epochs) | our kNN top-1 | our linear top-1 |";
-    t += if several {
-        " kNN − first setting's, paired by seed |"
-    } else {
-        ""
-    };
-    t += " projection spread (std·√d) | collapsed |\n|---|---|---|---|";
-    t += if several { "---|" } else { "" };
-    t += "---|---|\n";
+    let mut headers = vec![
+        "setting",
+        "paper (ImageNet top-1, 300 epochs)",
+        "our kNN top-1",
+        "our linear top-1",
+    ];
+    if several {
+        headers.push("kNN − first setting's, paired by seed");
+    }
+    headers.extend(["projection spread (std·√d)", "collapsed"]);
+    t += &format!(
+        "| {} |\n|{}\n",
+        headers.join(" | "),
+        "---|".repeat(headers.len())
+    );
     let column =
         |res: &[RunResult], f: fn(&RunResult) -> f64| res.iter().map(f).collect::<Vec<_>>();
     let first_knn = column(&results[0], |r| r.knn_top1);
