@@ -65,6 +65,49 @@ fn same_seed_should_give_bit_identical_runs() {
     assert_ne!(losses(&a), losses(&c), "another seed, another run");
 }
 
+/// The first reading also gives the random encoder with the data's BatchNorm statistics (the
+/// placeholder ones are mean 0, variance 1), in the summary and in metrics.jsonl, without
+/// touching the run; a resumed run has no initialisation to read.
+#[test]
+fn the_first_reading_should_also_give_the_data_statistics_baseline() {
+    let (run, part) = (dir("data-bn"), dir("data-bn-part"));
+    let s = train(&tiny(), &opts(&run)).unwrap();
+    let data_bn = s.knn_init_data_bn.expect("a fresh run reads it");
+    assert!((0.0..=1.0).contains(&data_bn));
+    let first: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(run.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(first["epoch"], 0);
+    assert_eq!(first["knn_top1_data_bn"].as_f64(), Some(data_bn));
+    assert_eq!(first["knn_top1"].as_f64(), s.knn_init);
+    // Stopped before any epoch: the untrained networks' checkpoint, from which the run
+    // continues as if never stopped (so the reading left the state alone).
+    let stop = RunOptions {
+        stop_after_epochs: Some(0),
+        ..opts(&part)
+    };
+    let stopped = train(&tiny(), &stop).unwrap();
+    assert!(stopped.epochs.is_empty());
+    assert_eq!(stopped.knn_init_data_bn, Some(data_bn));
+    let resume = RunOptions {
+        resume: Some(part.join("checkpoint.safetensors")),
+        ..opts(&part)
+    };
+    let resumed = train(&tiny(), &resume).unwrap();
+    assert_eq!((resumed.knn_init, resumed.knn_init_data_bn), (None, None));
+    let read = |d: &Path| std::fs::read(d.join("checkpoint.safetensors")).unwrap();
+    assert!(
+        read(&run) == read(&part),
+        "resumed from epoch 0, the checkpoint differs"
+    );
+    assert_eq!(losses(&run), losses(&part));
+}
+
 /// The views made on the step's device (`--augment-on gpu`; here the CPU backend applies the
 /// drawn views itself) are the worker threads' views: the same run, bit for bit, with blur
 /// and solarisation in play.

@@ -160,7 +160,7 @@ struct TrainArgs {
     /// in it; flags that would change the run are refused.
     #[arg(long)]
     resume: Option<PathBuf>,
-    /// Stop after this many epochs in total (the schedules still span --epochs); resume later.
+    /// Stop after this many epochs in total (the schedules still span --epochs); resume later. 0 writes the untrained networks' checkpoint (to export the random encoder).
     #[arg(long)]
     stop_after_epochs: Option<usize>,
     /// Worker threads (default: all cores; a resumed run: its own count).
@@ -542,6 +542,9 @@ fn run_training(cfg: &TrainConfig, out: &Path, opts: &RunOptions) -> Result<(), 
     if let Some(k) = s.knn_init {
         println!("  init    -        {:6.2}%", 100.0 * k);
     }
+    if let Some(k) = s.knn_init_data_bn {
+        println!("  init, the data's BatchNorm statistics: {:.2}%", 100.0 * k);
+    }
     for e in &s.epochs {
         let c = &e.collapse;
         let flag = if c.collapsed { "  collapsed" } else { "" };
@@ -555,8 +558,11 @@ fn run_training(cfg: &TrainConfig, out: &Path, opts: &RunOptions) -> Result<(), 
         );
     }
     if let (Some(k0), Some(last)) = (s.knn_init, s.epochs.last()) {
+        let data_bn = s.knn_init_data_bn.map_or(String::new(), |k| {
+            format!(" ({:.2}% with the data's BatchNorm statistics)", 100.0 * k)
+        });
         println!(
-            "  kNN top-1: {:.2}% at initialisation → {:.2}% trained",
+            "  kNN top-1: {:.2}% at initialisation{data_bn} → {:.2}% trained",
             100.0 * k0,
             100.0 * last.knn_top1
         );

@@ -65,6 +65,16 @@ fn losses(run: &Path) -> Vec<f64> {
         .collect()
 }
 
+/// The record of the reading at initialisation.
+fn first_reading(run: &Path) -> serde_json::Value {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|r| r["kind"] == "epoch" && r["epoch"] == 0)
+        .expect("a fresh run records its reading at initialisation")
+}
+
 fn online(run: &Path) -> (Vec<f32>, Vec<f32>) {
     let ckpt = host::train::checkpoint_path(run);
     let cfg = host::train::saved_config(&ckpt).unwrap();
@@ -107,6 +117,7 @@ fn two_and_three_ranks_should_train_as_one_process_on_the_same_global_batch() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let (want_loss, (want_online, want_running)) = (losses(&single), online(&single));
     assert_eq!(want_loss.len(), 2);
+    let want_data_bn = first_reading(&single)["knn_top1_data_bn"].as_f64().unwrap();
     for np in [2, 3] {
         let run = dir(&format!("ranks-{np}"));
         let mut c = mpirun(np);
@@ -137,6 +148,14 @@ fn two_and_three_ranks_should_train_as_one_process_on_the_same_global_batch() {
                 "{np} ranks, step {s}: loss {g} vs {w}"
             );
         }
+        // The random encoder with the data's BatchNorm statistics: every rank takes its part
+        // of the same global batches, so cross-replica BatchNorm sees one process's batches
+        // (within the rounding above: one of the 24 held-out images at most).
+        let data_bn = first_reading(&run)["knn_top1_data_bn"].as_f64().unwrap();
+        assert!(
+            (data_bn - want_data_bn).abs() <= 1.0 / 24.0 + 1e-9,
+            "{np} ranks: kNN with the data's BatchNorm statistics {data_bn} vs {want_data_bn}"
+        );
         let (params, running) = online(&run);
         let (dp, dr) = (
             relative(&params, &want_online),

@@ -15,10 +15,17 @@ batch and epochs, scored with the same kNN protocol as `host train`'s monitor.
   the held-out split. Inputs are normalised as each encoder was trained: ImageNet statistics
   for byol-pytorch (its pipeline ends with them), the training split's channel statistics
   for ours.
-- `--ours ENCODER.safetensors` (from `host export`) scores our trained encoder the same way.
+- `--ours ENCODER.safetensors` (from `host export`) scores our encoder the same way, with its
+  own BatchNorm statistics and with the data's (the untrained one: `host train
+  --stop-after-epochs 0`, then `host export`).
+
+- The random encoder is also read with BatchNorm statistics of the data (as `host train`'s
+  first reading, `host::eval::batchnorm`): the mean of the training-mode batch statistics over
+  up to 4,096 unaugmented training images in batches of `--batch` (PyTorch's cumulative
+  average, `momentum=None`), in place of the placeholder mean 0, variance 1.
 
 Prints one JSON object: per-epoch kNN and cumulative training seconds of byol-pytorch, the
-kNN at initialisation, and the kNN of each `--ours` encoder.
+kNN at initialisation (both readings), and the kNN of each `--ours` encoder.
 
 Needs torch, torchvision, safetensors and byol-pytorch (0.9.1 measured; installed by hand,
 CI never runs this):
@@ -58,6 +65,23 @@ def features(net, x, mean, std, batch=256):
 
 
 @torch.no_grad()
+def with_data_statistics(net, x, mean, std, batch, seed, images=4096):
+    """A copy of `net` whose BatchNorm running statistics are the mean of its batch statistics
+    over a seeded sample of `x` (unaugmented, normalised) in batches of `batch`."""
+    import copy
+    net = copy.deepcopy(net)
+    for m in net.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the batches
+    net.train()
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    for s in range(max(1, min(len(x), images) // batch)):
+        net((x[order[s * batch:(s + 1) * batch]] - mean) / std)
+    return net
+
+
+@torch.no_grad()
 def knn_top1(bank, bank_labels, queries, query_labels, classes, k=200, t=0.1):
     bank, queries = F.normalize(bank, dim=1), F.normalize(queries, dim=1)
     sims = queries @ bank.T
@@ -88,7 +112,7 @@ def main():
 
     mean = x.mean(dim=(0, 2, 3)).view(1, 3, 1, 1)
     std = x.std(dim=(0, 2, 3), unbiased=False).view(1, 3, 1, 1)
-    ours = {}
+    ours, ours_data_bn = {}, {}
     for path in a.ours:
         net = Encoder("resnet18", "cifar", a.width)
         missing, unexpected = net.load_state_dict(load_file(path), strict=False)
@@ -96,19 +120,27 @@ def main():
             sys.exit(f"{path}: not a resnet18 width {a.width} encoder ({missing[:3]}, {unexpected[:3]})")
         f, tf = features(net, x[labelled], mean, std), features(net, tx, mean, std)
         ours[path] = knn_top1(f, y[labelled], tf, ty, classes)
+        calibrated = with_data_statistics(net, x, mean, std, a.batch, a.seed)
+        f, tf = features(calibrated, x[labelled], mean, std), features(calibrated, tx, mean, std)
+        ours_data_bn[path] = knn_top1(f, y[labelled], tf, ty, classes)
     result["ours_knn_top1"] = ours
+    result["ours_knn_top1_data_bn"] = ours_data_bn
 
     from byol_pytorch import BYOL
     net = Encoder("resnet18", "cifar", a.width)
     learner = BYOL(net, image_size=x.shape[-1], hidden_layer=-1)
     opt = torch.optim.Adam(learner.parameters(), lr=a.lr)
 
-    def score():
+    def score(net=net):
         return knn_top1(features(net, x[labelled], IMAGENET_MEAN, IMAGENET_STD), y[labelled],
                         features(net, tx, IMAGENET_MEAN, IMAGENET_STD), ty, classes)
 
     result["byol_pytorch_knn_init"] = score()
-    print(f"byol-pytorch kNN at initialisation: {100 * result['byol_pytorch_knn_init']:.2f}%", file=sys.stderr)
+    result["byol_pytorch_knn_init_data_bn"] = score(
+        with_data_statistics(net, x, IMAGENET_MEAN, IMAGENET_STD, a.batch, a.seed))
+    print(f"byol-pytorch kNN at initialisation: {100 * result['byol_pytorch_knn_init']:.2f}% "
+          f"({100 * result['byol_pytorch_knn_init_data_bn']:.2f}% with the data's BatchNorm statistics)",
+          file=sys.stderr)
     g = torch.Generator().manual_seed(a.seed)
     steps = len(x) // a.batch
     seconds, per_epoch = 0.0, []

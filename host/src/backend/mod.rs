@@ -36,6 +36,8 @@ pub use crate::cpu::gemm::Gemm;
 pub use crate::cpu::objective::{DirectionGrads, Normalisation, Objective};
 pub use crate::cpu::optimizer::{Optimizer, OptimizerKind, TensorStep};
 pub use kernels::augment::ViewParams;
+/// How far one training-mode BatchNorm moves its running statistics towards the batch's.
+pub use kernels::batchnorm::BN_MOMENTUM;
 pub use kernels::conv::ConvGeometry;
 
 /// The arithmetic of convolutions and GEMMs on a GPU: `f32` (IEEE single precision, no tensor
