@@ -1175,6 +1175,7 @@ fn knn_with_data_statistics<B: Backend>(
 ) -> Result<Option<f64>> {
     let b = cfg.optim.batch_size;
     let mut order: Vec<usize> = (0..train.len()).collect();
+    // A stream of its own: training draws none of it, so the run is the same bits with it.
     order.shuffle(&mut ChaCha8Rng::seed_from_u64(mix(cfg.seed ^ 0xb47c)));
     let batches: Vec<Vec<usize>> = order
         .chunks_exact(b)
