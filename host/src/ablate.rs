@@ -586,16 +586,19 @@ pub fn run_study(
                 title: "kNN top-1 (%) by run",
                 x_label: "run (results.md order)",
                 points: &knn,
+                marks: &[],
             },
             crate::plot::Series {
                 title: "linear top-1 (%) by run",
                 x_label: "run",
                 points: &lin,
+                marks: &[],
             },
             crate::plot::Series {
                 title: "projection spread std*sqrt(d)",
                 x_label: "run",
                 points: &spread,
+                marks: &[],
             },
         ],
     )?;

@@ -11,11 +11,13 @@ const MARGIN_R: u32 = 16;
 const MARGIN_T: u32 = 28;
 const MARGIN_B: u32 = 32;
 
-/// One panel: a title and a series of (x, y) points.
+/// One panel: a title, a series of (x, y) points joined by lines, and points marked alone
+/// (crosses, in another colour; the title says what they are).
 pub struct Series<'a> {
     pub title: &'a str,
     pub x_label: &'a str,
     pub points: &'a [(f64, f64)],
+    pub marks: &'a [(f64, f64)],
 }
 
 struct Canvas {
@@ -83,28 +85,27 @@ fn fmt(v: f64) -> String {
 }
 
 fn panel(c: &mut Canvas, ox: u32, oy: u32, s: &Series) {
-    let (black, grey, blue) = ([0, 0, 0], [200, 200, 200], [31, 90, 180]);
+    let (black, grey, blue, orange) = ([0, 0, 0], [200, 200, 200], [31, 90, 180], [230, 120, 20]);
     let (x0, y0) = ((ox + MARGIN_L) as i64, (oy + MARGIN_T) as i64);
     let (x1, y1) = (
         (ox + PANEL_W - MARGIN_R) as i64,
         (oy + PANEL_H - MARGIN_B) as i64,
     );
     c.text(x0, oy as i64 + 8, s.title, black);
-    let finite: Vec<(f64, f64)> = s
-        .points
-        .iter()
-        .copied()
-        .filter(|(x, y)| x.is_finite() && y.is_finite())
-        .collect();
+    let is_finite = |&(x, y): &(f64, f64)| x.is_finite() && y.is_finite();
+    let finite: Vec<(f64, f64)> = s.points.iter().copied().filter(is_finite).collect();
+    let marks: Vec<(f64, f64)> = s.marks.iter().copied().filter(is_finite).collect();
     if finite.is_empty() {
         c.text(x0 + 8, (y0 + y1) / 2, "no data", grey);
         return;
     }
     let (xmin, xmax) = finite
         .iter()
+        .chain(&marks)
         .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
     let (mut ymin, mut ymax) = finite
         .iter()
+        .chain(&marks)
         .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
     if ymax - ymin < 1e-12 {
         (ymin, ymax) = (ymin - 0.5, ymax + 0.5);
@@ -142,6 +143,11 @@ fn panel(c: &mut Canvas, ox: u32, oy: u32, s: &Series) {
         }
         prev = Some(p);
     }
+    for &(x, y) in &marks {
+        let (px, py) = (xs(x), ys(y));
+        c.line((px - 4, py - 4), (px + 4, py + 4), orange);
+        c.line((px - 4, py + 4), (px + 4, py - 4), orange);
+    }
 }
 
 /// Writes the panels side by side in a grid two panels wide, as a PNG.
@@ -172,6 +178,8 @@ pub fn plot(path: &Path, series: &[Series]) -> Result<()> {
 pub fn plot_metrics(metrics: &Path, out: &Path) -> Result<()> {
     let text = std::fs::read_to_string(metrics).map_err(|e| Error::io(metrics, e))?;
     let (mut loss, mut knn, mut lr, mut tau) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // The untrained encoder read with the data's BatchNorm statistics (`eval::batchnorm`).
+    let mut knn_data_bn = Vec::new();
     for line in text.lines() {
         let v: serde_json::Value = serde_json::from_str(line).map_err(|e| Error::Data {
             path: metrics.into(),
@@ -185,10 +193,13 @@ pub fn plot_metrics(metrics: &Path, out: &Path) -> Result<()> {
                 lr.push((s, f("lr").unwrap_or(f64::NAN)));
                 tau.push((s, f("tau").unwrap_or(f64::NAN)));
             }
-            Some("epoch") => knn.push((
-                f("epoch").unwrap_or(0.0),
-                100.0 * f("knn_top1").unwrap_or(f64::NAN),
-            )),
+            Some("epoch") => {
+                let epoch = f("epoch").unwrap_or(0.0);
+                knn.push((epoch, 100.0 * f("knn_top1").unwrap_or(f64::NAN)));
+                if let Some(k) = f("knn_top1_data_bn") {
+                    knn_data_bn.push((epoch, 100.0 * k));
+                }
+            }
             _ => {}
         }
     }
@@ -199,21 +210,29 @@ pub fn plot_metrics(metrics: &Path, out: &Path) -> Result<()> {
                 title: "BYOL loss",
                 x_label: "step",
                 points: &loss,
+                marks: &[],
             },
             Series {
-                title: "kNN top-1 (%)",
+                title: if knn_data_bn.is_empty() {
+                    "kNN top-1 (%)"
+                } else {
+                    "kNN top-1 (%); x: init, data's BN stats"
+                },
                 x_label: "epoch",
                 points: &knn,
+                marks: &knn_data_bn,
             },
             Series {
                 title: "learning rate",
                 x_label: "step",
                 points: &lr,
+                marks: &[],
             },
             Series {
                 title: "target decay tau",
                 x_label: "step",
                 points: &tau,
+                marks: &[],
             },
         ],
     )
@@ -238,11 +257,13 @@ mod tests {
                     title: "sine",
                     x_label: "x",
                     points: &pts,
+                    marks: &[(10.0, 0.5)],
                 },
                 Series {
                     title: "empty",
                     x_label: "x",
                     points: &[],
+                    marks: &[],
                 },
             ],
         )
@@ -251,7 +272,12 @@ mod tests {
         assert_eq!(img.dimensions(), (2 * PANEL_W, PANEL_H));
         let blue = img.pixels().filter(|p| p.0 == [31, 90, 180]).count();
         let black = img.pixels().filter(|p| p.0 == [0, 0, 0]).count();
+        let orange = img.pixels().filter(|p| p.0 == [230, 120, 20]).count();
         assert!(blue > 300 && black > 500, "blue {blue}, black {black}");
+        assert!(
+            (10..=18).contains(&orange),
+            "one cross of two 9-pixel strokes: {orange}"
+        );
         assert!(!dir.join("p.png.tmp").exists(), "no temporary file left");
     }
 }
