@@ -133,6 +133,9 @@ enum EvalCommand {
         /// Where the encoder runs: cpu, cuda or cuda:N.
         #[arg(long, default_value = "cpu")]
         device: Device,
+        /// Also read the encoder with BatchNorm statistics of the data (the mean of its batch statistics over 4,096 clean training images) in place of its running statistics, as `train` reads the untrained encoder.
+        #[arg(long)]
+        data_batchnorm: bool,
     },
     /// Linear evaluation: a softmax classifier on the frozen encoder, lr swept over the paper's values.
     Linear {
@@ -292,8 +295,12 @@ fn main() -> ExitCode {
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let result = match cli.command {
         Command::Train(args) => train(&args, sub_matches(&matches, "train")),
-        Command::Eval(EvalCommand::Knn { checkpoint, device }) => {
-            on_device!(device, |be| eval_knn(&checkpoint, be))
+        Command::Eval(EvalCommand::Knn {
+            checkpoint,
+            device,
+            data_batchnorm,
+        }) => {
+            on_device!(device, |be| eval_knn(&checkpoint, data_batchnorm, be))
         }
         Command::Eval(EvalCommand::Linear {
             checkpoint,
@@ -593,7 +600,7 @@ fn open_run_on<B: Backend>(run: &Path, backend: B) -> Result<RunOn<B>, Error> {
     Ok((byol, state, cfg))
 }
 
-fn eval_knn<B: Backend>(path: &Path, backend: B) -> Result<(), Error> {
+fn eval_knn<B: Backend>(path: &Path, data_batchnorm: bool, backend: B) -> Result<(), Error> {
     let (byol, state, cfg) = open_run_on(path, backend)?;
     let (train, test) = host::train::load_data(&cfg)?;
     let aug = host::train::augmenter(&train, &cfg)?;
@@ -605,6 +612,17 @@ fn eval_knn<B: Backend>(path: &Path, backend: B) -> Result<(), Error> {
         100.0 * acc,
         test.len()
     );
+    if data_batchnorm {
+        let part = (0, cfg.optim.batch_size); // one process: rank 0 takes whole batches
+        let read =
+            host::train::knn_with_data_statistics(&byol, &state, &train, &test, &aug, &cfg, part)?;
+        if let Some(acc) = read {
+            println!(
+                "  with the data's BatchNorm statistics: {:.2}%",
+                100.0 * acc
+            );
+        }
+    }
     Ok(())
 }
 

@@ -1164,7 +1164,7 @@ const DATA_STATISTICS_IMAGES: usize = 4096;
 /// of a seeded order of the training images, this rank's `shard` of each. Every rank must
 /// call it (cross-replica BatchNorm joins them); the first alone gets the reading.
 #[allow(clippy::too_many_arguments)]
-fn knn_with_data_statistics<B: Backend>(
+pub fn knn_with_data_statistics<B: Backend>(
     byol: &Byol<B>,
     state: &crate::byol::ByolState<B>,
     train: &Dataset,

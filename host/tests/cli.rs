@@ -269,6 +269,34 @@ fn ablate_seed_should_reach_every_run_of_the_study() {
     }
 }
 
+/// `--stop-after-epochs 0` leaves the untrained checkpoint, and `eval knn --data-batchnorm` on
+/// it reads what the run read at initialisation, both ways.
+#[test]
+fn eval_knn_should_read_the_untrained_checkpoint_as_the_run_did() {
+    let run = dir("untrained");
+    let run_s = run.to_str().unwrap();
+    assert_succeeded(&train(&["--out", run_s, "--stop-after-epochs", "0"]));
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let first: serde_json::Value = serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
+    let pct = |k: &str| format!("{:.2}%", 100.0 * first[k].as_f64().unwrap());
+    let e = host(&["eval", "knn", run_s, "--data-batchnorm"]);
+    assert_succeeded(&e);
+    let text = String::from_utf8_lossy(&e.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(
+        lines[0].contains(&pct("knn_top1")),
+        "{text} against {first}"
+    );
+    assert!(
+        lines[1].contains(&format!(
+            "with the data's BatchNorm statistics: {}",
+            pct("knn_top1_data_bn")
+        )),
+        "{text} against {first}"
+    );
+}
+
 #[test]
 fn embed_should_write_what_the_knn_monitor_sees() {
     let (run, out) = (dir("embed-run"), dir("embed-out"));
