@@ -70,12 +70,13 @@ enum Command {
     ExportData {
         /// Where to write (safetensors: train.images, train.labels, test.images, test.labels).
         out: PathBuf,
+        /// The data of a configuration file (TOML, or a run's config.json: the very images
+        /// that run trained on); the data flags override it.
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// The data set (default: the embedded one, 5,000 training and 1,000 held-out images).
         #[command(flatten)]
         data: DataConfig,
-        /// The seed of the synthetic data set and of `--limit-*` subsets (as `train`'s).
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
     },
     /// Download CIFAR-10, CIFAR-100 or STL-10 (binary versions) from their official addresses, checksum-verified.
     Download {
@@ -95,6 +96,7 @@ enum Command {
     /// normalisation; or `recipe` (the official recipe, each element of the small one alone,
     /// and the small one). Writes <out>/<study>/results.md beside the paper's numbers.
     Ablate {
+        /// The study to run (one of the names above).
         study: String,
         /// Folder of the studies' runs; a rerun skips finished runs and resumes interrupted ones.
         #[arg(long, default_value = "runs/ablations")]
@@ -105,9 +107,10 @@ enum Command {
         /// Training images per run (synthetic data set).
         #[arg(long)]
         train_size: Option<usize>,
-        /// The data set of every run (default: the embedded one), and its files.
+        /// The data set of every run (default: the embedded one).
         #[arg(long)]
         dataset: Option<String>,
+        /// Folder of that data set's files (all but the embedded one).
         #[arg(long)]
         data_dir: Option<PathBuf>,
         /// Seed of every run (data order, augmentations, initialisation), or a list (`0,1,2,3,4`):
@@ -319,13 +322,17 @@ fn main() -> ExitCode {
             projections,
             &given_fields(&data, sub_matches(&matches, "embed")),
         ),
-        Command::ExportData { out, data, seed } => {
+        Command::ExportData { out, config, data } => {
             let given = given_fields(&data, sub_matches(&matches, "export-data"));
-            let data = host::train::overlay(&DataConfig::default(), &given)
-                .map_err(Error::InvalidArgument);
+            let base = match &config {
+                Some(path) => host::train::read_config(path).map(|file| file.train.data),
+                None => Ok(DataConfig::default()),
+            };
+            let data = base.and_then(|base| {
+                host::train::overlay(&base, &given).map_err(Error::InvalidArgument)
+            });
             let cfg = data.map(|data| TrainConfig {
                 data,
-                seed,
                 ..TrainConfig::default()
             });
             cfg.and_then(|cfg| cfg.validate().map(|()| cfg))
@@ -782,6 +789,25 @@ mod tests {
 
     fn config_of(args: &[&str]) -> (TrainConfig, PathBuf, Option<usize>) {
         try_config_of(args).unwrap()
+    }
+
+    /// `--help` is the reference of every flag: none may be listed without a sentence.
+    #[test]
+    fn every_flag_should_have_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+                if help.trim().is_empty() && !arg.is_hide_set() {
+                    missing.push(format!("{path} --{}", arg.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "host", &mut missing);
+        assert!(missing.is_empty(), "flags without help: {missing:?}");
     }
 
     #[test]

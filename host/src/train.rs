@@ -143,10 +143,13 @@ pub struct ModelConfig {
     /// Channels of the first stage (torchvision: 64).
     #[arg(long, default_value_t, hide_default_value = true)]
     pub width: usize,
+    /// Hidden units of the projector MLP (4096 in the paper).
     #[arg(long, default_value_t, hide_default_value = true)]
     pub projector_hidden: usize,
+    /// Output size of the projector, and so of the predictor (256 in the paper).
     #[arg(long, default_value_t, hide_default_value = true)]
     pub projection_dim: usize,
+    /// Hidden units of the predictor MLP (4096 in the paper).
     #[arg(long, default_value_t, hide_default_value = true)]
     pub predictor_hidden: usize,
     /// Linear layers of the projector (2 in the paper; 1 is a single Linear; the paper's
@@ -183,10 +186,13 @@ impl Default for ModelConfig {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, clap::Args)]
 #[serde(deny_unknown_fields, default)]
 pub struct OptimConfig {
+    /// Passes over the training images; the learning-rate and τ schedules span them.
     #[arg(long, default_value_t, hide_default_value = true)]
     pub epochs: usize,
+    /// Images per step, over all ranks of a data-parallel run (4096 in the paper).
     #[arg(long, default_value_t, hide_default_value = true)]
     pub batch_size: usize,
+    /// Epochs of linear learning-rate warm-up before the cosine decay (10 in the paper).
     #[arg(long, default_value_t, hide_default_value = true)]
     pub warmup_epochs: usize,
     /// lars (the paper's), sgd (momentum 0.9) or adamw (β₁ 0.9).
@@ -195,6 +201,7 @@ pub struct OptimConfig {
     /// Learning rate per 256 images (lr = base_lr · batch / 256).
     #[arg(long, default_value_t, hide_default_value = true)]
     pub base_lr: f64,
+    /// Weight decay of every weight but biases and BatchNorm's (1.5e-6 in the paper).
     #[arg(long, default_value_t, hide_default_value = true)]
     pub weight_decay: f64,
     /// Momentum of LARS and SGD, β₁ of AdamW (0.9 in the paper and the official code).

@@ -120,6 +120,15 @@ fn bad_input_should_get_one_sentence_naming_what_was_expected() {
             "/nonexistent/run",
         ),
         (&["plot", "/nonexistent/run"], "/nonexistent/run"),
+        (
+            &[
+                "export-data",
+                "/tmp/x.safetensors",
+                "--config",
+                "/nonexistent/c.json",
+            ],
+            "/nonexistent/c.json",
+        ),
         (&["ablate", "nothing"], "nothing"),
         (
             &["ablate", "tau", "--seed", "1,2,1"],
@@ -295,6 +304,51 @@ fn eval_knn_should_read_the_untrained_checkpoint_as_the_run_did() {
         )),
         "{text} against {first}"
     );
+}
+
+/// `export-data --config RUN/config.json` writes the very images and labels the run trained
+/// and evaluated on (here a stratified subset of each split), and a data flag still overrides
+/// the file.
+#[test]
+fn export_data_should_write_the_images_a_run_trained_on() {
+    let (run, out) = (dir("export-data-run"), dir("export-data-out"));
+    let run_s = run.to_str().unwrap();
+    let limits = ["--limit-train", "48", "--limit-test", "20"];
+    let stop = ["--out", run_s, "--stop-after-epochs", "0"];
+    assert_succeeded(&train(&[&limits[..], &stop[..]].concat()));
+    let config = run.join("config.json");
+    let cfg = host::train::read_config(&config).unwrap().train;
+    let (train_set, test_set) = host::train::load_data(&cfg).unwrap();
+    assert_eq!((train_set.len(), test_set.len()), (48, 20));
+
+    std::fs::create_dir_all(&out).unwrap();
+    let file = out.join("data.safetensors");
+    let args = ["export-data", file.to_str().unwrap(), "--config"];
+    assert_succeeded(&host(&[&args[..], &[config.to_str().unwrap()]].concat()));
+    let bytes = read(&file);
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let side = train_set.h;
+    assert_eq!(
+        st.tensor("train.images").unwrap().shape(),
+        [48, side, side, 3]
+    );
+    assert!(st.tensor("train.images").unwrap().data() == &train_set.images[..]);
+    assert!(st.tensor("test.images").unwrap().data() == &test_set.images[..]);
+    let labels: Vec<u16> = st
+        .tensor("test.labels")
+        .unwrap()
+        .data()
+        .chunks(2)
+        .map(|b| u16::from_le_bytes([b[0], b[1]]))
+        .collect();
+    assert_eq!(labels, test_set.labels);
+
+    let flag = [&args[..], &[config.to_str().unwrap(), "--limit-test", "10"]].concat();
+    assert_succeeded(&host(&flag));
+    let bytes = read(&file);
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(st.tensor("test.labels").unwrap().shape(), [10]);
+    assert_eq!(st.tensor("train.labels").unwrap().shape(), [48]);
 }
 
 #[test]

@@ -24,8 +24,12 @@ batch and epochs, scored with the same kNN protocol as `host train`'s monitor.
   up to 4,096 unaugmented training images in batches of `--batch` (PyTorch's cumulative
   average, `momentum=None`), in place of the placeholder mean 0, variance 1.
 
+- For scale, the same kNN on the pixels themselves (normalised by the training split's channel
+  statistics, as our encoder receives them): on 28-px grayscale images a strong baseline.
+
 Prints one JSON object: per-epoch kNN and cumulative training seconds of byol-pytorch, the
-kNN at initialisation (both readings), and the kNN of each `--ours` encoder.
+kNN at initialisation (both readings), the kNN of each `--ours` encoder (both readings) and
+of the pixels.
 
 Needs torch, torchvision, safetensors and byol-pytorch (0.9.1 measured; installed by hand,
 CI never runs this):
@@ -112,6 +116,9 @@ def main():
 
     mean = x.mean(dim=(0, 2, 3)).view(1, 3, 1, 1)
     std = x.std(dim=(0, 2, 3), unbiased=False).view(1, 3, 1, 1)
+    # For scale: the same kNN on the pixels themselves, as our encoder receives them.
+    result["pixels_knn_top1"] = knn_top1(((x[labelled] - mean) / std).flatten(1), y[labelled],
+                                         ((tx - mean) / std).flatten(1), ty, classes)
     ours, ours_data_bn = {}, {}
     for path in a.ours:
         net = Encoder("resnet18", "cifar", a.width)

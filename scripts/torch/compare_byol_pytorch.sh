@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
-# Ours beside byol-pytorch on one data set, same encoder, batch, epochs and kNN protocol.
+# Ours beside byol-pytorch on one data set: same images, encoder, batch, epochs, seed, threads
+# and kNN protocol.
 #
 #   scripts/torch/compare_byol_pytorch.sh OUT [host train flags: --dataset mnist --data-dir DIR …]
 #
-# 1. `host export-data` writes the data set's exact pixels and splits to OUT/data.safetensors;
-# 2. `host train` (release build, the given flags, 10 epochs unless told) writes OUT/ours/;
+# 1. `host train` (release build, the given flags) writes OUT/ours/;
+# 2. `host export-data --config OUT/ours/config.json` writes the very pixels and splits that
+#    run trained and was scored on (however its data was given: flags, --config, --limit-*);
 # 3. `host export` writes our trained online encoder under torchvision's names;
-# 4. byol_pytorch_reference.py trains byol-pytorch with its defaults for the same epochs and
-#    batch, scores both encoders with the same kNN, and writes OUT/reference.json.
+# 4. byol_pytorch_reference.py trains byol-pytorch with its defaults for the run's epochs,
+#    batch, width, seed and threads, scores both encoders with the same kNN, and writes
+#    OUT/reference.json;
+# 5. the last lines compare the two: kNN at initialisation (BatchNorm's placeholder statistics
+#    and the data's), trained, the gains over each, ours against byol-pytorch at equal epochs
+#    and at equal training time, and the pixels' own kNN for scale. OUT/comparison.txt keeps them.
 # Needs torch, torchvision, safetensors and byol-pytorch in python3 (see that script).
 set -euo pipefail
 out=$1; shift
@@ -16,24 +22,45 @@ mkdir -p "$out"
 out="$(cd "$out" && pwd)"
 cargo build --release -q -p host --manifest-path "$root/Cargo.toml"
 host="$root/target/release/host"
-# The data flags go to export-data too; other flags only to train.
-data=()
-args=("$@")
-for ((i = 0; i < ${#args[@]}; i++)); do
-  case "${args[$i]}" in
-    --dataset|--data-dir|--image-size|--train-size|--test-size|--seed)
-      data+=("${args[$i]}" "${args[$((i + 1))]}"); i=$((i + 1));;
-  esac
-done
-"$host" export-data "$out/data.safetensors" "${data[@]}"
-start=$(date +%s)
 "$host" train --out "$out/ours" "$@" 2>&1 | grep --line-buffered -v '^epoch [0-9]*/[0-9]* \[' | tee "$out/ours.log"
-echo "ours: $(( $(date +%s) - start )) s wall" | tee -a "$out/ours.log"
+"$host" export-data "$out/data.safetensors" --config "$out/ours/config.json"
 "$host" export "$out/ours/checkpoint.safetensors" "$out/ours-encoder.safetensors"
-epochs=$(python3 -c "import json; print(json.load(open('$out/ours/config.json'))['optim']['epochs'])")
-batch=$(python3 -c "import json; print(json.load(open('$out/ours/config.json'))['optim']['batch_size'])")
-width=$(python3 -c "import json; print(json.load(open('$out/ours/config.json'))['model']['width'])")
+field() { python3 -c "import json; c = json.load(open('$out/ours/config.json')); print($1)"; }
 cd "$root/scripts/torch"
-python3 byol_pytorch_reference.py --data "$out/data.safetensors" --epochs "$epochs" --batch "$batch" \
-  --width "$width" --ours "$out/ours-encoder.safetensors" > "$out/reference.json"
-cat "$out/reference.json"
+python3 byol_pytorch_reference.py --data "$out/data.safetensors" \
+  --epochs "$(field "c['optim']['epochs']")" --batch "$(field "c['optim']['batch_size']")" \
+  --width "$(field "c['model']['width']")" --seed "$(field "c['seed']")" \
+  --threads "$(field "c['run']['threads']")" \
+  --ours "$out/ours-encoder.safetensors" > "$out/reference.json"
+python3 - "$out" <<'EOF' | tee "$out/comparison.txt"
+import json, sys
+out = sys.argv[1]
+records = [json.loads(line) for line in open(f"{out}/ours/metrics.jsonl")]
+epochs = [r for r in records if r["kind"] == "epoch"]
+ref = json.load(open(f"{out}/reference.json"))
+theirs = ref["byol_pytorch"]
+pct = lambda v: f"{100 * v:5.1f}"
+gain = lambda a, b: f"{100 * (a - b):+5.1f}"
+rows = [("ours", epochs[0]["knn_top1"], epochs[0]["knn_top1_data_bn"], epochs[-1]["knn_top1"]),
+        ("byol-pytorch", ref["byol_pytorch_knn_init"], ref["byol_pytorch_knn_init_data_bn"],
+         theirs[-1]["knn_top1"])]
+print(f"kNN top-1 (%) after {len(theirs)} epochs; initialisation read with BatchNorm's "
+      "placeholder statistics / the data's")
+print(f"{'':14} {'init':>13}  {'trained':>7}  {'gain over each':>14}")
+for name, init, init_bn, trained in rows:
+    print(f"{name:14} {pct(init)} / {pct(init_bn)}  {pct(trained):>7}  "
+          f"{gain(trained, init)} / {gain(trained, init_bn)}")
+print(f"ours − byol-pytorch at equal epochs: {gain(rows[0][3], rows[1][3]).strip()}")
+# Equal training time: our last epoch finished within byol-pytorch's whole training time.
+budget, elapsed, reached = theirs[-1]["train_seconds"], 0.0, None
+for e in epochs[1:]:
+    elapsed += e["seconds"]
+    if elapsed <= budget:
+        reached = e
+if reached:
+    print(f"ours at byol-pytorch's {budget:.0f} s of training: epoch {reached['epoch']}, "
+          f"{pct(reached['knn_top1']).strip()}")
+else:
+    print(f"ours finished no epoch within byol-pytorch's {budget:.0f} s of training")
+print(f"for scale, kNN on the pixels: {pct(ref['pixels_knn_top1']).strip()}")
+EOF
