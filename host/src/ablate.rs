@@ -21,14 +21,27 @@ pub struct StudyRun {
     pub paper: &'static str,
 }
 
-/// What a finished run reports (its `result.json`).
+/// What a finished run reports (its `result.json`). A diverged run has no figures: they are
+/// NaN here and `null` in the file (JSON has no NaN), and `diverged_at_step` says when.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct RunResult {
     pub label: String,
+    #[serde(deserialize_with = "nan_if_null")]
     pub knn_top1: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub linear_top1: f64,
     pub collapsed_at_epoch: Option<usize>,
+    #[serde(deserialize_with = "nan_if_null")]
     pub projection_spread: f64,
+    /// The step whose loss was not finite (the files of earlier versions lack the field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diverged_at_step: Option<u64>,
+}
+
+/// Reads back the `null` that serde_json writes for NaN, so a finished diverged run is
+/// skipped on a rerun instead of trained again.
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// The studies [`study`] knows.
@@ -321,13 +334,14 @@ pub fn run_one(r: &StudyRun, dir: &Path, progress: bool, device: Device) -> Resu
         },
     ) {
         Ok(s) => s,
-        Err(Error::Diverged { .. }) => {
+        Err(Error::Diverged { step, .. }) => {
             let diverged = RunResult {
                 label: r.label.clone(),
                 knn_top1: f64::NAN,
                 linear_top1: f64::NAN,
                 collapsed_at_epoch: None,
                 projection_spread: f64::NAN,
+                diverged_at_step: Some(step),
             };
             write_result(&result_path, &diverged)?;
             return Ok(diverged);
@@ -344,6 +358,7 @@ pub fn run_one(r: &StudyRun, dir: &Path, progress: bool, device: Device) -> Resu
         projection_spread: last.map_or(f64::NAN, |e| {
             e.collapse.projection_std / e.collapse.healthy_std
         }),
+        diverged_at_step: None,
     };
     write_result(&result_path, &result)?;
     Ok(result)
@@ -482,13 +497,17 @@ pub fn table(name: &str, runs: &[StudyRun], results: &[Vec<RunResult>], seeds: &
             .iter()
             .zip(seeds)
             .filter_map(|(x, s)| {
-                x.collapsed_at_epoch.map(|e| {
-                    if several {
-                        format!("seed {s} from epoch {e}")
-                    } else {
-                        format!("yes, from epoch {e}")
-                    }
-                })
+                let seed = if several {
+                    format!("seed {s} ")
+                } else {
+                    String::new()
+                };
+                match (x.diverged_at_step, x.collapsed_at_epoch) {
+                    (Some(step), _) => Some(format!("{seed}diverged at step {step}")),
+                    (None, Some(e)) if several => Some(format!("{seed}from epoch {e}")),
+                    (None, Some(e)) => Some(format!("yes, from epoch {e}")),
+                    (None, None) => None,
+                }
             })
             .collect();
         let knn = column(res, |r| r.knn_top1);
@@ -503,8 +522,13 @@ pub fn table(name: &str, runs: &[StudyRun], results: &[Vec<RunResult>], seeds: &
             t += &format!(" {} |", paired_difference(&knn, &first_knn));
         }
         let spread = mean_sd(&column(res, |r| r.projection_spread)).0;
+        let spread = if spread.is_nan() {
+            "—".to_string()
+        } else {
+            format!("{spread:.3}")
+        };
         t += &format!(
-            " {spread:.3} | {} |\n",
+            " {spread} | {} |\n",
             if collapsed.is_empty() {
                 "no".to_string()
             } else {
@@ -659,6 +683,7 @@ mod tests {
             linear_top1: knn + 0.1,
             collapsed_at_epoch: None,
             projection_spread: 0.8,
+            diverged_at_step: None,
         };
         let results = vec![
             [0.5, 0.3, 0.4].map(result).to_vec(),
@@ -680,6 +705,55 @@ mod tests {
         );
         assert!(one.contains("| 50.0 | 60.0 | 0.800 | no |"), "{one}");
         assert!(!one.contains("paired"), "{one}");
+    }
+
+    /// A diverged run reads back from its `result.json` (so a rerun skips it), and its row
+    /// says when it diverged instead of printing NaN.
+    #[test]
+    fn a_diverged_run_should_be_kept_and_shown_as_diverged() {
+        let diverged = RunResult {
+            label: "none".into(),
+            knn_top1: f64::NAN,
+            linear_top1: f64::NAN,
+            collapsed_at_epoch: None,
+            projection_spread: f64::NAN,
+            diverged_at_step: Some(57),
+        };
+        let path = std::env::temp_dir().join(format!("byol-diverged-{}.json", std::process::id()));
+        write_result(&path, &diverged).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        let back: RunResult = serde_json::from_str(&text).unwrap();
+        assert!(
+            back.knn_top1.is_nan() && back.linear_top1.is_nan() && back.projection_spread.is_nan()
+        );
+        assert_eq!(
+            (back.label.as_str(), back.diverged_at_step),
+            ("none", Some(57))
+        );
+        // A result of an earlier version (no step recorded) still reads.
+        let old = r#"{"label":"x","knn_top1":null,"linear_top1":null,"collapsed_at_epoch":null,"projection_spread":null}"#;
+        assert_eq!(
+            serde_json::from_str::<RunResult>(old)
+                .unwrap()
+                .diverged_at_step,
+            None
+        );
+
+        let runs = study("normalisation", &base()).unwrap()[..1].to_vec();
+        let t = table("normalisation", &runs, &[vec![diverged.clone()]], &[0]);
+        assert!(
+            t.contains("| diverged | diverged | — | diverged at step 57 |"),
+            "{t}"
+        );
+        assert!(!t.contains("NaN"), "{t}");
+        let finished = RunResult {
+            diverged_at_step: None,
+            knn_top1: 0.5,
+            ..diverged.clone()
+        };
+        let t = table("normalisation", &runs, &[vec![finished, diverged]], &[0, 1]);
+        assert!(t.contains("seed 1 diverged at step 57"), "{t}");
     }
 
     #[test]
