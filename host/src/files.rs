@@ -58,7 +58,23 @@ pub fn write_safetensors(
         path: path.into(),
         reason: format!("cannot serialise as safetensors ({e})"),
     })?;
-    write_atomic(path, &bytes)
+    write_atomic(path, &sorted_header(bytes))
+}
+
+/// The same file with its JSON header's keys sorted. safetensors writes the metadata map in
+/// hash order, which differs from one process to the next, so the same export written twice
+/// could differ in its bytes. serde_json's map is ordered, and the JSON is the same text in
+/// another order, so the header keeps its length (padded with spaces, as safetensors pads it)
+/// and the data offsets stay valid.
+fn sorted_header(mut bytes: Vec<u8>) -> Vec<u8> {
+    let n = u64::from_le_bytes(bytes[..8].try_into().expect("an 8-byte length")) as usize;
+    let header: serde_json::Value =
+        serde_json::from_slice(&bytes[8..8 + n]).expect("safetensors writes a JSON header");
+    let sorted = serde_json::to_vec(&header).expect("JSON serialises");
+    assert!(sorted.len() <= n, "the same JSON in another order");
+    bytes[8..8 + sorted.len()].copy_from_slice(&sorted);
+    bytes[8 + sorted.len()..8 + n].fill(b' ');
+    bytes
 }
 
 /// Writes one tensor as a NumPy `.npy` file (format 1.0: magic, a header dict padded to a
@@ -111,6 +127,45 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each HashMap draws its own hash keys, so without the sorted header these writes
+    /// of four metadata entries come out in several orders.
+    #[test]
+    fn the_same_safetensors_content_should_give_the_same_bytes() {
+        let dir = std::env::temp_dir().join(format!("byol-files-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |i: usize| {
+            let meta = HashMap::from(
+                ["dataset", "classes", "checkpoint", "format"]
+                    .map(|k| (k.to_string(), format!("{k}-é"))),
+            );
+            let tensors = [
+                Tensor::f32("b.weight", vec![2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]),
+                Tensor::u8("a.images", vec![3], &[7, 8, 9]),
+                Tensor::u16("c.labels", vec![1], &[65535]),
+            ];
+            let path = dir.join(format!("{i}.safetensors"));
+            write_safetensors(&path, &tensors, meta).unwrap();
+            std::fs::read(path).unwrap()
+        };
+        let first = write(0);
+        for i in 1..16 {
+            assert!(write(i) == first, "write {i} differs from the first");
+        }
+        let st = safetensors::SafeTensors::deserialize(&first).unwrap();
+        assert_eq!(st.tensor("a.images").unwrap().data(), &[7, 8, 9]);
+        assert_eq!(st.tensor("c.labels").unwrap().data(), &[255, 255]);
+        let b = st.tensor("b.weight").unwrap();
+        assert_eq!(
+            (b.shape(), &b.data()[20..24]),
+            (&[2, 3][..], &6f32.to_le_bytes()[..])
+        );
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&first).unwrap();
+        let meta = meta.metadata().clone().unwrap();
+        assert_eq!(meta.len(), 4);
+        assert_eq!(meta["classes"], "classes-é");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn npy_files_should_have_numpys_header_and_c_order_data() {

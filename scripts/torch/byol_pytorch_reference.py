@@ -24,6 +24,9 @@ batch and epochs, scored with the same kNN protocol as `host train`'s monitor.
   up to 4,096 unaugmented training images in batches of `--batch` (PyTorch's cumulative
   average, `momentum=None`), in place of the placeholder mean 0, variance 1.
 
+- `--seed` fixes byol-pytorch's run bit for bit (same thread count): torch's generator and
+  Python's `random`, from which byol-pytorch's RandomApply draws (runs before 2026-11-29
+  left it unseeded, so their byol-pytorch figures also varied with it).
 - For scale, the same kNN on the pixels themselves (normalised by the training split's channel
   statistics, as our encoder receives them): on 28-px grayscale images a strong baseline.
 
@@ -38,6 +41,7 @@ CI never runs this):
 """
 import argparse
 import json
+import random
 import sys
 import time
 
@@ -134,6 +138,11 @@ def main():
     result["ours_knn_top1_data_bn"] = ours_data_bn
 
     from byol_pytorch import BYOL
+    # Seeded here, after the `--ours` encoders drew from torch's generator, so that
+    # byol-pytorch's run does not depend on them; its RandomApply (colour jitter, blur) draws
+    # from Python's `random`, which torch.manual_seed leaves alone.
+    torch.manual_seed(a.seed)
+    random.seed(a.seed)
     net = Encoder("resnet18", "cifar", a.width)
     learner = BYOL(net, image_size=x.shape[-1], hidden_layer=-1)
     opt = torch.optim.Adam(learner.parameters(), lr=a.lr)
