@@ -163,6 +163,15 @@ fn bad_input_should_get_one_sentence_naming_what_was_expected() {
     }
 }
 
+/// A U16 tensor of a safetensors file (labels), as values.
+fn u16s(st: &safetensors::SafeTensors, name: &str) -> Vec<u16> {
+    let t = st.tensor(name).unwrap();
+    t.data()
+        .chunks(2)
+        .map(|b| u16::from_le_bytes(b.try_into().unwrap()))
+        .collect()
+}
+
 fn read(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
@@ -334,14 +343,7 @@ fn export_data_should_write_the_images_a_run_trained_on() {
     );
     assert!(st.tensor("train.images").unwrap().data() == &train_set.images[..]);
     assert!(st.tensor("test.images").unwrap().data() == &test_set.images[..]);
-    let labels: Vec<u16> = st
-        .tensor("test.labels")
-        .unwrap()
-        .data()
-        .chunks(2)
-        .map(|b| u16::from_le_bytes([b[0], b[1]]))
-        .collect();
-    assert_eq!(labels, test_set.labels);
+    assert_eq!(u16s(&st, "test.labels"), test_set.labels);
 
     let flag = [&args[..], &[config.to_str().unwrap(), "--limit-test", "10"]].concat();
     assert_succeeded(&host(&flag));
@@ -389,13 +391,6 @@ fn embed_should_write_what_the_knn_monitor_sees() {
             .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
             .collect()
     };
-    let u16s = |name: &str| -> Vec<u16> {
-        let t = st.tensor(name).unwrap();
-        t.data()
-            .chunks(2)
-            .map(|b| u16::from_le_bytes(b.try_into().unwrap()))
-            .collect()
-    };
     let dim = byol.encoder.repr_dim();
     assert_eq!(
         st.tensor("train.representations").unwrap().shape(),
@@ -403,7 +398,7 @@ fn embed_should_write_what_the_knn_monitor_sees() {
     );
     assert_eq!(st.tensor("test.projections").unwrap().shape(), [32, 32]);
     let (bank, queries) = (f32s("train.representations"), f32s("test.representations"));
-    let (bank_labels, query_labels) = (u16s("train.labels"), u16s("test.labels"));
+    let (bank_labels, query_labels) = (u16s(&st, "train.labels"), u16s(&st, "test.labels"));
     assert_eq!(
         (bank_labels.as_slice(), query_labels.as_slice()),
         (&train_set.labels[..], &test_set.labels[..])
