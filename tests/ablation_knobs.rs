@@ -5,8 +5,9 @@
 use host::byol::{
     Byol, ByolConfig, LrMultipliers, Normalisation, Objective, Optimizer, PredictorKind,
 };
+use host::config::TrainConfig;
 use host::nn::{Arch, ResNetConfig, Stem};
-use host::train::{train, RunOptions, TrainConfig};
+use host::train::{train, RunOptions};
 use rand::{Rng, SeedableRng};
 
 fn tiny_config() -> ByolConfig {

@@ -1,7 +1,8 @@
 //! Training runs end to end on a tiny configuration: reproducibility, resuming, checkpoints
 //! and export, bad input, divergence.
 
-use host::train::{train, RunOptions, TrainConfig};
+use host::config::TrainConfig;
+use host::train::{train, RunOptions};
 use host::Error;
 use std::path::{Path, PathBuf};
 
@@ -507,7 +508,7 @@ fn toml_configs_should_fill_defaults_and_refuse_unknown_fields() {
         "[optim]\nepochs = 3\ntau_base = 0.99\n[model]\nwidth = 8\n[run]\nout = \"somewhere\"\nthreads = 2\n",
     )
     .unwrap();
-    let file = host::train::read_config(&path).unwrap();
+    let file = host::config::read_config(&path).unwrap();
     assert_eq!(
         (
             file.train.optim.epochs,
@@ -526,18 +527,18 @@ fn toml_configs_should_fill_defaults_and_refuse_unknown_fields() {
         (Some(PathBuf::from("somewhere")), Some(2))
     );
     std::fs::write(&path, "[optim]\nepoch = 3\n").unwrap();
-    let e = host::train::read_config(&path).unwrap_err().to_string();
+    let e = host::config::read_config(&path).unwrap_err().to_string();
     assert!(
         e.contains("run.toml") && e.contains("unknown field `epoch`"),
         "{e}"
     );
     std::fs::write(&path, "[run]\nthreads = 0\n").unwrap();
-    assert!(host::train::read_config(&path)
+    assert!(host::config::read_config(&path)
         .unwrap_err()
         .to_string()
         .contains("run.threads must be a positive integer"));
     std::fs::write(&path, "[model]\nwidth = \"wide\"\n").unwrap();
-    assert!(host::train::read_config(&path).is_err());
+    assert!(host::config::read_config(&path).is_err());
 }
 
 #[test]

@@ -7,9 +7,10 @@
 
 use crate::backend::Device;
 use crate::byol::schedule::PRESETS;
+use crate::config::TrainConfig;
 use crate::error::{Error, Result};
 use crate::recipe::{imagenet, SMALL};
-use crate::train::{self, RunOptions, TrainConfig};
+use crate::train::{self, RunOptions};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 

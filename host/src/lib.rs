@@ -6,12 +6,14 @@
 //! - [`dist`]: the collectives of a data-parallel run (one process, threads, MPI);
 //! - [`data`]: data sets, their readers and downloads, the augmentations;
 //! - [`eval`]: kNN monitor, collapse diagnostics, linear evaluation;
+//! - [`config`] and [`recipe`]: what defines a run, and its starting values;
 //! - [`train`], [`checkpoint`], [`plot`], [`ablate`], [`files`]: runs, their files, studies.
 
 pub mod ablate;
 pub mod backend;
 pub mod byol;
 pub mod checkpoint;
+pub mod config;
 pub mod cpu;
 pub mod data;
 pub mod dist;

@@ -2,7 +2,8 @@
 
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use host::backend::Device;
-use host::train::{given_fields, DataConfig, RunOptions, TrainConfig};
+use host::config::{given_fields, DataConfig, TrainConfig};
+use host::train::RunOptions;
 use host::{checkpoint, Backend, Error};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -210,8 +211,8 @@ impl TrainArgs {
             return self.resumed(run, &given);
         }
         let file = match &self.config {
-            Some(path) => host::train::read_config(path)?,
-            None => host::train::ConfigFile::default(),
+            Some(path) => host::config::read_config(path)?,
+            None => host::config::ConfigFile::default(),
         };
         let out = self
             .out
@@ -236,13 +237,13 @@ impl TrainArgs {
             // Which data decides the recipe: the flags', else the file's.
             (None, false) if given_data(&given, "dataset") || given_data(&given, "image_size") => {
                 let probe = over_flags(&file.train, &given)?;
-                Some(host::train::recipe_of(&file.table, &probe)?)
+                Some(host::config::recipe_of(&file.table, &probe)?)
             }
             (None, false) => None,
         };
         let c = match recipe {
             None => file.train.clone(),
-            Some(r) => host::train::over_recipe(&file.table, Some(r))
+            Some(r) => host::config::over_recipe(&file.table, Some(r))
                 .map_err(|e| Error::InvalidArgument(format!("configuration file: {e}")))?,
         };
         Ok((over_flags(&c, &given)?, out, threads))
@@ -262,13 +263,13 @@ impl TrainArgs {
                     .into(),
             ));
         }
-        let checkpoint = host::train::checkpoint_path(run);
-        let saved = host::train::saved_config(&checkpoint)?;
+        let checkpoint = host::config::checkpoint_path(run);
+        let saved = host::config::saved_config(&checkpoint)?;
         let dir = checkpoint.parent().filter(|d| !d.as_os_str().is_empty());
         let dir = dir.unwrap_or(Path::new("."));
         let out = self.out.clone().unwrap_or_else(|| dir.to_path_buf());
         // The run's own thread count, so that it continues bit for bit.
-        let threads = self.threads.or_else(|| host::train::saved_threads(dir));
+        let threads = self.threads.or_else(|| host::config::saved_threads(dir));
         Ok((over_flags(&saved, given)?, out, threads))
     }
 }
@@ -281,7 +282,7 @@ fn given_data(given: &toml::Table, field: &str) -> bool {
 
 /// `c` with the fields given as flags set.
 fn over_flags(c: &TrainConfig, given: &toml::Table) -> Result<TrainConfig, Error> {
-    host::train::overlay(c, given).map_err(Error::InvalidArgument)
+    host::config::overlay(c, given).map_err(Error::InvalidArgument)
 }
 
 /// The matches of subcommand `name` (the one being run).
@@ -325,11 +326,11 @@ fn main() -> ExitCode {
         Command::ExportData { out, config, data } => {
             let given = given_fields(&data, sub_matches(&matches, "export-data"));
             let base = match &config {
-                Some(path) => host::train::read_config(path).map(|file| file.train.data),
+                Some(path) => host::config::read_config(path).map(|file| file.train.data),
                 None => Ok(DataConfig::default()),
             };
             let data = base.and_then(|base| {
-                host::train::overlay(&base, &given).map_err(Error::InvalidArgument)
+                host::config::overlay(&base, &given).map_err(Error::InvalidArgument)
             });
             let cfg = data.map(|data| TrainConfig {
                 data,
@@ -455,7 +456,7 @@ fn train(args: &TrainArgs, matches: &ArgMatches) -> Result<(), Error> {
     }
     let opts = RunOptions {
         out: out.clone(),
-        resume: args.resume.as_deref().map(host::train::checkpoint_path),
+        resume: args.resume.as_deref().map(host::config::checkpoint_path),
         stop_after_epochs: args.stop_after_epochs,
         progress: true,
         replicas,
@@ -590,8 +591,8 @@ fn run_training(cfg: &TrainConfig, out: &Path, opts: &RunOptions) -> Result<(), 
 
 /// A checkpoint's networks, state, configuration and data.
 fn open_run(run: &Path) -> Result<(host::byol::Byol, host::byol::ByolState, TrainConfig), Error> {
-    let path = &host::train::checkpoint_path(run);
-    let cfg = host::train::saved_config(path)?;
+    let path = &host::config::checkpoint_path(run);
+    let cfg = host::config::saved_config(path)?;
     let byol = host::byol::Byol::new(cfg.byol_config()?)?;
     let (state, _) = checkpoint::load(path, &byol)?;
     Ok((byol, state, cfg))
@@ -691,7 +692,7 @@ fn embed(run: &Path, out: &Path, projections: bool, data_flags: &toml::Table) ->
     let (pretraining, held_out) = host::train::load_data(&cfg)?;
     let aug = host::train::augmenter(&pretraining, &cfg)?;
     let data = TrainConfig {
-        data: host::train::overlay(&cfg.data, data_flags).map_err(Error::InvalidArgument)?,
+        data: host::config::overlay(&cfg.data, data_flags).map_err(Error::InvalidArgument)?,
         ..cfg.clone()
     };
     let (train, test) = if data == cfg {

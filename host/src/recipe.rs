@@ -11,8 +11,8 @@
 //! `--recipe` or `--preset` says otherwise; every field can still be set on its own.
 
 use crate::byol::schedule::{preset, Preset, PRESETS};
+use crate::config::TrainConfig;
 use crate::error::{Error, Result};
-use crate::train::TrainConfig;
 
 /// The hyper-parameters a recipe sets; everything else in [`TrainConfig`] is left alone.
 #[derive(Clone, Copy, Debug, PartialEq)]

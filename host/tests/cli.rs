@@ -326,7 +326,7 @@ fn export_data_should_write_the_images_a_run_trained_on() {
     let stop = ["--out", run_s, "--stop-after-epochs", "0"];
     assert_succeeded(&train(&[&limits[..], &stop[..]].concat()));
     let config = run.join("config.json");
-    let cfg = host::train::read_config(&config).unwrap().train;
+    let cfg = host::config::read_config(&config).unwrap().train;
     let (train_set, test_set) = host::train::load_data(&cfg).unwrap();
     assert_eq!((train_set.len(), test_set.len()), (48, 20));
 
@@ -374,8 +374,8 @@ fn embed_should_write_what_the_knn_monitor_sees() {
     }
 
     // The monitor's view of the same checkpoint, through the library.
-    let ckpt = host::train::checkpoint_path(&run);
-    let cfg = host::train::saved_config(&ckpt).unwrap();
+    let ckpt = host::config::checkpoint_path(&run);
+    let cfg = host::config::saved_config(&ckpt).unwrap();
     let byol = host::byol::Byol::new(cfg.byol_config().unwrap()).unwrap();
     let (state, _) = host::checkpoint::load(&ckpt, &byol).unwrap();
     let (train_set, test_set) = host::train::load_data(&cfg).unwrap();
@@ -456,8 +456,8 @@ fn configs() -> PathBuf {
 fn recipe_files_should_be_exactly_the_recipes() {
     for name in host::recipe::RECIPES {
         let path = configs().join(format!("{name}.toml"));
-        let file = host::train::read_config(&path).unwrap();
-        let mut expected = host::train::TrainConfig::default();
+        let file = host::config::read_config(&path).unwrap();
+        let mut expected = host::config::TrainConfig::default();
         host::recipe::named(name).unwrap().apply(&mut expected);
         assert_eq!(file.train, expected, "{}", path.display());
     }
@@ -476,7 +476,7 @@ fn every_config_file_should_be_valid() {
     }
     assert!(files.len() >= 9, "{files:?}");
     for path in files {
-        let file = host::train::read_config(&path).unwrap_or_else(|e| panic!("{e}"));
+        let file = host::config::read_config(&path).unwrap_or_else(|e| panic!("{e}"));
         file.train
             .validate()
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));

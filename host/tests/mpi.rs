@@ -76,8 +76,8 @@ fn first_reading(run: &Path) -> serde_json::Value {
 }
 
 fn online(run: &Path) -> (Vec<f32>, Vec<f32>) {
-    let ckpt = host::train::checkpoint_path(run);
-    let cfg = host::train::saved_config(&ckpt).unwrap();
+    let ckpt = host::config::checkpoint_path(run);
+    let cfg = host::config::saved_config(&ckpt).unwrap();
     let byol = host::byol::Byol::new(cfg.byol_config().unwrap()).unwrap();
     let (state, _) = host::checkpoint::load(&ckpt, &byol).unwrap();
     (state.online, state.online_running)
