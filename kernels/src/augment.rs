@@ -5,7 +5,7 @@
 //! per-image stream whichever device then applies it; the functions here are deterministic.
 //!
 //! Layouts: source images `[h, w, 3]` u8; working and output images `[size, size, 3]` f32,
-//! in `[0, 1]` until [`normalise`]. Definitions are torchvision's (bicubic with A = −0.75 and
+//! in `[0, 1]` until [`finish_value`] normalises them. Definitions are torchvision's (bicubic with A = −0.75 and
 //! half-pixel centres, blend-based jitter with clamping, ITU-R 601 luma, HSV hue rotation,
 //! reflect-padded separable blur).
 

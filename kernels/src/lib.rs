@@ -2,8 +2,8 @@
 //!
 //! Each kernel is a plain function over one unit of work (an element, a row, a tile of
 //! columns). The host calls these functions from rayon loops; on `nvptx64` the thin entry
-//! points in [`gpu`] compute their thread's unit and call the very same functions, so the
-//! PTX and the CPU path cannot drift apart.
+//! points in `gpu` (compiled for that target only) compute their thread's unit and call the
+//! very same functions, so the PTX and the CPU path cannot drift apart.
 //!
 //! Layouts: matrices are row-major `[rows, cols]` f32 with `rows` = batch and `cols` =
 //! features, as PyTorch's `Linear` sees them. Parameter buffers are flat f32.

@@ -1,5 +1,5 @@
 //! Backends: every operation a BYOL step runs, on the CPU ([`cpu::Cpu`]) and, with the `cuda`
-//! feature, on an NVIDIA GPU ([`cuda::Cuda`]), behind one trait with the same method names,
+//! feature, on an NVIDIA GPU (`cuda::Cuda`), behind one trait with the same method names,
 //! as candle's backends. The networks ([`crate::nn`]), the step ([`crate::byol`]) and the
 //! feature extraction ([`crate::eval`]) are generic over it; nothing above this floor calls
 //! a kernel directly.

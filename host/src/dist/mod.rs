@@ -2,11 +2,11 @@
 //! together, copy rank 0's to all, and wait for each other, through one trait with three
 //! implementations: [`Single`] (one process, the default: nothing to do), [`threads::InProcess`]
 //! (ranks as threads of one process, for tests without MPI) and, with the `mpi` feature,
-//! [`mpi::Mpi`] (Open MPI, across processes and machines, started by `mpirun`).
+//! `mpi::Mpi` (Open MPI, across processes and machines, started by `mpirun`).
 //!
 //! Buffers are host slices; the data-parallel backend ([`crate::backend::distributed`]) moves
 //! device buffers through them, except a GPU run's gradient average, which goes through NCCL
-//! on the devices ([`nccl::Nccl`], with the `cuda` feature). Sums are in a fixed order for a given world size (rank order
+//! on the devices (`nccl::Nccl`, with the `cuda` feature). Sums are in a fixed order for a given world size (rank order
 //! in-process; MPI's reduction for a fixed size), so a run repeats bit for bit.
 
 #[cfg(feature = "mpi")]
