@@ -1,4 +1,5 @@
-//! `host`: the BYOL command line. Only what works is offered; planned commands say so.
+//! `host`: the BYOL command line (train, eval, export, embed, export-data, download, plot, ablate,
+//! gpu-info). `train`'s flags are the configuration's fields ([`host::config`]); every flag has help.
 
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use host::backend::Device;
