@@ -21,6 +21,9 @@ pub const CHECKPOINT: &str = "checkpoint.safetensors";
 /// The configuration's name in a run folder (JSON, a valid `--config` file).
 pub const RUN_CONFIG: &str = "config.json";
 
+/// The metrics' name in a run folder (JSON lines: a record per step and per epoch).
+pub const METRICS: &str = "metrics.jsonl";
+
 /// The data sets [`crate::train::load_data`] reads.
 pub const DATASETS: [&str; 6] = [
     "synthetic",

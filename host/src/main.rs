@@ -356,7 +356,7 @@ fn main() -> ExitCode {
             .map(|p| println!("{dataset} is in {}", p.display())),
         Command::Plot { run } => {
             let out = run.join("training.png");
-            host::plot::plot_metrics(&run.join("metrics.jsonl"), &out)
+            host::plot::plot_metrics(&run.join(host::config::METRICS), &out)
                 .map(|()| println!("wrote {}", out.display()))
         }
         Command::Ablate {

@@ -12,10 +12,10 @@ use crate::backend::cpu::Cpu;
 use crate::backend::distributed::Distributed;
 use crate::backend::{AugmentOp, Backend, Device, Precision};
 use crate::byol::schedule::{learning_rate, tau_to};
-use crate::byol::{Byol, LrMultipliers};
+use crate::byol::{Byol, ByolState, LrMultipliers};
 use crate::checkpoint;
 use crate::config::{
-    config_diff, parse_saved_config, TrainConfig, CHECKPOINT, DATASETS, RUN_CONFIG,
+    config_diff, parse_saved_config, TrainConfig, CHECKPOINT, DATASETS, METRICS, RUN_CONFIG,
 };
 use crate::data::augment::{mix, Augmenter};
 use crate::data::formats::{self, UNLABELED};
@@ -423,26 +423,7 @@ fn train_on<B: Backend>(
             batchnorm as f64 / 1e6
         );
     }
-    let mut host_state = match &opts.resume {
-        None => byol.init(cfg.seed),
-        Some(path) => {
-            let (state, stored) = checkpoint::load(path, &byol)?;
-            let stored = parse_saved_config(&stored).map_err(|e| Error::Checkpoint {
-                path: path.clone(),
-                reason: format!("unreadable configuration ({e})"),
-            })?;
-            if &stored != cfg {
-                return Err(Error::Checkpoint {
-                    path: path.clone(),
-                    reason: format!(
-                        "it was written by another configuration: {}",
-                        config_diff(&stored, cfg)
-                    ),
-                });
-            }
-            state
-        }
-    };
+    let mut host_state = starting_state(&byol, cfg, opts.resume.as_deref())?;
     // Every rank starts from rank 0's state, whatever it read or drew.
     for buf in [
         &mut host_state.online,
@@ -458,31 +439,12 @@ fn train_on<B: Backend>(
     let (b, n) = (cfg.optim.batch_size, train.len());
     let steps_per_epoch = n / b;
     let first_epoch = (state.step / steps_per_epoch as u64) as usize;
-    let metrics_path = opts.out.join("metrics.jsonl");
-    let mut metrics = None;
-    if lead {
-        // config.json is a valid `--config` file; it also records the thread count, on
-        // which the bits of the run depend (the conv layers split their sums by thread),
-        // and the number of ranks.
-        let mut config_json = serde_json::to_value(cfg).expect("a config serialises");
-        config_json["run"] = serde_json::json!({"threads": rayon::current_num_threads()});
-        if world > 1 {
-            config_json["run"]["ranks"] = world.into();
-        }
-        let config_json = serde_json::to_string_pretty(&config_json).expect("JSON serialises");
-        crate::files::write_atomic(&opts.out.join(RUN_CONFIG), config_json.as_bytes())?;
-        if opts.resume.is_some() {
-            metrics_before(&metrics_path, state.step, first_epoch)?;
-        }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(opts.resume.is_some())
-            .write(true)
-            .truncate(opts.resume.is_none())
-            .open(&metrics_path)
-            .map_err(|e| Error::io(&metrics_path, e))?;
-        metrics = Some(file);
-    }
+    let metrics_path = opts.out.join(METRICS);
+    let mut metrics = if lead {
+        Some(open_run_files(cfg, opts, world, (state.step, first_epoch))?)
+    } else {
+        None
+    };
     // Only the first rank writes the record.
     let mut record = |line: serde_json::Value| -> Result<()> {
         match &mut metrics {
@@ -504,29 +466,28 @@ fn train_on<B: Backend>(
         .unwrap_or(cfg.optim.epochs)
         .min(cfg.optim.epochs);
 
-    let (knn_init, knn_init_data_bn) = if opts.resume.is_none() {
-        let data_bn =
-            knn_with_data_statistics(&byol, &state, &train, &test, &aug, cfg, (rank, shard))?;
-        match data_bn {
-            Some(data_bn) => {
-                let acc = monitor(&byol, &state, &train, &test, &aug, cfg)?.knn_top1;
-                record(
-                    serde_json::json!({"kind": "epoch", "epoch": 0, "knn_top1": acc, "knn_top1_data_bn": data_bn}),
-                )?;
-                if opts.progress {
-                    eprintln!(
-                        "kNN top-1 at initialisation: {:.2}% ({:.2}% with the data's BatchNorm statistics)",
-                        100.0 * acc,
-                        100.0 * data_bn
-                    );
-                }
-                (Some(acc), Some(data_bn))
+    // The untrained encoder, read with placeholder and with the data's BatchNorm statistics
+    // (every rank takes part in the second; the first alone gets the readings).
+    let (mut knn_init, mut knn_init_data_bn) = (None, None);
+    if opts.resume.is_none() {
+        let part = (rank, shard);
+        if let Some(data_bn) =
+            knn_with_data_statistics(&byol, &state, &train, &test, &aug, cfg, part)?
+        {
+            let acc = monitor(&byol, &state, &train, &test, &aug, cfg)?.knn_top1;
+            record(
+                serde_json::json!({"kind": "epoch", "epoch": 0, "knn_top1": acc, "knn_top1_data_bn": data_bn}),
+            )?;
+            if opts.progress {
+                eprintln!(
+                    "kNN top-1 at initialisation: {:.2}% ({:.2}% with the data's BatchNorm statistics)",
+                    100.0 * acc,
+                    100.0 * data_bn
+                );
             }
-            None => (None, None),
+            (knn_init, knn_init_data_bn) = (Some(acc), Some(data_bn));
         }
-    } else {
-        (None, None)
-    };
+    }
     let mut work = byol.work(shard, aug.size, aug.size)?;
     let px = aug.size * aug.size * 3;
     // With the augmentation on the device: the source images there once, two view buffers.
@@ -690,25 +651,7 @@ fn train_on<B: Backend>(
         let host_state = state.to_host(&byol.backend)?;
         checkpoint::save(&opts.out.join(CHECKPOINT), &byol, &host_state, &cfg.json())?;
         if opts.progress {
-            let line = format!(
-                "epoch {}/{}: loss {:.4}, kNN top-1 {:.2}%, projection std·√d {:.3}, effective rank {:.1}{}, {:.0} s",
-                rec.epoch,
-                cfg.optim.epochs,
-                rec.loss,
-                100.0 * acc,
-                collapse.projection_std / collapse.healthy_std,
-                collapse.effective_rank,
-                if collapse.collapsed { " COLLAPSED" } else { "" },
-                rec.seconds
-            );
-            eprintln!(
-                "{}{line}",
-                if std::io::stderr().is_terminal() {
-                    "\r\x1b[2K"
-                } else {
-                    ""
-                }
-            );
+            print_epoch(&rec, cfg.optim.epochs);
         }
         epochs.push(rec);
     }
@@ -730,6 +673,84 @@ fn train_on<B: Backend>(
         images_per_s: images as f64 / run_start.elapsed().as_secs_f64(),
         out: opts.out.clone(),
     })
+}
+
+/// The state a run starts from: drawn from its seed, or read from the checkpoint it resumes,
+/// which must have been written by this very configuration.
+fn starting_state<B: Backend>(
+    byol: &Byol<B>,
+    cfg: &TrainConfig,
+    resume: Option<&Path>,
+) -> Result<ByolState> {
+    let Some(path) = resume else {
+        return Ok(byol.init(cfg.seed));
+    };
+    let (state, stored) = checkpoint::load(path, byol)?;
+    let stored = parse_saved_config(&stored).map_err(|e| Error::Checkpoint {
+        path: path.into(),
+        reason: format!("unreadable configuration ({e})"),
+    })?;
+    if &stored != cfg {
+        return Err(Error::Checkpoint {
+            path: path.into(),
+            reason: format!(
+                "it was written by another configuration: {}",
+                config_diff(&stored, cfg)
+            ),
+        });
+    }
+    Ok(state)
+}
+
+/// The first rank's files before the first step: `config.json` (a valid `--config` file,
+/// which also records the thread count, on which the bits of the run depend since the conv
+/// layers split their sums by thread, and the number of ranks), and `metrics.jsonl`, new, or
+/// when resuming at `(step, epoch)` cut back to the records before it and opened to append.
+fn open_run_files(
+    cfg: &TrainConfig,
+    opts: &RunOptions,
+    world: usize,
+    (step, epoch): (u64, usize),
+) -> Result<std::fs::File> {
+    let mut config_json = serde_json::to_value(cfg).expect("a config serialises");
+    config_json["run"] = serde_json::json!({"threads": rayon::current_num_threads()});
+    if world > 1 {
+        config_json["run"]["ranks"] = world.into();
+    }
+    let config_json = serde_json::to_string_pretty(&config_json).expect("JSON serialises");
+    crate::files::write_atomic(&opts.out.join(RUN_CONFIG), config_json.as_bytes())?;
+    let metrics_path = opts.out.join(METRICS);
+    if opts.resume.is_some() {
+        metrics_before(&metrics_path, step, epoch)?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(opts.resume.is_some())
+        .write(true)
+        .truncate(opts.resume.is_none())
+        .open(&metrics_path)
+        .map_err(|e| Error::io(&metrics_path, e))
+}
+
+/// An epoch's line on standard error (on a terminal, over the progress bar).
+fn print_epoch(rec: &EpochRecord, epochs: usize) {
+    let c = &rec.collapse;
+    let line = format!(
+        "epoch {}/{epochs}: loss {:.4}, kNN top-1 {:.2}%, projection std·√d {:.3}, effective rank {:.1}{}, {:.0} s",
+        rec.epoch,
+        rec.loss,
+        100.0 * rec.knn_top1,
+        c.projection_std / c.healthy_std,
+        c.effective_rank,
+        if c.collapsed { " COLLAPSED" } else { "" },
+        rec.seconds
+    );
+    let clear = if std::io::stderr().is_terminal() {
+        "\r\x1b[2K"
+    } else {
+        ""
+    };
+    eprintln!("{clear}{line}");
 }
 
 /// Bytes one rank adds into the others' per step of a data-parallel run: the flat gradient
