@@ -206,6 +206,14 @@ fn mnist_should_read_idx_files_gzipped_or_not_and_check_their_magic() {
     .unwrap();
     let e = error_text(mnist(&d).unwrap_err());
     assert!(e.contains("truncated"), "{e}");
+    // A header whose dimensions multiply past usize::MAX is an error, not an overflow.
+    std::fs::write(
+        d.join("t10k-images-idx3-ubyte"),
+        idx_file(0x803, &[u32::MAX, u32::MAX, u32::MAX], &images[..784]),
+    )
+    .unwrap();
+    let e = error_text(mnist(&d).unwrap_err());
+    assert!(e.contains("more bytes than any file holds"), "{e}");
     std::fs::write(
         d.join("t10k-images-idx3-ubyte"),
         idx_file(0x803, &[1, 28, 28], &images[..784]),

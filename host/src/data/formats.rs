@@ -215,12 +215,16 @@ fn idx(path: &Path, dims: usize) -> Result<(Vec<usize>, Vec<u8>)> {
         .map(|d| u32::from_be_bytes(bytes[4 + 4 * d..8 + 4 * d].try_into().unwrap()) as usize)
         .collect();
     let payload = bytes[4 + 4 * dims..].to_vec();
-    if payload.len() != shape.iter().product::<usize>() {
+    // A corrupt header can claim more bytes than a usize counts.
+    let expected = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+    if expected != Some(payload.len()) {
+        let claimed = expected.map_or("more bytes than any file holds".into(), |n| {
+            format!("{n} bytes")
+        });
         return Err(data_error(
             path,
             format!(
-                "header says {shape:?} ({} bytes), the file holds {} (truncated?)",
-                shape.iter().product::<usize>(),
+                "header says {shape:?} ({claimed}), the file holds {} (truncated?)",
                 payload.len()
             ),
         ));
