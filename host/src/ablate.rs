@@ -7,7 +7,7 @@
 
 use crate::backend::Device;
 use crate::byol::schedule::PRESETS;
-use crate::config::TrainConfig;
+use crate::config::{TrainConfig, CHECKPOINT};
 use crate::error::{Error, Result};
 use crate::recipe::{imagenet, SMALL};
 use crate::train::{self, RunOptions};
@@ -319,7 +319,7 @@ pub fn run_one(r: &StudyRun, dir: &Path, progress: bool, device: Device) -> Resu
             return Ok(done);
         }
     }
-    let ckpt = dir.join("checkpoint.safetensors");
+    let ckpt = dir.join(CHECKPOINT);
     let resume = ckpt.exists().then(|| ckpt.clone());
     let summary = match train::train(
         &r.config,

@@ -24,6 +24,9 @@ pub const RUN_CONFIG: &str = "config.json";
 /// The metrics' name in a run folder (JSON lines: a record per step and per epoch).
 pub const METRICS: &str = "metrics.jsonl";
 
+/// The plot's name in a run folder (loss, kNN accuracy, lr and τ; `host plot` redraws it).
+pub const PLOT: &str = "training.png";
+
 /// The data sets [`crate::train::load_data`] reads.
 pub const DATASETS: [&str; 6] = [
     "synthetic",

@@ -355,7 +355,7 @@ fn main() -> ExitCode {
             .and_then(|src| host::data::download::download(&src, &dir, true))
             .map(|p| println!("{dataset} is in {}", p.display())),
         Command::Plot { run } => {
-            let out = run.join("training.png");
+            let out = run.join(host::config::PLOT);
             host::plot::plot_metrics(&run.join(host::config::METRICS), &out)
                 .map(|()| println!("wrote {}", out.display()))
         }

@@ -15,7 +15,7 @@ use crate::byol::schedule::{learning_rate, tau_to};
 use crate::byol::{Byol, ByolState, LrMultipliers};
 use crate::checkpoint;
 use crate::config::{
-    config_diff, parse_saved_config, TrainConfig, CHECKPOINT, DATASETS, METRICS, RUN_CONFIG,
+    config_diff, parse_saved_config, TrainConfig, CHECKPOINT, DATASETS, METRICS, PLOT, RUN_CONFIG,
 };
 use crate::data::augment::{mix, Augmenter};
 use crate::data::formats::{self, UNLABELED};
@@ -441,7 +441,13 @@ fn train_on<B: Backend>(
     let first_epoch = (state.step / steps_per_epoch as u64) as usize;
     let metrics_path = opts.out.join(METRICS);
     let mut metrics = if lead {
-        Some(open_run_files(cfg, opts, world, (state.step, first_epoch))?)
+        Some(open_run_files(
+            cfg,
+            opts,
+            world,
+            &metrics_path,
+            (state.step, first_epoch),
+        )?)
     } else {
         None
     };
@@ -661,7 +667,7 @@ fn train_on<B: Backend>(
         checkpoint::save(&opts.out.join(CHECKPOINT), &byol, &host_state, &cfg.json())?;
     }
     if lead {
-        crate::plot::plot_metrics(&metrics_path, &opts.out.join("training.png"))?;
+        crate::plot::plot_metrics(&metrics_path, &opts.out.join(PLOT))?;
     }
     // No rank leaves (and finalises its collective) before the first has written its files.
     collective.barrier()?;
@@ -704,12 +710,14 @@ fn starting_state<B: Backend>(
 
 /// The first rank's files before the first step: `config.json` (a valid `--config` file,
 /// which also records the thread count, on which the bits of the run depend since the conv
-/// layers split their sums by thread, and the number of ranks), and `metrics.jsonl`, new, or
-/// when resuming at `(step, epoch)` cut back to the records before it and opened to append.
+/// layers split their sums by thread, and the number of ranks), and the metrics at
+/// `metrics_path`, new, or when resuming at `(step, epoch)` cut back to the records before it
+/// and opened to append.
 fn open_run_files(
     cfg: &TrainConfig,
     opts: &RunOptions,
     world: usize,
+    metrics_path: &Path,
     (step, epoch): (u64, usize),
 ) -> Result<std::fs::File> {
     let mut config_json = serde_json::to_value(cfg).expect("a config serialises");
@@ -719,17 +727,16 @@ fn open_run_files(
     }
     let config_json = serde_json::to_string_pretty(&config_json).expect("JSON serialises");
     crate::files::write_atomic(&opts.out.join(RUN_CONFIG), config_json.as_bytes())?;
-    let metrics_path = opts.out.join(METRICS);
     if opts.resume.is_some() {
-        metrics_before(&metrics_path, step, epoch)?;
+        metrics_before(metrics_path, step, epoch)?;
     }
     std::fs::OpenOptions::new()
         .create(true)
         .append(opts.resume.is_some())
         .write(true)
         .truncate(opts.resume.is_none())
-        .open(&metrics_path)
-        .map_err(|e| Error::io(&metrics_path, e))
+        .open(metrics_path)
+        .map_err(|e| Error::io(metrics_path, e))
 }
 
 /// An epoch's line on standard error (on a terminal, over the progress bar).

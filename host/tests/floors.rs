@@ -4,8 +4,8 @@
 
 use std::path::Path;
 
-/// `(module, floor)`; modules not listed (the run: config, train, ablate, recipe, checkpoint, embed,
-/// plot, main) sit on top and may use anything.
+/// `(module, floor)`; modules not listed (the run: config, train, ablate, recipe, checkpoint,
+/// embed, plot, main) sit on top and may use anything.
 const FLOORS: [(&str, usize); 9] = [
     ("error", 0),
     ("files", 0),
