@@ -552,6 +552,14 @@ fn run_training(cfg: &TrainConfig, out: &Path, opts: &RunOptions) -> Result<(), 
     if !ablations.is_empty() {
         eprintln!("  ablation: {}", ablations.join(", "));
     }
+    // Running the quick start twice should work, so an earlier run in the folder is replaced,
+    // not refused; the line gives its owner the first epoch to save its trained weights.
+    if opts.resume.is_none() && out.join(host::config::CHECKPOINT).exists() {
+        eprintln!(
+            "  {} holds an earlier run, which this one replaces: its config and metrics now, its checkpoint after the first epoch (stop before then to keep it; --out DIR writes elsewhere)",
+            out.display()
+        );
+    }
     let s = host::train::train(cfg, opts)?;
     println!("\nsummary ({})", s.out.display());
     println!("  epoch   loss     kNN top-1   std·√d   eff. rank");

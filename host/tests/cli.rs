@@ -258,6 +258,23 @@ fn a_runs_config_json_should_be_a_config_file_that_repeats_the_run() {
 }
 
 #[test]
+fn a_new_run_into_a_finished_runs_folder_should_say_it_replaces_it() {
+    let run = dir("again");
+    let run_s = run.to_str().unwrap();
+    let first = train(&["--out", run_s, "--stop-after-epochs", "0"]);
+    assert_succeeded(&first);
+    let notice = "holds an earlier run, which this one replaces";
+    assert!(!String::from_utf8_lossy(&first.stderr).contains(notice));
+    let again = train(&["--out", run_s, "--stop-after-epochs", "0"]);
+    assert_succeeded(&again);
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(err.contains(&format!("{run_s} {notice}")), "{err}");
+    let resumed = host(&["train", "--resume", run_s]);
+    assert_succeeded(&resumed);
+    assert!(!String::from_utf8_lossy(&resumed.stderr).contains(notice));
+}
+
+#[test]
 fn ablate_seed_should_reach_every_run_of_the_study() {
     // The smallest study (three runs), one epoch on 64 images: about 15 s.
     let out = dir("ablate-seed");
