@@ -556,7 +556,7 @@ fn run_training(cfg: &TrainConfig, out: &Path, opts: &RunOptions) -> Result<(), 
     // not refused; the line gives its owner the first epoch to save its trained weights.
     if opts.resume.is_none() && out.join(host::config::CHECKPOINT).exists() {
         eprintln!(
-            "  {} holds an earlier run, which this one replaces: its config and metrics now, its checkpoint after the first epoch (stop before then to keep it; --out DIR writes elsewhere)",
+            "  {} holds an earlier run, which this one replaces: its config and metrics now, its checkpoint when this run saves its first (stop before then to keep it; --out DIR writes elsewhere)",
             out.display()
         );
     }
