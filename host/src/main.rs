@@ -553,7 +553,7 @@ fn run_training(cfg: &TrainConfig, out: &Path, opts: &RunOptions) -> Result<(), 
         eprintln!("  ablation: {}", ablations.join(", "));
     }
     // Running the quick start twice should work, so an earlier run in the folder is replaced,
-    // not refused; the line gives its owner the first epoch to save its trained weights.
+    // not refused; the line gives its owner until this run's first checkpoint to keep the weights.
     if opts.resume.is_none() && out.join(host::config::CHECKPOINT).exists() {
         eprintln!(
             "  {} holds an earlier run, which this one replaces: its config and metrics now, its checkpoint when this run saves its first (stop before then to keep it; --out DIR writes elsewhere)",
