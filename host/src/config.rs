@@ -410,8 +410,15 @@ impl TrainConfig {
             ));
         }
         if self.data.dataset != "synthetic" && self.data.data_dir.is_none() {
+            let fetch = match crate::data::download::source(&self.data.dataset) {
+                Ok(_) => format!(
+                    "; `host download {}` fetches it into data/, then pass --data-dir data",
+                    self.data.dataset
+                ),
+                Err(_) => String::new(),
+            };
             return bad(format!(
-                "dataset {:?} reads files: give their folder as data_dir (--data-dir)",
+                "dataset {:?} reads files: give their folder as data_dir (--data-dir){fetch}",
                 self.data.dataset
             ));
         }

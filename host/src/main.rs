@@ -487,6 +487,8 @@ fn train(args: &TrainArgs, matches: &ArgMatches) -> Result<(), Error> {
 }
 
 fn run_training(cfg: &TrainConfig, out: &Path, opts: &RunOptions) -> Result<(), Error> {
+    // A bad setting is the only line printed, not an error under a banner that shows it.
+    cfg.validate()?;
     let lead = opts
         .replicas
         .as_ref()

@@ -83,7 +83,7 @@ fn bad_input_should_get_one_sentence_naming_what_was_expected() {
         ),
         (
             &["train", "--dataset", "cifar10"],
-            "give their folder as data_dir",
+            "give their folder as data_dir (--data-dir); `host download cifar10` fetches it",
         ),
         (
             &["train", "--optimizer", "adam"],
@@ -161,6 +161,10 @@ fn bad_input_should_get_one_sentence_naming_what_was_expected() {
             .any(|(a, b)| a.starts_with(char::is_uppercase) && a.len() > 3 && b == "{");
         assert!(!dump, "{what}: a debug dump: {last}");
     }
+    // Settings are checked before the banner, so a bad one is the only line printed.
+    let out = host(&["train", "--epochs", "0"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
 }
 
 /// A U16 tensor of a safetensors file (labels), as values.
