@@ -499,9 +499,9 @@ fn run_training(cfg: &TrainConfig, out: &Path, opts: &RunOptions) -> Result<(), 
     }
     if let Some(r) = &opts.replicas {
         eprintln!(
-            "data-parallel: {} ranks × {} threads, {} BatchNorm",
+            "data-parallel: {} ranks × {}, {} BatchNorm",
             r.collective.world(),
-            rayon::current_num_threads(),
+            counted(rayon::current_num_threads(), "thread"),
             if r.sync_batchnorm {
                 "cross-replica"
             } else {
@@ -510,7 +510,7 @@ fn run_training(cfg: &TrainConfig, out: &Path, opts: &RunOptions) -> Result<(), 
         );
     }
     eprintln!(
-        "BYOL: {} (width {}, {} stem, {} init) on {}{}, {} epochs of batch {}, {} threads → {}",
+        "BYOL: {} (width {}, {} stem, {} init) on {}{}, {} of batch {}, {} → {}",
         cfg.model.arch,
         cfg.model.width,
         cfg.model.stem,
@@ -524,13 +524,13 @@ fn run_training(cfg: &TrainConfig, out: &Path, opts: &RunOptions) -> Result<(), 
         } else {
             String::new()
         },
-        cfg.optim.epochs,
+        counted(cfg.optim.epochs, "epoch"),
         cfg.optim.batch_size,
-        rayon::current_num_threads(),
+        counted(rayon::current_num_threads(), "thread"),
         out.display()
     );
     eprintln!(
-        "  recipe {}: {} lr {}·batch/256, weight decay {:e}{}, τ {}, target {}, blur {}/{}, {} warm-up epochs",
+        "  recipe {}: {} lr {}·batch/256, weight decay {:e}{}, τ {}, target {}, blur {}/{}, warm-up {}",
         cfg.recipe,
         cfg.optim.optimizer,
         cfg.optim.base_lr,
@@ -548,7 +548,7 @@ fn run_training(cfg: &TrainConfig, out: &Path, opts: &RunOptions) -> Result<(), 
         cfg.optim.target_init,
         cfg.augment.blur_t,
         cfg.augment.blur_t_prime,
-        cfg.optim.warmup_epochs
+        counted(cfg.optim.warmup_epochs, "epoch")
     );
     let ablations = cfg.ablations();
     if !ablations.is_empty() {
@@ -601,6 +601,15 @@ fn run_training(cfg: &TrainConfig, out: &Path, opts: &RunOptions) -> Result<(), 
 }
 
 /// A checkpoint's networks, state, configuration and data.
+/// "1 epoch", "8 epochs": the banner is the first thing a user reads.
+fn counted(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 fn open_run(run: &Path) -> Result<(host::byol::Byol, host::byol::ByolState, TrainConfig), Error> {
     let path = &host::config::checkpoint_path(run);
     let cfg = host::config::saved_config(path)?;
