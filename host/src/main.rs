@@ -600,7 +600,6 @@ fn run_training(cfg: &TrainConfig, out: &Path, opts: &RunOptions) -> Result<(), 
     Ok(())
 }
 
-/// A checkpoint's networks, state, configuration and data.
 /// "1 epoch", "8 epochs": the banner is the first thing a user reads.
 fn counted(n: usize, noun: &str) -> String {
     if n == 1 {
@@ -610,6 +609,7 @@ fn counted(n: usize, noun: &str) -> String {
     }
 }
 
+/// A checkpoint's networks, state, configuration and data.
 fn open_run(run: &Path) -> Result<(host::byol::Byol, host::byol::ByolState, TrainConfig), Error> {
     let path = &host::config::checkpoint_path(run);
     let cfg = host::config::saved_config(path)?;
