@@ -394,6 +394,62 @@ fn bad_input_should_be_refused_before_any_work_with_a_clear_error() {
 }
 
 #[test]
+fn a_bad_setting_should_name_its_field_and_flag() {
+    let cases: Vec<(TrainConfig, &str)> = vec![
+        (tiny().with(|c| c.optim.base_lr = -3.0), "optim.base_lr"),
+        (tiny().with(|c| c.model.arch = "vgg".into()), "model.arch"),
+        (
+            tiny().with(|c| c.model.predictor_depth = 0),
+            "model.predictor_depth",
+        ),
+        (
+            tiny().with(|c| c.data.limit_test = Some(0)),
+            "data.limit_test",
+        ),
+        (
+            tiny().with(|c| c.ablation.contrastive_temperature = 0.0),
+            "ablation.contrastive_temperature",
+        ),
+        (
+            tiny().with(|c| c.ablation.loss_normalisation = "cosine".into()),
+            "ablation.loss_normalisation",
+        ),
+        (
+            tiny().with(|c| c.ablation.closed_form_predictor = true),
+            "ablation.closed_form_predictor",
+        ),
+        (
+            tiny().with(|c| c.ablation.projector_lr_mult = f64::INFINITY),
+            "ablation.projector_lr_mult",
+        ),
+        (
+            tiny().with(|c| c.augment.augmentations = "all".into()),
+            "augment.augmentations",
+        ),
+        (tiny().with(|c| c.monitor.knn_k = 0), "monitor.knn_k"),
+        (tiny().with(|c| c.optim.momentum = 1.0), "optim.momentum"),
+        (
+            tiny().with(|c| c.optim.target_init = "same".into()),
+            "optim.target_init",
+        ),
+    ];
+    for (cfg, key) in cases {
+        let e = cfg.validate().unwrap_err();
+        assert!(
+            matches!(&e, Error::Setting { field, .. } if *field == key),
+            "{e:?} should be about {key}"
+        );
+        // Without knowing where the value came from, the message gives the key and the flag.
+        let flag = key.rsplit('.').next().unwrap().replace('_', "-");
+        let named = format!("{key} (--{flag}): ");
+        assert!(
+            e.to_string().starts_with(&named),
+            "{e} should start {named:?}"
+        );
+    }
+}
+
+#[test]
 fn resume_should_refuse_other_checkpoints_with_a_clear_error() {
     let out = dir("resume-bad");
     train(

@@ -10,7 +10,7 @@
 use crate::byol::{closed_form, ByolConfig, Objective, Optimizer, OptimizerKind, PredictorKind};
 use crate::checkpoint;
 use crate::data::augment::ViewConfig;
-use crate::error::{Error, Result};
+use crate::error::{Error, Origin, Result};
 use crate::nn::{Arch, ResNetConfig, Stem};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -373,6 +373,35 @@ pub fn given_fields<T: Serialize>(parsed: &T, matches: &clap::ArgMatches) -> tom
     out
 }
 
+/// `e` with its origin set when it is an [`Error::Setting`]: the flag when `flags` (from
+/// [`given_fields`], nested by section) holds the field, else the file when its table does;
+/// other errors pass unchanged.
+pub fn attribute(e: Error, flags: &toml::Table, file: Option<(&Path, &toml::Table)>) -> Error {
+    fn holds(table: &toml::Table, field: &str) -> bool {
+        match field.split_once('.') {
+            Some((section, name)) => (table.get(section))
+                .and_then(toml::Value::as_table)
+                .is_some_and(|t| t.contains_key(name)),
+            None => table.contains_key(field),
+        }
+    }
+    match e {
+        Error::Setting { field, reason, .. } => {
+            let origin = match file {
+                _ if holds(flags, field) => Origin::Flag,
+                Some((path, table)) if holds(table, field) => Origin::File(path.into()),
+                _ => Origin::Unknown,
+            };
+            Error::Setting {
+                field,
+                reason,
+                origin,
+            }
+        }
+        e => e,
+    }
+}
+
 impl Default for TrainConfig {
     /// The embedded data set with the small-image recipe ([`crate::recipe::SMALL`]): about five
     /// minutes on two cores.
@@ -399,15 +428,19 @@ impl TrainConfig {
         self
     }
 
-    /// Rejects settings no run can use, naming the field.
+    /// Rejects settings no run can use with an [`Error::Setting`] naming the field (the
+    /// caller that knows where each value came from sets its origin: [`attribute`]).
     pub fn validate(&self) -> Result<()> {
-        let bad = |m: String| Err(Error::InvalidArgument(m));
+        let bad = |field, reason: String| Err(Error::setting(field, reason));
         if !DATASETS.contains(&self.data.dataset.as_str()) {
-            return bad(format!(
-                "dataset {:?} is not available: expected one of {}",
-                self.data.dataset,
-                DATASETS.join(", ")
-            ));
+            return bad(
+                "data.dataset",
+                format!(
+                    "dataset {:?} is not available: expected one of {}",
+                    self.data.dataset,
+                    DATASETS.join(", ")
+                ),
+            );
         }
         if self.data.dataset != "synthetic" && self.data.data_dir.is_none() {
             let fetch = match crate::data::download::source(&self.data.dataset) {
@@ -417,111 +450,163 @@ impl TrainConfig {
                 ),
                 Err(_) => String::new(),
             };
-            return bad(format!(
-                "dataset {:?} reads files: give their folder as data_dir (--data-dir){fetch}",
-                self.data.dataset
-            ));
+            return bad(
+                "data.dataset",
+                format!(
+                    "dataset {:?} reads files: give their folder as data_dir (--data-dir){fetch}",
+                    self.data.dataset
+                ),
+            );
         }
         if self.optim.epochs == 0 {
-            return bad("epochs must be at least 1".into());
+            return bad("optim.epochs", "epochs must be at least 1".into());
         }
-        for (name, v) in [
-            ("limit_train", self.data.limit_train.unwrap_or(1)),
-            ("limit_test", self.data.limit_test.unwrap_or(1)),
-            ("width", self.model.width),
-            ("projector_hidden", self.model.projector_hidden),
-            ("projection_dim", self.model.projection_dim),
-            ("predictor_hidden", self.model.predictor_hidden),
-            ("image_size", self.data.image_size),
+        for (field, v) in [
+            ("data.limit_train", self.data.limit_train.unwrap_or(1)),
+            ("data.limit_test", self.data.limit_test.unwrap_or(1)),
+            ("model.width", self.model.width),
+            ("model.projector_hidden", self.model.projector_hidden),
+            ("model.projection_dim", self.model.projection_dim),
+            ("model.predictor_hidden", self.model.predictor_hidden),
+            ("data.image_size", self.data.image_size),
         ] {
             if v == 0 {
-                return bad(format!("{name} is a size: it must be at least 1, got 0"));
+                let name = &field[field.find('.').map_or(0, |i| i + 1)..];
+                return bad(
+                    field,
+                    format!("{name} is a size: it must be at least 1, got 0"),
+                );
             }
         }
         if self.optim.batch_size < 2 {
-            return bad(format!(
-                "batch size must be at least 2 (BatchNorm needs two samples), got {}",
-                self.optim.batch_size
-            ));
+            return bad(
+                "optim.batch_size",
+                format!(
+                    "batch size must be at least 2 (BatchNorm needs two samples), got {}",
+                    self.optim.batch_size
+                ),
+            );
         }
         if self.data.dataset == "synthetic" && self.optim.batch_size > self.data.train_size {
-            return bad(format!(
-                "batch size {} is larger than the training set ({} images)",
-                self.optim.batch_size, self.data.train_size
-            ));
+            return bad(
+                "optim.batch_size",
+                format!(
+                    "batch size {} is larger than the training set ({} images)",
+                    self.optim.batch_size, self.data.train_size
+                ),
+            );
         }
         if !(self.optim.base_lr > 0.0 && self.optim.base_lr.is_finite()) {
-            return bad(format!(
-                "base lr must be positive, got {}",
-                self.optim.base_lr
-            ));
+            return bad(
+                "optim.base_lr",
+                format!("base lr must be positive, got {}", self.optim.base_lr),
+            );
         }
         if !(self.optim.weight_decay >= 0.0 && self.optim.weight_decay.is_finite()) {
-            return bad(format!(
-                "weight decay must be ≥ 0, got {}",
-                self.optim.weight_decay
-            ));
+            return bad(
+                "optim.weight_decay",
+                format!("weight decay must be ≥ 0, got {}", self.optim.weight_decay),
+            );
         }
         if let Some(t) = self
             .ablation
             .tau_constant
             .filter(|t| !(0.0..=1.0).contains(t))
         {
-            return bad(format!("tau_constant must lie in [0, 1], got {t}"));
+            return bad(
+                "ablation.tau_constant",
+                format!("tau_constant must lie in [0, 1], got {t}"),
+            );
         }
-        if !(self.ablation.predictor_lr_mult >= 0.0 && self.ablation.projector_lr_mult >= 0.0) {
-            return bad("learning-rate multipliers must be ≥ 0 (0 freezes the part)".into());
+        for (field, m) in [
+            (
+                "ablation.predictor_lr_mult",
+                self.ablation.predictor_lr_mult,
+            ),
+            (
+                "ablation.projector_lr_mult",
+                self.ablation.projector_lr_mult,
+            ),
+        ] {
+            if !(m >= 0.0 && m.is_finite()) {
+                return bad(
+                    field,
+                    format!("learning-rate multipliers must be ≥ 0 (0 freezes the part), got {m}"),
+                );
+            }
         }
-        self.views()?;
-        for (name, p) in [
-            ("blur_t", self.augment.blur_t),
-            ("blur_t_prime", self.augment.blur_t_prime),
+        self.views()
+            .map_err(Error::about("augment.augmentations"))?;
+        for (field, p) in [
+            ("augment.blur_t", self.augment.blur_t),
+            ("augment.blur_t_prime", self.augment.blur_t_prime),
         ] {
             if !(0.0..=1.0).contains(&p) {
-                return bad(format!("{name} is a probability: expected [0, 1], got {p}"));
+                let name = &field["augment.".len()..];
+                return bad(
+                    field,
+                    format!("{name} is a probability: expected [0, 1], got {p}"),
+                );
             }
         }
         if !(self.augment.crop_min_scale > 0.0 && self.augment.crop_min_scale <= 1.0) {
-            return bad(format!(
-                "crop_min_scale is a fraction of the image: expected (0, 1], got {}",
-                self.augment.crop_min_scale
-            ));
+            return bad(
+                "augment.crop_min_scale",
+                format!(
+                    "crop_min_scale is a fraction of the image: expected (0, 1], got {}",
+                    self.augment.crop_min_scale
+                ),
+            );
         }
         // Hue shifts are turns in [-0.5, 0.5]: 0.1 · strength must stay within them.
         if !(0.0..=5.0).contains(&self.augment.colour_strength) {
-            return bad(format!(
-                "colour_strength scales the paper's colour jitter: expected [0, 5], got {}",
-                self.augment.colour_strength
-            ));
+            return bad(
+                "augment.colour_strength",
+                format!(
+                    "colour_strength scales the paper's colour jitter: expected [0, 5], got {}",
+                    self.augment.colour_strength
+                ),
+            );
         }
         if !(self.optim.lars_eta > 0.0 && self.optim.lars_eta.is_finite()) {
-            return bad(format!(
-                "lars_eta (the trust coefficient) must be positive, got {}",
-                self.optim.lars_eta
-            ));
+            return bad(
+                "optim.lars_eta",
+                format!(
+                    "lars_eta (the trust coefficient) must be positive, got {}",
+                    self.optim.lars_eta
+                ),
+            );
         }
         self.optimizer()?;
         if !self.recipe.is_empty() {
-            crate::recipe::named(&self.recipe)?;
+            crate::recipe::named(&self.recipe).map_err(Error::about("recipe"))?;
         }
         if !(0.0..=1.0).contains(&self.optim.tau_base) {
-            return bad(format!(
-                "tau_base must lie in [0, 1], got {}",
-                self.optim.tau_base
-            ));
+            return bad(
+                "optim.tau_base",
+                format!("tau_base must lie in [0, 1], got {}", self.optim.tau_base),
+            );
         }
         if !(self.optim.tau_end >= self.optim.tau_base && self.optim.tau_end <= 1.0) {
-            return bad(format!(
-                "tau_end must lie in [tau_base, 1] = [{}, 1], got {}",
-                self.optim.tau_base, self.optim.tau_end
-            ));
-        }
-        if self.data.test_size == 0
-            || self.monitor.knn_k == 0
-            || self.monitor.knn_temperature <= 0.0
-        {
             return bad(
-                "the kNN monitor needs a test split, k ≥ 1 and a positive temperature".into(),
+                "optim.tau_end",
+                format!(
+                    "tau_end must lie in [tau_base, 1] = [{}, 1], got {}",
+                    self.optim.tau_base, self.optim.tau_end
+                ),
+            );
+        }
+        let monitor = "the kNN monitor needs a test split, k ≥ 1 and a positive temperature";
+        if self.data.test_size == 0 {
+            return bad("data.test_size", format!("{monitor}, got 0 images"));
+        }
+        if self.monitor.knn_k == 0 {
+            return bad("monitor.knn_k", format!("{monitor}, got k = 0"));
+        }
+        if !(self.monitor.knn_temperature > 0.0 && self.monitor.knn_temperature.is_finite()) {
+            return bad(
+                "monitor.knn_temperature",
+                format!("{monitor}, got {}", self.monitor.knn_temperature),
             );
         }
         self.byol_config().map(|_| ())
@@ -532,38 +617,52 @@ impl TrainConfig {
             "cifar" => Stem::Cifar,
             "imagenet" => Stem::ImageNet,
             s => {
-                return Err(Error::InvalidArgument(format!(
-                    "stem {s:?}: expected cifar or imagenet"
-                )))
+                return Err(Error::setting(
+                    "model.stem",
+                    format!("stem {s:?}: expected cifar or imagenet"),
+                ))
             }
         };
-        let arch: Arch = self.model.arch.parse()?;
+        let arch: Arch = self
+            .model
+            .arch
+            .parse()
+            .map_err(Error::about("model.arch"))?;
         let predictor = match (self.ablation.predictor, self.ablation.closed_form_predictor) {
             (true, false) => PredictorKind::Learned,
             (true, true) => PredictorKind::ClosedForm,
             (false, false) => PredictorKind::None,
             (false, true) => {
-                return Err(Error::InvalidArgument(
-                    "closed_form_predictor replaces the predictor: it cannot be combined with predictor = false"
-                        .into(),
+                return Err(Error::setting(
+                    "ablation.closed_form_predictor",
+                    "closed_form_predictor replaces the predictor: it cannot be combined with predictor = false",
                 ))
             }
         };
         if self.ablation.closed_form_predictor {
-            closed_form::check_shape(self.optim.batch_size, self.model.projection_dim)?;
+            closed_form::check_shape(self.optim.batch_size, self.model.projection_dim)
+                .map_err(Error::about("ablation.closed_form_predictor"))?;
         }
-        if self.model.projector_depth == 0 || self.model.predictor_depth == 0 {
-            return Err(Error::InvalidArgument(
-                "projector_depth and predictor_depth count Linear layers: at least 1".into(),
-            ));
+        for (field, depth) in [
+            ("model.projector_depth", self.model.projector_depth),
+            ("model.predictor_depth", self.model.predictor_depth),
+        ] {
+            if depth == 0 {
+                return Err(Error::setting(
+                    field,
+                    "projector_depth and predictor_depth count Linear layers: at least 1",
+                ));
+            }
         }
         if !self.ablation.target_network && self.ablation.tau_constant.is_some() {
-            return Err(Error::InvalidArgument(
-                "tau_constant sets the target network's decay, but target_network = false".into(),
+            return Err(Error::setting(
+                "ablation.tau_constant",
+                "tau_constant sets the target network's decay, but target_network = false",
             ));
         }
         let objective = Objective {
-            normalisation: self.ablation.loss_normalisation.parse()?,
+            normalisation: (self.ablation.loss_normalisation.parse())
+                .map_err(Error::about("ablation.loss_normalisation"))?,
             beta: self.ablation.contrastive_beta as f32,
             temperature: self.ablation.contrastive_temperature as f32,
         };
@@ -582,8 +681,13 @@ impl TrainConfig {
             predictor_depth: self.model.predictor_depth,
             predictor,
             target_network: self.ablation.target_network,
-            target_init: self.optim.target_init.parse()?,
-            init: self.model.init.parse()?,
+            target_init: (self.optim.target_init.parse())
+                .map_err(Error::about("optim.target_init"))?,
+            init: self
+                .model
+                .init
+                .parse()
+                .map_err(Error::about("model.init"))?,
             objective,
         })
     }
@@ -592,10 +696,10 @@ impl TrainConfig {
     /// `weight_decay`.
     pub fn optimizer(&self) -> Result<Optimizer> {
         if !(0.0..1.0).contains(&self.optim.momentum) {
-            return Err(Error::InvalidArgument(format!(
-                "momentum must lie in [0, 1), got {}",
-                self.optim.momentum
-            )));
+            return Err(Error::setting(
+                "optim.momentum",
+                format!("momentum must lie in [0, 1), got {}", self.optim.momentum),
+            ));
         }
         let kind = match self.optim.optimizer.as_str() {
             "lars" => OptimizerKind::Lars {
@@ -605,9 +709,10 @@ impl TrainConfig {
             "sgd" => OptimizerKind::Sgd,
             "adamw" => OptimizerKind::AdamW,
             o => {
-                return Err(Error::InvalidArgument(format!(
-                    "optimizer {o:?}: expected lars, sgd or adamw"
-                )))
+                return Err(Error::setting(
+                    "optim.optimizer",
+                    format!("optimizer {o:?}: expected lars, sgd or adamw"),
+                ))
             }
         };
         Ok(Optimizer {

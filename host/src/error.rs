@@ -16,6 +16,14 @@ pub enum Error {
     /// An argument outside its valid range.
     #[error("{0}")]
     InvalidArgument(String),
+    /// A configuration field set to a value it cannot take: `field` is its key in
+    /// configuration files (`optim.base_lr`), whose last part is also its flag (`--base-lr`).
+    #[error("{}: {reason}", .origin.name(.field))]
+    Setting {
+        field: &'static str,
+        reason: String,
+        origin: Origin,
+    },
     /// No usable GPU: no driver, no device, or no cuBLAS.
     #[error("GPU unavailable: {0}")]
     GpuUnavailable(String),
@@ -48,7 +56,50 @@ pub enum Error {
     Diverged { step: u64, loss: f32 },
 }
 
+/// Where a configuration field's value came from, as far as the caller knows.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Origin {
+    /// Not known here (a recipe, a saved run, a library caller): the message gives both the
+    /// key and the flag.
+    Unknown,
+    Flag,
+    File(std::path::PathBuf),
+}
+
+impl Origin {
+    /// How the message names the field, by where its value was set.
+    fn name(&self, field: &str) -> String {
+        let flag = format!(
+            "--{}",
+            field.rsplit('.').next().unwrap_or(field).replace('_', "-")
+        );
+        match self {
+            Origin::Unknown => format!("{field} ({flag})"),
+            Origin::Flag => flag,
+            Origin::File(path) => format!("{}: {field}", path.display()),
+        }
+    }
+}
+
 impl Error {
+    /// A bad value of configuration field `field` (`section.name`), origin unknown.
+    pub fn setting(field: &'static str, reason: impl Into<String>) -> Self {
+        Error::Setting {
+            field,
+            reason: reason.into(),
+            origin: Origin::Unknown,
+        }
+    }
+
+    /// Turns another error about field `field`'s value (a name that does not parse, say)
+    /// into a [`Error::Setting`] for it: `.map_err(Error::about("model.arch"))`.
+    pub fn about(field: &'static str) -> impl FnOnce(Error) -> Error {
+        move |e| match e {
+            e @ Error::Setting { .. } => e,
+            e => Error::setting(field, e.to_string()),
+        }
+    }
+
     /// An I/O error naming the file.
     pub fn io(path: impl Into<std::path::PathBuf>, source: std::io::Error) -> Self {
         Error::Io {

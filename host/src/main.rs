@@ -206,7 +206,27 @@ struct TrainArgs {
 impl TrainArgs {
     /// The configuration (recipe, then file, then the flags given), the output folder and
     /// the thread count. `matches` are the `train` command's, which say which flags were given.
+    /// They are checked here, before anything is printed, so that a bad setting is the only
+    /// line, and its error names the flag, or the configuration file and its field, that set
+    /// the value.
     fn config(&self, matches: &ArgMatches) -> Result<(TrainConfig, PathBuf, Option<usize>), Error> {
+        let (c, out, threads, file_fields) = self.assemble(matches)?;
+        let flags = given_fields(&self.train, matches);
+        let file = self.config.as_deref().map(|path| (path, &file_fields));
+        c.validate()
+            .map_err(|e| host::config::attribute(e, &flags, file))?;
+        if out.exists() && !out.is_dir() {
+            return Err(Error::InvalidArgument(format!(
+                "{}: the output folder is a file; expected a folder (created if missing)",
+                out.display()
+            )));
+        }
+        Ok((c, out, threads))
+    }
+
+    /// [`TrainArgs::config`] unchecked, with the fields the configuration file sets (none
+    /// without one).
+    fn assemble(&self, matches: &ArgMatches) -> Result<Assembled, Error> {
         let given = given_fields(&self.train, matches);
         if let Some(run) = &self.resume {
             return self.resumed(run, &given);
@@ -247,17 +267,13 @@ impl TrainArgs {
             Some(r) => host::config::over_recipe(&file.table, Some(r))
                 .map_err(|e| Error::InvalidArgument(format!("configuration file: {e}")))?,
         };
-        Ok((over_flags(&c, &given)?, out, threads))
+        Ok((over_flags(&c, &given)?, out, threads, file.table))
     }
 
     /// A resumed run: the configuration saved in the checkpoint, the flags laid over it (the
     /// run refuses any that change it), written back to the run's folder unless `--out` says
     /// otherwise.
-    fn resumed(
-        &self,
-        run: &Path,
-        given: &toml::Table,
-    ) -> Result<(TrainConfig, PathBuf, Option<usize>), Error> {
+    fn resumed(&self, run: &Path, given: &toml::Table) -> Result<Assembled, Error> {
         if self.config.is_some() || self.preset.is_some() || given.contains_key("recipe") {
             return Err(Error::InvalidArgument(
                 "--resume continues with the configuration saved in the run: drop --config, --preset and --recipe"
@@ -271,9 +287,14 @@ impl TrainArgs {
         let out = self.out.clone().unwrap_or_else(|| dir.to_path_buf());
         // The run's own thread count, so that it continues bit for bit.
         let threads = self.threads.or_else(|| host::config::saved_threads(dir));
-        Ok((over_flags(&saved, given)?, out, threads))
+        let no_file = toml::Table::new();
+        Ok((over_flags(&saved, given)?, out, threads, no_file))
     }
 }
+
+/// A run's configuration, output folder, thread count and the fields its configuration file
+/// sets, before they are checked.
+type Assembled = (TrainConfig, PathBuf, Option<usize>, toml::Table);
 
 /// Whether the data field `field` was given as a flag.
 fn given_data(given: &toml::Table, field: &str) -> bool {
@@ -324,33 +345,11 @@ fn main() -> ExitCode {
             projections,
             &given_fields(&data, sub_matches(&matches, "embed")),
         ),
-        Command::ExportData { out, config, data } => {
-            let given = given_fields(&data, sub_matches(&matches, "export-data"));
-            let base = match &config {
-                Some(path) => host::config::read_config(path).map(|file| file.train.data),
-                None => Ok(DataConfig::default()),
-            };
-            let data = base.and_then(|base| {
-                host::config::overlay(&base, &given).map_err(Error::InvalidArgument)
-            });
-            let cfg = data.map(|data| TrainConfig {
-                data,
-                ..TrainConfig::default()
-            });
-            cfg.and_then(|cfg| cfg.validate().map(|()| cfg))
-                .and_then(|cfg| Ok((host::train::load_data(&cfg)?, cfg)))
-                .and_then(|((train, test), cfg)| {
-                    host::data::write_splits(&out, &train, &test)?;
-                    println!(
-                        "wrote {} training and {} held-out images of {} to {}",
-                        train.len(),
-                        test.len(),
-                        cfg.data.dataset,
-                        out.display()
-                    );
-                    Ok(())
-                })
-        }
+        Command::ExportData { out, config, data } => export_data(
+            &out,
+            config.as_deref(),
+            &given_fields(&data, sub_matches(&matches, "export-data")),
+        ),
         Command::Download { dataset, dir } => host::data::download::source(&dataset)
             .and_then(|src| host::data::download::download(&src, &dir, true))
             .map(|p| println!("{dataset} is in {}", p.display())),
@@ -487,8 +486,6 @@ fn train(args: &TrainArgs, matches: &ArgMatches) -> Result<(), Error> {
 }
 
 fn run_training(cfg: &TrainConfig, out: &Path, opts: &RunOptions) -> Result<(), Error> {
-    // A bad setting is the only line printed, not an error under a banner that shows it.
-    cfg.validate()?;
     let lead = opts
         .replicas
         .as_ref()
@@ -706,6 +703,33 @@ fn eval_linear<B: Backend>(path: &Path, epochs: usize, backend: B) -> Result<(),
     Ok(())
 }
 
+/// `data_flags`: the data fields given as flags, laid over the configuration file's (or the
+/// default data set's).
+fn export_data(out: &Path, config: Option<&Path>, data_flags: &toml::Table) -> Result<(), Error> {
+    let file = match config {
+        Some(path) => host::config::read_config(path)?,
+        None => host::config::ConfigFile::default(),
+    };
+    let cfg = TrainConfig {
+        data: host::config::overlay(&file.train.data, data_flags)
+            .map_err(Error::InvalidArgument)?,
+        ..TrainConfig::default()
+    };
+    let flags = toml::Table::from_iter([("data".to_string(), data_flags.clone().into())]);
+    let file = config.map(|path| (path, &file.table));
+    (cfg.validate()).map_err(|e| host::config::attribute(e, &flags, file))?;
+    let (train, test) = host::train::load_data(&cfg)?;
+    host::data::write_splits(out, &train, &test)?;
+    println!(
+        "wrote {} training and {} held-out images of {} to {}",
+        train.len(),
+        test.len(),
+        cfg.data.dataset,
+        out.display()
+    );
+    Ok(())
+}
+
 /// `data_flags`: the data fields given as flags, laid over the run's data configuration.
 fn embed(run: &Path, out: &Path, projections: bool, data_flags: &toml::Table) -> Result<(), Error> {
     let (byol, state, cfg) = open_run(run)?;
@@ -718,7 +742,8 @@ fn embed(run: &Path, out: &Path, projections: bool, data_flags: &toml::Table) ->
     let (train, test) = if data == cfg {
         (pretraining, held_out)
     } else {
-        data.validate()?;
+        let flags = toml::Table::from_iter([("data".to_string(), data_flags.clone().into())]);
+        (data.validate()).map_err(|e| host::config::attribute(e, &flags, None))?;
         host::train::load_data(&data)?
     };
     let splits = [("train", &train), ("test", &test)]
@@ -805,7 +830,8 @@ mod tests {
         let Command::Train(a) = cli.command else {
             panic!("not train")
         };
-        a.config(matches.subcommand_matches("train").unwrap())
+        let (c, out, threads, _) = a.assemble(matches.subcommand_matches("train").unwrap())?;
+        Ok((c, out, threads))
     }
 
     fn config_of(args: &[&str]) -> (TrainConfig, PathBuf, Option<usize>) {

@@ -117,17 +117,21 @@ pub const DATA_SEED: u64 = 0;
 /// and held-out splits.
 pub fn load_data(cfg: &TrainConfig) -> Result<(Dataset, Dataset)> {
     let (train, test) = load_full_data(cfg)?;
-    let limit = |data: Dataset, limit: Option<usize>, field: &str, tag: u64| match limit {
-        Some(n) if n > data.len() => Err(Error::InvalidArgument(format!(
-            "{field} is {n}, but the split has only {} images",
-            data.len()
-        ))),
+    let limit = |data: Dataset, limit: Option<usize>, field: &'static str, tag: u64| match limit {
+        Some(n) if n > data.len() => Err(Error::setting(
+            field,
+            format!(
+                "{} is {n}, but the split has only {} images",
+                &field["data.".len()..],
+                data.len()
+            ),
+        )),
         Some(n) => Ok(data.stratified(n, mix(DATA_SEED ^ tag))),
         None => Ok(data),
     };
     Ok((
-        limit(train, cfg.data.limit_train, "limit_train", 0x7ea1)?,
-        limit(test, cfg.data.limit_test, "limit_test", 0x7e57)?,
+        limit(train, cfg.data.limit_train, "data.limit_train", 0x7ea1)?,
+        limit(test, cfg.data.limit_test, "data.limit_test", 0x7e57)?,
     ))
 }
 
@@ -397,11 +401,14 @@ fn train_on<B: Backend>(
     }
     let (train, test) = load_data(cfg)?;
     if cfg.optim.batch_size > train.len() {
-        return Err(Error::InvalidArgument(format!(
-            "batch size {} is larger than the training set ({} images)",
-            cfg.optim.batch_size,
-            train.len()
-        )));
+        return Err(Error::setting(
+            "optim.batch_size",
+            format!(
+                "batch size {} is larger than the training set ({} images)",
+                cfg.optim.batch_size,
+                train.len()
+            ),
+        ));
     }
     if train.h != train.w {
         return Err(Error::InvalidArgument(format!(

@@ -262,6 +262,45 @@ fn a_runs_config_json_should_be_a_config_file_that_repeats_the_run() {
 }
 
 #[test]
+fn a_bad_setting_should_name_the_flag_or_the_file_and_field_that_set_it() {
+    let d = dir("origin");
+    std::fs::create_dir_all(&d).unwrap();
+    let config = d.join("bad.toml");
+    std::fs::write(&config, "[optim]\nbase_lr = -3\n").unwrap();
+    let config = config.to_str().unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["train", "--config", config],
+            &format!("error: {config}: optim.base_lr: base lr must be positive, got -3"),
+        ),
+        // A flag overrides the file, so the flag is named.
+        (
+            &["train", "--config", config, "--base-lr", "-1"],
+            "error: --base-lr: base lr must be positive, got -1",
+        ),
+        (
+            &["train", "--dataset", "stl10"],
+            "error: --dataset: dataset \"stl10\" reads files",
+        ),
+        (
+            &["export-data", "/tmp/x.safetensors", "--limit-test", "0"],
+            "error: --limit-test: limit_test is a size",
+        ),
+        (
+            &["train", "--out", config],
+            &format!("error: {config}: the output folder is a file"),
+        ),
+    ];
+    for (args, expected) in cases {
+        let out = host(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: should fail");
+        assert!(err.starts_with(expected), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: one line only: {err}");
+    }
+}
+
+#[test]
 fn a_new_run_into_a_finished_runs_folder_should_say_it_replaces_it() {
     let run = dir("again");
     let run_s = run.to_str().unwrap();

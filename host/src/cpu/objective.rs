@@ -85,23 +85,27 @@ pub struct DirectionGrads<'a, T: ?Sized = [f32]> {
 }
 
 impl Objective {
+    /// Rejects parameters the loss cannot use, naming the configuration field each comes from.
     pub fn validate(&self) -> Result<()> {
         if !(self.beta >= 0.0 && self.beta.is_finite()) {
-            return Err(Error::InvalidArgument(format!(
-                "contrastive β must be ≥ 0, got {}",
-                self.beta
-            )));
+            return Err(Error::setting(
+                "ablation.contrastive_beta",
+                format!("contrastive β must be ≥ 0, got {}", self.beta),
+            ));
         }
         if !(self.temperature > 0.0 && self.temperature.is_finite()) {
-            return Err(Error::InvalidArgument(format!(
-                "contrastive temperature must be positive, got {}",
-                self.temperature
-            )));
+            return Err(Error::setting(
+                "ablation.contrastive_temperature",
+                format!(
+                    "contrastive temperature must be positive, got {}",
+                    self.temperature
+                ),
+            ));
         }
         if self.beta > 0.0 && self.normalisation != Normalisation::L2 {
-            return Err(Error::InvalidArgument(
-                "the contrastive term (β > 0) is defined on cosine similarities: it needs the l2 loss normalisation"
-                    .into(),
+            return Err(Error::setting(
+                "ablation.loss_normalisation",
+                "the contrastive term (β > 0) is defined on cosine similarities: it needs the l2 loss normalisation",
             ));
         }
         Ok(())
