@@ -385,21 +385,14 @@ pub fn attribute(e: Error, flags: &toml::Table, file: Option<(&Path, &toml::Tabl
             None => table.contains_key(field),
         }
     }
-    match e {
-        Error::Setting { field, reason, .. } => {
-            let origin = match file {
-                _ if holds(flags, field) => Origin::Flag,
-                Some((path, table)) if holds(table, field) => Origin::File(path.into()),
-                _ => Origin::Unknown,
-            };
-            Error::Setting {
-                field,
-                reason,
-                origin,
-            }
+    let origin = match (&e, file) {
+        (Error::Setting { field, .. }, _) if holds(flags, field) => Origin::Flag,
+        (Error::Setting { field, .. }, Some((path, table))) if holds(table, field) => {
+            Origin::File(path.into())
         }
-        e => e,
-    }
+        _ => Origin::Unknown,
+    };
+    e.set_in(origin)
 }
 
 impl Default for TrainConfig {

@@ -100,6 +100,19 @@ impl Error {
         }
     }
 
+    /// `self` with `origin` as where its setting's value came from ([`Error::Setting`] only;
+    /// other errors pass unchanged).
+    pub fn set_in(self, origin: Origin) -> Self {
+        match self {
+            Error::Setting { field, reason, .. } => Error::Setting {
+                field,
+                reason,
+                origin,
+            },
+            e => e,
+        }
+    }
+
     /// An I/O error naming the file.
     pub fn io(path: impl Into<std::path::PathBuf>, source: std::io::Error) -> Self {
         Error::Io {

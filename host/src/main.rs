@@ -4,6 +4,7 @@
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use host::backend::Device;
 use host::config::{given_fields, DataConfig, TrainConfig};
+use host::error::Origin;
 use host::train::RunOptions;
 use host::{checkpoint, Backend, Error};
 use std::path::{Path, PathBuf};
@@ -141,6 +142,10 @@ enum EvalCommand {
         /// Also read the encoder with BatchNorm statistics of the data (the mean of its batch statistics over 4,096 clean training images) in place of its running statistics, as `train` reads the untrained encoder.
         #[arg(long)]
         data_batchnorm: bool,
+        /// Where the run's data set is now, when not in the folder the run recorded (it moved,
+        /// or the run named a relative folder from another working folder).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
     },
     /// Linear evaluation: a softmax classifier on the frozen encoder, lr swept over the paper's values.
     Linear {
@@ -152,6 +157,9 @@ enum EvalCommand {
         /// Where the encoder runs (the classifier trains on the CPU): cpu, cuda or cuda:N.
         #[arg(long, default_value = "cpu")]
         device: Device,
+        /// Where the run's data set is now, when not in the folder the run recorded.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
     },
 }
 
@@ -213,7 +221,8 @@ impl TrainArgs {
         let (c, out, threads, file_fields) = self.assemble(matches)?;
         let flags = given_fields(&self.train, matches);
         let file = self.config.as_deref().map(|path| (path, &file_fields));
-        c.validate()
+        let recorded = self.resume.is_some() && !given_data(&flags, "data_dir");
+        (c.validate().and_then(|()| check_data_dir(&c, recorded)))
             .map_err(|e| host::config::attribute(e, &flags, file))?;
         if out.exists() && !out.is_dir() {
             return Err(Error::InvalidArgument(format!(
@@ -325,14 +334,25 @@ fn main() -> ExitCode {
             checkpoint,
             device,
             data_batchnorm,
+            data_dir,
         }) => {
-            on_device!(device, |be| eval_knn(&checkpoint, data_batchnorm, be))
+            let data_dir = data_dir.as_deref();
+            on_device!(device, |be| eval_knn(
+                &checkpoint,
+                data_dir,
+                data_batchnorm,
+                be
+            ))
         }
         Command::Eval(EvalCommand::Linear {
             checkpoint,
             epochs,
             device,
-        }) => on_device!(device, |be| eval_linear(&checkpoint, epochs, be)),
+            data_dir,
+        }) => {
+            let data_dir = data_dir.as_deref();
+            on_device!(device, |be| eval_linear(&checkpoint, data_dir, epochs, be))
+        }
         Command::Export { checkpoint, out } => export(&checkpoint, &out),
         Command::Embed {
             checkpoint,
@@ -625,10 +645,36 @@ fn open_run_on<B: Backend>(run: &Path, backend: B) -> Result<RunOn<B>, Error> {
     Ok((byol, state, cfg))
 }
 
-fn eval_knn<B: Backend>(path: &Path, data_batchnorm: bool, backend: B) -> Result<(), Error> {
+/// A run on `backend` with its data set's splits (read from `data_dir` when given) and the
+/// augmenter that normalises their images as in training.
+type RunWithData<B> = (
+    host::byol::Byol<B>,
+    host::byol::ByolState<B>,
+    TrainConfig,
+    host::data::Dataset,
+    host::data::Dataset,
+    host::data::augment::Augmenter,
+);
+
+fn open_run_with_data<B: Backend>(
+    path: &Path,
+    data_dir: Option<&Path>,
+    backend: B,
+) -> Result<RunWithData<B>, Error> {
     let (byol, state, cfg) = open_run_on(path, backend)?;
+    let cfg = run_data(cfg, data_dir)?;
     let (train, test) = host::train::load_data(&cfg)?;
     let aug = host::train::augmenter(&train, &cfg)?;
+    Ok((byol, state, cfg, train, test, aug))
+}
+
+fn eval_knn<B: Backend>(
+    path: &Path,
+    data_dir: Option<&Path>,
+    data_batchnorm: bool,
+    backend: B,
+) -> Result<(), Error> {
+    let (byol, state, cfg, train, test, aug) = open_run_with_data(path, data_dir, backend)?;
     let acc = host::train::monitor(&byol, &state, &train, &test, &aug, &cfg)?.knn_top1;
     println!(
         "kNN top-1 (k = {}, T = {}): {:.2}% on {} held-out images",
@@ -651,10 +697,13 @@ fn eval_knn<B: Backend>(path: &Path, data_batchnorm: bool, backend: B) -> Result
     Ok(())
 }
 
-fn eval_linear<B: Backend>(path: &Path, epochs: usize, backend: B) -> Result<(), Error> {
-    let (byol, state, cfg) = open_run_on(path, backend)?;
-    let (train, test) = host::train::load_data(&cfg)?;
-    let aug = host::train::augmenter(&train, &cfg)?;
+fn eval_linear<B: Backend>(
+    path: &Path,
+    data_dir: Option<&Path>,
+    epochs: usize,
+    backend: B,
+) -> Result<(), Error> {
+    let (byol, state, _, train, test, aug) = open_run_with_data(path, data_dir, backend)?;
     // The encoder's parameters and statistics lead the online buffers.
     let (params, running) = (&state.online, &state.online_running);
     let (train_idx, test_idx) = (host::train::labelled(&train), host::train::labelled(&test));
@@ -733,17 +782,22 @@ fn export_data(out: &Path, config: Option<&Path>, data_flags: &toml::Table) -> R
 /// `data_flags`: the data fields given as flags, laid over the run's data configuration.
 fn embed(run: &Path, out: &Path, projections: bool, data_flags: &toml::Table) -> Result<(), Error> {
     let (byol, state, cfg) = open_run(run)?;
-    let (pretraining, held_out) = host::train::load_data(&cfg)?;
-    let aug = host::train::augmenter(&pretraining, &cfg)?;
     let data = TrainConfig {
         data: host::config::overlay(&cfg.data, data_flags).map_err(Error::InvalidArgument)?,
         ..cfg.clone()
     };
+    // The run's own data set normalises the images; a --data-dir for that same set says
+    // where it is now.
+    let moved = data_flags.contains_key("data_dir") && data.data.dataset == cfg.data.dataset;
+    let cfg = run_data(cfg, data.data.data_dir.as_deref().filter(|_| moved))?;
+    let (pretraining, held_out) = host::train::load_data(&cfg)?;
+    let aug = host::train::augmenter(&pretraining, &cfg)?;
     let (train, test) = if data == cfg {
         (pretraining, held_out)
     } else {
         let flags = toml::Table::from_iter([("data".to_string(), data_flags.clone().into())]);
-        (data.validate()).map_err(|e| host::config::attribute(e, &flags, None))?;
+        (data.validate().and_then(|()| check_data_dir(&data, false)))
+            .map_err(|e| host::config::attribute(e, &flags, None))?;
         host::train::load_data(&data)?
     };
     let splits = [("train", &train), ("test", &test)]
@@ -767,6 +821,49 @@ fn embed(run: &Path, out: &Path, projections: bool, data_flags: &toml::Table) ->
         out.display()
     );
     Ok(())
+}
+
+/// A run's configuration reading its data set from `data_dir` when given, else from the
+/// folder it recorded; either must be there.
+fn run_data(cfg: TrainConfig, data_dir: Option<&Path>) -> Result<TrainConfig, Error> {
+    let cfg = match data_dir {
+        Some(dir) => TrainConfig {
+            data: DataConfig {
+                data_dir: Some(dir.into()),
+                ..cfg.data
+            },
+            ..cfg
+        },
+        None => cfg,
+    };
+    let origin = match data_dir {
+        Some(_) => Origin::Flag,
+        None => Origin::Unknown,
+    };
+    check_data_dir(&cfg, data_dir.is_none()).map_err(|e| e.set_in(origin))?;
+    Ok(cfg)
+}
+
+/// Refuses, before any work, a data set folder that is not there. `recorded`: the folder is
+/// the one a run recorded, so the error says how to point elsewhere.
+fn check_data_dir(cfg: &TrainConfig, recorded: bool) -> Result<(), Error> {
+    let dir = cfg.data.data_dir.as_deref();
+    let Some(dir) = dir.filter(|d| cfg.data.dataset != "synthetic" && !d.is_dir()) else {
+        return Ok(());
+    };
+    let relative = match std::env::current_dir() {
+        Ok(cwd) if dir.is_relative() => format!(" (relative to {})", cwd.display()),
+        _ => String::new(),
+    };
+    let hint = if recorded {
+        "; the run read its data set there: pass --data-dir with where it is now"
+    } else {
+        ""
+    };
+    Err(Error::setting(
+        "data.data_dir",
+        format!("{}: no such folder{relative}{hint}", dir.display()),
+    ))
 }
 
 fn export(run: &Path, out: &Path) -> Result<(), Error> {

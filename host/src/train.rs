@@ -15,7 +15,8 @@ use crate::byol::schedule::{learning_rate, tau_to};
 use crate::byol::{Byol, ByolState, LrMultipliers};
 use crate::checkpoint;
 use crate::config::{
-    config_diff, parse_saved_config, TrainConfig, CHECKPOINT, DATASETS, METRICS, PLOT, RUN_CONFIG,
+    config_diff, parse_saved_config, DataConfig, TrainConfig, CHECKPOINT, DATASETS, METRICS, PLOT,
+    RUN_CONFIG,
 };
 use crate::data::augment::{mix, Augmenter};
 use crate::data::formats::{self, UNLABELED};
@@ -703,6 +704,15 @@ fn starting_state<B: Backend>(
         path: path.into(),
         reason: format!("unreadable configuration ({e})"),
     })?;
+    // Where the data set's files are does not change the run: data moved since, or a relative
+    // path given from another folder, is read from where `data_dir` now says.
+    let stored = TrainConfig {
+        data: DataConfig {
+            data_dir: cfg.data.data_dir.clone(),
+            ..stored.data
+        },
+        ..stored
+    };
     if &stored != cfg {
         return Err(Error::Checkpoint {
             path: path.into(),

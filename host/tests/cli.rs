@@ -375,6 +375,128 @@ fn eval_knn_should_read_the_untrained_checkpoint_as_the_run_did() {
     );
 }
 
+/// `host` run from the working folder `cwd`.
+fn host_in(cwd: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_host"))
+        .current_dir(cwd)
+        .args(args)
+        .output()
+        .expect("the host binary runs")
+}
+
+/// Writes a small MNIST-format data set (uncompressed IDX files) of `train` and `test`
+/// 28×28 images in 10 classes; each class has its own stripe.
+fn write_idx_digits(dir: &Path, train: usize, test: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    let idx = |magic: u32, dims: &[u32], data: &[u8]| {
+        let mut f = magic.to_be_bytes().to_vec();
+        dims.iter().for_each(|d| f.extend(d.to_be_bytes()));
+        f.extend(data);
+        f
+    };
+    for (split, n) in [("train", train), ("t10k", test)] {
+        let labels: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
+        let images: Vec<u8> = (0..n * 784)
+            .map(|p| {
+                let (i, y, x) = (p / 784, p / 28 % 28, p % 28);
+                let on = (y + x + 3 * (i % 10)) % 10 < 3 || (x * y + i) % 7 == 0;
+                if on {
+                    200
+                } else {
+                    20
+                }
+            })
+            .collect();
+        let n = n as u32;
+        let file = |kind: &str| dir.join(format!("{split}-{kind}"));
+        std::fs::write(file("images-idx3-ubyte"), idx(0x803, &[n, 28, 28], &images)).unwrap();
+        std::fs::write(file("labels-idx1-ubyte"), idx(0x801, &[n], &labels)).unwrap();
+    }
+}
+
+/// A run records its data folder as given. Read from another working folder (or after the
+/// data moved), each command that reads the data says so before any work, and takes
+/// `--data-dir` to read it from where it is now, with the same results.
+#[test]
+fn a_run_whose_data_is_elsewhere_should_say_so_and_take_data_dir() {
+    let home = dir("moved-home");
+    write_idx_digits(&home.join("digits"), 64, 32);
+    let elsewhere = dir("moved-elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let data = home.join("digits");
+    let data_s = data.to_str().unwrap();
+    let (full, part) = (home.join("full"), home.join("part"));
+    let (full_s, part_s) = (full.to_str().unwrap(), part.to_str().unwrap());
+    let on_digits = ["--dataset", "mnist", "--data-dir", "digits"];
+    let run = |extra: &[&str]| {
+        let args: Vec<&str> = ["train"]
+            .iter()
+            .chain(&TINY)
+            .chain(&on_digits)
+            .chain(extra)
+            .copied()
+            .collect();
+        host_in(&home, &args)
+    };
+    assert_succeeded(&run(&["--out", full_s]));
+    assert_succeeded(&run(&["--out", part_s, "--stop-after-epochs", "1"]));
+
+    for args in [
+        &["eval", "knn", part_s][..],
+        &["eval", "linear", part_s, "--epochs", "1"],
+        &["train", "--resume", part_s],
+        &["embed", part_s, "--out", "e.safetensors"],
+    ] {
+        let out = host_in(&elsewhere, args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} should fail");
+        let expected = format!(
+            "error: data.data_dir (--data-dir): digits: no such folder (relative to {}); the run read its data set there: pass --data-dir with where it is now",
+            elsewhere.canonicalize().unwrap().display()
+        );
+        assert_eq!(err.trim_end(), expected, "{args:?}");
+    }
+
+    let knn_home = host_in(&home, &["eval", "knn", part_s]);
+    assert_succeeded(&knn_home);
+    let knn_elsewhere = host_in(&elsewhere, &["eval", "knn", part_s, "--data-dir", data_s]);
+    assert_succeeded(&knn_elsewhere);
+    assert_eq!(knn_home.stdout, knn_elsewhere.stdout);
+    let embed = [
+        "embed",
+        part_s,
+        "--data-dir",
+        data_s,
+        "--out",
+        "e.safetensors",
+    ];
+    assert_succeeded(&host_in(&elsewhere, &embed));
+
+    // Resumed from elsewhere, the run finishes as the uninterrupted one did, bit for bit (the
+    // checkpoints' tensors; their metadata records the data folders, which differ).
+    let resumed = host_in(
+        &elsewhere,
+        &["train", "--resume", part_s, "--data-dir", data_s],
+    );
+    assert_succeeded(&resumed);
+    let ckpt = "checkpoint.safetensors";
+    let (a, b) = (read(&full.join(ckpt)), read(&part.join(ckpt)));
+    let a = safetensors::SafeTensors::deserialize(&a).unwrap();
+    let b = safetensors::SafeTensors::deserialize(&b).unwrap();
+    let (mut names, mut b_names) = (a.names(), b.names());
+    names.sort();
+    b_names.sort();
+    assert_eq!(names, b_names);
+    assert!(names.len() > 10, "{names:?}");
+    for name in names {
+        let same = a.tensor(name).unwrap().data() == b.tensor(name).unwrap().data();
+        assert!(same, "{name} differs");
+    }
+    assert_eq!(steps(&full), steps(&part));
+    // It now records where the data set is, so later commands find it from anywhere.
+    assert_succeeded(&host_in(&elsewhere, &["eval", "knn", part_s]));
+}
+
 /// `export-data --config RUN/config.json` writes the very images and labels the run trained
 /// and evaluated on (here a stratified subset of each split), and a data flag still overrides
 /// the file.
