@@ -394,11 +394,26 @@ fn main() -> ExitCode {
             } else {
                 seed
             };
+            let mut flags = toml::Table::new();
+            for (section, field, given) in [
+                ("optim", "epochs", epochs.is_some()),
+                ("data", "train_size", train_size.is_some()),
+                ("data", "dataset", dataset.is_some()),
+                ("data", "data_dir", data_dir.is_some()),
+            ] {
+                let section = flags.entry(section).or_insert(toml::Table::new().into());
+                if let (Some(section), true) = (section.as_table_mut(), given) {
+                    section.insert(field.into(), true.into());
+                }
+            }
             base.optim.epochs = epochs.unwrap_or(base.optim.epochs);
             base.data.train_size = train_size.unwrap_or(base.data.train_size);
             base.data.dataset = dataset.unwrap_or(base.data.dataset);
             base.data.data_dir = data_dir.or(base.data.data_dir);
-            host::train::check_device(device)
+            // The study's base is checked before its first run, and named by the flags.
+            (base.validate().and_then(|()| check_data_dir(&base, false)))
+                .map_err(|e| host::config::attribute(e, &flags, None))
+                .and_then(|()| host::train::check_device(device))
                 .and_then(|()| host::ablate::run_study(&study, &base, &seeds, &out, true, device))
                 .map(|table| println!("{table}"))
         }

@@ -268,6 +268,8 @@ fn a_bad_setting_should_name_the_flag_or_the_file_and_field_that_set_it() {
     let config = d.join("bad.toml");
     std::fs::write(&config, "[optim]\nbase_lr = -3\n").unwrap();
     let config = config.to_str().unwrap();
+    let out = d.join("studies");
+    let out = out.to_str().unwrap();
     let cases: &[(&[&str], &str)] = &[
         (
             &["train", "--config", config],
@@ -289,6 +291,21 @@ fn a_bad_setting_should_name_the_flag_or_the_file_and_field_that_set_it() {
         (
             &["train", "--out", config],
             &format!("error: {config}: the output folder is a file"),
+        ),
+        // A study checks its base before its first run.
+        (
+            &["ablate", "tau", "--epochs", "0", "--out", out],
+            "error: --epochs: epochs must be at least 1",
+        ),
+        (
+            &[
+                "train",
+                "--dataset",
+                "mnist",
+                "--data-dir",
+                "/nonexistent/digits",
+            ],
+            "error: --data-dir: /nonexistent/digits: no such folder",
         ),
     ];
     for (args, expected) in cases {
