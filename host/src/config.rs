@@ -10,7 +10,7 @@
 use crate::byol::{closed_form, ByolConfig, Objective, Optimizer, OptimizerKind, PredictorKind};
 use crate::checkpoint;
 use crate::data::augment::ViewConfig;
-use crate::error::{Error, Origin, Result};
+use crate::error::{field_name, Error, Origin, Result};
 use crate::nn::{Arch, ResNetConfig, Stem};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -464,7 +464,7 @@ impl TrainConfig {
             ("data.image_size", self.data.image_size),
         ] {
             if v == 0 {
-                let name = &field[field.find('.').map_or(0, |i| i + 1)..];
+                let name = field_name(field);
                 return bad(
                     field,
                     format!("{name} is a size: it must be at least 1, got 0"),
@@ -535,7 +535,7 @@ impl TrainConfig {
             ("augment.blur_t_prime", self.augment.blur_t_prime),
         ] {
             if !(0.0..=1.0).contains(&p) {
-                let name = &field["augment.".len()..];
+                let name = field_name(field);
                 return bad(
                     field,
                     format!("{name} is a probability: expected [0, 1], got {p}"),

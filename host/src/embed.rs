@@ -76,6 +76,18 @@ pub fn embed_split(
     })
 }
 
+/// Refuses, before any work, an output named as one NumPy file (`x.npy`, `x.npz`): the
+/// output is a safetensors file or a folder of several `.npy` files.
+pub fn check_out(out: &Path) -> Result<()> {
+    match out.extension().and_then(|e| e.to_str()) {
+        Some(ext @ ("npy" | "npz")) => Err(crate::Error::InvalidArgument(format!(
+            "{}: --out is FILE.safetensors or a folder (for train_representations.npy, train_labels.npy, …), not one .{ext} file",
+            out.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Writes the splits to `out`: one safetensors file when its name ends in `.safetensors`,
 /// else a folder of `.npy` files. `metadata` goes into the safetensors header.
 pub fn write(
@@ -84,6 +96,7 @@ pub fn write(
     byol: &Byol,
     metadata: std::collections::HashMap<String, String>,
 ) -> Result<()> {
+    check_out(out)?;
     let (dim, proj) = (byol.encoder.repr_dim(), byol.projector.output);
     let mut tensors = Vec::new();
     for s in splits {
@@ -100,9 +113,6 @@ pub fn write(
         tensors.push(Tensor::u16(name("labels"), vec![n], &s.labels));
     }
     if out.extension().is_some_and(|e| e == "safetensors") {
-        if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
-        }
         return crate::files::write_safetensors(out, &tensors, metadata);
     }
     std::fs::create_dir_all(out).map_err(|e| crate::Error::io(out, e))?;

@@ -1,4 +1,5 @@
-//! The host's error type: every bad input is reported with what was expected, never a panic.
+//! The host's error type: every bad input is reported with what was expected, never a panic;
+//! a bad setting names its field and, where the caller knows, the flag or file that set it.
 
 /// Errors of the host API.
 #[derive(Debug, thiserror::Error)]
@@ -62,17 +63,21 @@ pub enum Origin {
     /// Not known here (a recipe, a saved run, a library caller): the message gives both the
     /// key and the flag.
     Unknown,
+    /// Given as its flag: the message names the flag.
     Flag,
+    /// Set in this configuration file: the message names the file and the key.
     File(std::path::PathBuf),
+}
+
+/// A configuration field's name without its section: `base_lr` of `optim.base_lr`.
+pub fn field_name(field: &str) -> &str {
+    field.rsplit('.').next().unwrap_or(field)
 }
 
 impl Origin {
     /// How the message names the field, by where its value was set.
     fn name(&self, field: &str) -> String {
-        let flag = format!(
-            "--{}",
-            field.rsplit('.').next().unwrap_or(field).replace('_', "-")
-        );
+        let flag = format!("--{}", field_name(field).replace('_', "-"));
         match self {
             Origin::Unknown => format!("{field} ({flag})"),
             Origin::Flag => flag,

@@ -108,15 +108,19 @@ pub fn write_npy(path: &Path, t: &Tensor) -> Result<()> {
     write_atomic(path, &bytes)
 }
 
-/// Writes `bytes` to `path` atomically. When the write or the rename fails (a full disk, a
-/// folder in the way) the temporary file is removed and `path` keeps its old content.
+/// Writes `bytes` to `path` atomically, creating its folder if missing. When the write or the
+/// rename fails (a full disk, a folder in the way) the temporary file is removed and `path`
+/// keeps its old content; the error names `path`, not the temporary file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = std::path::PathBuf::from(tmp);
     let written = std::fs::write(&tmp, bytes)
-        .map_err(|e| Error::io(&tmp, e))
-        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e)));
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| Error::io(path, e));
     if written.is_err() {
         // Best effort: the write's own error is the one worth reporting.
         let _ = std::fs::remove_file(&tmp);
@@ -208,15 +212,19 @@ mod tests {
         super::write_atomic(&path, b"two").unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"two");
         assert!(!dir.join("a.json.tmp").exists());
-        let e = super::write_atomic(&dir.join("missing/b.json"), b"x")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("b.json.tmp"), "{e}");
-        // A folder where the file should go: the rename fails, the temporary goes away.
+        // A missing folder is made (`export` and `export-data` to a new folder).
+        let _ = std::fs::remove_dir_all(dir.join("missing"));
+        super::write_atomic(&dir.join("missing/new/b.json"), b"x").unwrap();
+        assert_eq!(std::fs::read(dir.join("missing/new/b.json")).unwrap(), b"x");
+        // A folder where the file should go: the rename fails, the temporary goes away, and
+        // the error names the file asked for.
         let blocked = dir.join("blocked");
         std::fs::create_dir_all(blocked.join("inside")).unwrap();
-        let e = super::write_atomic(&blocked, b"x").unwrap_err().to_string();
-        assert!(e.contains("blocked"), "{e}");
+        let e = super::write_atomic(&blocked, b"x").unwrap_err();
+        assert!(
+            matches!(&e, Error::Io { path, .. } if *path == blocked),
+            "{e}"
+        );
         assert!(!dir.join("blocked.tmp").exists());
         assert!(blocked.join("inside").is_dir());
     }

@@ -625,10 +625,13 @@ fn run_training(cfg: &TrainConfig, out: &Path, opts: &RunOptions) -> Result<(), 
             100.0 * last.knn_top1
         );
     }
-    println!(
-        "  throughput {:.0} images/s (two views each)",
-        s.images_per_s
-    );
+    // A run stopped before its first epoch (`--stop-after-epochs 0`) measured no throughput.
+    if !s.epochs.is_empty() {
+        println!(
+            "  throughput {:.0} images/s (two views each)",
+            s.images_per_s
+        );
+    }
     Ok(())
 }
 
@@ -796,6 +799,7 @@ fn export_data(out: &Path, config: Option<&Path>, data_flags: &toml::Table) -> R
 
 /// `data_flags`: the data fields given as flags, laid over the run's data configuration.
 fn embed(run: &Path, out: &Path, projections: bool, data_flags: &toml::Table) -> Result<(), Error> {
+    host::embed::check_out(out)?;
     let (byol, state, cfg) = open_run(run)?;
     let data = TrainConfig {
         data: host::config::overlay(&cfg.data, data_flags).map_err(Error::InvalidArgument)?,

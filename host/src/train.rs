@@ -123,7 +123,7 @@ pub fn load_data(cfg: &TrainConfig) -> Result<(Dataset, Dataset)> {
             field,
             format!(
                 "{} is {n}, but the split has only {} images",
-                &field["data.".len()..],
+                crate::error::field_name(field),
                 data.len()
             ),
         )),

@@ -121,6 +121,10 @@ fn bad_input_should_get_one_sentence_naming_what_was_expected() {
         ),
         (&["plot", "/nonexistent/run"], "/nonexistent/run"),
         (
+            &["embed", "/nonexistent/run", "--out", "/tmp/x.npy"],
+            "not one .npy file",
+        ),
+        (
             &[
                 "export-data",
                 "/tmp/x.safetensors",
