@@ -128,6 +128,28 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     written
 }
 
+/// The records of a JSON-lines file's `text` (`metrics.jsonl`), each with its line, in order.
+/// A last line without its newline is a record a killed run was writing: it is left out. Any
+/// other line that is not JSON is an error naming `path` and the line.
+pub fn parse_jsonl<'t>(path: &Path, text: &'t str) -> Result<Vec<(&'t str, serde_json::Value)>> {
+    let complete = text.ends_with('\n');
+    let lines: Vec<&str> = text.lines().collect();
+    let mut records = Vec::with_capacity(lines.len());
+    for (i, line) in lines.iter().enumerate() {
+        match serde_json::from_str(line) {
+            Ok(record) => records.push((*line, record)),
+            Err(_) if i + 1 == lines.len() && !complete => {}
+            Err(e) => {
+                return Err(Error::Data {
+                    path: path.into(),
+                    reason: format!("line {} is not a JSON record ({e})", i + 1),
+                })
+            }
+        }
+    }
+    Ok(records)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,6 +191,24 @@ mod tests {
         assert_eq!(meta.len(), 4);
         assert_eq!(meta["classes"], "classes-é");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn jsonl_should_leave_out_only_a_last_line_cut_short() {
+        let path = Path::new("m.jsonl");
+        let kinds = |text: &str| -> Vec<String> {
+            let records = parse_jsonl(path, text).unwrap();
+            records.iter().map(|(_, r)| r["k"].to_string()).collect()
+        };
+        assert_eq!(kinds("{\"k\":1}\n{\"k\":2}\n"), ["1", "2"]);
+        assert_eq!(kinds("{\"k\":1}\n{\"k\":2}\n{\"k\":"), ["1", "2"]);
+        assert_eq!(kinds("{\"k\":1}\n{\"k\":2}"), ["1", "2"]);
+        assert_eq!(kinds(""), Vec::<String>::new());
+        // A broken line that is not the last one, or that ends in its newline, is an error.
+        for text in ["{\"k\":1}\n{\"k\":\n{\"k\":3}\n", "{\"k\":1}\n{\"k\":\n"] {
+            let e = parse_jsonl(path, text).unwrap_err().to_string();
+            assert!(e.starts_with("m.jsonl: line 2 is not a JSON record"), "{e}");
+        }
     }
 
     #[test]

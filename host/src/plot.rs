@@ -180,11 +180,7 @@ pub fn plot_metrics(metrics: &Path, out: &Path) -> Result<()> {
     let (mut loss, mut knn, mut lr, mut tau) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     // The untrained encoder read with the data's BatchNorm statistics (`eval::batchnorm`).
     let mut knn_data_bn = Vec::new();
-    for line in text.lines() {
-        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| Error::Data {
-            path: metrics.into(),
-            reason: format!("bad line ({e})"),
-        })?;
+    for (_, v) in crate::files::parse_jsonl(metrics, &text)? {
         let f = |k: &str| v.get(k).and_then(|x| x.as_f64());
         match v.get("kind").and_then(|k| k.as_str()) {
             Some("step") => {

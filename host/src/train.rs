@@ -462,7 +462,10 @@ fn train_on<B: Backend>(
     // Only the first rank writes the record.
     let mut record = |line: serde_json::Value| -> Result<()> {
         match &mut metrics {
-            Some(m) => writeln!(m, "{line}").map_err(|e| Error::io(&metrics_path, e)),
+            // One write per record, so that a killed run leaves whole lines (a record
+            // formatted straight into the file is written in many pieces).
+            Some(m) => (m.write_all(format!("{line}\n").as_bytes()))
+                .map_err(|e| Error::io(&metrics_path, e)),
             None => Ok(()),
         }
     };
@@ -852,11 +855,7 @@ fn metrics_before(path: &Path, step: u64, epochs: usize) -> Result<()> {
         Err(e) => return Err(Error::io(path, e)),
     };
     let mut kept = String::new();
-    for (i, line) in text.lines().enumerate() {
-        let record: serde_json::Value = serde_json::from_str(line).map_err(|e| Error::Data {
-            path: path.into(),
-            reason: format!("line {} is not a JSON record ({e})", i + 1),
-        })?;
+    for (line, record) in crate::files::parse_jsonl(path, &text)? {
         let keep = match record["kind"].as_str() {
             Some("step") => record["step"].as_u64().is_some_and(|s| s < step),
             _ => record["epoch"].as_u64().is_some_and(|e| e <= epochs as u64),

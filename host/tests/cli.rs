@@ -242,6 +242,29 @@ fn resume_from_the_run_folder_alone_should_continue_bit_for_bit() {
     assert_succeeded(&again);
 }
 
+/// A run killed while it wrote a record leaves a last line cut short: the run still plots,
+/// and resumes to the uninterrupted run's end, each step once.
+#[test]
+fn a_run_killed_mid_record_should_still_plot_and_resume() {
+    let (full, part) = (dir("torn-full"), dir("torn-part"));
+    let (full_s, part_s) = (full.to_str().unwrap(), part.to_str().unwrap());
+    assert_succeeded(&train(&["--out", full_s]));
+    assert_succeeded(&train(&["--out", part_s, "--stop-after-epochs", "1"]));
+    let metrics = part.join("metrics.jsonl");
+    let mut text = String::from_utf8(read(&metrics)).unwrap();
+    text.push_str("{\"kind\":\"step\",\"loss\":1.2");
+    std::fs::write(&metrics, text).unwrap();
+    assert_succeeded(&host(&["plot", part_s]));
+    assert_succeeded(&host(&["train", "--resume", part_s]));
+    let ckpt = "checkpoint.safetensors";
+    assert!(
+        read(&full.join(ckpt)) == read(&part.join(ckpt)),
+        "checkpoints differ"
+    );
+    assert_eq!(steps(&full), steps(&part));
+    assert!(String::from_utf8(read(&metrics)).unwrap().ends_with("}\n"));
+}
+
 #[test]
 fn a_runs_config_json_should_be_a_config_file_that_repeats_the_run() {
     let (a, b) = (dir("config-a"), dir("config-b"));
