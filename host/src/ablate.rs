@@ -7,7 +7,7 @@
 
 use crate::backend::Device;
 use crate::byol::schedule::PRESETS;
-use crate::config::{TrainConfig, CHECKPOINT};
+use crate::config::{self, TrainConfig, CHECKPOINT, RUN_CONFIG};
 use crate::error::{Error, Result};
 use crate::recipe::{imagenet, SMALL};
 use crate::train::{self, RunOptions};
@@ -316,6 +316,15 @@ pub fn run_one(r: &StudyRun, dir: &Path, progress: bool, device: Device) -> Resu
     let result_path = dir.join("result.json");
     if let Ok(text) = std::fs::read_to_string(&result_path) {
         if let Ok(done) = serde_json::from_str::<RunResult>(&text) {
+            // A finished run counts only for the configuration it ran (a rerun of the study
+            // with other --epochs into the same folder would otherwise reuse its results).
+            let ran = config::read_config(&dir.join(RUN_CONFIG))?.train;
+            config::same_run(&ran, &r.config).map_err(|diff| {
+                Error::InvalidArgument(format!(
+                    "{}: a finished run of another configuration ({diff}): give the study another --out, or remove this folder to run it again",
+                    dir.display()
+                ))
+            })?;
             return Ok(done);
         }
     }

@@ -1041,6 +1041,25 @@ pub fn read_config(path: &Path) -> Result<ConfigFile> {
     })
 }
 
+/// `Err` with the fields that differ ([`config_diff`]) unless `stored` (a checkpoint's, a
+/// finished run's) and `requested` define the same run. Where the data set's files are does
+/// not change a run: data moved since, or a relative folder read from elsewhere, is read from
+/// where `requested.data.data_dir` says.
+pub fn same_run(stored: &TrainConfig, requested: &TrainConfig) -> std::result::Result<(), String> {
+    let stored = TrainConfig {
+        data: DataConfig {
+            data_dir: requested.data.data_dir.clone(),
+            ..stored.data.clone()
+        },
+        ..stored.clone()
+    };
+    if &stored == requested {
+        Ok(())
+    } else {
+        Err(config_diff(&stored, requested))
+    }
+}
+
 /// The fields in which two configurations differ, `section.name: stored → requested`.
 pub fn config_diff(stored: &TrainConfig, requested: &TrainConfig) -> String {
     fn leaves(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, String)>) {

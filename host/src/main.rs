@@ -101,7 +101,8 @@ enum Command {
     Ablate {
         /// The study to run (one of the names above).
         study: String,
-        /// Folder of the studies' runs; a rerun skips finished runs and resumes interrupted ones.
+        /// Folder of the studies' runs; a rerun skips finished runs and resumes interrupted ones
+        /// (of the same configuration: one of another, other --epochs say, is refused).
         #[arg(long, default_value = "runs/ablations")]
         out: PathBuf,
         /// Epochs per run (default 6: a study fits about half an hour on two cores).

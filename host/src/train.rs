@@ -15,8 +15,7 @@ use crate::byol::schedule::{learning_rate, tau_to};
 use crate::byol::{Byol, ByolState, LrMultipliers};
 use crate::checkpoint;
 use crate::config::{
-    config_diff, parse_saved_config, DataConfig, TrainConfig, CHECKPOINT, DATASETS, METRICS, PLOT,
-    RUN_CONFIG,
+    parse_saved_config, same_run, TrainConfig, CHECKPOINT, DATASETS, METRICS, PLOT, RUN_CONFIG,
 };
 use crate::data::augment::{mix, Augmenter};
 use crate::data::formats::{self, UNLABELED};
@@ -708,24 +707,10 @@ fn starting_state<B: Backend>(
         path: path.into(),
         reason: format!("unreadable configuration ({e})"),
     })?;
-    // Where the data set's files are does not change the run: data moved since, or a relative
-    // path given from another folder, is read from where `data_dir` now says.
-    let stored = TrainConfig {
-        data: DataConfig {
-            data_dir: cfg.data.data_dir.clone(),
-            ..stored.data
-        },
-        ..stored
-    };
-    if &stored != cfg {
-        return Err(Error::Checkpoint {
-            path: path.into(),
-            reason: format!(
-                "it was written by another configuration: {}",
-                config_diff(&stored, cfg)
-            ),
-        });
-    }
+    same_run(&stored, cfg).map_err(|diff| Error::Checkpoint {
+        path: path.into(),
+        reason: format!("it was written by another configuration: {diff}"),
+    })?;
     Ok(state)
 }
 

@@ -391,6 +391,40 @@ fn ablate_seed_should_reach_every_run_of_the_study() {
     }
 }
 
+/// A study's finished runs are reused only by a rerun of the same configuration: another
+/// `--epochs` into the same folder is refused, naming the field, instead of reusing results.
+#[test]
+fn a_study_rerun_should_reuse_only_runs_of_its_own_configuration() {
+    let out = dir("ablate-rerun");
+    let study = |epochs: &str| {
+        host(&[
+            "ablate",
+            "closed-form-predictor",
+            "--epochs",
+            epochs,
+            "--train-size",
+            "64",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+    let first = study("1");
+    assert_succeeded(&first);
+    let again = study("1");
+    assert_succeeded(&again);
+    assert_eq!(
+        first.stdout, again.stdout,
+        "the same table, from the finished runs"
+    );
+    let other = study("2");
+    let err = String::from_utf8_lossy(&other.stderr);
+    assert!(!other.status.success());
+    assert!(
+        err.contains("a finished run of another configuration (optim.epochs: 1 → 2)"),
+        "{err}"
+    );
+}
+
 /// `--stop-after-epochs 0` leaves the untrained checkpoint, and `eval knn --data-batchnorm` on
 /// it reads what the run read at initialisation, both ways.
 #[test]
