@@ -596,6 +596,23 @@ fn run_training(cfg: &TrainConfig, out: &Path, opts: &RunOptions) -> Result<(), 
         );
     }
     let s = host::train::train(cfg, opts)?;
+    if s.epochs.is_empty() && opts.resume.is_some() {
+        let more = if s.epochs_before < cfg.optim.epochs {
+            format!(
+                "; --resume without --stop-after-epochs (or with more than {}) continues it",
+                s.epochs_before
+            )
+        } else {
+            ": it is finished; --out DIR starts a new run".into()
+        };
+        println!(
+            "\nnothing to train: {} holds {} of its {} epochs{more}",
+            s.out.display(),
+            s.epochs_before,
+            cfg.optim.epochs
+        );
+        return Ok(());
+    }
     println!("\nsummary ({})", s.out.display());
     println!("  epoch   loss     kNN top-1   std·√d   eff. rank");
     if let Some(k) = s.knn_init {

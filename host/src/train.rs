@@ -57,6 +57,8 @@ pub struct Summary {
     /// placeholder mean 0, variance 1 ([`crate::eval::batchnorm`]).
     pub knn_init_data_bn: Option<f64>,
     pub epochs: Vec<EpochRecord>,
+    /// Epochs the run had finished before this call (0 unless it resumed).
+    pub epochs_before: usize,
     /// The first epoch whose diagnostics said "collapsed", and the step count then.
     pub collapsed_at: Option<(usize, u64)>,
     pub images_per_s: f64,
@@ -686,6 +688,7 @@ fn train_on<B: Backend>(
         knn_init,
         knn_init_data_bn,
         epochs,
+        epochs_before: first_epoch,
         collapsed_at,
         images_per_s: images as f64 / run_start.elapsed().as_secs_f64(),
         out: opts.out.clone(),

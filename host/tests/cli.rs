@@ -265,6 +265,35 @@ fn a_run_killed_mid_record_should_still_plot_and_resume() {
     assert!(String::from_utf8(read(&metrics)).unwrap().ends_with("}\n"));
 }
 
+/// Resuming a run with nothing left to train says so, and leaves the run as it was.
+#[test]
+fn resuming_a_finished_run_should_say_there_is_nothing_to_train() {
+    let run = dir("finished");
+    let run_s = run.to_str().unwrap();
+    assert_succeeded(&train(&["--out", run_s]));
+    let ckpt = read(&run.join("checkpoint.safetensors"));
+    let metrics = read(&run.join("metrics.jsonl"));
+    let again = host(&["train", "--resume", run_s]);
+    assert_succeeded(&again);
+    let said = String::from_utf8_lossy(&again.stdout);
+    let expected = format!("nothing to train: {run_s} holds 2 of its 2 epochs: it is finished");
+    assert!(said.contains(&expected), "{said}");
+    assert!(read(&run.join("checkpoint.safetensors")) == ckpt);
+    assert!(read(&run.join("metrics.jsonl")) == metrics);
+    let early = host(&["train", "--resume", run_s, "--stop-after-epochs", "1"]);
+    assert_succeeded(&early);
+    assert!(String::from_utf8_lossy(&early.stdout).contains(&expected));
+    // Stopped after epoch 1 of 2, and asked again to stop there.
+    let part = dir("stopped");
+    let part_s = part.to_str().unwrap();
+    assert_succeeded(&train(&["--out", part_s, "--stop-after-epochs", "1"]));
+    let again = host(&["train", "--resume", part_s, "--stop-after-epochs", "1"]);
+    assert_succeeded(&again);
+    let said = String::from_utf8_lossy(&again.stdout);
+    let expected = format!("nothing to train: {part_s} holds 1 of its 2 epochs; --resume without --stop-after-epochs (or with more than 1) continues it");
+    assert!(said.contains(&expected), "{said}");
+}
+
 #[test]
 fn a_runs_config_json_should_be_a_config_file_that_repeats_the_run() {
     let (a, b) = (dir("config-a"), dir("config-b"));
