@@ -373,21 +373,24 @@ pub fn given_fields<T: Serialize>(parsed: &T, matches: &clap::ArgMatches) -> tom
     out
 }
 
+/// Whether `table` (flags from [`given_fields`], or a file's fields) sets `field`, a key
+/// `section.name` (`data.dataset`) or a top-level one (`recipe`).
+pub fn sets(table: &toml::Table, field: &str) -> bool {
+    match field.split_once('.') {
+        Some((section, name)) => (table.get(section))
+            .and_then(toml::Value::as_table)
+            .is_some_and(|t| t.contains_key(name)),
+        None => table.contains_key(field),
+    }
+}
+
 /// `e` with its origin set when it is an [`Error::Setting`]: the flag when `flags` (from
 /// [`given_fields`], nested by section) holds the field, else the file when its table does;
 /// other errors pass unchanged.
 pub fn attribute(e: Error, flags: &toml::Table, file: Option<(&Path, &toml::Table)>) -> Error {
-    fn holds(table: &toml::Table, field: &str) -> bool {
-        match field.split_once('.') {
-            Some((section, name)) => (table.get(section))
-                .and_then(toml::Value::as_table)
-                .is_some_and(|t| t.contains_key(name)),
-            None => table.contains_key(field),
-        }
-    }
     let origin = match (&e, file) {
-        (Error::Setting { field, .. }, _) if holds(flags, field) => Origin::Flag,
-        (Error::Setting { field, .. }, Some((path, table))) if holds(table, field) => {
+        (Error::Setting { field, .. }, _) if sets(flags, field) => Origin::Flag,
+        (Error::Setting { field, .. }, Some((path, table))) if sets(table, field) => {
             Origin::File(path.into())
         }
         _ => Origin::Unknown,

@@ -3,7 +3,7 @@
 
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use host::backend::Device;
-use host::config::{given_fields, DataConfig, TrainConfig};
+use host::config::{given_fields, sets, DataConfig, TrainConfig};
 use host::error::Origin;
 use host::train::RunOptions;
 use host::{checkpoint, Backend, Error};
@@ -219,12 +219,11 @@ impl TrainArgs {
     /// line, and its error names the flag, or the configuration file and its field, that set
     /// the value.
     fn config(&self, matches: &ArgMatches) -> Result<(TrainConfig, PathBuf, Option<usize>), Error> {
-        let (c, out, threads, file_fields) = self.assemble(matches)?;
         let flags = given_fields(&self.train, matches);
+        let (c, out, threads, file_fields) = self.assemble(&flags)?;
         let file = self.config.as_deref().map(|path| (path, &file_fields));
-        let recorded = self.resume.is_some() && !given_data(&flags, "data_dir");
-        (c.validate().and_then(|()| check_data_dir(&c, recorded)))
-            .map_err(|e| host::config::attribute(e, &flags, file))?;
+        let recorded = self.resume.is_some() && !sets(&flags, "data.data_dir");
+        check_settings(&c, recorded, &flags, file)?;
         if out.exists() && !out.is_dir() {
             return Err(Error::InvalidArgument(format!(
                 "{}: the output folder is a file; expected a folder (created if missing)",
@@ -234,12 +233,11 @@ impl TrainArgs {
         Ok((c, out, threads))
     }
 
-    /// [`TrainArgs::config`] unchecked, with the fields the configuration file sets (none
-    /// without one).
-    fn assemble(&self, matches: &ArgMatches) -> Result<Assembled, Error> {
-        let given = given_fields(&self.train, matches);
+    /// [`TrainArgs::config`] unchecked, from the fields `given` as flags, with the fields the
+    /// configuration file sets (none without one).
+    fn assemble(&self, given: &toml::Table) -> Result<Assembled, Error> {
         if let Some(run) = &self.resume {
-            return self.resumed(run, &given);
+            return self.resumed(run, given);
         }
         let file = match &self.config {
             Some(path) => host::config::read_config(path)?,
@@ -266,8 +264,8 @@ impl TrainArgs {
             )?),
             (None, true) => Some(host::recipe::named(&self.train.recipe)?),
             // Which data decides the recipe: the flags', else the file's.
-            (None, false) if given_data(&given, "dataset") || given_data(&given, "image_size") => {
-                let probe = over_flags(&file.train, &given)?;
+            (None, false) if sets(given, "data.dataset") || sets(given, "data.image_size") => {
+                let probe = over_flags(&file.train, given)?;
                 Some(host::config::recipe_of(&file.table, &probe)?)
             }
             (None, false) => None,
@@ -277,7 +275,7 @@ impl TrainArgs {
             Some(r) => host::config::over_recipe(&file.table, Some(r))
                 .map_err(|e| Error::InvalidArgument(format!("configuration file: {e}")))?,
         };
-        Ok((over_flags(&c, &given)?, out, threads, file.table))
+        Ok((over_flags(&c, given)?, out, threads, file.table))
     }
 
     /// A resumed run: the configuration saved in the checkpoint, the flags laid over it (the
@@ -305,12 +303,6 @@ impl TrainArgs {
 /// A run's configuration, output folder, thread count and the fields its configuration file
 /// sets, before they are checked.
 type Assembled = (TrainConfig, PathBuf, Option<usize>, toml::Table);
-
-/// Whether the data field `field` was given as a flag.
-fn given_data(given: &toml::Table, field: &str) -> bool {
-    let data = given.get("data").and_then(toml::Value::as_table);
-    data.is_some_and(|d| d.contains_key(field))
-}
 
 /// `c` with the fields given as flags set.
 fn over_flags(c: &TrainConfig, given: &toml::Table) -> Result<TrainConfig, Error> {
@@ -395,15 +387,19 @@ fn main() -> ExitCode {
             } else {
                 seed
             };
+            // The fields these flags set, so that an error about one names its flag.
             let mut flags = toml::Table::new();
-            for (section, field, given) in [
-                ("optim", "epochs", epochs.is_some()),
-                ("data", "train_size", train_size.is_some()),
-                ("data", "dataset", dataset.is_some()),
-                ("data", "data_dir", data_dir.is_some()),
+            for (key, given) in [
+                ("optim.epochs", epochs.is_some()),
+                ("data.train_size", train_size.is_some()),
+                ("data.dataset", dataset.is_some()),
+                ("data.data_dir", data_dir.is_some()),
             ] {
-                let section = flags.entry(section).or_insert(toml::Table::new().into());
-                if let (Some(section), true) = (section.as_table_mut(), given) {
+                if let (true, Some((section, field))) = (given, key.split_once('.')) {
+                    let section = flags
+                        .entry(section)
+                        .or_insert_with(|| toml::Table::new().into());
+                    let section = section.as_table_mut().expect("a section is a table");
                     section.insert(field.into(), true.into());
                 }
             }
@@ -411,9 +407,8 @@ fn main() -> ExitCode {
             base.data.train_size = train_size.unwrap_or(base.data.train_size);
             base.data.dataset = dataset.unwrap_or(base.data.dataset);
             base.data.data_dir = data_dir.or(base.data.data_dir);
-            // The study's base is checked before its first run, and named by the flags.
-            (base.validate().and_then(|()| check_data_dir(&base, false)))
-                .map_err(|e| host::config::attribute(e, &flags, None))
+            // The study's base is checked before its first run.
+            check_settings(&base, false, &flags, None)
                 .and_then(|()| host::train::check_device(device))
                 .and_then(|()| host::ablate::run_study(&study, &base, &seeds, &out, true, device))
                 .map(|table| println!("{table}"))
@@ -800,9 +795,8 @@ fn export_data(out: &Path, config: Option<&Path>, data_flags: &toml::Table) -> R
             .map_err(Error::InvalidArgument)?,
         ..TrainConfig::default()
     };
-    let flags = toml::Table::from_iter([("data".to_string(), data_flags.clone().into())]);
     let file = config.map(|path| (path, &file.table));
-    (cfg.validate()).map_err(|e| host::config::attribute(e, &flags, file))?;
+    (cfg.validate()).map_err(|e| host::config::attribute(e, &data_flags_of(data_flags), file))?;
     let (train, test) = host::train::load_data(&cfg)?;
     host::data::write_splits(out, &train, &test)?;
     println!(
@@ -832,9 +826,7 @@ fn embed(run: &Path, out: &Path, projections: bool, data_flags: &toml::Table) ->
     let (train, test) = if data == cfg {
         (pretraining, held_out)
     } else {
-        let flags = toml::Table::from_iter([("data".to_string(), data_flags.clone().into())]);
-        (data.validate().and_then(|()| check_data_dir(&data, false)))
-            .map_err(|e| host::config::attribute(e, &flags, None))?;
+        check_settings(&data, false, &data_flags_of(data_flags), None)?;
         host::train::load_data(&data)?
     };
     let splits = [("train", &train), ("test", &test)]
@@ -903,6 +895,25 @@ fn check_data_dir(cfg: &TrainConfig, recorded: bool) -> Result<(), Error> {
     ))
 }
 
+/// Checks a configuration before any work: its settings, then that its data folder is there
+/// (`recorded`: the folder a resumed run recorded). An error names the flag, or the file and
+/// its key, that set the value (`flags` and `file` as [`host::config::attribute`] takes them).
+fn check_settings(
+    cfg: &TrainConfig,
+    recorded: bool,
+    flags: &toml::Table,
+    file: Option<(&Path, &toml::Table)>,
+) -> Result<(), Error> {
+    (cfg.validate().and_then(|()| check_data_dir(cfg, recorded)))
+        .map_err(|e| host::config::attribute(e, flags, file))
+}
+
+/// The data fields given as a command's flags (`given_fields` of a [`DataConfig`]) under
+/// their section, as [`host::config::attribute`] looks them up.
+fn data_flags_of(data_flags: &toml::Table) -> toml::Table {
+    toml::Table::from_iter([("data".to_string(), data_flags.clone().into())])
+}
+
 fn export(run: &Path, out: &Path) -> Result<(), Error> {
     let (byol, state, cfg) = open_run(run)?;
     checkpoint::export_encoder(out, &byol, &state)?;
@@ -964,7 +975,8 @@ mod tests {
         let Command::Train(a) = cli.command else {
             panic!("not train")
         };
-        let (c, out, threads, _) = a.assemble(matches.subcommand_matches("train").unwrap())?;
+        let given = given_fields(&a.train, matches.subcommand_matches("train").unwrap());
+        let (c, out, threads, _) = a.assemble(&given)?;
         Ok((c, out, threads))
     }
 
