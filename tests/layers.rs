@@ -786,16 +786,21 @@ test_device!(
     linear_matches_reference
 );
 
-/// Every transpose and the accumulating mode, against an f64 triple loop.
+/// Every transpose and the accumulating mode, against an f64 triple loop; a single output
+/// column or row too (the CPU hands a row-major product to `gemm` transposed, except a column).
 fn gemm_matches_reference<B: Backend>(be: &B) {
-    let (m, n, k) = (5, 7, 9);
     let mut r = rng(11);
-    for (lhs_t, rhs_t, accumulate) in [
+    let shapes = [(5, 7, 9), (5, 1, 9), (1, 7, 9)];
+    let modes = [
         (false, false, false),
         (true, false, true),
         (false, true, false),
         (true, true, true),
-    ] {
+    ];
+    for ((m, n, k), (lhs_t, rhs_t, accumulate)) in shapes
+        .into_iter()
+        .flat_map(|s| modes.into_iter().map(move |mode| (s, mode)))
+    {
         let (a, b, c0) = (
             uniform(&mut r, m * k, 1.0),
             uniform(&mut r, k * n, 1.0),

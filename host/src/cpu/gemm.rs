@@ -1,4 +1,4 @@
-//! Row-major f32 matrix product on the CPU, through the `gemm` crate (docs/DESIGN.md §4: with its
+//! Row-major f32 matrix product on the CPU, through the `gemm` crates (docs/DESIGN.md §4: with its
 //! `x86-v4` feature it reached 62–86 GFLOP/s per core here, the best of the Rust crates tried).
 
 /// `dst[m, n] = (dst if accumulate, else 0) + op(lhs) · op(rhs)`, row-major: `op(lhs)` is
@@ -92,7 +92,7 @@ pub fn matmul(
     rhs_t: bool,
     accumulate: bool,
 ) {
-    let threads = gemm::Parallelism::Rayon(rayon::current_num_threads());
+    let threads = gemm_common::Parallelism::Rayon(rayon::current_num_threads());
     matmul_with(dst, m, n, k, lhs, lhs_t, rhs, rhs_t, accumulate, threads)
 }
 
@@ -120,7 +120,7 @@ pub fn matmul_serial(
         rhs,
         rhs_t,
         accumulate,
-        gemm::Parallelism::None,
+        gemm_common::Parallelism::None,
     )
 }
 
@@ -135,28 +135,36 @@ fn matmul_with(
     rhs: &[f32],
     rhs_t: bool,
     accumulate: bool,
-    parallelism: gemm::Parallelism,
+    parallelism: gemm_common::Parallelism,
 ) {
     debug_assert!(dst.len() >= m * n && lhs.len() >= m * k && rhs.len() >= k * n);
     let (lhs_rs, lhs_cs) = if lhs_t { (1, m) } else { (k, 1) };
     let (rhs_rs, rhs_cs) = if rhs_t { (1, k) } else { (n, 1) };
+    // The kernels want a column-major destination; a row-major `[m, n]` one is the column-major
+    // `[n, m]` product `op(rhs)ᵀ · op(lhs)ᵀ`. This is the swap the `gemm` facade makes (a
+    // single column needs none), so the sums and their order are the facade's, bit for bit.
+    let (m, n, dst_cs, dst_rs, a, a_cs, a_rs, b, b_cs, b_rs) = if n > 1 {
+        (n, m, n, 1, rhs, rhs_rs, rhs_cs, lhs, lhs_rs, lhs_cs)
+    } else {
+        (m, n, 1, n, lhs, lhs_cs, lhs_rs, rhs, rhs_cs, rhs_rs)
+    };
     // SAFETY: the strides above address exactly the [m,k], [k,n] and [m,n] matrices the
     // slices hold, as the debug assertion states and the callers check.
     unsafe {
-        gemm::gemm(
+        gemm_f32::gemm::f32::get_gemm_fn()(
             m,
             n,
             k,
             dst.as_mut_ptr(),
-            1,
-            n as isize,
+            dst_cs as isize,
+            dst_rs as isize,
             accumulate,
-            lhs.as_ptr(),
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs.as_ptr(),
-            rhs_cs as isize,
-            rhs_rs as isize,
+            a.as_ptr(),
+            a_cs as isize,
+            a_rs as isize,
+            b.as_ptr(),
+            b_cs as isize,
+            b_rs as isize,
             1.0,
             1.0,
             false,
