@@ -796,7 +796,7 @@ fn export_data(out: &Path, config: Option<&Path>, data_flags: &toml::Table) -> R
         ..TrainConfig::default()
     };
     let file = config.map(|path| (path, &file.table));
-    (cfg.validate()).map_err(|e| host::config::attribute(e, &data_flags_of(data_flags), file))?;
+    check_settings(&cfg, false, &data_flags_of(data_flags), file)?;
     let (train, test) = host::train::load_data(&cfg)?;
     host::data::write_splits(out, &train, &test)?;
     println!(

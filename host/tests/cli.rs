@@ -363,6 +363,17 @@ fn a_bad_setting_should_name_the_flag_or_the_file_and_field_that_set_it() {
             ],
             "error: --data-dir: /nonexistent/digits: no such folder",
         ),
+        (
+            &[
+                "export-data",
+                "/tmp/x.safetensors",
+                "--dataset",
+                "mnist",
+                "--data-dir",
+                "/nonexistent/digits",
+            ],
+            "error: --data-dir: /nonexistent/digits: no such folder",
+        ),
     ];
     for (args, expected) in cases {
         let out = host(args);
