@@ -42,17 +42,31 @@ impl ConvGeometry {
 }
 
 /// Column row of output pixel `(n, oy, ox)`: `col[(ky·k + kx)·cin + c] = x[n, iy, ix, c]`.
+/// The `k` taps of a kernel row read neighbouring pixels, which NHWC stores as one run of
+/// `k·cin` values, so a row inside the image is one copy rather than `k` short ones: at the
+/// default run's width (16 channels, 64-byte copies per tap) the BYOL step ran 1.10× faster
+/// (`cargo bench --bench byol -- --width 16 --batch 64`, one thread, side by side with the
+/// copy per tap, twice); at width 64 it is level.
 #[inline(always)]
 pub fn im2col_row(g: ConvGeometry, x: &[f32], n: usize, oy: usize, ox: usize, col: &mut [f32]) {
     let image = &x[n * g.h * g.w * g.cin..][..g.h * g.w * g.cin];
+    let run = g.k * g.cin;
+    // The first tap's column when every tap of a kernel row lies inside the image.
+    let inside = (ox * g.stride)
+        .checked_sub(g.pad)
+        .filter(|&ix| ix + g.k <= g.w);
     for ky in 0..g.k {
-        for kx in 0..g.k {
-            let dst = &mut col[(ky * g.k + kx) * g.cin..][..g.cin];
-            match (g.tap(oy, ky, g.h), g.tap(ox, kx, g.w)) {
-                (Some(iy), Some(ix)) => {
-                    dst.copy_from_slice(&image[(iy * g.w + ix) * g.cin..][..g.cin])
+        let dst = &mut col[ky * run..][..run];
+        match (g.tap(oy, ky, g.h), inside) {
+            (None, _) => dst.fill(0.0),
+            (Some(iy), Some(ix)) => dst.copy_from_slice(&image[(iy * g.w + ix) * g.cin..][..run]),
+            (Some(iy), None) => {
+                for (kx, tap) in dst.chunks_exact_mut(g.cin).enumerate() {
+                    match g.tap(ox, kx, g.w) {
+                        Some(ix) => tap.copy_from_slice(&image[(iy * g.w + ix) * g.cin..][..g.cin]),
+                        None => tap.fill(0.0),
+                    }
                 }
-                _ => dst.fill(0.0),
             }
         }
     }
