@@ -143,17 +143,18 @@ fn matmul_with(
     // The kernels want a column-major destination; a row-major `[m, n]` one is the column-major
     // `[n, m]` product `op(rhs)ᵀ · op(lhs)ᵀ`. This is the swap the `gemm` facade makes (a
     // single column needs none), so the sums and their order are the facade's, bit for bit.
-    let (m, n, dst_cs, dst_rs, a, a_cs, a_rs, b, b_cs, b_rs) = if n > 1 {
+    // `rows × cols` is the destination as the kernels see it, `a · b` its product.
+    let (rows, cols, dst_cs, dst_rs, a, a_cs, a_rs, b, b_cs, b_rs) = if n > 1 {
         (n, m, n, 1, rhs, rhs_rs, rhs_cs, lhs, lhs_rs, lhs_cs)
     } else {
         (m, n, 1, n, lhs, lhs_cs, lhs_rs, rhs, rhs_cs, rhs_rs)
     };
     // SAFETY: the strides above address exactly the [m,k], [k,n] and [m,n] matrices the
-    // slices hold, as the debug assertion states and the callers check.
+    // slices hold (read transposed or not), as the debug assertion states and the callers check.
     unsafe {
         gemm_f32::gemm::f32::get_gemm_fn()(
-            m,
-            n,
+            rows,
+            cols,
             k,
             dst.as_mut_ptr(),
             dst_cs as isize,
