@@ -66,6 +66,38 @@ fn same_seed_should_give_bit_identical_runs() {
     assert_ne!(losses(&a), losses(&c), "another seed, another run");
 }
 
+/// `init_seed` draws the weights alone: the run starts from that seed's networks and keeps
+/// `seed`'s data order and augmentations.
+#[test]
+fn init_seed_should_fix_the_weights_and_leave_the_data_stream_to_seed() {
+    let start = |cfg: &TrainConfig, name: &str| {
+        let out = dir(name);
+        let stop = RunOptions {
+            stop_after_epochs: Some(0),
+            ..opts(&out)
+        };
+        train(cfg, &stop).unwrap();
+        let byol = host::byol::Byol::new(cfg.byol_config().unwrap()).unwrap();
+        let (state, _) =
+            host::checkpoint::load(&out.join("checkpoint.safetensors"), &byol).unwrap();
+        (state.online, state.target)
+    };
+    let mixed = tiny().with(|c| (c.seed, c.init_seed) = (1, Some(0)));
+    assert!(start(&mixed, "init-mixed") == start(&tiny(), "init-seed0"));
+    assert!(start(&mixed, "init-mixed2") != start(&tiny().with(|c| c.seed = 1), "init-seed1"));
+    let (m, zero, one) = (dir("init-run-mixed"), dir("init-run-0"), dir("init-run-1"));
+    train(&mixed, &opts(&m)).unwrap();
+    train(&tiny(), &opts(&zero)).unwrap();
+    train(&tiny().with(|c| c.seed = 1), &opts(&one)).unwrap();
+    // Same weights as seed 0 but another loss at the first step: the views are seed 1's.
+    assert_ne!(losses(&m)[0], losses(&zero)[0]);
+    assert_ne!(
+        losses(&m)[0],
+        losses(&one)[0],
+        "and the weights are not seed 1's"
+    );
+}
+
 /// The first reading also gives the random encoder with the data's BatchNorm statistics (the
 /// placeholder ones are mean 0, variance 1), in the summary and in metrics.jsonl, without
 /// touching the run; a resumed run has no initialisation to read.

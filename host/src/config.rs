@@ -60,6 +60,11 @@ pub struct TrainConfig {
     /// Fixes initialisation, data order and augmentations.
     #[arg(long, default_value_t, hide_default_value = true)]
     pub seed: u64,
+    /// Draws the initial weights from this seed instead of `seed`, which then fixes only the
+    /// data order and the augmentations: to tell a bad initialisation from a bad data stream.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[arg(long)]
+    pub init_seed: Option<u64>,
     #[command(flatten, next_help_heading = "Data")]
     pub data: DataConfig,
     #[command(flatten, next_help_heading = "Model")]
@@ -405,6 +410,7 @@ impl Default for TrainConfig {
         let mut c = TrainConfig {
             recipe: String::new(),
             seed: 0,
+            init_seed: None,
             data: DataConfig::default(),
             model: ModelConfig::default(),
             optim: OptimConfig::default(),

@@ -703,7 +703,7 @@ fn starting_state<B: Backend>(
     resume: Option<&Path>,
 ) -> Result<ByolState> {
     let Some(path) = resume else {
-        return Ok(byol.init(cfg.seed));
+        return Ok(byol.init(cfg.init_seed.unwrap_or(cfg.seed)));
     };
     let (state, stored) = checkpoint::load(path, byol)?;
     let stored = parse_saved_config(&stored).map_err(|e| Error::Checkpoint {
