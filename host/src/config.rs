@@ -57,7 +57,7 @@ pub struct TrainConfig {
     /// came from.
     #[arg(long, default_value_t, hide_default_value = true)]
     pub recipe: String,
-    /// Fixes initialisation, data order and augmentations.
+    /// Fixes initialisation (unless `init_seed` is set), data order and augmentations.
     #[arg(long, default_value_t, hide_default_value = true)]
     pub seed: u64,
     /// Draws the initial weights from this seed instead of `seed`, which then fixes only the
