@@ -140,6 +140,8 @@ pub fn study(name: &str, base: &TrainConfig) -> Result<Vec<StudyRun>> {
         .collect(),
         "batch-size" => [(256, "71.8"), (128, "69.6"), (64, "59.7"), (32, "—")]
             .into_iter()
+            // The batch alone, as in the paper's study: η stays the base's (the small recipe
+            // would lower it from batch 128 in `train`; README "Recipes").
             .map(|(b, paper)| run(format!("batch={b}"), paper, &|c| c.optim.batch_size = b))
             .collect(),
         "weight-decay" => [
@@ -244,7 +246,8 @@ pub fn recipe_elements() -> Vec<(&'static str, Change)> {
             Box::new(move |c: &mut TrainConfig| {
                 c.optim.optimizer = s.optimizer.into();
                 (c.optim.base_lr, c.optim.weight_decay) = (s.base_lr, s.weight_decay);
-                (c.optim.lars_eta, c.optim.lars_clip) = (s.lars_eta, s.lars_clip);
+                c.optim.lars_eta = s.lars_eta_at(c.optim.batch_size);
+                c.optim.lars_clip = s.lars_clip;
             }),
         ),
         (

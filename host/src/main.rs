@@ -275,7 +275,12 @@ impl TrainArgs {
             Some(r) => host::config::over_recipe(&file.table, Some(r))
                 .map_err(|e| Error::InvalidArgument(format!("configuration file: {e}")))?,
         };
-        Ok((over_flags(&c, given)?, out, threads, file.table))
+        let mut c = over_flags(&c, given)?;
+        // The recipe's η depends on the batch, which the file or a flag may have changed.
+        if !sets(given, "optim.lars_eta") && !sets(&file.table, "optim.lars_eta") {
+            host::recipe::follow_batch(&mut c);
+        }
+        Ok((c, out, threads, file.table))
     }
 
     /// A resumed run: the configuration saved in the checkpoint, the flags laid over it (the
@@ -1208,6 +1213,30 @@ mod tests {
         std::fs::write(&path, "[optim]\nepoch = 2\n").unwrap();
         let e = try_config_of(&["--config", file]).unwrap_err().to_string();
         assert!(e.contains("epoch") && e.contains("run.toml"), "{e}");
+    }
+
+    #[test]
+    fn the_small_recipes_eta_should_follow_a_batch_given_by_flag_or_file() {
+        let eta = |args: &[&str]| config_of(args).0.optim.lars_eta;
+        assert_eq!(eta(&[]), 0.05);
+        assert_eq!(eta(&["--batch-size", "32"]), 0.05);
+        assert_eq!(eta(&["--batch-size", "128"]), 0.02);
+        assert_eq!(eta(&["--batch-size", "512", "--dataset", "mnist"]), 0.02);
+        // An η given beside the batch is kept; an official preset has one η at every batch.
+        assert_eq!(eta(&["--batch-size", "128", "--lars-eta", "0.05"]), 0.05);
+        assert_eq!(eta(&["--preset", "40", "--batch-size", "128"]), 1e-3);
+        let dir = std::env::temp_dir().join(format!("byol-eta-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("run.toml");
+        let file = path.to_str().unwrap();
+        std::fs::write(&path, "[optim]\nbatch_size = 256\n").unwrap();
+        assert_eq!(eta(&["--config", file]), 0.02);
+        assert_eq!(eta(&["--config", file, "--batch-size", "64"]), 0.05);
+        std::fs::write(&path, "[optim]\nbatch_size = 256\nlars_eta = 0.05\n").unwrap();
+        assert_eq!(eta(&["--config", file]), 0.05);
+        // The repository's recipe file leaves η to the batch as well.
+        let small = concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/small.toml");
+        assert_eq!(eta(&["--config", small, "--batch-size", "128"]), 0.02);
     }
 
     #[test]
