@@ -8,7 +8,9 @@
 //! STL-10, MNIST sizes, batch 64–512), chosen by the `recipe` study (`host ablate recipe`,
 //! README "Recipes"), which turns each of its elements on alone against the official one.
 //! `train` picks `small` for images of 96 px and below and `imagenet-40` above, unless
-//! `--recipe` or `--preset` says otherwise; every field can still be set on its own.
+//! `--recipe` or `--preset` says otherwise; every field can still be set on its own. One value
+//! follows the batch: `small`'s LARS η ([`Recipe::lars_eta_at`]), which `train` derives again
+//! ([`follow_batch`]) when a file or a flag sets the batch and not η.
 
 use crate::byol::schedule::{preset, Preset, PRESETS};
 use crate::config::TrainConfig;
