@@ -62,7 +62,7 @@ pub const SMALL: Recipe = Recipe {
     // representation's rank fell to 4–5 at the peak lr and did not recover); η 0.02 ended
     // 3.9 ± 2.2 points higher over the seven, failed on none, and was ahead on the real digits
     // too (+1.75 ± 1.2 over four seeds). At batch 64 the two are level on Fashion-MNIST and
-    // η 0.02 loses on the digits (57.55 / 60.8 against 62.1 / 71.5 on seeds 0 / 1), so the
+    // η 0.02 loses on the digits (−3.55 ± 3.6 over four seeds, behind on three), so the
     // small η is for the larger batches only; README "Recipes", "η follows the batch".
     lars_eta_large_batch: Some((128, 0.02)),
     lars_clip: true,
