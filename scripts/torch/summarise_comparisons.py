@@ -1,0 +1,161 @@
+"""Several seeds of `compare_byol_pytorch.sh` in one table, with means and standard errors.
+
+    python3 summarise_comparisons.py DIR [DIR ...]
+
+Each DIR is one comparison's output folder (`ours/config.json`, `ours/metrics.jsonl`,
+`reference.json`). Prints one row per seed (kNN top-1 at initialisation, read with BatchNorm's
+placeholder statistics and with the data's, and after training, for ours and byol-pytorch),
+then the paired figures the small recipe's bar is stated in: ours − byol-pytorch at equal
+epochs, and ours − its own initialisation under each reading, each as mean ± standard error
+over the seeds with the count of seeds that clear the bar's margin (2 and 5 points).
+
+A single seed says little here: on Fashion-MNIST the seed moves a 10-epoch run by 6 points
+and, on a bad draw, by 18 (README, "Beside byol-pytorch"). Needs only the standard library.
+"""
+
+import json
+import math
+import os
+import sys
+
+# The bar of the small recipe (issue 9): ahead of byol-pytorch by 2 points, above the
+# encoder's own initialisation by 5.
+LEAD_OVER_REFERENCE = 2.0
+GAIN_OVER_INIT = 5.0
+
+
+class BadComparison(Exception):
+    pass
+
+
+def read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except OSError as e:
+        raise BadComparison(f"{path}: cannot read it ({e.strerror})") from e
+    except json.JSONDecodeError as e:
+        raise BadComparison(f"{path}: not JSON ({e})") from e
+
+
+def field(record, path, *keys):
+    value = record
+    for key in keys:
+        if not isinstance(value, dict) or key not in value:
+            raise BadComparison(f"{path}: no field `{'.'.join(keys)}`")
+        value = value[key]
+    return value
+
+
+def read_comparison(folder):
+    """One seed's figures, in percent, from a comparison folder."""
+    config_path = os.path.join(folder, "ours", "config.json")
+    metrics_path = os.path.join(folder, "ours", "metrics.jsonl")
+    reference_path = os.path.join(folder, "reference.json")
+    config = read_json(config_path)
+    try:
+        with open(metrics_path) as f:
+            records = [json.loads(line) for line in f if line.strip()]
+    except OSError as e:
+        raise BadComparison(f"{metrics_path}: cannot read it ({e.strerror})") from e
+    except json.JSONDecodeError as e:
+        raise BadComparison(f"{metrics_path}: a line is not JSON ({e})") from e
+    epochs = [r for r in records if r.get("kind") == "epoch"]
+    if len(epochs) < 2 or epochs[0].get("epoch") != 0:
+        raise BadComparison(f"{metrics_path}: expected the initial reading (epoch 0) and at "
+                            f"least one trained epoch, found {len(epochs)} epoch records")
+    reference = read_json(reference_path)
+    theirs = field(reference, reference_path, "byol_pytorch")
+    if not isinstance(theirs, list) or not theirs:
+        raise BadComparison(f"{reference_path}: field `byol_pytorch` should list its epochs")
+    pct = lambda v: 100.0 * v
+    return {
+        "folder": folder,
+        "seed": field(config, config_path, "seed"),
+        "epochs": epochs[-1]["epoch"],
+        "batch": field(config, config_path, "optim", "batch_size"),
+        "data": field(config, config_path, "data"),
+        "ours": (pct(field(epochs[0], metrics_path, "knn_top1")),
+                 pct(field(epochs[0], metrics_path, "knn_top1_data_bn")),
+                 pct(field(epochs[-1], metrics_path, "knn_top1"))),
+        "theirs": (pct(field(reference, reference_path, "byol_pytorch_knn_init")),
+                   pct(field(reference, reference_path, "byol_pytorch_knn_init_data_bn")),
+                   pct(field(theirs[-1], reference_path, "knn_top1"))),
+        "theirs_epochs": field(theirs[-1], reference_path, "epoch"),
+    }
+
+
+def mean_and_standard_error(values):
+    """Mean and standard error of the mean (sample standard deviation / √n; 0 for one value)."""
+    n = len(values)
+    mean = sum(values) / n
+    if n == 1:
+        return mean, 0.0
+    variance = sum((v - mean) ** 2 for v in values) / (n - 1)
+    return mean, math.sqrt(variance / n)
+
+
+def summarise(runs):
+    """The summary's lines for runs read by `read_comparison`, ordered by seed."""
+    first = runs[0]
+    for run in runs:
+        for key in ("epochs", "batch", "data"):
+            if run[key] != first[key]:
+                raise BadComparison(
+                    f"{run['folder']}: {key} {run[key]!r}, but {first['folder']} has "
+                    f"{first[key]!r}; a summary pairs runs that differ only in the seed")
+        if run["theirs_epochs"] != run["epochs"]:
+            raise BadComparison(f"{run['folder']}: byol-pytorch trained {run['theirs_epochs']} "
+                                f"epochs and ours {run['epochs']}; expected equal epochs")
+    seeds = [run["seed"] for run in runs]
+    if len(set(seeds)) != len(seeds):
+        raise BadComparison(f"seed given twice among {seeds}; each folder should be another seed")
+    runs = sorted(runs, key=lambda r: r["seed"])
+
+    f = lambda v: f"{v:5.2f}"
+    plural = "s" * (first["epochs"] != 1)
+    lines = [f"kNN top-1 (%) after {first['epochs']} epoch{plural} of batch {first['batch']}, "
+             f"{len(runs)} seeds; initialisation read with BatchNorm's placeholder statistics "
+             "/ the data's",
+             f"{'seed':>5}  {'ours: init → trained':28}  {'byol-pytorch: init → trained':28}"
+             f"  {'ours − theirs':>13}"]
+    cell = lambda init, init_bn, trained: f"{f(init)} / {f(init_bn)} → {f(trained)}".ljust(28)
+    for run in runs:
+        ours, theirs = run["ours"], run["theirs"]
+        lines.append(f"{run['seed']:>5}  {cell(*ours)}  {cell(*theirs)}  "
+                     f"{ours[2] - theirs[2]:+13.2f}")
+    means = {side: [mean_and_standard_error([r[side][i] for r in runs])[0] for i in range(3)]
+             for side in ("ours", "theirs")}
+    lines.append(f"{'mean':>5}  {cell(*means['ours'])}  {cell(*means['theirs'])}  "
+                 f"{means['ours'][2] - means['theirs'][2]:+13.2f}")
+
+    def paired(label, differences, margin):
+        mean, se = mean_and_standard_error(differences)
+        ahead = sum(d > 0 for d in differences)
+        clear = sum(d >= margin for d in differences)
+        return (f"{label}: {mean:+.2f} ± {se:.2f} (standard error over {len(differences)} "
+                f"seeds); above on {ahead}, by {margin:g} points or more on {clear}")
+
+    lines.append(paired("ours − byol-pytorch at equal epochs",
+                        [r["ours"][2] - r["theirs"][2] for r in runs], LEAD_OVER_REFERENCE))
+    lines.append(paired("ours − its initialisation, placeholder statistics",
+                        [r["ours"][2] - r["ours"][0] for r in runs], GAIN_OVER_INIT))
+    lines.append(paired("ours − its initialisation, the data's statistics",
+                        [r["ours"][2] - r["ours"][1] for r in runs], GAIN_OVER_INIT))
+    return lines
+
+
+def main(folders):
+    if not folders:
+        print("usage: python3 summarise_comparisons.py DIR [DIR ...]", file=sys.stderr)
+        return 2
+    try:
+        print("\n".join(summarise([read_comparison(folder) for folder in folders])))
+    except BadComparison as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
