@@ -74,7 +74,10 @@ def read_comparison(folder):
         "seed": field(config, config_path, "seed"),
         "epochs": epochs[-1]["epoch"],
         "batch": field(config, config_path, "optim", "batch_size"),
-        "data": field(config, config_path, "data"),
+        # Where the data lay may be written differently (relative, absolute, another
+        # machine); what they are shows in the data set's fields and in the pixels' own kNN.
+        "data": ({k: v for k, v in field(config, config_path, "data").items() if k != "data_dir"},
+                 field(reference, reference_path, "pixels_knn_top1")),
         "ours": (pct(field(epochs[0], metrics_path, "knn_top1")),
                  pct(field(epochs[0], metrics_path, "knn_top1_data_bn")),
                  pct(field(epochs[-1], metrics_path, "knn_top1"))),

@@ -12,11 +12,13 @@ import unittest
 import summarise_comparisons as summary
 
 
-def write_comparison(root, name, seed, ours, theirs, batch=64, epochs=2, theirs_epochs=None):
+def write_comparison(root, name, seed, ours, theirs, batch=64, epochs=2, theirs_epochs=None,
+                     data_dir="data/fashion", pixels=0.75):
     """A comparison folder as compare_byol_pytorch.sh leaves it; kNN figures as fractions."""
     folder = os.path.join(root, name)
     os.makedirs(os.path.join(folder, "ours"))
-    config = {"seed": seed, "optim": {"batch_size": batch}, "data": {"dataset": "mnist"}}
+    config = {"seed": seed, "optim": {"batch_size": batch},
+              "data": {"dataset": "mnist", "data_dir": data_dir, "train_size": 5000}}
     with open(os.path.join(folder, "ours", "config.json"), "w") as f:
         json.dump(config, f)
     lines = [{"epoch": 0, "kind": "epoch", "knn_top1": ours[0], "knn_top1_data_bn": ours[1]}]
@@ -29,7 +31,7 @@ def write_comparison(root, name, seed, ours, theirs, batch=64, epochs=2, theirs_
     per_epoch = [{"epoch": e, "knn_top1": theirs[2] if e == epochs else 0.02}
                  for e in range(1, (theirs_epochs or epochs) + 1)]
     reference = {"byol_pytorch_knn_init": theirs[0], "byol_pytorch_knn_init_data_bn": theirs[1],
-                 "byol_pytorch": per_epoch}
+                 "byol_pytorch": per_epoch, "pixels_knn_top1": pixels}
     with open(os.path.join(folder, "reference.json"), "w") as f:
         json.dump(reference, f)
     return folder
@@ -81,6 +83,16 @@ class Summary(unittest.TestCase):
         code, out, err = self.run_main([a, b])
         self.assertEqual((code, out), (1, ""))
         self.assertIn(f"{b}: batch 128, but {a} has 64", err)
+
+    def test_the_same_data_under_another_path_is_accepted_and_other_data_refused(self):
+        a = write_comparison(self.root, "a", 0, (0.6, 0.5, 0.6), (0.6, 0.5, 0.6))
+        b = write_comparison(self.root, "b", 1, (0.6, 0.5, 0.6), (0.6, 0.5, 0.6),
+                             data_dir="/home/me/data/fashion")
+        c = write_comparison(self.root, "c", 2, (0.6, 0.5, 0.6), (0.6, 0.5, 0.6), pixels=0.89)
+        self.assertEqual(self.run_main([a, b])[0], 0)
+        code, _, err = self.run_main([a, c])
+        self.assertEqual(code, 1)
+        self.assertIn(f"{c}: data", err)
 
     def test_the_same_seed_twice_is_refused(self):
         a = write_comparison(self.root, "a", 3, (0.6, 0.5, 0.6), (0.6, 0.5, 0.6))
