@@ -33,19 +33,25 @@ fi
 here="$(cd "$(dirname "$0")" && pwd)"
 mkdir -p "$out"
 jobs=${JOBS:-1} running=0 folders=()
+declare -A seed_of
+# Waits for one seed's comparison; a failed one stops the sweep and names its log.
+reap() {
+  local pid
+  if ! wait -n -p pid; then
+    echo "error: seed ${seed_of[$pid]}'s comparison failed; see $out/seed-${seed_of[$pid]}.log" >&2
+    wait || true
+    exit 1
+  fi
+  running=$((running - 1))
+}
 for seed in $list; do
   folders+=("$out/seed-$seed")
   [ -f "$out/seed-$seed/comparison.txt" ] && continue
   echo "seed $seed → $out/seed-$seed (log: $out/seed-$seed.log)"
   "$here/compare_byol_pytorch.sh" "$out/seed-$seed" "$@" --seed "$seed" > "$out/seed-$seed.log" 2>&1 &
+  seed_of[$!]=$seed
   running=$((running + 1))
-  if [ "$running" -ge "$jobs" ]; then
-    wait -n || { echo "error: a seed's comparison failed; see its log under $out" >&2; wait; exit 1; }
-    running=$((running - 1))
-  fi
+  if [ "$running" -ge "$jobs" ]; then reap; fi
 done
-while [ "$running" -gt 0 ]; do
-  wait -n || { echo "error: a seed's comparison failed; see its log under $out" >&2; wait; exit 1; }
-  running=$((running - 1))
-done
+while [ "$running" -gt 0 ]; do reap; done
 python3 "$here/summarise_comparisons.py" "${folders[@]}" | tee "$out/summary.txt"
