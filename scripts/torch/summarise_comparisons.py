@@ -18,8 +18,8 @@ import math
 import os
 import sys
 
-# The bar of the small recipe (issue 9): ahead of byol-pytorch by 2 points, above the
-# encoder's own initialisation by 5.
+# The bar the small recipe is held to (README, "Beside byol-pytorch"): ahead of byol-pytorch by
+# 2 points, above the encoder's own initialisation by 5.
 LEAD_OVER_REFERENCE = 2.0
 GAIN_OVER_INIT = 5.0
 
