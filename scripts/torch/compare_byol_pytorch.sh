@@ -14,6 +14,8 @@
 # 5. the last lines compare the two: kNN at initialisation (BatchNorm's placeholder statistics
 #    and the data's), trained, the gains over each, ours against byol-pytorch at equal epochs
 #    and at equal training time, and the pixels' own kNN for scale. OUT/comparison.txt keeps them.
+#    The figures are read by summarise_comparisons.py's `read_comparison`, which also reads
+#    them for compare_seeds.sh's table over seeds.
 # Needs torch, torchvision, safetensors and byol-pytorch in python3 (see that script).
 set -euo pipefail
 out=$1; shift
@@ -33,17 +35,17 @@ python3 byol_pytorch_reference.py --data "$out/data.safetensors" \
   --threads "$(field "c['run']['threads']")" \
   --ours "$out/ours-encoder.safetensors" > "$out/reference.json"
 python3 - "$out" <<'EOF' | tee "$out/comparison.txt"
-import json, sys
-out = sys.argv[1]
-records = [json.loads(line) for line in open(f"{out}/ours/metrics.jsonl")]
-epochs = [r for r in records if r["kind"] == "epoch"]
-ref = json.load(open(f"{out}/reference.json"))
+import sys
+from summarise_comparisons import BadComparison, read_comparison
+try:
+    run = read_comparison(sys.argv[1])
+except BadComparison as e:
+    sys.exit(f"error: {e}")
+epochs, ref = run["ours_epochs"], run["reference"]
 theirs = ref["byol_pytorch"]
 pct = lambda v: f"{100 * v:5.1f}"
 gain = lambda a, b: f"{100 * (a - b):+5.1f}"
-rows = [("ours", epochs[0]["knn_top1"], epochs[0]["knn_top1_data_bn"], epochs[-1]["knn_top1"]),
-        ("byol-pytorch", ref["byol_pytorch_knn_init"], ref["byol_pytorch_knn_init_data_bn"],
-         theirs[-1]["knn_top1"])]
+rows = [("ours", *run["ours"]), ("byol-pytorch", *run["theirs"])]
 print(f"kNN top-1 (%) after {len(theirs)} epochs; initialisation read with BatchNorm's "
       "placeholder statistics / the data's")
 print(f"{'':14} {'init':>13}  {'trained':>7}  {'gain over each':>14}")

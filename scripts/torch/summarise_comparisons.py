@@ -48,7 +48,8 @@ def field(record, path, *keys):
 
 
 def read_comparison(folder):
-    """One seed's figures, in percent, from a comparison folder."""
+    """One seed's figures from a comparison folder, kNN top-1 as fractions as the files hold
+    them; also its epoch records and reference.json, for compare_byol_pytorch.sh's report."""
     config_path = os.path.join(folder, "ours", "config.json")
     metrics_path = os.path.join(folder, "ours", "metrics.jsonl")
     reference_path = os.path.join(folder, "reference.json")
@@ -68,7 +69,6 @@ def read_comparison(folder):
     theirs = field(reference, reference_path, "byol_pytorch")
     if not isinstance(theirs, list) or not theirs:
         raise BadComparison(f"{reference_path}: field `byol_pytorch` should list its epochs")
-    pct = lambda v: 100.0 * v
     return {
         "folder": folder,
         "seed": field(config, config_path, "seed"),
@@ -78,13 +78,15 @@ def read_comparison(folder):
         # machine); what they are shows in the data set's fields and in the pixels' own kNN.
         "data": ({k: v for k, v in field(config, config_path, "data").items() if k != "data_dir"},
                  field(reference, reference_path, "pixels_knn_top1")),
-        "ours": (pct(field(epochs[0], metrics_path, "knn_top1")),
-                 pct(field(epochs[0], metrics_path, "knn_top1_data_bn")),
-                 pct(field(epochs[-1], metrics_path, "knn_top1"))),
-        "theirs": (pct(field(reference, reference_path, "byol_pytorch_knn_init")),
-                   pct(field(reference, reference_path, "byol_pytorch_knn_init_data_bn")),
-                   pct(field(theirs[-1], reference_path, "knn_top1"))),
+        "ours": (field(epochs[0], metrics_path, "knn_top1"),
+                 field(epochs[0], metrics_path, "knn_top1_data_bn"),
+                 field(epochs[-1], metrics_path, "knn_top1")),
+        "theirs": (field(reference, reference_path, "byol_pytorch_knn_init"),
+                   field(reference, reference_path, "byol_pytorch_knn_init_data_bn"),
+                   field(theirs[-1], reference_path, "knn_top1")),
         "theirs_epochs": field(theirs[-1], reference_path, "epoch"),
+        "ours_epochs": epochs,
+        "reference": reference,
     }
 
 
@@ -113,24 +115,26 @@ def summarise(runs):
     seeds = [run["seed"] for run in runs]
     if len(set(seeds)) != len(seeds):
         raise BadComparison(f"seed given twice among {seeds}; each folder should be another seed")
-    runs = sorted(runs, key=lambda r: r["seed"])
+    percent = lambda values: tuple(100.0 * v for v in values)
+    rows = [(r["seed"], percent(r["ours"]), percent(r["theirs"]))
+            for r in sorted(runs, key=lambda r: r["seed"])]
 
     f = lambda v: f"{v:5.2f}"
     plural = "s" * (first["epochs"] != 1)
     lines = [f"kNN top-1 (%) after {first['epochs']} epoch{plural} of batch {first['batch']}, "
-             f"{len(runs)} seeds; initialisation read with BatchNorm's placeholder statistics "
+             f"{len(rows)} seeds; initialisation read with BatchNorm's placeholder statistics "
              "/ the data's",
              f"{'seed':>5}  {'ours: init → trained':28}  {'byol-pytorch: init → trained':28}"
              f"  {'ours − theirs':>13}"]
     cell = lambda init, init_bn, trained: f"{f(init)} / {f(init_bn)} → {f(trained)}".ljust(28)
-    for run in runs:
-        ours, theirs = run["ours"], run["theirs"]
-        lines.append(f"{run['seed']:>5}  {cell(*ours)}  {cell(*theirs)}  "
-                     f"{ours[2] - theirs[2]:+13.2f}")
-    means = {side: [mean_and_standard_error([r[side][i] for r in runs])[0] for i in range(3)]
-             for side in ("ours", "theirs")}
-    lines.append(f"{'mean':>5}  {cell(*means['ours'])}  {cell(*means['theirs'])}  "
-                 f"{means['ours'][2] - means['theirs'][2]:+13.2f}")
+    for seed, ours, theirs in rows:
+        lines.append(f"{seed:>5}  {cell(*ours)}  {cell(*theirs)}  {ours[2] - theirs[2]:+13.2f}")
+    column_means = lambda readings: [mean_and_standard_error(column)[0]
+                                     for column in zip(*readings)]
+    ours_mean = column_means(ours for _, ours, _ in rows)
+    theirs_mean = column_means(theirs for _, _, theirs in rows)
+    lines.append(f"{'mean':>5}  {cell(*ours_mean)}  {cell(*theirs_mean)}  "
+                 f"{ours_mean[2] - theirs_mean[2]:+13.2f}")
 
     def paired(label, differences, margin):
         mean, se = mean_and_standard_error(differences)
@@ -140,11 +144,11 @@ def summarise(runs):
                 f"seeds); above on {ahead}, by {margin:g} points or more on {clear}")
 
     lines.append(paired("ours − byol-pytorch at equal epochs",
-                        [r["ours"][2] - r["theirs"][2] for r in runs], LEAD_OVER_REFERENCE))
+                        [ours[2] - theirs[2] for _, ours, theirs in rows], LEAD_OVER_REFERENCE))
     lines.append(paired("ours − its initialisation, placeholder statistics",
-                        [r["ours"][2] - r["ours"][0] for r in runs], GAIN_OVER_INIT))
+                        [ours[2] - ours[0] for _, ours, _ in rows], GAIN_OVER_INIT))
     lines.append(paired("ours − its initialisation, the data's statistics",
-                        [r["ours"][2] - r["ours"][1] for r in runs], GAIN_OVER_INIT))
+                        [ours[2] - ours[1] for _, ours, _ in rows], GAIN_OVER_INIT))
     return lines
 
 
