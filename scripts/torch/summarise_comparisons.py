@@ -1,6 +1,6 @@
 """Several seeds of `compare_byol_pytorch.sh` in one table, with means and standard errors.
 
-    python3 summarise_comparisons.py DIR [DIR ...]
+    python3 summarise_comparisons.py DIR [DIR ...] [--variant RUN [RUN ...]]
 
 Each DIR is one comparison's output folder (`ours/config.json`, `ours/metrics.jsonl`,
 `reference.json`). Prints one row per seed (kNN top-1 at initialisation, read with BatchNorm's
@@ -8,6 +8,13 @@ placeholder statistics and with the data's, and after training, for ours and byo
 then the paired figures the small recipe's bar is stated in: ours − byol-pytorch at equal
 epochs, and ours − its own initialisation under each reading, each as mean ± standard error
 over the seeds with the count of seeds that clear the bar's margin (2 and 5 points).
+
+With `--variant`, each RUN is a `host train --out RUN` folder (`config.json`, `metrics.jsonl`)
+of one change to the recipe, on a seed that one DIR holds: the same data and epochs, anything
+else may differ. The variant's block names the fields in which its runs differ from ours (the
+same in every seed, or the runs are refused), then pairs each run with its seed's comparison:
+variant − ours and variant − byol-pytorch at equal epochs, and variant − its own
+initialisation, so one change is judged over seeds without running byol-pytorch again.
 
 A single seed says little here: on Fashion-MNIST the seed moves a 10-epoch run by 6 points
 and, on a bad draw, by 18 (README, "Beside byol-pytorch"). Needs only the standard library.
@@ -47,12 +54,11 @@ def field(record, path, *keys):
     return value
 
 
-def read_comparison(folder):
-    """One seed's figures from a comparison folder, kNN top-1 as fractions as the files hold
-    them; also its epoch records and reference.json, for compare_byol_pytorch.sh's report."""
-    config_path = os.path.join(folder, "ours", "config.json")
-    metrics_path = os.path.join(folder, "ours", "metrics.jsonl")
-    reference_path = os.path.join(folder, "reference.json")
+def read_run(folder):
+    """One `host train --out` folder: its configuration, and its kNN top-1 at initialisation
+    (placeholder and data's BatchNorm statistics) and after its last epoch, as fractions."""
+    config_path = os.path.join(folder, "config.json")
+    metrics_path = os.path.join(folder, "metrics.jsonl")
     config = read_json(config_path)
     try:
         with open(metrics_path) as f:
@@ -65,27 +71,45 @@ def read_comparison(folder):
     if len(epochs) < 2 or epochs[0].get("epoch") != 0:
         raise BadComparison(f"{metrics_path}: expected the initial reading (epoch 0) and at "
                             f"least one trained epoch, found {len(epochs)} epoch records")
+    return {
+        "folder": folder,
+        "config": config,
+        "seed": field(config, config_path, "seed"),
+        "epochs": epochs[-1]["epoch"],
+        "batch": field(config, config_path, "optim", "batch_size"),
+        # Where the data lay may be written differently (relative, absolute, another
+        # machine); what they are shows in the data set's other fields.
+        "data": {k: v for k, v in field(config, config_path, "data").items() if k != "data_dir"},
+        "knn": (field(epochs[0], metrics_path, "knn_top1"),
+                field(epochs[0], metrics_path, "knn_top1_data_bn"),
+                field(epochs[-1], metrics_path, "knn_top1")),
+        "epoch_records": epochs,
+    }
+
+
+def read_comparison(folder):
+    """One seed's figures from a comparison folder, kNN top-1 as fractions as the files hold
+    them; also its epoch records and reference.json, for compare_byol_pytorch.sh's report."""
+    ours = read_run(os.path.join(folder, "ours"))
+    reference_path = os.path.join(folder, "reference.json")
     reference = read_json(reference_path)
     theirs = field(reference, reference_path, "byol_pytorch")
     if not isinstance(theirs, list) or not theirs:
         raise BadComparison(f"{reference_path}: field `byol_pytorch` should list its epochs")
     return {
         "folder": folder,
-        "seed": field(config, config_path, "seed"),
-        "epochs": epochs[-1]["epoch"],
-        "batch": field(config, config_path, "optim", "batch_size"),
-        # Where the data lay may be written differently (relative, absolute, another
-        # machine); what they are shows in the data set's fields and in the pixels' own kNN.
-        "data": ({k: v for k, v in field(config, config_path, "data").items() if k != "data_dir"},
-                 field(reference, reference_path, "pixels_knn_top1")),
-        "ours": (field(epochs[0], metrics_path, "knn_top1"),
-                 field(epochs[0], metrics_path, "knn_top1_data_bn"),
-                 field(epochs[-1], metrics_path, "knn_top1")),
+        "config": ours["config"],
+        "seed": ours["seed"],
+        "epochs": ours["epochs"],
+        "batch": ours["batch"],
+        # The same data under another path is the same data; the pixels' own kNN confirms it.
+        "data": (ours["data"], field(reference, reference_path, "pixels_knn_top1")),
+        "ours": ours["knn"],
         "theirs": (field(reference, reference_path, "byol_pytorch_knn_init"),
                    field(reference, reference_path, "byol_pytorch_knn_init_data_bn"),
                    field(theirs[-1], reference_path, "knn_top1")),
         "theirs_epochs": field(theirs[-1], reference_path, "epoch"),
-        "ours_epochs": epochs,
+        "ours_epochs": ours["epoch_records"],
         "reference": reference,
     }
 
@@ -136,28 +160,110 @@ def summarise(runs):
     lines.append(f"{'mean':>5}  {cell(*ours_mean)}  {cell(*theirs_mean)}  "
                  f"{ours_mean[2] - theirs_mean[2]:+13.2f}")
 
-    def paired(label, differences, margin):
-        mean, se = mean_and_standard_error(differences)
-        ahead = sum(d > 0 for d in differences)
-        clear = sum(d >= margin for d in differences)
-        return (f"{label}: {mean:+.2f} ± {se:.2f} (standard error over {len(differences)} "
-                f"seeds); above on {ahead}, by {margin:g} points or more on {clear}")
-
     lines.append(paired("ours − byol-pytorch at equal epochs",
                         [ours[2] - theirs[2] for _, ours, theirs in rows], LEAD_OVER_REFERENCE))
-    lines.append(paired("ours − its initialisation, placeholder statistics",
-                        [ours[2] - ours[0] for _, ours, _ in rows], GAIN_OVER_INIT))
-    lines.append(paired("ours − its initialisation, the data's statistics",
-                        [ours[2] - ours[1] for _, ours, _ in rows], GAIN_OVER_INIT))
+    lines += gains_over_init("ours", [ours for _, ours, _ in rows])
     return lines
 
 
-def main(folders):
-    if not folders:
-        print("usage: python3 summarise_comparisons.py DIR [DIR ...]", file=sys.stderr)
+def paired(label, differences, margin):
+    """One paired figure over seeds: mean ± standard error, and how many seeds clear `margin`."""
+    mean, se = mean_and_standard_error(differences)
+    ahead = sum(d > 0 for d in differences)
+    clear = sum(d >= margin for d in differences)
+    return (f"{label}: {mean:+.2f} ± {se:.2f} (standard error over {len(differences)} "
+            f"seeds); above on {ahead}, by {margin:g} points or more on {clear}")
+
+
+def gains_over_init(name, readings):
+    """The bar's second half for (placeholder init, data's init, trained) readings in percent."""
+    return [paired(f"{name} − its initialisation, placeholder statistics",
+                   [r[2] - r[0] for r in readings], GAIN_OVER_INIT),
+            paired(f"{name} − its initialisation, the data's statistics",
+                   [r[2] - r[1] for r in readings], GAIN_OVER_INIT)]
+
+
+def flatten(config, prefix=""):
+    """A nested configuration as {"optim.base_lr": 1.0, ...}."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+# Fields in which a variant's run may differ from its seed's comparison without being a change
+# to the recipe: the seed pairs them, and where the data lay is not what they are.
+NOT_A_CHANGE = ("seed", "data.data_dir")
+
+
+def summarise_variant(runs, variants):
+    """The lines that judge one change over seeds: `variants` (read by `read_run`) against the
+    comparisons `runs` (read by `read_comparison`) of the same seeds."""
+    by_seed = {run["seed"]: run for run in runs}
+    seeds = [v["seed"] for v in variants]
+    if len(set(seeds)) != len(seeds):
+        raise BadComparison(f"variant seed given twice among {seeds}; each run should be "
+                            "another seed")
+    changes = None
+    rows = []
+    for variant in sorted(variants, key=lambda v: v["seed"]):
+        run = by_seed.get(variant["seed"])
+        if run is None:
+            raise BadComparison(f"{variant['folder']}: seed {variant['seed']}, which no "
+                                f"comparison given holds (seeds {sorted(by_seed)})")
+        for key, theirs in (("epochs", run["epochs"]), ("data", run["data"][0])):
+            if variant[key] != theirs:
+                raise BadComparison(f"{variant['folder']}: {key} {variant[key]!r}, but its "
+                                    f"seed's comparison {run['folder']} has {theirs!r}; a "
+                                    "variant is compared at equal epochs on the same data")
+        ours, mine = flatten(run["config"]), flatten(variant["config"])
+        differ = {k: (ours.get(k), mine.get(k)) for k in sorted(set(ours) | set(mine))
+                  if k not in NOT_A_CHANGE and ours.get(k) != mine.get(k)}
+        if changes is None:
+            changes, first = differ, variant["folder"]
+        elif differ != changes:
+            raise BadComparison(f"{variant['folder']} differs from ours in {differ}, but "
+                                f"{first} in {changes}; a variant's runs should make one "
+                                "change on every seed")
+        rows.append((variant["seed"], tuple(100.0 * v for v in variant["knn"]),
+                     100.0 * run["ours"][2], 100.0 * run["theirs"][2]))
+
+    f = lambda v: f"{v:5.2f}"
+    described = "; ".join(f"{k} {a!r} → {b!r}" for k, (a, b) in changes.items())
+    lines = [f"variant ({variants[0]['folder']} …): {described or 'no field differs from ours'}",
+             f"kNN top-1 (%) after {runs[0]['epochs']} epochs, {len(rows)} seeds",
+             f"{'seed':>5}  {'variant: init → trained':28}  {'ours':>6}  {'byol-pytorch':>12}  "
+             f"{'variant − ours':>14}  {'variant − theirs':>16}"]
+    for seed, mine, ours, theirs in rows:
+        cell = f"{f(mine[0])} / {f(mine[1])} → {f(mine[2])}".ljust(28)
+        lines.append(f"{seed:>5}  {cell}  {f(ours):>6}  {f(theirs):>12}  "
+                     f"{mine[2] - ours:+14.2f}  {mine[2] - theirs:+16.2f}")
+    lines.append(paired("variant − ours at equal epochs",
+                        [mine[2] - ours for _, mine, ours, _ in rows], LEAD_OVER_REFERENCE))
+    lines.append(paired("variant − byol-pytorch at equal epochs",
+                        [mine[2] - theirs for _, mine, _, theirs in rows], LEAD_OVER_REFERENCE))
+    lines += gains_over_init("variant", [mine for _, mine, _, _ in rows])
+    return lines
+
+
+def main(args):
+    folders, variants = args, []
+    if "--variant" in args:
+        at = args.index("--variant")
+        folders, variants = args[:at], args[at + 1:]
+    if not folders or (folders is not args and not variants):
+        print("usage: python3 summarise_comparisons.py DIR [DIR ...] [--variant RUN [RUN ...]]",
+              file=sys.stderr)
         return 2
     try:
-        print("\n".join(summarise([read_comparison(folder) for folder in folders])))
+        runs = [read_comparison(folder) for folder in folders]
+        lines = summarise(runs)
+        if variants:
+            lines += [""] + summarise_variant(runs, [read_run(v) for v in variants])
+        print("\n".join(lines))
     except BadComparison as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -12,22 +12,30 @@ import unittest
 import summarise_comparisons as summary
 
 
+def write_run(folder, seed, knn, batch=64, epochs=2, data_dir="data/fashion",
+              optimizer="lars", train_size=5000):
+    """A `host train --out` folder: config.json and metrics.jsonl, kNN figures as fractions."""
+    os.makedirs(folder)
+    config = {"seed": seed, "optim": {"batch_size": batch, "epochs": epochs,
+                                      "optimizer": optimizer},
+              "data": {"dataset": "mnist", "data_dir": data_dir, "train_size": train_size}}
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(config, f)
+    lines = [{"epoch": 0, "kind": "epoch", "knn_top1": knn[0], "knn_top1_data_bn": knn[1]}]
+    for epoch in range(1, epochs + 1):
+        lines.append({"epoch": epoch, "kind": "step", "loss": 1.0})
+        lines.append({"epoch": epoch, "kind": "epoch", "knn_top1": knn[2] if epoch == epochs
+                      else 0.01})
+    with open(os.path.join(folder, "metrics.jsonl"), "w") as f:
+        f.write("\n".join(json.dumps(line) for line in lines) + "\n")
+    return folder
+
+
 def write_comparison(root, name, seed, ours, theirs, batch=64, epochs=2, theirs_epochs=None,
                      data_dir="data/fashion", pixels=0.75):
     """A comparison folder as compare_byol_pytorch.sh leaves it; kNN figures as fractions."""
     folder = os.path.join(root, name)
-    os.makedirs(os.path.join(folder, "ours"))
-    config = {"seed": seed, "optim": {"batch_size": batch},
-              "data": {"dataset": "mnist", "data_dir": data_dir, "train_size": 5000}}
-    with open(os.path.join(folder, "ours", "config.json"), "w") as f:
-        json.dump(config, f)
-    lines = [{"epoch": 0, "kind": "epoch", "knn_top1": ours[0], "knn_top1_data_bn": ours[1]}]
-    for epoch in range(1, epochs + 1):
-        lines.append({"epoch": epoch, "kind": "step", "loss": 1.0})
-        lines.append({"epoch": epoch, "kind": "epoch", "knn_top1": ours[2] if epoch == epochs
-                      else 0.01})
-    with open(os.path.join(folder, "ours", "metrics.jsonl"), "w") as f:
-        f.write("\n".join(json.dumps(line) for line in lines) + "\n")
+    write_run(os.path.join(folder, "ours"), seed, ours, batch, epochs, data_dir)
     per_epoch = [{"epoch": e, "knn_top1": theirs[2] if e == epochs else 0.02}
                  for e in range(1, (theirs_epochs or epochs) + 1)]
     reference = {"byol_pytorch_knn_init": theirs[0], "byol_pytorch_knn_init_data_bn": theirs[1],
@@ -129,6 +137,92 @@ class Summary(unittest.TestCase):
         code, _, err = self.run_main([])
         self.assertEqual(code, 2)
         self.assertIn("usage:", err)
+        a = write_comparison(self.root, "a", 0, (0.6, 0.5, 0.6), (0.6, 0.5, 0.6))
+        self.assertEqual(self.run_main([a, "--variant"])[0], 2)
+        self.assertEqual(self.run_main(["--variant", a])[0], 2)
+
+
+class Variant(unittest.TestCase):
+    """`--variant`: one change's runs judged against the comparisons of the same seeds."""
+
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory()
+        self.root = self.tmp.name
+        # ours trained 61 / 64 / 67, byol-pytorch 60 / 61 / 59 on seeds 0 / 1 / 2.
+        self.comparisons = [
+            write_comparison(self.root, "a", 0, (0.62, 0.50, 0.61), (0.64, 0.50, 0.60)),
+            write_comparison(self.root, "b", 1, (0.58, 0.48, 0.64), (0.63, 0.51, 0.61)),
+            write_comparison(self.root, "c", 2, (0.60, 0.50, 0.67), (0.61, 0.52, 0.59))]
+
+    def tearDown(self):
+        self.tmp.cleanup()
+
+    def variant(self, name, seed, knn, **changes):
+        return write_run(os.path.join(self.root, name), seed, knn,
+                         **{"optimizer": "adamw", **changes})
+
+    def run_main(self, variants):
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = summary.main(self.comparisons + ["--variant"] + variants)
+        return code, out.getvalue(), err.getvalue()
+
+    def test_paired_figures_match_a_hand_computation(self):
+        # Seeds 1 and 0 (given out of order): trained 63 and 66 against ours 64 / 61 and
+        # byol-pytorch 61 / 60. variant − ours: +5, −1 → mean 2, sd √18, se 3; − theirs: +6, +2
+        # → 4 ± 2; − placeholder init (62, 58): +4, +5 → 4.5 ± 0.5; − data's (50, 48): +16, +15.
+        variants = [self.variant("v1", 1, (0.58, 0.48, 0.63)),
+                    self.variant("v0", 0, (0.62, 0.50, 0.66))]
+        code, out, err = self.run_main(variants)
+        self.assertEqual((code, err), (0, ""))
+        block = out.split("\n\n")[1].splitlines()
+        self.assertEqual(block[0], f"variant ({variants[0]} …): optim.optimizer 'lars' → 'adamw'")
+        self.assertIn("after 2 epochs, 2 seeds", block[1])
+        self.assertEqual([line.split()[0] for line in block[3:5]], ["0", "1"])
+        self.assertTrue(block[3].endswith("+5.00             +6.00"), block[3])
+        self.assertIn("variant − ours at equal epochs: +2.00 ± 3.00 (standard error over 2 "
+                      "seeds); above on 1, by 2 points or more on 1", out)
+        self.assertIn("variant − byol-pytorch at equal epochs: +4.00 ± 2.00 (standard error "
+                      "over 2 seeds); above on 2, by 2 points or more on 2", out)
+        self.assertIn("variant − its initialisation, placeholder statistics: +4.50 ± 0.50 "
+                      "(standard error over 2 seeds); above on 2, by 5 points or more on 1", out)
+        self.assertIn("variant − its initialisation, the data's statistics: +15.50 ± 0.50", out)
+
+    def test_a_seed_no_comparison_holds_is_refused(self):
+        v = self.variant("v", 7, (0.6, 0.5, 0.6))
+        code, out, err = self.run_main([v])
+        self.assertEqual((code, out), (1, ""))
+        self.assertIn(f"{v}: seed 7, which no comparison given holds (seeds [0, 1, 2])", err)
+
+    def test_runs_that_make_different_changes_are_refused(self):
+        a = self.variant("v0", 0, (0.6, 0.5, 0.6))
+        b = self.variant("v1", 1, (0.6, 0.5, 0.6), batch=128)
+        code, _, err = self.run_main([a, b])
+        self.assertEqual(code, 1)
+        self.assertIn(f"{b} differs from ours in", err)
+        self.assertIn("should make one change on every seed", err)
+
+    def test_other_epochs_or_data_are_refused_and_another_path_accepted(self):
+        code, out, _ = self.run_main([self.variant("moved", 0, (0.6, 0.5, 0.6),
+                                                   data_dir="/elsewhere/fashion")])
+        self.assertEqual(code, 0)
+        self.assertIn("optim.optimizer 'lars' → 'adamw'", out)
+        self.assertNotIn("data_dir", out)
+        longer = self.variant("longer", 0, (0.6, 0.5, 0.6), epochs=3)
+        code, _, err = self.run_main([longer])
+        self.assertEqual(code, 1)
+        self.assertIn(f"{longer}: epochs 3, but its seed's comparison", err)
+        other = self.variant("other", 1, (0.6, 0.5, 0.6), train_size=1000)
+        code, _, err = self.run_main([other])
+        self.assertEqual(code, 1)
+        self.assertIn(f"{other}: data", err)
+
+    def test_the_same_variant_seed_twice_is_refused(self):
+        a = self.variant("v0", 0, (0.6, 0.5, 0.6))
+        b = self.variant("w0", 0, (0.6, 0.5, 0.6))
+        code, _, err = self.run_main([a, b])
+        self.assertEqual(code, 1)
+        self.assertIn("variant seed given twice", err)
 
 
 if __name__ == "__main__":
