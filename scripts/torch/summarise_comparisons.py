@@ -54,9 +54,16 @@ def field(record, path, *keys):
     return value
 
 
+def refuse_a_file(folder):
+    # A shell pattern such as seed-* also matches compare_seeds.sh's seed-S.log files.
+    if os.path.isfile(folder):
+        raise BadComparison(f"{folder}: a file, not a run's folder (seed-*/ matches folders only)")
+
+
 def read_run(folder):
     """One `host train --out` folder: its configuration, and its kNN top-1 at initialisation
     (placeholder and data's BatchNorm statistics) and after its last epoch, as fractions."""
+    refuse_a_file(folder)
     config_path = os.path.join(folder, "config.json")
     metrics_path = os.path.join(folder, "metrics.jsonl")
     config = read_json(config_path)
@@ -90,6 +97,7 @@ def read_run(folder):
 def read_comparison(folder):
     """One seed's figures from a comparison folder, kNN top-1 as fractions as the files hold
     them; also its epoch records and reference.json, for compare_byol_pytorch.sh's report."""
+    refuse_a_file(folder)
     ours = read_run(os.path.join(folder, "ours"))
     reference_path = os.path.join(folder, "reference.json")
     reference = read_json(reference_path)
@@ -234,7 +242,8 @@ def summarise_variant(runs, variants):
     f = lambda v: f"{v:5.2f}"
     described = "; ".join(f"{k} {a!r} → {b!r}" for k, (a, b) in changes.items())
     lines = [f"variant ({variants[0]['folder']} …): {described or 'no field differs from ours'}",
-             f"kNN top-1 (%) after {runs[0]['epochs']} epochs, {len(rows)} seeds",
+             f"kNN top-1 (%) after {runs[0]['epochs']} epoch{'s' * (runs[0]['epochs'] != 1)}, "
+             f"{len(rows)} seeds",
              f"{'seed':>5}  {'variant: init → trained':28}  {'ours':>6}  {'byol-pytorch':>12}  "
              f"{'variant − ours':>14}  {'variant − theirs':>16}"]
     for seed, mine, ours, theirs in rows:

@@ -133,6 +133,14 @@ class Summary(unittest.TestCase):
         self.assertEqual(code, 1)
         self.assertIn(os.path.join(missing, "ours", "config.json"), err)
 
+    def test_a_log_file_matched_by_a_pattern_is_named(self):
+        log = os.path.join(self.root, "seed-0.log")
+        with open(log, "w") as f:
+            f.write("a log\n")
+        code, _, err = self.run_main([log])
+        self.assertEqual(code, 1)
+        self.assertIn(f"{log}: a file, not a run's folder", err)
+
     def test_no_folder_prints_the_usage(self):
         code, _, err = self.run_main([])
         self.assertEqual(code, 2)
