@@ -246,7 +246,9 @@ def summarise_variant(runs, variants):
              f"{len(rows)} seeds",
              f"{'seed':>5}  {'variant: init → trained':28}  {'ours':>6}  {'byol-pytorch':>12}  "
              f"{'variant − ours':>14}  {'variant − theirs':>16}"]
-    for seed, mine, ours, theirs in rows:
+    means = ("mean", tuple(mean_and_standard_error(c)[0] for c in zip(*(r[1] for r in rows))),
+             *(mean_and_standard_error([r[i] for r in rows])[0] for i in (2, 3)))
+    for seed, mine, ours, theirs in rows + [means]:
         cell = f"{f(mine[0])} / {f(mine[1])} → {f(mine[2])}".ljust(28)
         lines.append(f"{seed:>5}  {cell}  {f(ours):>6}  {f(theirs):>12}  "
                      f"{mine[2] - ours:+14.2f}  {mine[2] - theirs:+16.2f}")

@@ -188,6 +188,8 @@ class Variant(unittest.TestCase):
         self.assertIn("after 2 epochs, 2 seeds", block[1])
         self.assertEqual([line.split()[0] for line in block[3:5]], ["0", "1"])
         self.assertTrue(block[3].endswith("+5.00             +6.00"), block[3])
+        self.assertEqual(block[5].split(), ["mean", "60.00", "/", "49.00", "→", "64.50", "62.50",
+                                            "60.50", "+2.00", "+4.00"])
         self.assertIn("variant − ours at equal epochs: +2.00 ± 3.00 (standard error over 2 "
                       "seeds); above on 1, by 2 points or more on 1", out)
         self.assertIn("variant − byol-pytorch at equal epochs: +4.00 ± 2.00 (standard error "
