@@ -205,9 +205,11 @@ fn three_steps<B: Backend>(backend: B, views: &[Vec<f32>], rows: std::ops::Range
 /// step, also with the batch duplicated on both ranks (where the backward is the same
 /// arithmetic and only the forward's statistics differ); after three steps at lr 0.2
 /// (BatchNorm's γ and β take plain SGD steps, which amplify) 6e-5 in the parameters from one
-/// process, while 2, 3 and 4 ranks, all with f64 statistics, agree within 7e-6. Hence 1e-4
-/// from one process and 2e-5 between rank counts; per-replica BatchNorm, a different
-/// computation, lands 1000× further. (Tiny networks are badly conditioned: with the `small`
+/// process, while 2, 3 and 4 ranks, all with f64 statistics, agreed within 7e-6 on the machine
+/// this was written on. On an AMD EPYC (2026-11-30; same code) 3 ranks land 6.3e-5 from one
+/// process and 6.5e-5 from 2 ranks: the rank counts differ in their per-rank sums too, whose
+/// order the matrix kernels pick by CPU. Hence 1e-4 from one process and between rank counts;
+/// per-replica BatchNorm, a different computation, lands 1000× further. (Tiny networks are badly conditioned: with the `small`
 /// recipe's LARS, a width-4 encoder's gradients move 1e-2 for a 1e-5 perturbation of its
 /// parameters after two steps, so longer comparisons measure that, not the data-parallel
 /// arithmetic.)
@@ -260,7 +262,7 @@ fn a_data_parallel_step_should_equal_one_process_on_the_global_batch() {
         if world == 3 {
             let between = relative(&runs[0].1, &two_ranks);
             println!("3 ranks: parameters {between:.1e} from 2 ranks");
-            assert!(between < 2e-5, "2 and 3 ranks differ by {between:.1e}");
+            assert!(between < 1e-4, "2 and 3 ranks differ by {between:.1e}");
         }
         two_ranks = runs[0].1.clone();
         // Per-replica BatchNorm (the ablation) is a different computation: far from it.
