@@ -132,6 +132,34 @@ def mean_and_standard_error(values):
     return mean, math.sqrt(variance / n)
 
 
+def percent(fractions):
+    return tuple(100.0 * v for v in fractions)
+
+
+def number(value):
+    return f"{value:5.2f}"
+
+
+def reading_cell(init, init_bn, trained):
+    """One encoder's kNN readings (percent) as the tables print them."""
+    return f"{number(init)} / {number(init_bn)} → {number(trained)}".ljust(28)
+
+
+def column_means(readings):
+    """The mean of each position over equal-length tuples of readings."""
+    return [mean_and_standard_error(column)[0] for column in zip(*readings)]
+
+
+def epochs_phrase(epochs):
+    return f"{epochs} epoch{'s' * (epochs != 1)}"
+
+
+def refuse_repeated_seeds(seeds, label, item):
+    if len(set(seeds)) != len(seeds):
+        raise BadComparison(f"{label} given twice among {seeds}; each {item} should be "
+                            "another seed")
+
+
 def summarise(runs):
     """The summary's lines for runs read by `read_comparison`, ordered by seed."""
     first = runs[0]
@@ -144,28 +172,21 @@ def summarise(runs):
         if run["theirs_epochs"] != run["epochs"]:
             raise BadComparison(f"{run['folder']}: byol-pytorch trained {run['theirs_epochs']} "
                                 f"epochs and ours {run['epochs']}; expected equal epochs")
-    seeds = [run["seed"] for run in runs]
-    if len(set(seeds)) != len(seeds):
-        raise BadComparison(f"seed given twice among {seeds}; each folder should be another seed")
-    percent = lambda values: tuple(100.0 * v for v in values)
+    refuse_repeated_seeds([run["seed"] for run in runs], "seed", "folder")
     rows = [(r["seed"], percent(r["ours"]), percent(r["theirs"]))
             for r in sorted(runs, key=lambda r: r["seed"])]
 
-    f = lambda v: f"{v:5.2f}"
-    plural = "s" * (first["epochs"] != 1)
-    lines = [f"kNN top-1 (%) after {first['epochs']} epoch{plural} of batch {first['batch']}, "
+    lines = [f"kNN top-1 (%) after {epochs_phrase(first['epochs'])} of batch {first['batch']}, "
              f"{len(rows)} seeds; initialisation read with BatchNorm's placeholder statistics "
              "/ the data's",
              f"{'seed':>5}  {'ours: init → trained':28}  {'byol-pytorch: init → trained':28}"
              f"  {'ours − theirs':>13}"]
-    cell = lambda init, init_bn, trained: f"{f(init)} / {f(init_bn)} → {f(trained)}".ljust(28)
     for seed, ours, theirs in rows:
-        lines.append(f"{seed:>5}  {cell(*ours)}  {cell(*theirs)}  {ours[2] - theirs[2]:+13.2f}")
-    column_means = lambda readings: [mean_and_standard_error(column)[0]
-                                     for column in zip(*readings)]
+        lines.append(f"{seed:>5}  {reading_cell(*ours)}  {reading_cell(*theirs)}  "
+                     f"{ours[2] - theirs[2]:+13.2f}")
     ours_mean = column_means(ours for _, ours, _ in rows)
     theirs_mean = column_means(theirs for _, _, theirs in rows)
-    lines.append(f"{'mean':>5}  {cell(*ours_mean)}  {cell(*theirs_mean)}  "
+    lines.append(f"{'mean':>5}  {reading_cell(*ours_mean)}  {reading_cell(*theirs_mean)}  "
                  f"{ours_mean[2] - theirs_mean[2]:+13.2f}")
 
     lines.append(paired("ours − byol-pytorch at equal epochs",
@@ -211,10 +232,7 @@ def summarise_variant(runs, variants):
     """The lines that judge one change over seeds: `variants` (read by `read_run`) against the
     comparisons `runs` (read by `read_comparison`) of the same seeds."""
     by_seed = {run["seed"]: run for run in runs}
-    seeds = [v["seed"] for v in variants]
-    if len(set(seeds)) != len(seeds):
-        raise BadComparison(f"variant seed given twice among {seeds}; each run should be "
-                            "another seed")
+    refuse_repeated_seeds([v["seed"] for v in variants], "variant seed", "run")
     changes = None
     rows = []
     for variant in sorted(variants, key=lambda v: v["seed"]):
@@ -236,21 +254,18 @@ def summarise_variant(runs, variants):
             raise BadComparison(f"{variant['folder']} differs from ours in {differ}, but "
                                 f"{first} in {changes}; a variant's runs should make one "
                                 "change on every seed")
-        rows.append((variant["seed"], tuple(100.0 * v for v in variant["knn"]),
+        rows.append((variant["seed"], percent(variant["knn"]),
                      100.0 * run["ours"][2], 100.0 * run["theirs"][2]))
 
-    f = lambda v: f"{v:5.2f}"
     described = "; ".join(f"{k} {a!r} → {b!r}" for k, (a, b) in changes.items())
     lines = [f"variant ({variants[0]['folder']} …): {described or 'no field differs from ours'}",
-             f"kNN top-1 (%) after {runs[0]['epochs']} epoch{'s' * (runs[0]['epochs'] != 1)}, "
-             f"{len(rows)} seeds",
+             f"kNN top-1 (%) after {epochs_phrase(runs[0]['epochs'])}, {len(rows)} seeds",
              f"{'seed':>5}  {'variant: init → trained':28}  {'ours':>6}  {'byol-pytorch':>12}  "
              f"{'variant − ours':>14}  {'variant − theirs':>16}"]
-    means = ("mean", tuple(mean_and_standard_error(c)[0] for c in zip(*(r[1] for r in rows))),
-             *(mean_and_standard_error([r[i] for r in rows])[0] for i in (2, 3)))
+    mean_ours, mean_theirs = column_means((ours, theirs) for _, _, ours, theirs in rows)
+    means = ("mean", tuple(column_means(mine for _, mine, _, _ in rows)), mean_ours, mean_theirs)
     for seed, mine, ours, theirs in rows + [means]:
-        cell = f"{f(mine[0])} / {f(mine[1])} → {f(mine[2])}".ljust(28)
-        lines.append(f"{seed:>5}  {cell}  {f(ours):>6}  {f(theirs):>12}  "
+        lines.append(f"{seed:>5}  {reading_cell(*mine)}  {number(ours):>6}  {number(theirs):>12}  "
                      f"{mine[2] - ours:+14.2f}  {mine[2] - theirs:+16.2f}")
     lines.append(paired("variant − ours at equal epochs",
                         [mine[2] - ours for _, mine, ours, _ in rows], LEAD_OVER_REFERENCE))
