@@ -209,10 +209,10 @@ fn three_steps<B: Backend>(backend: B, views: &[Vec<f32>], rows: std::ops::Range
 /// this was written on. On an AMD EPYC (2026-11-30; same code) 3 ranks land 6.3e-5 from one
 /// process and 6.5e-5 from 2 ranks: the rank counts differ in their per-rank sums too, whose
 /// order the matrix kernels pick by CPU. Hence 1e-4 from one process and between rank counts;
-/// per-replica BatchNorm, a different computation, lands 1000× further. (Tiny networks are badly conditioned: with the `small`
-/// recipe's LARS, a width-4 encoder's gradients move 1e-2 for a 1e-5 perturbation of its
-/// parameters after two steps, so longer comparisons measure that, not the data-parallel
-/// arithmetic.)
+/// per-replica BatchNorm, a different computation, lands 1000× further. (Tiny networks are
+/// badly conditioned: with the `small` recipe's LARS, a width-4 encoder's gradients move 1e-2
+/// for a 1e-5 perturbation of its parameters after two steps, so longer comparisons measure
+/// that, not the data-parallel arithmetic.)
 #[test]
 fn a_data_parallel_step_should_equal_one_process_on_the_global_batch() {
     let batch = 12;
