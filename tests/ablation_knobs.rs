@@ -2,6 +2,9 @@
 //! collapse the paper describes: without a predictor and with τ = 0 the projections collapse;
 //! BYOL's default does not.
 
+#[path = "common/scratch.rs"]
+mod scratch;
+
 use host::byol::{
     Byol, ByolConfig, LrMultipliers, Normalisation, Objective, Optimizer, PredictorKind,
 };
@@ -9,6 +12,7 @@ use host::config::TrainConfig;
 use host::nn::{Arch, ResNetConfig, Stem};
 use host::train::{train, RunOptions};
 use rand::{Rng, SeedableRng};
+use scratch::Scratch;
 
 fn tiny_config() -> ByolConfig {
     let encoder = ResNetConfig {
@@ -162,12 +166,11 @@ fn constant_tau_should_copy_or_freeze_the_target() {
 }
 
 fn collapse_run(cfg: TrainConfig, name: &str) -> host::train::Summary {
-    let out = std::env::temp_dir().join(format!("byol-ablation-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&out);
+    let out = Scratch::new("ablation", name);
     train(
         &cfg,
         &RunOptions {
-            out,
+            out: out.to_path_buf(),
             ..RunOptions::default()
         },
     )

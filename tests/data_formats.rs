@@ -1,14 +1,17 @@
 //! The data set readers on small files written here: pixel layout, labels, and a clear error
 //! naming the file for every kind of bad input.
 
+#[path = "common/scratch.rs"]
+mod scratch;
+
 use host::data::formats::{cifar10, cifar100, image_folder, mnist, stl10, UNLABELED};
 use host::Error;
+use scratch::Scratch;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-fn dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("byol-data-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
+fn dir(name: &str) -> Scratch {
+    let d = Scratch::new("data", name);
     std::fs::create_dir_all(&d).unwrap();
     d
 }

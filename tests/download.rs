@@ -2,8 +2,12 @@
 //! test builds: checksum verified, unpacked into place, nothing kept on a mismatch. The server
 //! answers a bounded number of requests and stops by itself.
 
+#[path = "common/scratch.rs"]
+mod scratch;
+
 use host::data::download::{download, Source};
 use md5::{Digest, Md5};
+use scratch::Scratch;
 use std::io::{Read, Write};
 use std::net::TcpListener;
 
@@ -50,8 +54,7 @@ fn md5_hex(bytes: &[u8]) -> String {
 
 #[test]
 fn download_should_verify_the_checksum_and_unpack_into_place() {
-    let dir = std::env::temp_dir().join(format!("byol-download-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = Scratch::new("download", "unpack");
     let payload = b"0123456789".repeat(300);
     let body = archive("cifar-10-batches-bin", &payload);
     let md5 = md5_hex(&body);

@@ -1,9 +1,13 @@
 //! Training runs end to end on a tiny configuration: reproducibility, resuming, checkpoints
 //! and export, bad input, divergence.
 
+#[path = "common/scratch.rs"]
+mod scratch;
+
 use host::config::TrainConfig;
 use host::train::{train, RunOptions};
 use host::Error;
+use scratch::Scratch;
 use std::path::{Path, PathBuf};
 
 fn tiny() -> TrainConfig {
@@ -21,10 +25,8 @@ fn tiny() -> TrainConfig {
     })
 }
 
-fn dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("byol-test-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+fn dir(name: &str) -> Scratch {
+    Scratch::new("test", name)
 }
 
 fn opts(out: &Path) -> RunOptions {
@@ -534,7 +536,7 @@ fn resume_should_refuse_other_checkpoints_with_a_clear_error() {
             c.optim.epochs = 1;
         }),
         &RunOptions {
-            resume: Some(cut.clone()),
+            resume: Some(cut.to_path_buf()),
             ..opts(&dir("r4"))
         },
     )
@@ -548,7 +550,7 @@ fn resume_should_refuse_other_checkpoints_with_a_clear_error() {
             c.optim.epochs = 1;
         }),
         &RunOptions {
-            resume: Some(dir("missing")),
+            resume: Some(dir("missing").to_path_buf()),
             ..opts(&dir("r5"))
         },
     )
@@ -651,7 +653,7 @@ fn a_run_should_train_on_cifar10_files() {
     let summary = train(
         &tiny().with(|c| {
             c.data.dataset = "cifar10".into();
-            c.data.data_dir = Some(data.clone());
+            c.data.data_dir = Some(data.to_path_buf());
             c.optim.epochs = 1;
             c.monitor.knn_k = 5;
         }),
@@ -665,7 +667,7 @@ fn a_run_should_train_on_cifar10_files() {
     // --limit-train / --limit-test: seeded stratified subsets of any data set.
     let limited = tiny().with(|c| {
         c.data.dataset = "cifar10".into();
-        c.data.data_dir = Some(data);
+        c.data.data_dir = Some(data.to_path_buf());
         c.data.limit_train = Some(20);
         c.data.limit_test = Some(5);
     });

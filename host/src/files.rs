@@ -158,7 +158,7 @@ mod tests {
     /// of four metadata entries come out in several orders.
     #[test]
     fn the_same_safetensors_content_should_give_the_same_bytes() {
-        let dir = std::env::temp_dir().join(format!("byol-files-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("byol-safetensors-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let write = |i: usize| {
             let meta = HashMap::from(
@@ -190,7 +190,7 @@ mod tests {
         let meta = meta.metadata().clone().unwrap();
         assert_eq!(meta.len(), 4);
         assert_eq!(meta["classes"], "classes-é");
-        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -241,11 +241,12 @@ mod tests {
         let text = String::from_utf8_lossy(&bytes);
         assert!(text.contains("'descr': '<u2'") && text.contains("'shape': (3,)"));
         assert_eq!(&bytes[bytes.len() - 6..], [7, 0, 8, 0, 9, 0]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn write_atomic_should_replace_the_file_and_leave_no_temporary() {
-        let dir = std::env::temp_dir().join(format!("byol-files-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("byol-atomic-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("a.json");
         super::write_atomic(&path, b"one").unwrap();
@@ -267,5 +268,6 @@ mod tests {
         );
         assert!(!dir.join("blocked.tmp").exists());
         assert!(blocked.join("inside").is_dir());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1169,7 +1169,7 @@ mod tests {
 
     #[test]
     fn a_config_file_should_lay_its_fields_over_its_recipe() {
-        let dir = std::env::temp_dir().join(format!("byol-cli-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("byol-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("run.toml");
         std::fs::write(&path, "recipe = \"imagenet-100\"\n[optim]\nepochs = 7\n").unwrap();
@@ -1213,6 +1213,7 @@ mod tests {
         std::fs::write(&path, "[optim]\nepoch = 2\n").unwrap();
         let e = try_config_of(&["--config", file]).unwrap_err().to_string();
         assert!(e.contains("epoch") && e.contains("run.toml"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -1237,6 +1238,7 @@ mod tests {
         // The repository's recipe file leaves η to the batch as well.
         let small = concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/small.toml");
         assert_eq!(eta(&["--config", small, "--batch-size", "128"]), 0.02);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -275,5 +275,6 @@ mod tests {
             "one cross of two 9-pixel strokes: {orange}"
         );
         assert!(!dir.join("p.png.tmp").exists(), "no temporary file left");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

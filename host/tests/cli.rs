@@ -2,6 +2,10 @@
 //! (never a panic or a Rust debug dump), and a run resumed from its folder alone continues
 //! bit for bit.
 
+#[path = "../../tests/common/scratch.rs"]
+mod scratch;
+
+use scratch::Scratch;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -21,10 +25,8 @@ fn assert_succeeded(out: &Output) {
     );
 }
 
-fn dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("byol-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+fn dir(name: &str) -> Scratch {
+    Scratch::new("cli", name)
 }
 
 /// A run small enough for a test: two epochs of four steps.

@@ -4,16 +4,18 @@
 //! cannot split. The in-process versions of the numerical checks are `tests/distributed.rs`.
 #![cfg(feature = "mpi")]
 
-use std::path::{Path, PathBuf};
+#[path = "../../tests/common/scratch.rs"]
+mod scratch;
+
+use scratch::Scratch;
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 const HOST: &str = env!("CARGO_BIN_EXE_host");
 
-fn dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("byol-mpi-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+fn dir(name: &str) -> Scratch {
+    Scratch::new("mpi", name)
 }
 
 /// Two steps per epoch of a global batch of 24 (12 per rank on 2, 8 on 3), one thread per
