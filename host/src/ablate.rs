@@ -270,6 +270,12 @@ pub fn recipe_elements() -> Vec<(&'static str, Change)> {
             "predictor-lr",
             Box::new(move |c| c.ablation.predictor_lr_mult = s.predictor_lr_mult),
         ),
+        (
+            "mlp-width",
+            Box::new(move |c| {
+                (c.model.projector_hidden, c.model.predictor_hidden) = (s.mlp_hidden, s.mlp_hidden)
+            }),
+        ),
     ]
 }
 

@@ -137,13 +137,14 @@ pub struct ModelConfig {
     /// Channels of the first stage (torchvision: 64).
     #[arg(long, default_value_t, hide_default_value = true)]
     pub width: usize,
-    /// Hidden units of the projector MLP (4096 in the paper).
+    /// Hidden units of the projector MLP (4096 in the paper and the official presets; 1024 in
+    /// the small recipe).
     #[arg(long, default_value_t, hide_default_value = true)]
     pub projector_hidden: usize,
     /// Output size of the projector, and so of the predictor (256 in the paper).
     #[arg(long, default_value_t, hide_default_value = true)]
     pub projection_dim: usize,
-    /// Hidden units of the predictor MLP (4096 in the paper).
+    /// Hidden units of the predictor MLP (as the projector's).
     #[arg(long, default_value_t, hide_default_value = true)]
     pub predictor_hidden: usize,
     /// Linear layers of the projector (2 in the paper; 1 is a single Linear; the paper's
@@ -166,9 +167,9 @@ impl Default for ModelConfig {
             arch: "resnet18".into(),
             stem: "cifar".into(),
             width: 16,
-            projector_hidden: 4096,
+            projector_hidden: 1024,
             projection_dim: 256,
-            predictor_hidden: 4096,
+            predictor_hidden: 1024,
             projector_depth: 2,
             predictor_depth: 2,
             init: "torchvision".into(),

@@ -563,7 +563,7 @@ fn run_training(cfg: &TrainConfig, out: &Path, opts: &RunOptions) -> Result<(), 
         out.display()
     );
     eprintln!(
-        "  recipe {}: {} lr {}·batch/256, weight decay {:e}{}, τ {}, target {}, blur {}/{}, warm-up {}",
+        "  recipe {}: {} lr {}·batch/256, weight decay {:e}{}, τ {}, target {}, blur {}/{}, warm-up {}, projector/predictor hidden {}/{}",
         cfg.recipe,
         cfg.optim.optimizer,
         cfg.optim.base_lr,
@@ -581,7 +581,9 @@ fn run_training(cfg: &TrainConfig, out: &Path, opts: &RunOptions) -> Result<(), 
         cfg.optim.target_init,
         cfg.augment.blur_t,
         cfg.augment.blur_t_prime,
-        counted(cfg.optim.warmup_epochs, "epoch")
+        counted(cfg.optim.warmup_epochs, "epoch"),
+        cfg.model.projector_hidden,
+        cfg.model.predictor_hidden
     );
     let ablations = cfg.ablations();
     if !ablations.is_empty() {

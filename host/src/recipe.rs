@@ -42,6 +42,8 @@ pub struct Recipe {
     pub crop_min_scale: f64,
     /// Learning-rate multiplier of the predictor (λ; 1 in the paper's main runs).
     pub predictor_lr_mult: f64,
+    /// Hidden units of the projector and of the predictor MLP (4096 in the paper).
+    pub mlp_hidden: usize,
 }
 
 /// The recipe for images of 96 px and below (see the module's docs and the README for the
@@ -76,6 +78,11 @@ pub const SMALL: Recipe = Recipe {
     // digits; README "Training".
     crop_min_scale: 0.08,
     predictor_lr_mult: 1.0,
+    // Over thirteen Fashion-MNIST seeds at batch 64, 1024 hidden units end 1.95 ± 1.10 points
+    // above the paper's 4096 after ten epochs (ahead on nine; two of the three stalled runs
+    // recover), 3.03 ± 1.97 above byol-pytorch (5.25 ± 0.73 on the six seeds held out from
+    // the choice); an epoch takes about 15% less time. README "Recipes", "MLP width".
+    mlp_hidden: 1024,
 };
 
 /// The names [`named`] knows.
@@ -112,6 +119,7 @@ pub fn imagenet(p: Preset) -> Recipe {
         blur: [1.0, 0.1],
         crop_min_scale: 0.08,
         predictor_lr_mult: 1.0,
+        mlp_hidden: 4096,
     }
 }
 
@@ -168,6 +176,8 @@ impl Recipe {
         [c.augment.blur_t, c.augment.blur_t_prime] = self.blur;
         c.augment.crop_min_scale = self.crop_min_scale;
         c.ablation.predictor_lr_mult = self.predictor_lr_mult;
+        c.model.projector_hidden = self.mlp_hidden;
+        c.model.predictor_hidden = self.mlp_hidden;
     }
 }
 
@@ -210,6 +220,7 @@ mod tests {
                 (1.0, "independent", [1.0, 0.1])
             );
             assert_eq!((r.crop_min_scale, r.predictor_lr_mult), (0.08, 1.0));
+            assert_eq!(r.mlp_hidden, 4096, "the paper's projector and predictor");
             assert_eq!(r.batch_size, None, "the run's batch; lr scales with it");
         }
         assert!(named("imagenet-50").is_err() && named("large").is_err());
@@ -268,6 +279,10 @@ mod tests {
             ),
             ("independent", 1.0, 0.1)
         );
+        assert_eq!(
+            (c.model.projector_hidden, c.model.predictor_hidden),
+            (4096, 4096)
+        );
         c.optim.batch_size = 1024;
         named("imagenet-40").unwrap().apply(&mut c);
         assert_eq!(
@@ -276,6 +291,10 @@ mod tests {
         );
         SMALL.apply(&mut c);
         assert_eq!(c.optim.batch_size, 64);
+        assert_eq!(
+            (c.model.projector_hidden, c.model.predictor_hidden),
+            (1024, 1024)
+        );
         assert_eq!(c, TrainConfig::default(), "the default is the small recipe");
     }
 }
