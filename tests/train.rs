@@ -760,5 +760,4 @@ fn a_study_over_several_seeds_should_train_every_setting_on_every_seed() {
         .unwrap_err();
         assert!(e.to_string().contains(expected), "{e}");
     }
-    let _ = std::fs::remove_dir_all(&out);
 }

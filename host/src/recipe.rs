@@ -81,7 +81,7 @@ pub const SMALL: Recipe = Recipe {
     // Over thirteen Fashion-MNIST seeds at batch 64, 1024 hidden units end 1.95 ± 1.10 points
     // above the paper's 4096 after ten epochs (ahead on nine; two of the three stalled runs
     // recover), 3.03 ± 1.97 above byol-pytorch (5.25 ± 0.73 on the six seeds held out from
-    // the choice); an epoch takes about 15% less time. README "Recipes", "MLP width".
+    // the choice); an epoch takes about 13% less time. README "Recipes", "MLP width".
     mlp_hidden: 1024,
 };
 
