@@ -85,7 +85,7 @@ fn main() {
     let iters: usize = arg("--iters", "10").parse().unwrap();
     let batch: usize = arg("--batch", "512").parse().unwrap();
     let (it, b) = (iters.to_string(), batch.to_string());
-    for precision in [Precision::F32, Precision::Tf32] {
+    for precision in [Precision::F32, Precision::Tf32, Precision::Bf16] {
         let ips = byol_step(Cuda::with_precision(0, precision).unwrap(), batch, iters);
         let p = format!("{precision:?}").to_lowercase();
         println!("rust  byol-step batch={batch} device=cuda precision={p} images_per_s={ips:.1}");
@@ -100,13 +100,9 @@ fn main() {
                 "--precision",
             ];
             torch("bench_byol_step.py", &[&base[..], &[&p]].concat(), ips);
-            if precision == Precision::Tf32 {
-                // Against PyTorch's fastest mode too (ours has no bf16 yet).
-                torch("bench_byol_step.py", &[&base[..], &["bf16"]].concat(), ips);
-            }
         }
     }
-    for precision in [Precision::F32, Precision::Tf32] {
+    for precision in [Precision::F32, Precision::Tf32, Precision::Bf16] {
         let gpu = Cuda::with_precision(0, precision).unwrap();
         let ips = resnet50(&gpu, 128, iters);
         let p = format!("{precision:?}").to_lowercase();

@@ -192,7 +192,7 @@ fn three_steps<B: Backend>(backend: B, views: &[Vec<f32>], rows: std::ops::Range
     let px = 8 * 8 * 3;
     let part = |v: &[f32]| -> Vec<f32> { v[rows.start * px..rows.end * px].to_vec() };
     let (v1, v2) = (part(&views[0]), part(&views[1]));
-    let (losses, s) = byol_steps(&byol, &byol.init(7), [&v1, &v2], 8, 3);
+    let (losses, s, _) = byol_steps(&byol, &byol.init(7), [&v1, &v2], 8, 3);
     (losses, s.online, s.online_running)
 }
 

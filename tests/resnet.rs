@@ -11,6 +11,7 @@ use host::data::augment::{Augmenter, ViewConfig};
 use host::eval::data_statistics;
 use host::nn::{Arch, ResNet, ResNetConfig, Stem, WeightInit};
 use host::{Backend, BnMode, Cpu, Error, Mlp};
+use rand::Rng;
 use safetensors::SafeTensors;
 
 /// The fixtures folder: `BYOL_FIXTURES` when set (a test binary run away from its source
@@ -95,43 +96,128 @@ fn tensor(st: &SafeTensors, name: &str) -> Vec<f32> {
         .collect()
 }
 
-/// One training-mode forward and backward against PyTorch, then an evaluation-mode forward.
-/// Gradients are compared tensor by tensor in norm (relative error ≤ 2e-3) and, where
-/// `elementwise_grads`, also element by element: through ResNet-50's sixteen blocks single
-/// small entries drift by ~1% from rounding while every tensor stays within 7e-4 in norm.
-#[allow(clippy::too_many_arguments)]
-fn matches_pytorch<B: Backend>(
-    be: &B,
+/// A PyTorch fixture of `scripts/torch/make_fixtures.py`: the file and the encoder, batch
+/// and image size it was made with.
+struct Case {
+    file: &'static str,
     arch: Arch,
     stem: Stem,
-    file: &str,
     width: usize,
     batch: usize,
     size: usize,
-    elementwise_grads: bool,
-) {
+}
+
+const RESNET18_CIFAR: Case = Case {
+    file: "resnet_resnet18_cifar_w4.safetensors",
+    arch: Arch::ResNet18,
+    stem: Stem::Cifar,
+    width: 4,
+    batch: 3,
+    size: 12,
+};
+const RESNET50_IMAGENET: Case = Case {
+    file: "resnet_resnet50_imagenet_w4.safetensors",
+    arch: Arch::ResNet50,
+    stem: Stem::ImageNet,
+    width: 4,
+    batch: 2,
+    size: 64,
+};
+
+/// A fixture's encoder and its inputs: parameters and initial running statistics (in our
+/// layouts), the input batch (NHWC) and the loss weights `R` on the representation.
+struct Loaded {
+    net: ResNet,
+    params: Vec<f32>,
+    initial: Vec<f32>,
+    x: Vec<f32>,
+    repr_weights: Vec<f32>,
+}
+
+impl Case {
+    fn load(&self, st: &SafeTensors) -> Loaded {
+        let net = ResNet::new(ResNetConfig {
+            arch: self.arch,
+            stem: self.stem,
+            width: self.width,
+            in_channels: 3,
+        })
+        .unwrap();
+        let r = &net.registry;
+        let mut params = vec![0.0; r.param_len()];
+        for p in &r.params {
+            r.from_torch(p, &tensor(st, &format!("param.{}", p.name)), &mut params);
+        }
+        let mut initial = vec![0.0; r.buffer_len()];
+        for b in &r.buffers {
+            initial[b.range.clone()].copy_from_slice(&tensor(st, &format!("initial.{}", b.name)));
+        }
+        let (x, repr_weights) = (tensor(st, "input_nhwc"), tensor(st, "repr_weights"));
+        Loaded {
+            net,
+            params,
+            initial,
+            x,
+            repr_weights,
+        }
+    }
+}
+
+/// Per parameter tensor, the norm-wise relative error its gradient is held to: 2e-3, or
+/// three times how far the CPU's own gradient moves when the input moves by 1e-6 or 1e-5 of
+/// itself (three random draws), where that is more. A fixture's gradient can hinge on
+/// rounding: a ReLU whose input is within rounding of zero is decided by the order of sums,
+/// and in the last stage of a batch-2 ResNet-50 (8 rows per BatchNorm channel) one such
+/// decision moves every gradient by about 3%. The first GPU run (2026-11-30) met exactly that
+/// on the ResNet-50 fixture: 3.3e-2 on `conv1.weight` against PyTorch, the same 3.3e-2 the
+/// CPU moves by when its input moves by 1e-6 of itself; the CPU matches PyTorch's decisions
+/// there only because its sums come in a similar order. The ResNet-18 fixture moves by at most
+/// 6e-6 at 1e-6, so it keeps 2e-3 nearly everywhere.
+/// The last entry is the input gradient's.
+fn gradient_tolerances(case: &Case, f: &Loaded) -> Vec<f64> {
+    let (reference, reference_x) = cpu_gradients(f, case, &f.x);
+    let mut tol = vec![2e-3f64; f.net.registry.params.len() + 1];
+    for (relative_move, seed) in [(1e-6f32, 5), (1e-6, 6), (1e-5, 7)] {
+        let mut r = rng(seed);
+        let moved: Vec<f32> =
+            f.x.iter()
+                .map(|v| v * (1.0 + relative_move * (r.random::<f32>() - 0.5)))
+                .collect();
+        let (g, gx) = cpu_gradients(f, case, &moved);
+        for (t, p) in tol.iter_mut().zip(&f.net.registry.params) {
+            let range = p.range.clone();
+            *t = (*t).max(3.0 * relative(&g[range.clone()], &reference[range]));
+        }
+        let t = tol.last_mut().expect("the input's entry");
+        *t = (*t).max(3.0 * relative(&gx, &reference_x));
+    }
+    tol
+}
+
+/// One training-mode forward and backward against PyTorch, then an evaluation-mode forward.
+/// Gradients are compared tensor by tensor in norm (within [`gradient_tolerances`]) and,
+/// where `elementwise_grads`, also element by element: through ResNet-50's sixteen blocks
+/// single small entries drift by ~1% from rounding while every tensor stays within 7e-4 in
+/// norm.
+fn matches_pytorch<B: Backend>(be: &B, case: &Case, elementwise_grads: bool) {
+    let file = case.file;
     let bytes = std::fs::read(fixtures().join(file)).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
-    let net = ResNet::new(ResNetConfig {
-        arch,
-        stem,
-        width,
-        in_channels: 3,
-    })
-    .unwrap();
+    let loaded = case.load(&st);
+    let tolerances = gradient_tolerances(case, &loaded);
+    let Loaded {
+        net,
+        params,
+        initial,
+        x,
+        repr_weights,
+    } = loaded;
     let r = &net.registry;
-    let mut params = vec![0.0; r.param_len()];
-    for p in &r.params {
-        r.from_torch(p, &tensor(&st, &format!("param.{}", p.name)), &mut params);
-    }
-    let mut initial = vec![0.0; r.buffer_len()];
-    for b in &r.buffers {
-        initial[b.range.clone()].copy_from_slice(&tensor(&st, &format!("initial.{}", b.name)));
-    }
-    let x = tensor(&st, "input_nhwc");
     let (pb, xb) = (be.upload(&params).unwrap(), be.upload(&x).unwrap());
     let mut running = be.upload(&initial).unwrap();
-    let mut acts = net.activations(be, batch, size, size).unwrap();
+    let mut acts = net
+        .activations(be, case.batch, case.size, case.size)
+        .unwrap();
     let forward = net.forward(be, &pb, &mut running, &xb, BnMode::Train, &mut acts);
     if supported(&format!("{file}: forward"), forward).is_none() {
         return;
@@ -157,20 +243,38 @@ fn matches_pytorch<B: Backend>(
     }
     let mut grads = be.zeros(r.param_len()).unwrap();
     let mut gx = be.zeros(x.len()).unwrap();
-    let weights = be.upload(&tensor(&st, "repr_weights")).unwrap();
+    let weights = be.upload(&repr_weights).unwrap();
     net.backward(be, &pb, &xb, &mut acts, &weights, &mut grads, Some(&mut gx))
         .unwrap();
     let (grads, gx) = (be.download(&grads).unwrap(), be.download(&gx).unwrap());
+    // Every tensor's error is listed when any is off: where along the backward pass the error
+    // starts tells a wrong layer from rounding that grows layer by layer.
+    let mut off = Vec::new();
+    for (p, &tol) in r.params.iter().zip(&tolerances) {
+        let e = to_f64(&tensor(&st, &format!("grad.{}", p.name)));
+        let (err, norm) = norm_error(&r.to_torch(p, &grads), &e);
+        let line = format!("{} {:.1e} (tolerance {tol:.1e})", p.name, err / norm);
+        off.push((err > tol * norm, line));
+    }
+    if off.iter().any(|(bad, _)| *bad) {
+        let bad = off.iter().filter(|(bad, _)| *bad).count();
+        let all: Vec<&str> = off.iter().map(|(_, s)| s.as_str()).collect();
+        panic!(
+            "{file}: {bad} of {} parameter gradients are off by more than their tolerance, norm-wise; every tensor, from the input on: {}",
+            off.len(),
+            all.join(", ")
+        );
+    }
     for p in &r.params {
         let e = to_f64(&tensor(&st, &format!("grad.{}", p.name)));
         let ours = r.to_torch(p, &grads);
-        assert_norm_close(&format!("{file}: ∂L/∂{}", p.name), &ours, &e, 2e-3);
         if elementwise_grads {
             assert_close(&format!("{file}: ∂L/∂{}", p.name), &ours, &e, 2e-3, 2e-4);
         }
     }
     let e = to_f64(&tensor(&st, "grad_input_nhwc"));
-    assert_norm_close(&format!("{file}: ∂L/∂input"), &gx, &e, 2e-3);
+    let input_tol = *tolerances.last().expect("the input's entry");
+    assert_norm_close(&format!("{file}: ∂L/∂input"), &gx, &e, input_tol);
     if elementwise_grads {
         assert_close(&format!("{file}: ∂L/∂input"), &gx, &e, 2e-3, 2e-4);
     }
@@ -192,16 +296,7 @@ fn matches_pytorch<B: Backend>(
 }
 
 fn resnet18_cifar_matches_pytorch<B: Backend>(be: &B) {
-    matches_pytorch(
-        be,
-        Arch::ResNet18,
-        Stem::Cifar,
-        "resnet_resnet18_cifar_w4.safetensors",
-        4,
-        3,
-        12,
-        true,
-    );
+    matches_pytorch(be, &RESNET18_CIFAR, true);
 }
 test_device!(
     resnet18_cifar_forward_and_backward_should_match_pytorch,
@@ -209,21 +304,34 @@ test_device!(
 );
 
 fn resnet50_imagenet_matches_pytorch<B: Backend>(be: &B) {
-    matches_pytorch(
-        be,
-        Arch::ResNet50,
-        Stem::ImageNet,
-        "resnet_resnet50_imagenet_w4.safetensors",
-        4,
-        2,
-        64,
-        false,
-    );
+    matches_pytorch(be, &RESNET50_IMAGENET, false);
 }
 test_device!(
     resnet50_imagenet_forward_and_backward_should_match_pytorch,
     resnet50_imagenet_matches_pytorch
 );
+
+/// Every parameter gradient of one training-mode forward and backward on the CPU, then the
+/// input's.
+fn cpu_gradients(f: &Loaded, case: &Case, x: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let be = &Cpu;
+    let (pb, xb) = (be.upload(&f.params).unwrap(), be.upload(x).unwrap());
+    let mut running = be.upload(&f.initial).unwrap();
+    let mut acts = f
+        .net
+        .activations(be, case.batch, case.size, case.size)
+        .unwrap();
+    f.net
+        .forward(be, &pb, &mut running, &xb, BnMode::Train, &mut acts)
+        .unwrap();
+    let mut grads = be.zeros(f.net.registry.param_len()).unwrap();
+    let mut gx = be.zeros(x.len()).unwrap();
+    let weights = be.upload(&f.repr_weights).unwrap();
+    f.net
+        .backward(be, &pb, &xb, &mut acts, &weights, &mut grads, Some(&mut gx))
+        .unwrap();
+    (grads, gx)
+}
 
 #[test]
 fn conv_weights_should_round_trip_through_the_torch_layout() {
@@ -722,4 +830,56 @@ fn data_statistics_should_be_the_mean_over_batches_in_any_order() {
     }
     // The two batches differ, so the test compares something.
     assert!(sa.iter().zip(&sb).any(|(x, y)| (x - y).abs() > 1e-3));
+}
+
+/// The GPU repeats itself bit for bit: two forward and backward passes of the ResNet-50
+/// fixture give the same gradients. cuDNN's heuristics pick backward algorithms that add with
+/// atomics for 5 of this network's 23 convolution shapes (cuDNN 9.14 on an H200); the backend
+/// replaces them with deterministic ones, and this test fails where it does not.
+#[cfg(feature = "cuda")]
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn gpu_gradients_should_repeat_bit_for_bit() {
+    let case = &RESNET50_IMAGENET;
+    let bytes = std::fs::read(fixtures().join(case.file)).unwrap();
+    let f = case.load(&SafeTensors::deserialize(&bytes).unwrap());
+    let be = gpu();
+    let run = || {
+        let (pb, xb) = (be.upload(&f.params).unwrap(), be.upload(&f.x).unwrap());
+        let mut running = be.upload(&f.initial).unwrap();
+        let mut acts = f
+            .net
+            .activations(&be, case.batch, case.size, case.size)
+            .unwrap();
+        f.net
+            .forward(&be, &pb, &mut running, &xb, BnMode::Train, &mut acts)
+            .unwrap();
+        let mut grads = be.zeros(f.net.registry.param_len()).unwrap();
+        let mut gx = be.zeros(f.x.len()).unwrap();
+        let weights = be.upload(&f.repr_weights).unwrap();
+        f.net
+            .backward(
+                &be,
+                &pb,
+                &xb,
+                &mut acts,
+                &weights,
+                &mut grads,
+                Some(&mut gx),
+            )
+            .unwrap();
+        (be.download(&grads).unwrap(), be.download(&gx).unwrap())
+    };
+    let (first, second) = (run(), run());
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for p in &f.net.registry.params {
+        let r = p.range.clone();
+        assert_eq!(
+            bits(&first.0[r.clone()]),
+            bits(&second.0[r]),
+            "∂L/∂{} differs between two GPU runs",
+            p.name
+        );
+    }
+    assert_eq!(bits(&first.1), bits(&second.1), "∂L/∂input differs");
 }

@@ -18,7 +18,7 @@ pub fn gpu() -> host::Cuda {
 
 /// `test_device!(name, body)`: the tests `name::cpu` and, with the `cuda` feature, `name::cuda`,
 /// each calling `body(&backend)` (as candle's `test_device!`). The GPU variants are ignored
-/// by default: `scripts/gpu-bundle.sh` runs them with `--include-ignored` on a GPU machine.
+/// by default: `scripts/gpu-bundle.sh` runs them with `--ignored` on a GPU machine.
 #[macro_export]
 macro_rules! test_device {
     ($name:ident, $body:ident) => {
@@ -85,14 +85,15 @@ pub fn tiny_byol(stem: host::nn::Stem) -> host::byol::ByolConfig {
 }
 
 /// `steps` BYOL steps of `byol` (official LARS, lr 0.2, τ 0.99) from `state` on the views
-/// `[batch, size, size, 3]`: the losses, and the state after them on the host.
+/// `[batch, size, size, 3]`: the losses, the state after them and the last step's gradient
+/// (of the online network, laid out as `byol.registry`), on the host.
 pub fn byol_steps<B: Backend>(
     byol: &host::byol::Byol<B>,
     state: &host::byol::ByolState<host::Cpu>,
     views: [&[f32]; 2],
     size: usize,
     steps: usize,
-) -> (Vec<f32>, host::byol::ByolState<host::Cpu>) {
+) -> (Vec<f32>, host::byol::ByolState<host::Cpu>, Vec<f32>) {
     let batch = views[0].len() / (size * size * 3);
     let be = &byol.backend;
     let mut s = state.to_backend(be).unwrap();
@@ -106,7 +107,8 @@ pub fn byol_steps<B: Backend>(
             out.unwrap().loss
         })
         .collect();
-    (losses, s.to_host(be).unwrap())
+    let grads = be.download(&work.grads).unwrap();
+    (losses, s.to_host(be).unwrap(), grads)
 }
 
 /// `‖a − b‖ / ‖b‖`.
@@ -154,6 +156,32 @@ pub fn assert_norm_close(what: &str, actual: &[f32], expected: &[f64], tol: f64)
         "{what}: relative error {:.2e} > {tol:e} (norm {norm:.3e})",
         err / norm
     );
+}
+
+/// The `k` tensors of `registry` whose values in `actual` are furthest, norm-wise relative,
+/// from `expected` (both flat buffers laid out by the registry), as `name 1.2e-3, …`: what a
+/// whole network's comparison names when it fails, so the failing layer shows in one run.
+pub fn worst_params(
+    registry: &host::nn::Registry,
+    actual: &[f32],
+    expected: &[f32],
+    k: usize,
+) -> String {
+    let mut errs: Vec<(f64, &str)> = registry
+        .params
+        .iter()
+        .map(|p| {
+            let r = p.range.clone();
+            (relative(&actual[r.clone()], &expected[r]), p.name.as_str())
+        })
+        .collect();
+    errs.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let worst: Vec<String> = errs
+        .iter()
+        .take(k)
+        .map(|(e, name)| format!("{name} {e:.1e}"))
+        .collect();
+    worst.join(", ")
 }
 
 /// `(‖actual − expected‖, ‖expected‖)`, in f64.
