@@ -172,8 +172,7 @@ impl Case {
 /// on the ResNet-50 fixture: 3.3e-2 on `conv1.weight` against PyTorch, the same 3.3e-2 the
 /// CPU moves by when its input moves by 1e-6 of itself; the CPU matches PyTorch's decisions
 /// there only because its sums come in a similar order. The ResNet-18 fixture moves by at most
-/// 6e-6 at 1e-6, so it keeps 2e-3 nearly everywhere.
-/// The last entry is the input gradient's.
+/// 6e-6 at 1e-6 and keeps 2e-3 everywhere. The last entry is the input gradient's.
 fn gradient_tolerances(case: &Case, f: &Loaded) -> Vec<f64> {
     let (reference, reference_x) = cpu_gradients(f, case, &f.x);
     let mut tol = vec![2e-3f64; f.net.registry.params.len() + 1];
@@ -197,8 +196,8 @@ fn gradient_tolerances(case: &Case, f: &Loaded) -> Vec<f64> {
 /// One training-mode forward and backward against PyTorch, then an evaluation-mode forward.
 /// Gradients are compared tensor by tensor in norm (within [`gradient_tolerances`]) and,
 /// where `elementwise_grads`, also element by element: through ResNet-50's sixteen blocks
-/// single small entries drift by ~1% from rounding while every tensor stays within 7e-4 in
-/// norm.
+/// single small entries drift by ~1% from rounding (on the CPU, where every tensor stays
+/// within 7e-4 in norm).
 fn matches_pytorch<B: Backend>(be: &B, case: &Case, elementwise_grads: bool) {
     let file = case.file;
     let bytes = std::fs::read(fixtures().join(file)).unwrap();
