@@ -171,8 +171,8 @@ impl Case {
 /// decision moves every gradient by about 3%. The first GPU run (2026-11-30) met exactly that
 /// on the ResNet-50 fixture: 3.3e-2 on `conv1.weight` against PyTorch, the same 3.3e-2 the
 /// CPU moves by when its input moves by 1e-6 of itself; the CPU happens to decide that ReLU
-/// as PyTorch does. The ResNet-18 fixture moves by at most
-/// 6e-6 at 1e-6 and keeps 2e-3 everywhere. The last entry is the input gradient's.
+/// as PyTorch does. The ResNet-18 fixture moves by at most 6e-6 at 1e-6 and keeps 2e-3
+/// everywhere. The last entry is the input gradient's.
 fn gradient_tolerances(case: &Case, f: &Loaded) -> Vec<f64> {
     let (reference, reference_x) = cpu_gradients(f, case, &f.x);
     let mut tol = vec![2e-3f64; f.net.registry.params.len() + 1];
