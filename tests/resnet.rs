@@ -174,7 +174,7 @@ impl Case {
 /// as PyTorch does. The ResNet-18 fixture moves by at most 6e-6 at 1e-6 and keeps 2e-3
 /// everywhere. The last entry is the input gradient's.
 fn gradient_tolerances(case: &Case, f: &Loaded) -> Vec<f64> {
-    let (reference, reference_x) = cpu_gradients(f, case, &f.x);
+    let (reference, reference_x) = gradients(&Cpu, f, case, &f.x);
     let mut tol = vec![2e-3f64; f.net.registry.params.len() + 1];
     for (relative_move, seed) in [(1e-6f32, 5), (1e-6, 6), (1e-5, 7)] {
         let mut r = rng(seed);
@@ -182,7 +182,7 @@ fn gradient_tolerances(case: &Case, f: &Loaded) -> Vec<f64> {
             f.x.iter()
                 .map(|v| v * (1.0 + relative_move * (r.random::<f32>() - 0.5)))
                 .collect();
-        let (g, gx) = cpu_gradients(f, case, &moved);
+        let (g, gx) = gradients(&Cpu, f, case, &moved);
         for (t, p) in tol.iter_mut().zip(&f.net.registry.params) {
             let range = p.range.clone();
             *t = (*t).max(3.0 * relative(&g[range.clone()], &reference[range]));
@@ -248,10 +248,17 @@ fn matches_pytorch<B: Backend>(be: &B, case: &Case, elementwise_grads: bool) {
     let (grads, gx) = (be.download(&grads).unwrap(), be.download(&gx).unwrap());
     // Every tensor's error is listed when any is off: where along the backward pass the error
     // starts tells a wrong layer from rounding that grows layer by layer.
+    let compared: Vec<(Vec<f32>, Vec<f64>)> = r
+        .params
+        .iter()
+        .map(|p| {
+            let expected = to_f64(&tensor(&st, &format!("grad.{}", p.name)));
+            (r.to_torch(p, &grads), expected)
+        })
+        .collect();
     let mut off = Vec::new();
-    for (p, &tol) in r.params.iter().zip(&tolerances) {
-        let e = to_f64(&tensor(&st, &format!("grad.{}", p.name)));
-        let (err, norm) = norm_error(&r.to_torch(p, &grads), &e);
+    for ((p, &tol), (ours, e)) in r.params.iter().zip(&tolerances).zip(&compared) {
+        let (err, norm) = norm_error(ours, e);
         let line = format!("{} {:.1e} (tolerance {tol:.1e})", p.name, err / norm);
         off.push((err > tol * norm, line));
     }
@@ -264,11 +271,9 @@ fn matches_pytorch<B: Backend>(be: &B, case: &Case, elementwise_grads: bool) {
             all.join(", ")
         );
     }
-    for p in &r.params {
-        let e = to_f64(&tensor(&st, &format!("grad.{}", p.name)));
-        let ours = r.to_torch(p, &grads);
-        if elementwise_grads {
-            assert_close(&format!("{file}: ∂L/∂{}", p.name), &ours, &e, 2e-3, 2e-4);
+    if elementwise_grads {
+        for (p, (ours, e)) in r.params.iter().zip(&compared) {
+            assert_close(&format!("{file}: ∂L/∂{}", p.name), ours, e, 2e-3, 2e-4);
         }
     }
     let e = to_f64(&tensor(&st, "grad_input_nhwc"));
@@ -310,10 +315,9 @@ test_device!(
     resnet50_imagenet_matches_pytorch
 );
 
-/// Every parameter gradient of one training-mode forward and backward on the CPU, then the
+/// Every parameter gradient of one training-mode forward and backward on `be`, then the
 /// input's.
-fn cpu_gradients(f: &Loaded, case: &Case, x: &[f32]) -> (Vec<f32>, Vec<f32>) {
-    let be = &Cpu;
+fn gradients<B: Backend>(be: &B, f: &Loaded, case: &Case, x: &[f32]) -> (Vec<f32>, Vec<f32>) {
     let (pb, xb) = (be.upload(&f.params).unwrap(), be.upload(x).unwrap());
     let mut running = be.upload(&f.initial).unwrap();
     let mut acts = f
@@ -329,7 +333,7 @@ fn cpu_gradients(f: &Loaded, case: &Case, x: &[f32]) -> (Vec<f32>, Vec<f32>) {
     f.net
         .backward(be, &pb, &xb, &mut acts, &weights, &mut grads, Some(&mut gx))
         .unwrap();
-    (grads, gx)
+    (be.download(&grads).unwrap(), be.download(&gx).unwrap())
 }
 
 #[test]
@@ -843,32 +847,7 @@ fn gpu_gradients_should_repeat_bit_for_bit() {
     let bytes = std::fs::read(fixtures().join(case.file)).unwrap();
     let f = case.load(&SafeTensors::deserialize(&bytes).unwrap());
     let be = gpu();
-    let run = || {
-        let (pb, xb) = (be.upload(&f.params).unwrap(), be.upload(&f.x).unwrap());
-        let mut running = be.upload(&f.initial).unwrap();
-        let mut acts = f
-            .net
-            .activations(&be, case.batch, case.size, case.size)
-            .unwrap();
-        f.net
-            .forward(&be, &pb, &mut running, &xb, BnMode::Train, &mut acts)
-            .unwrap();
-        let mut grads = be.zeros(f.net.registry.param_len()).unwrap();
-        let mut gx = be.zeros(f.x.len()).unwrap();
-        let weights = be.upload(&f.repr_weights).unwrap();
-        f.net
-            .backward(
-                &be,
-                &pb,
-                &xb,
-                &mut acts,
-                &weights,
-                &mut grads,
-                Some(&mut gx),
-            )
-            .unwrap();
-        (be.download(&grads).unwrap(), be.download(&gx).unwrap())
-    };
+    let run = || gradients(&be, &f, case, &f.x);
     let (first, second) = (run(), run());
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     for p in &f.net.registry.params {
