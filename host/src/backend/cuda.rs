@@ -1357,31 +1357,41 @@ impl<T: cudnn::CudnnDataType> Descriptors<T> {
         use dnn_sys::cudnnConvolutionBwdFilterAlgo_t as W;
         let (fwd, data, filter) = (self.forward(), self.backward_data(), self.backward_filter());
         let f = fwd.pick_algorithm()?;
-        let d = match data.pick_algorithm()? {
-            D::CUDNN_CONVOLUTION_BWD_DATA_ALGO_0
-                if data
-                    .get_workspace_size(D::CUDNN_CONVOLUTION_BWD_DATA_ALGO_1)
-                    .is_ok() =>
-            {
-                D::CUDNN_CONVOLUTION_BWD_DATA_ALGO_1
-            }
-            chosen => chosen,
-        };
-        let w = match filter.pick_algorithm()? {
-            W::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0 | W::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_3
-                if filter
-                    .get_workspace_size(W::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1)
-                    .is_ok() =>
-            {
-                W::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1
-            }
-            chosen => chosen,
-        };
+        let d = deterministic(
+            data.pick_algorithm()?,
+            &[D::CUDNN_CONVOLUTION_BWD_DATA_ALGO_0],
+            D::CUDNN_CONVOLUTION_BWD_DATA_ALGO_1,
+            |a| data.get_workspace_size(a).is_ok(),
+        );
+        let w = deterministic(
+            filter.pick_algorithm()?,
+            &[
+                W::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0,
+                W::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_3,
+            ],
+            W::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1,
+            |a| filter.get_workspace_size(a).is_ok(),
+        );
         let bytes = fwd
             .get_workspace_size(f)?
             .max(data.get_workspace_size(d)?)
             .max(filter.get_workspace_size(w)?);
         Ok((f, d, w, bytes))
+    }
+}
+
+/// `chosen`, or `replacement` where `chosen` is one of the `atomic` algorithms and the shape
+/// `supports` the replacement (see [`Descriptors::choose`]).
+fn deterministic<A: Copy + PartialEq>(
+    chosen: A,
+    atomic: &[A],
+    replacement: A,
+    supports: impl FnOnce(A) -> bool,
+) -> A {
+    if atomic.contains(&chosen) && supports(replacement) {
+        replacement
+    } else {
+        chosen
     }
 }
 
