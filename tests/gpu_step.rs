@@ -98,15 +98,21 @@ fn rounded(values: &[f32], unit: f32, r: &mut rand_chacha::ChaCha8Rng) -> Vec<f3
         .collect()
 }
 
-/// Ten times how far the CPU's own `steps`-step outcome moves when its input views and its
-/// parameters (online and target) are rounded at relative precision `unit`, plus 1e-7. The
+/// Ten times how far the CPU's own `steps`-step outcome `want` from `state` and `views` moves
+/// when the views and the parameters (online and target) are rounded at relative precision
+/// `unit`, plus 1e-7. The
 /// parameters matter as much as the views: TF32 and bf16 round a convolution's weights as
 /// well as its input (the first GPU run, which rounded only the views, saw the loss move two
 /// to four times further than the views alone explained).
-fn tolerances(stem: Stem, steps_: usize, unit: f32, want: &Outcome) -> [f64; 5] {
-    let (state, views, size) = setup(stem);
+fn tolerances(
+    stem: Stem,
+    (state, views, size): (&ByolState<Cpu>, &[Vec<f32>; 2], usize),
+    steps_: usize,
+    unit: f32,
+    want: &Outcome,
+) -> [f64; 5] {
     let mut r = rng(3);
-    let views = views.map(|v| rounded(&v, unit, &mut r));
+    let views = views.each_ref().map(|v| rounded(v, unit, &mut r));
     let mut state = state.to_backend(&Cpu).unwrap();
     state.online = rounded(&state.online, unit, &mut r);
     state.target = rounded(&state.target, unit, &mut r);
@@ -154,7 +160,7 @@ fn one_gpu_step_should_match_the_cpu() {
             (Precision::Tf32, 2f32.powi(-11)),
             (Precision::Bf16, 2f32.powi(-8)),
         ] {
-            let mut tol = tolerances(stem, 1, unit, &want);
+            let mut tol = tolerances(stem, (&state, &views, size), 1, unit, &want);
             if precision != Precision::F32 {
                 tol[1] = f64::INFINITY;
                 // TF32 and bf16 also round every layer's input activations, which rounding
@@ -186,7 +192,7 @@ fn a_state_should_move_between_cpu_and_gpu_mid_run() {
     let stem = Stem::Cifar;
     let (state, views, size) = setup(stem);
     let want = steps(Cpu, stem, &state, &views, size, 2);
-    let tol = tolerances(stem, 2, 2f32.powi(-24), &want);
+    let tol = tolerances(stem, (&state, &views, size), 2, 2f32.powi(-24), &want);
     let gpu = || Cuda::new(0).unwrap();
     let after_cpu = steps(Cpu, stem, &state, &views, size, 1).state;
     let cpu_then_gpu = steps(gpu(), stem, &after_cpu, &views, size, 1);
