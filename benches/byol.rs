@@ -6,7 +6,9 @@
 //!   backward, LARS, EMA. Images/s (each image seen in two views), peak memory, and PyTorch's
 //!   same step (`scripts/torch/bench_byol_step.py`) with the ratio.
 //!
-//! Run: `cargo bench --bench byol` (`-- --no-torch`, `--batch N`, `--width N`, `--iters N`;
+//! Run: `cargo bench --bench byol` (`-- --no-torch`, `--batch N`, `--width N`, `--iters N`,
+//! `--mlp N` for the MLPs' hidden units, 4096 unless given: `--width 16 --batch 64 --mlp 1024`
+//! is the default run's step;
 //! `BYOL_BENCH_THREADS` sets the threads, default 2).
 
 use host::byol::{Byol, ByolConfig, LrMultipliers, Optimizer};
@@ -65,7 +67,8 @@ fn main() {
         width,
         in_channels: 3,
     };
-    let cfg = ByolConfig::byol(encoder, 4096, 256, 4096);
+    let mlp: usize = arg("--mlp", "4096").parse().unwrap();
+    let cfg = ByolConfig::byol(encoder, mlp, 256, mlp);
     let byol = Byol::new(cfg).unwrap();
     let mut state = byol.init(0);
     let mut work = byol.work(batch, 32, 32).unwrap();

@@ -262,6 +262,103 @@ test_device!(
     conv2d_matches_reference
 );
 
+/// The adjoint of [`conv_ref`] in f64: `∂L/∂w` and `∂L/∂x` of `L = Σ out · dout`, summed
+/// tap by tap over the same loops as the forward.
+fn conv_backward_ref(
+    c: &Conv2d,
+    x: &[f64],
+    (n, h, w): (usize, usize, usize),
+    wt: &[f64],
+    dout: &[f64],
+) -> (Vec<f64>, Vec<f64>) {
+    let oh = (h + 2 * c.pad - c.k) / c.stride + 1;
+    let ow = (w + 2 * c.pad - c.k) / c.stride + 1;
+    let (mut dw, mut dx) = (vec![0.0; wt.len()], vec![0.0; x.len()]);
+    for b in 0..n {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                for co in 0..c.cout {
+                    let g = dout[((b * oh + oy) * ow + ox) * c.cout + co];
+                    for ky in 0..c.k {
+                        for kx in 0..c.k {
+                            let iy = (oy * c.stride + ky) as isize - c.pad as isize;
+                            let ix = (ox * c.stride + kx) as isize - c.pad as isize;
+                            if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                continue;
+                            }
+                            for ci in 0..c.cin {
+                                let xi = ((b * h + iy as usize) * w + ix as usize) * c.cin + ci;
+                                let wi = ((co * c.k + ky) * c.k + kx) * c.cin + ci;
+                                dw[wi] += g * x[xi];
+                                dx[xi] += g * wt[wi];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    (dw, dx)
+}
+
+/// The CPU convolution splits each thread's images into chunks of about
+/// [`host::cpu::conv::CHUNK_FLOATS`] column values: with a long patch and large images, every
+/// part holds several chunks, whose weight gradients add up across chunks and whose input
+/// gradients go by the transposed convolution (stride 1) or the gather (stride 2). Checked
+/// against the f64 reference on one thread and on two.
+#[test]
+fn conv2d_over_several_chunks_per_thread_should_match_f64_reference() {
+    use host::cpu::conv::{conv_backward, conv_forward, ConvScratch, CHUNK_FLOATS, CHUNK_MIN_ROWS};
+    let cases = [
+        (Conv2d::new(64, 8, 3, 1, 1), 6, 16, 16),
+        (Conv2d::new(64, 8, 3, 2, 1), 4, 32, 32),
+    ];
+    for (i, (c, n, h, w)) in cases.into_iter().enumerate() {
+        let g = c.geometry(h, w);
+        let rows_per_chunk = (CHUNK_FLOATS / g.patch()).max(CHUNK_MIN_ROWS);
+        let image_rows = g.out_h() * g.out_w();
+        assert!(
+            n / 2 * image_rows > rows_per_chunk,
+            "case {i} must give each of two threads more than one chunk"
+        );
+        let mut r = rng(100 + i as u64);
+        let x = uniform(&mut r, n * h * w * c.cin, 1.0);
+        let wt = uniform(&mut r, c.weight_len(), 0.5);
+        let dout = uniform(&mut r, n * image_rows * c.cout, 1.0);
+        let (out_ref, _, _) = conv_ref(&c, &to_f64(&x), n, h, w, &to_f64(&wt));
+        let (dw_ref, dx_ref) =
+            conv_backward_ref(&c, &to_f64(&x), (n, h, w), &to_f64(&wt), &to_f64(&dout));
+        for threads in [1, 2] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let what = format!("conv {c:?} {n}x{h}x{w} on {threads} threads");
+                let mut scratch = ConvScratch::for_convs([(&c, n, h, w)]);
+                let mut out = vec![0.0; out_ref.len()];
+                conv_forward(&c, &x, n, h, w, &wt, &mut out, &mut scratch);
+                assert_close(&format!("{what}: forward"), &out, &out_ref, 1e-5, 1e-6);
+                let (mut dw, mut dx) = (vec![0.0; wt.len()], vec![9.0; x.len()]);
+                conv_backward(
+                    &c,
+                    &x,
+                    n,
+                    h,
+                    w,
+                    &wt,
+                    &dout,
+                    &mut dw,
+                    Some((&mut dx, false)),
+                    &mut scratch,
+                );
+                assert_close(&format!("{what}: dW"), &dw, &dw_ref, 1e-4, 1e-5);
+                assert_close(&format!("{what}: dx"), &dx, &dx_ref, 1e-4, 1e-5);
+            });
+        }
+    }
+}
+
 /// The BatchNorm layer of the tests: γ, β in a parameter buffer and the running statistics
 /// in a running buffer, each behind `OFFSET` values.
 fn bn_layer(rows: usize, cols: usize, relu: bool) -> BatchNorm {

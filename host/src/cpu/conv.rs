@@ -6,7 +6,8 @@
 //! A 1×1 stride-1 convolution is one multithreaded GEMM over the `[n·h·w, cin]` matrix.
 //! Others lower to im2col + GEMM: the batch is split into one contiguous range of images per
 //! thread ("part"), and each part runs its own im2col and single-threaded GEMMs over chunks
-//! of whole images, in a column buffer of its own near [`CHUNK_FLOATS`]. One GEMM per thread
+//! of whole images, in a column buffer of its own near [`CHUNK_FLOATS`] and of at least
+//! [`CHUNK_MIN_ROWS`] rows. One GEMM per thread
 //! beats one GEMM on all threads for these shapes (2 threads, ResNet-18 at 32×32: forward
 //! 326 vs 288 GFLOP/s; weight gradient, a small output with a long inner dimension, 254 vs
 //! 127). Weight gradients go to one partial sum per part, reduced in part order, so results
@@ -28,8 +29,21 @@ use rayon::prelude::*;
 /// transposed convolution.
 pub const TRANSPOSED_BELOW_COUT: usize = 256;
 
-/// Column-buffer size (f32) a chunk aims for, per thread: 8 MiB.
-pub const CHUNK_FLOATS: usize = 1 << 21;
+/// Column-buffer size (f32) a chunk aims for, per thread: 1 MiB, so that the columns im2col
+/// has just written are still in cache when the GEMM reads them. Against the 8 MiB chunks
+/// before (batch 64, ResNet-18 width 16 at 32×32, each convolution timed alternately with
+/// both, on one thread and on two): the 16-channel 32×32 layers ran 1.3–1.7× faster, the
+/// 32- and 64-channel ones 1.15–1.4×, and the default run's BYOL step 1.1–1.3× (`cargo
+/// bench --bench byol -- --no-torch --width 16 --batch 64 --mlp 1024`, old and new back to
+/// back). 2 MiB and 512 KiB read within a few percent of 1 MiB; 256 KiB lost up to 15% on
+/// the deepest layers.
+pub const CHUNK_FLOATS: usize = 1 << 18;
+
+/// Fewest column rows a chunk holds (unless the part has fewer): the GEMM packs the weight
+/// once per call, so a layer with a long patch needs many rows to repay it. At width 64,
+/// 512 channels at 4×4, 1 MiB alone is 3 images (48 rows) and ran 1.3–1.5× slower than
+/// 8 MiB; with at least 256 rows it runs level with it.
+pub const CHUNK_MIN_ROWS: usize = 256;
 
 /// A convolution's shape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,7 +110,8 @@ impl Conv2d {
 }
 
 fn images_per_chunk(g: ConvGeometry, n: usize) -> usize {
-    (CHUNK_FLOATS / g.patch() / (g.out_h() * g.out_w()).max(1)).clamp(1, n.max(1))
+    let rows = (CHUNK_FLOATS / g.patch()).max(CHUNK_MIN_ROWS);
+    (rows / (g.out_h() * g.out_w()).max(1)).clamp(1, n.max(1))
 }
 
 fn chunk_floats(g: ConvGeometry, n: usize) -> usize {
