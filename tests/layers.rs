@@ -30,6 +30,45 @@ fn down<B: Backend>(be: &B, b: &B::Buffer) -> Vec<f32> {
     be.download(b).unwrap()
 }
 
+/// Output height and width of `c` on `h × w` images.
+fn out_size(c: &Conv2d, h: usize, w: usize) -> (usize, usize) {
+    let side = |s: usize| (s + 2 * c.pad - c.k) / c.stride + 1;
+    (side(h), side(w))
+}
+
+/// Visits every tap of a convolution of `n` images `h × w`: `f(out, x, w)` with the index of
+/// the output value and the indices of the tap's first input channel in `x` and in the OHWI
+/// weight (the channels follow contiguously in both). Taps in the padding are skipped.
+fn for_each_tap(
+    c: &Conv2d,
+    (n, h, w): (usize, usize, usize),
+    mut f: impl FnMut(usize, usize, usize),
+) {
+    let (oh, ow) = out_size(c, h, w);
+    for b in 0..n {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                for co in 0..c.cout {
+                    for ky in 0..c.k {
+                        for kx in 0..c.k {
+                            let iy = (oy * c.stride + ky) as isize - c.pad as isize;
+                            let ix = (ox * c.stride + kx) as isize - c.pad as isize;
+                            if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                continue;
+                            }
+                            f(
+                                ((b * oh + oy) * ow + ox) * c.cout + co,
+                                ((b * h + iy as usize) * w + ix as usize) * c.cin,
+                                ((co * c.k + ky) * c.k + kx) * c.cin,
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Naive NHWC convolution in f64, weight OHWI.
 fn conv_ref(
     c: &Conv2d,
@@ -39,32 +78,11 @@ fn conv_ref(
     w: usize,
     wt: &[f64],
 ) -> (Vec<f64>, usize, usize) {
-    let oh = (h + 2 * c.pad - c.k) / c.stride + 1;
-    let ow = (w + 2 * c.pad - c.k) / c.stride + 1;
+    let (oh, ow) = out_size(c, h, w);
     let mut out = vec![0.0; n * oh * ow * c.cout];
-    for b in 0..n {
-        for oy in 0..oh {
-            for ox in 0..ow {
-                for co in 0..c.cout {
-                    let mut s = 0.0;
-                    for ky in 0..c.k {
-                        for kx in 0..c.k {
-                            let iy = (oy * c.stride + ky) as isize - c.pad as isize;
-                            let ix = (ox * c.stride + kx) as isize - c.pad as isize;
-                            if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
-                                continue;
-                            }
-                            for ci in 0..c.cin {
-                                s += x[((b * h + iy as usize) * w + ix as usize) * c.cin + ci]
-                                    * wt[((co * c.k + ky) * c.k + kx) * c.cin + ci];
-                            }
-                        }
-                    }
-                    out[((b * oh + oy) * ow + ox) * c.cout + co] = s;
-                }
-            }
-        }
-    }
+    for_each_tap(c, (n, h, w), |o, xi, wi| {
+        out[o] += (0..c.cin).map(|ci| x[xi + ci] * wt[wi + ci]).sum::<f64>();
+    });
     (out, oh, ow)
 }
 
@@ -263,41 +281,21 @@ test_device!(
 );
 
 /// The adjoint of [`conv_ref`] in f64: `∂L/∂w` and `∂L/∂x` of `L = Σ out · dout`, summed
-/// tap by tap over the same loops as the forward.
+/// tap by tap.
 fn conv_backward_ref(
     c: &Conv2d,
     x: &[f64],
-    (n, h, w): (usize, usize, usize),
+    shape: (usize, usize, usize),
     wt: &[f64],
     dout: &[f64],
 ) -> (Vec<f64>, Vec<f64>) {
-    let oh = (h + 2 * c.pad - c.k) / c.stride + 1;
-    let ow = (w + 2 * c.pad - c.k) / c.stride + 1;
     let (mut dw, mut dx) = (vec![0.0; wt.len()], vec![0.0; x.len()]);
-    for b in 0..n {
-        for oy in 0..oh {
-            for ox in 0..ow {
-                for co in 0..c.cout {
-                    let g = dout[((b * oh + oy) * ow + ox) * c.cout + co];
-                    for ky in 0..c.k {
-                        for kx in 0..c.k {
-                            let iy = (oy * c.stride + ky) as isize - c.pad as isize;
-                            let ix = (ox * c.stride + kx) as isize - c.pad as isize;
-                            if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
-                                continue;
-                            }
-                            for ci in 0..c.cin {
-                                let xi = ((b * h + iy as usize) * w + ix as usize) * c.cin + ci;
-                                let wi = ((co * c.k + ky) * c.k + kx) * c.cin + ci;
-                                dw[wi] += g * x[xi];
-                                dx[xi] += g * wt[wi];
-                            }
-                        }
-                    }
-                }
-            }
+    for_each_tap(c, shape, |o, xi, wi| {
+        for ci in 0..c.cin {
+            dw[wi + ci] += dout[o] * x[xi + ci];
+            dx[xi + ci] += dout[o] * wt[wi + ci];
         }
-    }
+    });
     (dw, dx)
 }
 
