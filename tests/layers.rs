@@ -310,6 +310,9 @@ fn conv2d_over_several_chunks_per_thread_should_match_f64_reference() {
     let cases = [
         (Conv2d::new(64, 8, 3, 1, 1), 6, 16, 16),
         (Conv2d::new(64, 8, 3, 2, 1), 4, 32, 32),
+        // More output than input channels: the transposed convolution's columns are wider
+        // than the forward's.
+        (Conv2d::new(8, 64, 3, 1, 1), 8, 32, 32),
     ];
     for (i, (c, n, h, w)) in cases.into_iter().enumerate() {
         let g = c.geometry(h, w);

@@ -89,9 +89,11 @@ impl Conv2d {
             return 0;
         }
         let g = self.geometry(h, w);
-        let transposed = self
-            .transposed()
-            .map_or(0, |t| chunk_floats(t.geometry(g.out_h(), g.out_w()), n));
+        // The transposed convolution of the backward runs over the forward's chunks of
+        // images, whose `h × w` input pixels each take a column row of its patch.
+        let transposed = self.transposed().map_or(0, |t| {
+            images_per_chunk(g, n) * h * w * t.geometry(g.out_h(), g.out_w()).patch()
+        });
         chunk_floats(g, n).max(transposed)
     }
 
