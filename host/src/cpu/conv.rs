@@ -9,8 +9,9 @@
 //! of whole images, in a column buffer of its own near [`CHUNK_FLOATS`] and of at least
 //! [`CHUNK_MIN_ROWS`] rows. One GEMM per thread beats one GEMM on all threads for these
 //! shapes (2 threads, ResNet-18 at 32×32: forward 326 vs 288 GFLOP/s; weight gradient, a
-//! small output with a long inner dimension, 254 vs 127). Weight gradients go to one partial sum per part, reduced in part order, so results
-//! depend on the thread count but never on scheduling. Backward recomputes the columns.
+//! small output with a long inner dimension, 254 vs 127). Weight gradients go to one partial
+//! sum per part, reduced in part order, so results depend on the thread count (and on the
+//! chunk size) but never on scheduling. Backward recomputes the columns.
 //!
 //! The input gradient goes one of two ways. Through gradient columns (`dout · W`, inner
 //! dimension cout, a k·k times larger buffer) then a gather into the image; or, for a
