@@ -306,7 +306,7 @@ fn conv_backward_ref(
 /// against the f64 reference on one thread and on two.
 #[test]
 fn conv2d_over_several_chunks_per_thread_should_match_f64_reference() {
-    use host::cpu::conv::{conv_backward, conv_forward, ConvScratch, CHUNK_FLOATS, CHUNK_MIN_ROWS};
+    use host::cpu::conv::{conv_backward, conv_forward, images_per_chunk, ConvScratch};
     let cases = [
         (Conv2d::new(64, 8, 3, 1, 1), 6, 16, 16),
         (Conv2d::new(64, 8, 3, 2, 1), 4, 32, 32),
@@ -316,10 +316,9 @@ fn conv2d_over_several_chunks_per_thread_should_match_f64_reference() {
     ];
     for (i, (c, n, h, w)) in cases.into_iter().enumerate() {
         let g = c.geometry(h, w);
-        let rows_per_chunk = (CHUNK_FLOATS / g.patch()).max(CHUNK_MIN_ROWS);
         let image_rows = g.out_h() * g.out_w();
         assert!(
-            n / 2 * image_rows > rows_per_chunk,
+            n / 2 > images_per_chunk(g, n),
             "case {i} must give each of two threads more than one chunk"
         );
         let mut r = rng(100 + i as u64);

@@ -89,12 +89,14 @@ impl Conv2d {
             return 0;
         }
         let g = self.geometry(h, w);
-        // The transposed convolution of the backward runs over the forward's chunks of
-        // images, whose `h × w` input pixels each take a column row of its patch.
-        let transposed = self.transposed().map_or(0, |t| {
-            images_per_chunk(g, n) * h * w * t.geometry(g.out_h(), g.out_w()).patch()
-        });
-        chunk_floats(g, n).max(transposed)
+        // Per image of a chunk: the forward's columns (a row per output pixel), or those of
+        // the backward's transposed convolution, which runs over the same chunks of images
+        // (a row per input pixel), whichever is larger.
+        let forward = g.out_h() * g.out_w() * g.patch();
+        let transposed = self
+            .transposed()
+            .map_or(0, |t| h * w * t.geometry(g.out_h(), g.out_w()).patch());
+        images_per_chunk(g, n) * forward.max(transposed)
     }
 
     /// The convolution that maps ∂L/∂out to ∂L/∂x, where the backward uses it: stride 1,
@@ -111,13 +113,11 @@ impl Conv2d {
     }
 }
 
-fn images_per_chunk(g: ConvGeometry, n: usize) -> usize {
+/// Images of a part that go through im2col and the GEMMs together: about [`CHUNK_FLOATS`]
+/// of columns and at least [`CHUNK_MIN_ROWS`] rows, at least one image, at most `n`.
+pub fn images_per_chunk(g: ConvGeometry, n: usize) -> usize {
     let rows = (CHUNK_FLOATS / g.patch()).max(CHUNK_MIN_ROWS);
     (rows / (g.out_h() * g.out_w()).max(1)).clamp(1, n.max(1))
-}
-
-fn chunk_floats(g: ConvGeometry, n: usize) -> usize {
-    images_per_chunk(g, n) * g.out_h() * g.out_w() * g.patch()
 }
 
 /// Scratch of the convolutions, allocated once and reused: per part, a column buffer and a
