@@ -18,8 +18,8 @@
 use super::Dataset;
 use crate::error::{Error, Result};
 use kernels::augment::{
-    blur_value, finish_value, grayscale_pixel, jitter_pixel, mean_gray, resize_value, ViewParams,
-    BRIGHTNESS, CONTRAST, HUE, MAX_BLUR, SATURATION,
+    blur_value, finish_value, grayscale_pixel, jitter_pixel, mean_gray, resize_channels,
+    ViewParams, BRIGHTNESS, CONTRAST, HUE, MAX_BLUR, SATURATION,
 };
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -321,9 +321,16 @@ pub fn apply_view(
 ) {
     let (pixels, values) = (size * size, size * size * 3);
     let out = &mut out[..values];
-    for (i, v) in out.iter_mut().enumerate() {
-        let (pixel, c) = (i / 3, i % 3);
-        *v = resize_value(p, img, w, size, pixel / size, pixel % size, c);
+    for (pixel, rgb) in out.chunks_exact_mut(3).enumerate() {
+        rgb.copy_from_slice(&resize_channels::<3>(
+            p,
+            img,
+            w,
+            size,
+            pixel / size,
+            pixel % size,
+            0,
+        ));
     }
     if p.jitter != 0 {
         for op in p.order {
@@ -418,6 +425,7 @@ pub fn crop_box(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kernels::augment::resize_value;
 
     fn image(h: usize, w: usize, seed: u64) -> Vec<u8> {
         let mut r = ChaCha8Rng::seed_from_u64(seed);
@@ -508,6 +516,88 @@ mod tests {
                 min < lo + paper && max > hi - paper,
                 "factor {i}: [{min}, {max}] stays inside the paper's range"
             );
+        }
+    }
+
+    /// PyTorch's bicubic resize (`align_corners=False`, Keys' kernel with a = −0.75, source
+    /// indices clamped to the crop) of crop `[top, left, ch, cw]` to `size × size`, in f64,
+    /// with the kernel written as the plain cubic in |x| rather than the code's nested form.
+    fn bicubic_reference(
+        img: &[u8],
+        w: usize,
+        crop: [usize; 4],
+        size: usize,
+        flip: bool,
+    ) -> Vec<f64> {
+        let keys = |x: f64| {
+            let (a, x) = (-0.75, x.abs());
+            match x {
+                x if x <= 1.0 => (a + 2.0) * x.powi(3) - (a + 3.0) * x.powi(2) + 1.0,
+                x if x < 2.0 => a * x.powi(3) - 5.0 * a * x.powi(2) + 8.0 * a * x - 4.0 * a,
+                _ => 0.0,
+            }
+        };
+        // The four source indices (clamped) and weights of output coordinate `o`.
+        let taps = |o: usize, extent: usize| -> Vec<(usize, f64)> {
+            let src = (o as f64 + 0.5) * extent as f64 / size as f64 - 0.5;
+            let base = src.floor();
+            (-1..=2)
+                .map(|d| {
+                    let i = (base as isize + d).clamp(0, extent as isize - 1) as usize;
+                    (i, keys(src - (base + d as f64)))
+                })
+                .collect()
+        };
+        let [top, left, ch, cw] = crop;
+        let mut out = vec![0.0; size * size * 3];
+        for oy in 0..size {
+            for ox in 0..size {
+                let sx = if flip { size - 1 - ox } else { ox };
+                for c in 0..3 {
+                    let mut v = 0.0;
+                    for (y, wy) in taps(oy, ch) {
+                        for (x, wx) in taps(sx, cw) {
+                            v += wy * wx * img[((top + y) * w + left + x) * 3 + c] as f64;
+                        }
+                    }
+                    out[(oy * size + ox) * 3 + c] = (v / 255.0).clamp(0.0, 1.0);
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn resized_crops_should_match_an_f64_bicubic_reference() {
+        let (h, w) = (20, 24);
+        let img = image(h, w, 3);
+        // Up and down, square and not, flipped and not, the crop touching the image's edges.
+        for (crop, size, flip) in [
+            ([3, 5, 13, 17], 32, false),
+            ([3, 5, 13, 17], 32, true),
+            ([0, 0, 20, 24], 8, true),
+            ([7, 2, 9, 22], 11, false),
+        ] {
+            let mut p = ViewParams::plain(h, w);
+            p.crop = crop.map(|v| v as u32);
+            p.flip = flip as u32;
+            let mut out = vec![0.0; size * size * 3];
+            apply_view(&p, &img, w, size, [0.0; 3], [1.0; 3], &mut out);
+            let expected = bicubic_reference(&img, w, crop, size, flip);
+            for (i, (&o, &e)) in out.iter().zip(&expected).enumerate() {
+                assert!(
+                    (o as f64 - e).abs() < 1e-5,
+                    "crop {crop:?} to {size}, flip {flip}: value {i}: {o} vs {e}"
+                );
+                // The GPU computes each value on its own; the CPU a pixel's three at once.
+                let (px, c) = (i / 3, i % 3);
+                let single = resize_value(&p, &img, w, size, px / size, px % size, c);
+                assert_eq!(
+                    o.to_bits(),
+                    single.to_bits(),
+                    "value {i}: per pixel and per value differ"
+                );
+            }
         }
     }
 
