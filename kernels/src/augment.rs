@@ -87,25 +87,12 @@ fn taps(o: usize, extent: usize, size: usize) -> ([usize; 4], [f32; 4]) {
     )
 }
 
-/// Output value `(oy, ox, c)` of the crop resized to `size × size`, in `[0, 1]`, after the
-/// view's flip (which mirrors `ox`). `img` is the source `[·, w, 3]`. One GPU thread per value.
-#[inline(always)]
-pub fn resize_value(
-    p: &ViewParams,
-    img: &[u8],
-    w: usize,
-    size: usize,
-    oy: usize,
-    ox: usize,
-    c: usize,
-) -> f32 {
-    resize_channels::<1>(p, img, w, size, oy, ox, c)[0]
-}
-
-/// The values of channels `[c0, c0 + C)` at output pixel `(oy, ox)`, each as [`resize_value`]
-/// gives it: the taps and weights are worked out once for the `C` channels, and each channel
-/// sums its 16 taps in the same order. The CPU resizes a pixel's three channels at once, 2.4×
-/// faster than value by value (a 32×32 view: 99 against 236 µs, 2026-12-01).
+/// The values of channels `[c0, c0 + C)` of output pixel `(oy, ox)` of the crop resized to
+/// `size × size`, in `[0, 1]`, after the view's flip (which mirrors `ox`). `img` is the source
+/// `[·, w, 3]`. The taps and weights are worked out once for the `C` channels, and each
+/// channel sums its 16 taps in the same order whatever `C` is: a GPU thread computes one value
+/// (`C` = 1), the CPU a pixel's three at once, 2.4× faster than value by value (a 32×32 view:
+/// 99 against 236 µs, 2026-12-01).
 #[inline(always)]
 pub fn resize_channels<const C: usize>(
     p: &ViewParams,

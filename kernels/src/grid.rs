@@ -534,7 +534,7 @@ pub unsafe fn augment_resize(
     let (m, v) = (i / per_image, i % per_image);
     let (pixel, c) = (v / 3, v % 3);
     let image = from_raw_parts(images.add(*index.add(m) as usize * h * w * 3), h * w * 3);
-    *out.add(i) = augment::resize_value(
+    *out.add(i) = augment::resize_channels::<1>(
         &*params.add(m),
         image,
         w,
@@ -542,7 +542,7 @@ pub unsafe fn augment_resize(
         pixel / size,
         pixel % size,
         c,
-    );
+    )[0];
 }
 
 /// Threads: `n`. Image `m`'s mean luma, where its jitter's operation number `stage` is

@@ -425,7 +425,6 @@ pub fn crop_box(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kernels::augment::resize_value;
 
     fn image(h: usize, w: usize, seed: u64) -> Vec<u8> {
         let mut r = ChaCha8Rng::seed_from_u64(seed);
@@ -591,7 +590,7 @@ mod tests {
                 );
                 // The GPU computes each value on its own; the CPU a pixel's three at once.
                 let (px, c) = (i / 3, i % 3);
-                let single = resize_value(&p, &img, w, size, px / size, px % size, c);
+                let single = resize_channels::<1>(&p, &img, w, size, px / size, px % size, c)[0];
                 assert_eq!(
                     o.to_bits(),
                     single.to_bits(),
