@@ -519,8 +519,9 @@ mod tests {
     }
 
     /// PyTorch's bicubic resize (`align_corners=False`, no antialiasing, Keys' kernel with
-    /// a = −0.75, source indices clamped to the crop) of crop `[top, left, ch, cw]` to `size × size`, in f64,
-    /// with the kernel written as the plain cubic in |x| rather than the code's nested form.
+    /// a = −0.75, source indices clamped to the crop) of crop `[top, left, ch, cw]` to
+    /// `size × size`, in f64, with the kernel written as the plain cubic in |x| rather than the
+    /// code's nested form.
     fn bicubic_reference(
         img: &[u8],
         w: usize,
