@@ -2,7 +2,9 @@
 //! - EMA over a ResNet-18-sized parameter buffer, in GB/s, beside a plain copy of the same bytes;
 //! - the normalised-MSE loss, forward + backward;
 //! - the fused projector MLP forward + backward at BYOL's shape (batch 256, 512 → 4096 → 256)
-//!   beside the same computation unfused (every BN/ReLU step its own pass over memory).
+//!   beside the same computation unfused (every BN/ReLU step its own pass over memory);
+//! - the CPU's direct convolution (16 output channels, stride 1) beside im2col + GEMM on the
+//!   width-16 ResNet's 16-channel layers at batch 64, forward and backward.
 //!
 //! With `--features cuda` and a GPU: EMA beside a device-to-device copy, loss and MLP on the GPU.
 //!
@@ -318,11 +320,68 @@ fn bench_gpu() {
     );
 }
 
+/// The default run's 16-channel convolutions (ResNet-18 width 16, CIFAR stem, batch 64 of
+/// 32×32): direct and im2col + GEMM alternately, three rounds, median of each.
+fn bench_direct_conv_cpu() {
+    use host::cpu::conv::{conv_backward, conv_forward, Conv2d, ConvScratch};
+    use host::cpu::direct_conv::isa;
+    let Some(isa) = isa() else {
+        return println!("cpu  direct conv: skipped, this machine has neither AVX2 nor AVX-512");
+    };
+    let (n, h, w) = (64, 32, 32);
+    for (name, c) in [
+        ("stem 3→16", Conv2d::new(3, 16, 3, 1, 1)),
+        ("16→16", Conv2d::new(16, 16, 3, 1, 1)),
+    ] {
+        let (x, weight, dout) = (
+            random(n * h * w * c.cin, 7),
+            random(c.weight_len(), 8),
+            random(n * h * w * c.cout, 9),
+        );
+        let (mut out, mut dw, mut dx) = (
+            vec![0.0; dout.len()],
+            vec![0.0; weight.len()],
+            vec![0.0; x.len()],
+        );
+        let mut time = |direct, backward: bool| {
+            let mut scratch = ConvScratch::for_convs([(&c, n, h, w)]).with_direct(direct);
+            median_secs(2, 10, || {
+                conv_forward(&c, &x, n, h, w, &weight, &mut out, &mut scratch);
+                if backward {
+                    // The stem's input is the image: no input gradient.
+                    let dx = (c.cin == 16).then_some((&mut dx[..], false));
+                    conv_backward(&c, &x, n, h, w, &weight, &dout, &mut dw, dx, &mut scratch);
+                }
+            })
+        };
+        for backward in [false, true] {
+            let (mut d, mut g) = (Vec::new(), Vec::new());
+            for _ in 0..3 {
+                d.push(time(Some(isa), backward));
+                g.push(time(None, backward));
+            }
+            let median = |v: &mut Vec<f64>| {
+                v.sort_by(f64::total_cmp);
+                v[1]
+            };
+            let (d, g) = (median(&mut d), median(&mut g));
+            println!(
+                "cpu  conv   {name} batch {n} {}: direct ({isa:?}) {:.2} ms | im2col + GEMM {:.2} ms | speed-up {:.2}×",
+                if backward { "forward + backward" } else { "forward" },
+                d * 1e3,
+                g * 1e3,
+                g / d
+            );
+        }
+    }
+}
+
 fn main() {
     println!("threads: {}", common::threads());
     bench_ema_cpu();
     bench_loss_cpu();
     bench_mlp_cpu();
+    bench_direct_conv_cpu();
     #[cfg(feature = "cuda")]
     bench_gpu();
 }

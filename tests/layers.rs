@@ -87,9 +87,16 @@ fn conv_ref(
 }
 
 /// Convolutions covered: 1×1 (pointwise and strided), 3×3 with padding and stride 2, 7×7
-/// stride 2 padding 3, odd sizes and channel counts.
+/// stride 2 padding 3, odd sizes and channel counts; and the shapes the CPU runs as a direct
+/// convolution (16 output channels, or 16 input channels for the input gradient, stride 1):
+/// rows not a multiple of its pixel blocks, an unpadded one, a channel count it does not
+/// specialise, a patch longer than the GEMM's depth block.
 fn convs() -> Vec<(Conv2d, usize, usize, usize)> {
     vec![
+        (Conv2d::new(16, 16, 3, 1, 1), 2, 5, 19),
+        (Conv2d::new(5, 16, 3, 1, 0), 2, 6, 9),
+        (Conv2d::new(16, 8, 3, 1, 1), 1, 7, 11),
+        (Conv2d::new(40, 16, 3, 1, 1), 1, 4, 6),
         (
             Conv2d {
                 cin: 5,
@@ -355,6 +362,70 @@ fn conv2d_over_several_chunks_per_thread_should_match_f64_reference() {
                 assert_close(&format!("{what}: dW"), &dw, &dw_ref, 1e-4, 1e-5);
                 assert_close(&format!("{what}: dx"), &dx, &dx_ref, 1e-4, 1e-5);
             });
+        }
+    }
+}
+
+/// The direct convolution (16 output channels, stride 1; see `host::cpu::direct_conv`) gives
+/// the im2col + GEMM path's values bit for bit, on every instruction set this machine has,
+/// for the shapes of the ResNets' 16-channel convolutions: the stems (3 and 1 input channels,
+/// 32 and 28 pixels wide), the 16→16 layers at both sizes, and an unspecialised channel count
+/// with rows of 1–15 pixels left over; forward, weight and input gradients (the latter by the
+/// transposed convolution), overwritten and accumulated. On a machine with neither AVX2 nor
+/// AVX-512 there is nothing to compare and the test says so.
+#[test]
+fn direct_conv_should_give_the_gemm_path_bits() {
+    use host::cpu::conv::{conv_backward, conv_forward, ConvScratch};
+    use host::cpu::direct_conv::{isa, Isa};
+    let isas: Vec<Isa> = match isa() {
+        Some(Isa::Avx512) => vec![Isa::Avx512, Isa::Avx2],
+        Some(Isa::Avx2) => vec![Isa::Avx2],
+        None => {
+            eprintln!("no AVX2 or AVX-512 here: the direct convolution does not run");
+            return;
+        }
+    };
+    let cases = [
+        (Conv2d::new(3, 16, 3, 1, 1), 3, 32, 32),
+        (Conv2d::new(1, 16, 3, 1, 1), 2, 28, 28),
+        (Conv2d::new(16, 16, 3, 1, 1), 3, 32, 32),
+        (Conv2d::new(16, 16, 3, 1, 1), 2, 28, 28),
+        (Conv2d::new(7, 16, 3, 1, 1), 2, 9, 31),
+    ];
+    for (i, (c, n, h, w)) in cases.into_iter().enumerate() {
+        let (oh, ow) = out_size(&c, h, w);
+        let mut r = rng(200 + i as u64);
+        let x = uniform(&mut r, n * h * w * c.cin, 1.0);
+        let wt = uniform(&mut r, c.weight_len(), 0.5);
+        let dout = uniform(&mut r, n * oh * ow * c.cout, 1.0);
+        let start = uniform(&mut r, x.len().max(dout.len()), 1.0);
+        // (output, dW, dx overwritten, dx accumulated onto `start`)
+        let run = |direct: Option<Isa>| {
+            let mut scratch = ConvScratch::for_convs([(&c, n, h, w)]).with_direct(direct);
+            let mut out = start[..dout.len()].to_vec();
+            conv_forward(&c, &x, n, h, w, &wt, &mut out, &mut scratch);
+            let (mut dw, mut dx) = (vec![0.0; wt.len()], vec![9.0; x.len()]);
+            let backward = |dw: &mut [f32], dx, scratch: &mut ConvScratch| {
+                conv_backward(&c, &x, n, h, w, &wt, &dout, dw, Some(dx), scratch)
+            };
+            backward(&mut dw, (&mut dx, false), &mut scratch);
+            let mut dx_acc = start[..x.len()].to_vec();
+            backward(&mut dw, (&mut dx_acc, true), &mut scratch);
+            [out, dw, dx, dx_acc]
+        };
+        let gemm = run(None);
+        for &isa in &isas {
+            for (what, (a, b)) in ["forward", "dW", "dx", "dx accumulated"]
+                .iter()
+                .zip(run(Some(isa)).iter().zip(&gemm))
+            {
+                let differ = a.iter().zip(b).filter(|(p, q)| p.to_bits() != q.to_bits());
+                assert_eq!(
+                    differ.count(),
+                    0,
+                    "conv {c:?} {n}x{h}x{w}, {isa:?}: {what} differs from im2col + GEMM"
+                );
+            }
         }
     }
 }

@@ -19,7 +19,12 @@
 //! convolution of the output gradient with the kernel flipped and its channels transposed
 //! (inner dimension k·k·cout, small output), which measured 7% faster at 64 and 128 channels
 //! and slower from 256 on.
+//!
+//! A stride-1 convolution with 16 output channels (and the transposed convolution of a
+//! 16-input one) skips im2col and the GEMM on x86-64 machines with AVX2 or AVX-512: see
+//! [`crate::cpu::direct_conv`], which gives the same values bit for bit.
 
+use crate::cpu::direct_conv::{self, Isa};
 use crate::cpu::gemm::{matmul, matmul_serial};
 use crate::cpu::TilePtr;
 use kernels::conv::{col2im_pixel, im2col_row, ConvGeometry};
@@ -120,16 +125,23 @@ pub fn images_per_chunk(g: ConvGeometry, n: usize) -> usize {
     (rows / (g.out_h() * g.out_w()).max(1)).clamp(1, n.max(1))
 }
 
-/// Scratch of the convolutions, allocated once and reused: per part, a column buffer and a
-/// partial weight gradient; and the flipped kernel of a transposed convolution.
+/// Scratch of the convolutions, allocated once and reused: per part, a column buffer, a
+/// partial weight gradient and a padded image for the direct convolution; the flipped kernel
+/// of a transposed convolution, and the direct convolution's transposed kernel.
 #[derive(Default)]
 pub struct ConvScratch {
     parts: usize,
     col_per_part: usize,
     weight_per_part: usize,
+    padded_per_part: usize,
     col: Vec<f32>,
     partials: Vec<f32>,
     flipped: Vec<f32>,
+    padded: Vec<f32>,
+    direct_weight: Vec<f32>,
+    /// The direct convolution's instruction set; `None` runs every convolution as im2col +
+    /// GEMM.
+    direct: Option<Isa>,
 }
 
 impl ConvScratch {
@@ -139,24 +151,44 @@ impl ConvScratch {
         convs: impl IntoIterator<Item = (&'a Conv2d, usize, usize, usize)>,
     ) -> Self {
         let parts = rayon::current_num_threads().max(1);
-        let (mut col, mut weight, mut flipped) = (0, 0, 0);
+        let (mut col, mut weight, mut flipped, mut padded) = (0, 0, 0, 0);
         for (c, n, h, w) in convs {
             col = col.max(c.col_len(n, h, w));
             if !c.is_pointwise() {
                 weight = weight.max(c.weight_len());
             }
-            if c.transposed().is_some() {
+            if let Some(t) = c.transposed() {
                 flipped = flipped.max(c.weight_len());
+                let g = c.geometry(h, w);
+                padded = padded.max(direct_conv::padded_len(t.geometry(g.out_h(), g.out_w())));
             }
+            padded = padded.max(direct_conv::padded_len(c.geometry(h, w)));
         }
         ConvScratch {
             parts,
             col_per_part: col,
             weight_per_part: weight,
+            padded_per_part: padded,
             col: vec![0.0; parts * col],
             partials: vec![0.0; parts * weight],
             flipped: vec![0.0; flipped],
+            padded: vec![0.0; parts * padded],
+            direct_weight: vec![0.0; weight.max(flipped)],
+            direct: direct_conv::isa(),
         }
+    }
+
+    /// The same scratch with the direct convolution on another instruction set, or off
+    /// (`None`: im2col + GEMM everywhere), for tests and benches that compare the two.
+    pub fn with_direct(mut self, isa: Option<Isa>) -> Self {
+        self.direct = isa;
+        self
+    }
+
+    /// The instruction set of the direct convolution for `c`, when it runs directly.
+    fn direct_for(&self, c: &Conv2d) -> Option<Isa> {
+        self.direct
+            .filter(|_| c.cout == direct_conv::COUT && c.stride == 1 && !c.is_pointwise())
     }
 }
 
@@ -226,6 +258,9 @@ fn conv_into(
             accumulate,
         );
     }
+    if let Some(isa) = scratch.direct_for(c) {
+        return direct(isa, g, x, n, weight, out, scratch, accumulate);
+    }
     let (ohw, patch, step) = (g.out_h() * g.out_w(), g.patch(), images_per_chunk(g, n));
     let (out_ptr, col_ptr, col_len) = (
         TilePtr::new(out),
@@ -250,6 +285,39 @@ fn conv_into(
                 true,
                 accumulate,
             );
+        }
+    });
+}
+
+/// [`conv_into`] without im2col: each part pads its images one at a time and runs them
+/// through [`direct_conv::conv_image`].
+#[allow(clippy::too_many_arguments)]
+fn direct(
+    isa: Isa,
+    g: ConvGeometry,
+    x: &[f32],
+    n: usize,
+    weight: &[f32],
+    out: &mut [f32],
+    scratch: &mut ConvScratch,
+    accumulate: bool,
+) {
+    let wt = &mut scratch.direct_weight[..g.patch() * direct_conv::COUT];
+    direct_conv::transpose_weight(weight, g.patch(), wt);
+    let (image, out_image) = (g.h * g.w * g.cin, g.out_h() * g.out_w() * direct_conv::COUT);
+    let (out_ptr, padded_ptr, padded_len) = (
+        TilePtr::new(out),
+        TilePtr::new(&mut scratch.padded),
+        scratch.padded_per_part,
+    );
+    let wt = &*wt;
+    // SAFETY: parts write disjoint image ranges of `out` and their own padded image.
+    par_parts(scratch.parts, n, |p, first, images| unsafe {
+        let padded = padded_ptr.slice(p * padded_len, padded_len);
+        for i in first..first + images {
+            direct_conv::pad_image(g, &x[i * image..][..image], padded);
+            let out = out_ptr.slice(i * out_image, out_image);
+            direct_conv::conv_image(isa, g, padded, wt, out, accumulate);
         }
     });
 }
@@ -300,6 +368,16 @@ pub fn conv_backward(
     if transposed.is_some() && dx.is_some() {
         flip_kernel(c, weight, &mut scratch.flipped[..c.weight_len()]);
     }
+    // The transposed convolution of a 16-input convolution runs directly.
+    let direct = transposed.and_then(|t| Some((t, scratch.direct_for(&t)?)));
+    if let (Some((t, _)), Some(_)) = (direct, &dx) {
+        let patch = t.geometry(g.out_h(), g.out_w()).patch();
+        direct_conv::transpose_weight(
+            &scratch.flipped[..c.weight_len()],
+            patch,
+            &mut scratch.direct_weight[..patch * direct_conv::COUT],
+        );
+    }
     let (oh, ow) = (g.out_h(), g.out_w());
     let (ohw, patch, step) = (oh * ow, g.patch(), images_per_chunk(g, n));
     let wl = c.weight_len();
@@ -308,10 +386,12 @@ pub fn conv_backward(
     let accumulate = dx.as_ref().is_some_and(|d| d.1);
     let dx_ptr = dx.map(|(d, _)| TilePtr::new(d));
     let flipped = &scratch.flipped[..if transposed.is_some() { wl } else { 0 }];
+    let direct_weight = &scratch.direct_weight[..if direct.is_some() { wl } else { 0 }];
+    let (padded_ptr, padded_len) = (TilePtr::new(&mut scratch.padded), scratch.padded_per_part);
     let image = h * w * c.cin;
     let parts = scratch.parts;
-    // SAFETY: parts touch disjoint image ranges of `dx` and their own column buffer and
-    // partial weight gradient.
+    // SAFETY: parts touch disjoint image ranges of `dx` and their own column buffer, padded
+    // image and partial weight gradient.
     par_parts(parts, n, |p, first, images| unsafe {
         let col = col_ptr.slice(p * col_len, col_len);
         let partial = partial_ptr.slice(p * partial_len, wl);
@@ -334,8 +414,19 @@ pub fn conv_backward(
             );
             let Some(dx) = dx_ptr else { continue };
             let dx = dx.slice(n0 * image, m * image);
-            match transposed {
-                Some(t) => {
+            match (transposed, direct) {
+                (_, Some((t, isa))) => {
+                    let tg = t.geometry(oh, ow);
+                    let padded = padded_ptr.slice(p * padded_len, padded_len);
+                    for (dout, dx) in dout
+                        .chunks_exact(ohw * c.cout)
+                        .zip(dx.chunks_exact_mut(image))
+                    {
+                        direct_conv::pad_image(tg, dout, padded);
+                        direct_conv::conv_image(isa, tg, padded, direct_weight, dx, accumulate);
+                    }
+                }
+                (Some(t), None) => {
                     let tg = t.geometry(oh, ow);
                     let tcol = &mut col[..m * h * w * tg.patch()];
                     im2col(tg, dout, 0, tcol);
@@ -351,7 +442,7 @@ pub fn conv_backward(
                         accumulate,
                     );
                 }
-                None => {
+                (None, _) => {
                     // ∂L/∂columns, then each input pixel gathers what it was copied to.
                     let dcol = &mut col[..rows * patch];
                     matmul_serial(dcol, rows, patch, c.cout, dout, false, weight, false, false);

@@ -10,6 +10,7 @@
 
 pub mod batchnorm;
 pub mod conv;
+pub mod direct_conv;
 pub mod ema;
 pub mod gemm;
 pub mod linear;

@@ -1,0 +1,279 @@
+//! Direct convolution (no im2col) for convolutions with 16 output channels and stride 1, on
+//! x86-64 with AVX-512 or AVX2 + FMA: the ResNet stem and first stage at width 16, and their
+//! input gradients (a transposed convolution with the same shape).
+//!
+//! Layouts: one image at a time, zero-padded to `padded [h + 2·pad, w + 2·pad, cin]` (NHWC);
+//! the kernel transposed to `wt [patch, 16]` (patch index `(ky·k + kx)·cin + ci`, the order
+//! of [`kernels::conv::im2col_row`]); output `[oh, ow, 16]`.
+//!
+//! Why: the `gemm` crate runs a product with 16 output channels on a kernel of six
+//! accumulators (`x1x6` on AVX-512), which waits on the FMA latency; here a block of up to
+//! 16 output pixels keeps one 16-lane accumulator each, and reads the padded image in place
+//! instead of a 9× larger column buffer.
+//!
+//! The values are bit for bit those of im2col + GEMM: each output channel sums its patch in
+//! patch order, one fused multiply-add per tap starting from zero (padding taps included, as
+//! zeros), then adds onto the destination when accumulating — what the `gemm` crate's
+//! microkernels do for a patch that fits one of its depth blocks (checked by this module's
+//! tests on every shape the ResNets use).
+
+use kernels::conv::ConvGeometry;
+
+/// Output channels of the convolutions this module runs.
+pub const COUT: usize = 16;
+
+/// Which instruction set the direct convolution runs with on this machine, if any.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    Avx512,
+    Avx2,
+}
+
+/// The best instruction set this machine offers for the direct convolution.
+pub fn isa() -> Option<Isa> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f") {
+            return Some(Isa::Avx512);
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            return Some(Isa::Avx2);
+        }
+    }
+    None
+}
+
+/// Length of the zero-padded copy of one image.
+pub fn padded_len(g: ConvGeometry) -> usize {
+    (g.h + 2 * g.pad) * (g.w + 2 * g.pad) * g.cin
+}
+
+/// `wt [patch, 16]` from the OHWI kernel `weight [16, patch]`.
+pub fn transpose_weight(weight: &[f32], patch: usize, wt: &mut [f32]) {
+    for (t, row) in wt[..patch * COUT].chunks_exact_mut(COUT).enumerate() {
+        row.iter_mut()
+            .enumerate()
+            .for_each(|(co, v)| *v = weight[co * patch + t]);
+    }
+}
+
+/// `padded [h + 2·pad, w + 2·pad, cin]` ← image `x [h, w, cin]` with `pad` zeros on every
+/// side.
+pub fn pad_image(g: ConvGeometry, x: &[f32], padded: &mut [f32]) {
+    let (pw, row) = (g.w + 2 * g.pad, g.w * g.cin);
+    let padded = &mut padded[..padded_len(g)];
+    padded.fill(0.0);
+    for (y, src) in x[..g.h * row].chunks_exact(row).enumerate() {
+        padded[((y + g.pad) * pw + g.pad) * g.cin..][..row].copy_from_slice(src);
+    }
+}
+
+/// `out [oh, ow, 16] (+)= conv(padded)` for one image, with the instruction set `isa`
+/// (from [`isa`]). The convolution must have stride 1.
+pub fn conv_image(
+    isa: Isa,
+    g: ConvGeometry,
+    padded: &[f32],
+    wt: &[f32],
+    out: &mut [f32],
+    accumulate: bool,
+) {
+    assert_eq!(g.stride, 1, "direct convolution: stride 1 only");
+    assert!(padded.len() >= padded_len(g) && wt.len() >= g.patch() * COUT);
+    assert!(out.len() >= g.out_h() * g.out_w() * COUT);
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `isa` came from `isa()`, so the machine has its instructions; the asserts above
+    // bound every read and write the blocks make.
+    unsafe {
+        match isa {
+            Isa::Avx512 => x86::conv_image_avx512(g, padded, wt, out, accumulate),
+            Isa::Avx2 => x86::conv_image_avx2(g, padded, wt, out, accumulate),
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("{isa:?} exists on x86-64 only");
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::COUT;
+    use core::arch::x86_64::*;
+    use kernels::conv::ConvGeometry;
+
+    /// 16 lanes of f32 on one instruction set.
+    trait Lanes: Copy {
+        unsafe fn zero() -> Self;
+        unsafe fn load(p: *const f32) -> Self;
+        unsafe fn store(self, p: *mut f32);
+        unsafe fn add(self, other: Self) -> Self;
+        /// `self + x·w`, rounded once per lane.
+        unsafe fn fma(self, x: f32, w: Self) -> Self;
+    }
+
+    impl Lanes for __m512 {
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            _mm512_setzero_ps()
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            _mm512_loadu_ps(p)
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            _mm512_storeu_ps(p, self)
+        }
+        #[inline(always)]
+        unsafe fn add(self, other: Self) -> Self {
+            _mm512_add_ps(self, other)
+        }
+        #[inline(always)]
+        unsafe fn fma(self, x: f32, w: Self) -> Self {
+            _mm512_fmadd_ps(_mm512_set1_ps(x), w, self)
+        }
+    }
+
+    impl Lanes for [__m256; 2] {
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            [_mm256_setzero_ps(); 2]
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8))]
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            _mm256_storeu_ps(p, self[0]);
+            _mm256_storeu_ps(p.add(8), self[1]);
+        }
+        #[inline(always)]
+        unsafe fn add(self, o: Self) -> Self {
+            [_mm256_add_ps(self[0], o[0]), _mm256_add_ps(self[1], o[1])]
+        }
+        #[inline(always)]
+        unsafe fn fma(self, x: f32, w: Self) -> Self {
+            let x = _mm256_set1_ps(x);
+            [
+                _mm256_fmadd_ps(x, w[0], self[0]),
+                _mm256_fmadd_ps(x, w[1], self[1]),
+            ]
+        }
+    }
+
+    /// `P` output pixels of one row: `src` is the padded image at the first pixel's top-left
+    /// tap, `row` the padded row's length in floats, `dst` the first pixel's output.
+    /// `CIN` is the input's channel count when known at compile time (0: `g.cin`), so that
+    /// the pixels' offsets become constants of the instructions.
+    #[inline(always)]
+    unsafe fn block<L: Lanes, const P: usize, const CIN: usize>(
+        g: ConvGeometry,
+        src: *const f32,
+        row: usize,
+        wt: *const f32,
+        dst: *mut f32,
+        accumulate: bool,
+    ) {
+        let cin = if CIN > 0 { CIN } else { g.cin };
+        let mut acc = [L::zero(); P];
+        let mut w = wt;
+        for ky in 0..g.k {
+            for kx in 0..g.k {
+                let tap = src.add(ky * row + kx * cin);
+                for ci in 0..cin {
+                    let wv = L::load(w);
+                    w = w.add(COUT);
+                    for (j, a) in acc.iter_mut().enumerate() {
+                        *a = a.fma(*tap.add(j * cin + ci), wv);
+                    }
+                }
+            }
+        }
+        for (j, a) in acc.into_iter().enumerate() {
+            let d = dst.add(j * COUT);
+            let v = if accumulate { L::load(d).add(a) } else { a };
+            v.store(d);
+        }
+    }
+
+    /// One image, each output row in blocks of `P` pixels, the rest in halving blocks.
+    #[inline(always)]
+    unsafe fn conv_image<L: Lanes, const P: usize>(
+        g: ConvGeometry,
+        padded: &[f32],
+        wt: &[f32],
+        out: &mut [f32],
+        accumulate: bool,
+    ) {
+        // The channel counts of the ResNets' 16-channel convolutions: 16, and the stem's 3
+        // (colour) or 1 (grey).
+        match g.cin {
+            16 => rows::<L, P, 16>(g, padded, wt, out, accumulate),
+            3 => rows::<L, P, 3>(g, padded, wt, out, accumulate),
+            1 => rows::<L, P, 1>(g, padded, wt, out, accumulate),
+            _ => rows::<L, P, 0>(g, padded, wt, out, accumulate),
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn rows<L: Lanes, const P: usize, const CIN: usize>(
+        g: ConvGeometry,
+        padded: &[f32],
+        wt: &[f32],
+        out: &mut [f32],
+        accumulate: bool,
+    ) {
+        let (oh, ow, row) = (g.out_h(), g.out_w(), (g.w + 2 * g.pad) * g.cin);
+        let (src, wt, dst) = (padded.as_ptr(), wt.as_ptr(), out.as_mut_ptr());
+        for oy in 0..oh {
+            let mut ox = 0;
+            while ox < ow {
+                let (s, d) = (
+                    src.add(oy * row + ox * g.cin),
+                    dst.add((oy * ow + ox) * COUT),
+                );
+                let left = ow - ox;
+                ox += if left >= P {
+                    block::<L, P, CIN>(g, s, row, wt, d, accumulate);
+                    P
+                } else if P > 8 && left >= 8 {
+                    block::<L, 8, CIN>(g, s, row, wt, d, accumulate);
+                    8
+                } else if P > 4 && left >= 4 {
+                    block::<L, 4, CIN>(g, s, row, wt, d, accumulate);
+                    4
+                } else if left >= 2 {
+                    block::<L, 2, CIN>(g, s, row, wt, d, accumulate);
+                    2
+                } else {
+                    block::<L, 1, CIN>(g, s, row, wt, d, accumulate);
+                    1
+                };
+            }
+        }
+    }
+
+    /// 16 pixels a block: 16 of the 32 zmm registers accumulate.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn conv_image_avx512(
+        g: ConvGeometry,
+        padded: &[f32],
+        wt: &[f32],
+        out: &mut [f32],
+        accumulate: bool,
+    ) {
+        conv_image::<__m512, 16>(g, padded, wt, out, accumulate)
+    }
+
+    /// 6 pixels a block: 12 of the 16 ymm registers accumulate.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn conv_image_avx2(
+        g: ConvGeometry,
+        padded: &[f32],
+        wt: &[f32],
+        out: &mut [f32],
+        accumulate: bool,
+    ) {
+        conv_image::<[__m256; 2], 6>(g, padded, wt, out, accumulate)
+    }
+}
