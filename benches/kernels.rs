@@ -3,8 +3,8 @@
 //! - the normalised-MSE loss, forward + backward;
 //! - the fused projector MLP forward + backward at BYOL's shape (batch 256, 512 → 4096 → 256)
 //!   beside the same computation unfused (every BN/ReLU step its own pass over memory);
-//! - the CPU's direct convolution (16 output channels, stride 1) beside im2col + GEMM on the
-//!   width-16 ResNet's 16-channel layers at batch 64, forward and backward.
+//! - the CPU's direct convolution (16 or 32 output channels, stride 1) beside im2col + GEMM
+//!   on the width-16 ResNet's layers it runs, at batch 64, forward and backward.
 //!
 //! With `--features cuda` and a GPU: EMA beside a device-to-device copy, loss and MLP on the GPU.
 //!
@@ -320,19 +320,25 @@ fn bench_gpu() {
     );
 }
 
-/// The default run's 16-channel convolutions (ResNet-18 width 16, CIFAR stem, batch 64 of
-/// 32×32): direct and im2col + GEMM alternately, three rounds, median of each.
+/// The default run's convolutions that run directly (ResNet-18 width 16, CIFAR stem, batch
+/// 64 of 32×32): direct and im2col + GEMM alternately, three rounds, median of each.
 fn bench_direct_conv_cpu() {
     use host::cpu::conv::{conv_backward, conv_forward, Conv2d, ConvScratch};
-    use host::cpu::direct_conv::isa;
+    use host::cpu::direct_conv::{isa, runs};
     let Some(isa) = isa() else {
         return println!("cpu  direct conv: skipped, this machine has neither AVX2 nor AVX-512");
     };
-    let (n, h, w) = (64, 32, 32);
-    for (name, c) in [
-        ("stem 3→16", Conv2d::new(3, 16, 3, 1, 1)),
-        ("16→16", Conv2d::new(16, 16, 3, 1, 1)),
+    let n = 64;
+    for (name, c, h) in [
+        ("stem 3→16 at 32×32", Conv2d::new(3, 16, 3, 1, 1), 32),
+        ("16→16 at 32×32", Conv2d::new(16, 16, 3, 1, 1), 32),
+        ("32→32 at 16×16", Conv2d::new(32, 32, 3, 1, 1), 16),
     ] {
+        if !runs(isa, c.cout) {
+            println!("cpu  conv   {name}: runs as im2col + GEMM on {isa:?}");
+            continue;
+        }
+        let w = h;
         let (x, weight, dout) = (
             random(n * h * w * c.cin, 7),
             random(c.weight_len(), 8),
@@ -349,7 +355,7 @@ fn bench_direct_conv_cpu() {
                 conv_forward(&c, &x, n, h, w, &weight, &mut out, &mut scratch);
                 if backward {
                     // The stem's input is the image: no input gradient.
-                    let dx = (c.cin == 16).then_some((&mut dx[..], false));
+                    let dx = (c.cin > 3).then_some((&mut dx[..], false));
                     conv_backward(&c, &x, n, h, w, &weight, &dout, &mut dw, dx, &mut scratch);
                 }
             })

@@ -88,15 +88,16 @@ fn conv_ref(
 
 /// Convolutions covered: 1×1 (pointwise and strided), 3×3 with padding and stride 2, 7×7
 /// stride 2 padding 3, odd sizes and channel counts; and the shapes the CPU runs as a direct
-/// convolution (16 output channels, or 16 input channels for the input gradient, stride 1):
-/// rows not a multiple of its pixel blocks, an unpadded one, a channel count it does not
-/// specialise, a patch longer than the GEMM's depth block.
+/// convolution (16 or 32 output channels, or as many input channels for the input gradient,
+/// stride 1): rows not a multiple of its pixel blocks, an unpadded one, a channel count it
+/// does not specialise, a patch longer than the GEMM's depth block.
 fn convs() -> Vec<(Conv2d, usize, usize, usize)> {
     vec![
         (Conv2d::new(16, 16, 3, 1, 1), 2, 5, 19),
         (Conv2d::new(5, 16, 3, 1, 0), 2, 6, 9),
         (Conv2d::new(16, 8, 3, 1, 1), 1, 7, 11),
         (Conv2d::new(40, 16, 3, 1, 1), 1, 4, 6),
+        (Conv2d::new(8, 32, 3, 1, 1), 2, 4, 15),
         (
             Conv2d {
                 cin: 5,
@@ -366,12 +367,13 @@ fn conv2d_over_several_chunks_per_thread_should_match_f64_reference() {
     }
 }
 
-/// The direct convolution (16 output channels, stride 1; see `host::cpu::direct_conv`) gives
-/// the im2col + GEMM path's values bit for bit, on every instruction set this machine has,
-/// for the shapes of the ResNets' 16-channel convolutions: the stems (3 and 1 input channels,
-/// 32 and 28 pixels wide), the 16→16 layers at both sizes, and an unspecialised channel count
-/// with rows of 1–15 pixels left over; forward, weight and input gradients (the latter by the
-/// transposed convolution), overwritten and accumulated. On a machine with neither AVX2 nor
+/// The direct convolution (16 or 32 output channels, stride 1; see `host::cpu::direct_conv`)
+/// gives the im2col + GEMM path's values bit for bit, on every instruction set this machine
+/// has (where that set runs the shape), for the shapes of the width-16 ResNets' convolutions it runs: the stems (3 and 1 input
+/// channels, 32 and 28 pixels wide), the 16→16 layers at both sizes, the 32→32 ones at 16 and
+/// 14, and unspecialised channel counts with rows of 1–15 pixels left over; forward, weight
+/// and input gradients (the latter by the transposed convolution), overwritten and
+/// accumulated. On a machine with neither AVX2 nor
 /// AVX-512 there is nothing to compare and the test says so.
 #[test]
 fn direct_conv_should_give_the_gemm_path_bits() {
@@ -391,6 +393,9 @@ fn direct_conv_should_give_the_gemm_path_bits() {
         (Conv2d::new(16, 16, 3, 1, 1), 3, 32, 32),
         (Conv2d::new(16, 16, 3, 1, 1), 2, 28, 28),
         (Conv2d::new(7, 16, 3, 1, 1), 2, 9, 31),
+        (Conv2d::new(32, 32, 3, 1, 1), 3, 16, 16),
+        (Conv2d::new(32, 32, 3, 1, 1), 2, 14, 14),
+        (Conv2d::new(32, 16, 3, 1, 1), 1, 9, 23),
     ];
     for (i, (c, n, h, w)) in cases.into_iter().enumerate() {
         let (oh, ow) = out_size(&c, h, w);

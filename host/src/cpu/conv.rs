@@ -188,7 +188,7 @@ impl ConvScratch {
     /// The instruction set of the direct convolution for `c`, when it runs directly.
     fn direct_for(&self, c: &Conv2d) -> Option<Isa> {
         self.direct
-            .filter(|_| c.cout == direct_conv::COUT && c.stride == 1 && !c.is_pointwise())
+            .filter(|&isa| direct_conv::runs(isa, c.cout) && c.stride == 1 && !c.is_pointwise())
     }
 }
 
@@ -259,7 +259,7 @@ fn conv_into(
         );
     }
     if let Some(isa) = scratch.direct_for(c) {
-        return direct(isa, g, x, n, weight, out, scratch, accumulate);
+        return direct(isa, g, c.cout, x, n, weight, out, scratch, accumulate);
     }
     let (ohw, patch, step) = (g.out_h() * g.out_w(), g.patch(), images_per_chunk(g, n));
     let (out_ptr, col_ptr, col_len) = (
@@ -295,6 +295,7 @@ fn conv_into(
 fn direct(
     isa: Isa,
     g: ConvGeometry,
+    cout: usize,
     x: &[f32],
     n: usize,
     weight: &[f32],
@@ -302,9 +303,9 @@ fn direct(
     scratch: &mut ConvScratch,
     accumulate: bool,
 ) {
-    let wt = &mut scratch.direct_weight[..g.patch() * direct_conv::COUT];
-    direct_conv::transpose_weight(weight, g.patch(), wt);
-    let (image, out_image) = (g.h * g.w * g.cin, g.out_h() * g.out_w() * direct_conv::COUT);
+    let wt = &mut scratch.direct_weight[..g.patch() * cout];
+    direct_conv::transpose_weight(weight, g.patch(), cout, wt);
+    let (image, out_image) = (g.h * g.w * g.cin, g.out_h() * g.out_w() * cout);
     let (out_ptr, padded_ptr, padded_len) = (
         TilePtr::new(out),
         TilePtr::new(&mut scratch.padded),
@@ -317,7 +318,7 @@ fn direct(
         for i in first..first + images {
             direct_conv::pad_image(g, &x[i * image..][..image], padded);
             let out = out_ptr.slice(i * out_image, out_image);
-            direct_conv::conv_image(isa, g, padded, wt, out, accumulate);
+            direct_conv::conv_image(isa, g, cout, padded, wt, out, accumulate);
         }
     });
 }
@@ -375,7 +376,8 @@ pub fn conv_backward(
         direct_conv::transpose_weight(
             &scratch.flipped[..c.weight_len()],
             patch,
-            &mut scratch.direct_weight[..patch * direct_conv::COUT],
+            c.cin,
+            &mut scratch.direct_weight[..c.weight_len()],
         );
     }
     let (oh, ow) = (g.out_h(), g.out_w());
@@ -423,7 +425,15 @@ pub fn conv_backward(
                         .zip(dx.chunks_exact_mut(image))
                     {
                         direct_conv::pad_image(tg, dout, padded);
-                        direct_conv::conv_image(isa, tg, padded, direct_weight, dx, accumulate);
+                        direct_conv::conv_image(
+                            isa,
+                            tg,
+                            c.cin,
+                            padded,
+                            direct_weight,
+                            dx,
+                            accumulate,
+                        );
                     }
                 }
                 (Some(t), None) => {

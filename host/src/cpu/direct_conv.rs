@@ -1,26 +1,39 @@
-//! Direct convolution (no im2col) for convolutions with 16 output channels and stride 1, on
-//! x86-64 with AVX-512 or AVX2 + FMA: the ResNet stem and first stage at width 16, and their
-//! input gradients (a transposed convolution with the same shape).
+//! Direct convolution (no im2col) for convolutions with 16 or 32 output channels and stride
+//! 1, on x86-64 with AVX-512 or AVX2 + FMA: at width 16, the ResNet stem and the first two
+//! stages' stride-1 layers, and their input gradients (transposed convolutions of the same
+//! shapes).
 //!
 //! Layouts: one image at a time, zero-padded to `padded [h + 2·pad, w + 2·pad, cin]` (NHWC);
-//! the kernel transposed to `wt [patch, 16]` (patch index `(ky·k + kx)·cin + ci`, the order
-//! of [`kernels::conv::im2col_row`]); output `[oh, ow, 16]`.
+//! the kernel transposed to `wt [patch, cout]` (patch index `(ky·k + kx)·cin + ci`, the order
+//! of [`kernels::conv::im2col_row`]); output `[oh, ow, cout]`.
 //!
 //! Why: the `gemm` crate runs a product with 16 output channels on a kernel of six
-//! accumulators (`x1x6` on AVX-512), which waits on the FMA latency; here a block of up to
-//! 16 output pixels keeps one 16-lane accumulator each, and reads the padded image in place
-//! instead of a 9× larger column buffer.
+//! accumulators (`x1x6` on AVX-512), which waits on the FMA latency, after im2col has written
+//! nine copies of the input; here a block of output pixels of one row keeps its accumulators
+//! (16 pixels × one zmm for 16 channels, 12 × two for 32) and reads the padded image in
+//! place. `cargo bench --bench kernels` (batch 64 of 32×32, 2 threads, AVX-512, 2026-12-01):
+//! the 16→16 forward 2.5× faster than im2col + GEMM, forward + backward 1.7–2.0× (the weight
+//! gradient stays a GEMM); the stem's forward 4.4–5.0×.
 //!
 //! The values are bit for bit those of im2col + GEMM: each output channel sums its patch in
 //! patch order, one fused multiply-add per tap starting from zero (padding taps included, as
-//! zeros), then adds onto the destination when accumulating — what the `gemm` crate's
-//! microkernels do for a patch that fits one of its depth blocks (checked by this module's
-//! tests on every shape the ResNets use).
+//! zeros), then adds onto the destination when accumulating, which is what the `gemm` crate's
+//! microkernels do for a patch within one depth block (512 values or more, by the machine's
+//! L1). `tests/layers.rs` checks the bits on the ResNets' shapes, on each instruction set.
 
 use kernels::conv::ConvGeometry;
 
-/// Output channels of the convolutions this module runs.
-pub const COUT: usize = 16;
+/// f32 lanes of one accumulator: an output pixel's channels go 16 at a time.
+pub const LANES: usize = 16;
+
+/// Whether the direct convolution runs convolutions with `cout` output channels on `isa`:
+/// 16 (one accumulator per pixel), and 32 (two) on AVX-512. On AVX2 a block of 32 channels
+/// has room for 3 pixels only and ran at half the speed of the GEMM (one thread, 32→32 at
+/// 16×16: 50 against 105 GFLOP/s; with AVX-512, 150). Deeper layers have patches beyond the
+/// `gemm` crate's depth block, where bit-equality with it ends, and keep its full kernels.
+pub fn runs(isa: Isa, cout: usize) -> bool {
+    cout == LANES || (cout == 2 * LANES && isa == Isa::Avx512)
+}
 
 /// Which instruction set the direct convolution runs with on this machine, if any.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,9 +61,9 @@ pub fn padded_len(g: ConvGeometry) -> usize {
     (g.h + 2 * g.pad) * (g.w + 2 * g.pad) * g.cin
 }
 
-/// `wt [patch, 16]` from the OHWI kernel `weight [16, patch]`.
-pub fn transpose_weight(weight: &[f32], patch: usize, wt: &mut [f32]) {
-    for (t, row) in wt[..patch * COUT].chunks_exact_mut(COUT).enumerate() {
+/// `wt [patch, cout]` from the OHWI kernel `weight [cout, patch]`.
+pub fn transpose_weight(weight: &[f32], patch: usize, cout: usize, wt: &mut [f32]) {
+    for (t, row) in wt[..patch * cout].chunks_exact_mut(cout).enumerate() {
         row.iter_mut()
             .enumerate()
             .for_each(|(co, v)| *v = weight[co * patch + t]);
@@ -68,26 +81,32 @@ pub fn pad_image(g: ConvGeometry, x: &[f32], padded: &mut [f32]) {
     }
 }
 
-/// `out [oh, ow, 16] (+)= conv(padded)` for one image, with the instruction set `isa`
-/// (from [`isa`]). The convolution must have stride 1.
+/// `out [oh, ow, cout] (+)= conv(padded)` for one image, with the instruction set `isa`
+/// (from [`isa`]). The convolution must have stride 1 and [`runs`]`(isa, cout)`.
 pub fn conv_image(
     isa: Isa,
     g: ConvGeometry,
+    cout: usize,
     padded: &[f32],
     wt: &[f32],
     out: &mut [f32],
     accumulate: bool,
 ) {
-    assert_eq!(g.stride, 1, "direct convolution: stride 1 only");
-    assert!(padded.len() >= padded_len(g) && wt.len() >= g.patch() * COUT);
-    assert!(out.len() >= g.out_h() * g.out_w() * COUT);
+    assert!(
+        g.stride == 1 && runs(isa, cout),
+        "direct convolution: {g:?}, {cout} outputs"
+    );
+    assert!(padded.len() >= padded_len(g) && wt.len() >= g.patch() * cout);
+    assert!(out.len() >= g.out_h() * g.out_w() * cout);
     #[cfg(target_arch = "x86_64")]
     // SAFETY: `isa` came from `isa()`, so the machine has its instructions; the asserts above
     // bound every read and write the blocks make.
     unsafe {
-        match isa {
-            Isa::Avx512 => x86::conv_image_avx512(g, padded, wt, out, accumulate),
-            Isa::Avx2 => x86::conv_image_avx2(g, padded, wt, out, accumulate),
+        // Blocks of as many pixels as 16 or 24 of the 32 zmm, or 12 of the 16 ymm, hold.
+        match (isa, cout / LANES) {
+            (Isa::Avx512, 1) => x86::conv_image_avx512::<1, 16>(g, padded, wt, out, accumulate),
+            (Isa::Avx512, _) => x86::conv_image_avx512::<2, 12>(g, padded, wt, out, accumulate),
+            (Isa::Avx2, _) => x86::conv_image_avx2::<1, 6>(g, padded, wt, out, accumulate),
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -96,7 +115,7 @@ pub fn conv_image(
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::COUT;
+    use super::LANES;
     use core::arch::x86_64::*;
     use kernels::conv::ConvGeometry;
 
@@ -161,12 +180,13 @@ mod x86 {
         }
     }
 
-    /// `P` output pixels of one row: `src` is the padded image at the first pixel's top-left
-    /// tap, `row` the padded row's length in floats, `dst` the first pixel's output.
+    /// `P` output pixels of one row, `V` accumulators (16·V channels) each: `src` is the padded
+    /// image at the first pixel's top-left tap, `row` the padded row's length in floats, `dst`
+    /// the first pixel's output.
     /// `CIN` is the input's channel count when known at compile time (0: `g.cin`), so that
     /// the pixels' offsets become constants of the instructions.
     #[inline(always)]
-    unsafe fn block<L: Lanes, const P: usize, const CIN: usize>(
+    unsafe fn block<L: Lanes, const V: usize, const P: usize, const CIN: usize>(
         g: ConvGeometry,
         src: *const f32,
         row: usize,
@@ -175,48 +195,54 @@ mod x86 {
         accumulate: bool,
     ) {
         let cin = if CIN > 0 { CIN } else { g.cin };
-        let mut acc = [L::zero(); P];
+        let mut acc = [[L::zero(); V]; P];
         let mut w = wt;
         for ky in 0..g.k {
             for kx in 0..g.k {
                 let tap = src.add(ky * row + kx * cin);
                 for ci in 0..cin {
-                    let wv = L::load(w);
-                    w = w.add(COUT);
+                    let wv: [L; V] = core::array::from_fn(|v| L::load(w.add(v * LANES)));
+                    w = w.add(V * LANES);
                     for (j, a) in acc.iter_mut().enumerate() {
-                        *a = a.fma(*tap.add(j * cin + ci), wv);
+                        let x = *tap.add(j * cin + ci);
+                        for (a, &wv) in a.iter_mut().zip(&wv) {
+                            *a = a.fma(x, wv);
+                        }
                     }
                 }
             }
         }
         for (j, a) in acc.into_iter().enumerate() {
-            let d = dst.add(j * COUT);
-            let v = if accumulate { L::load(d).add(a) } else { a };
-            v.store(d);
+            for (v, a) in a.into_iter().enumerate() {
+                let d = dst.add((j * V + v) * LANES);
+                let sum = if accumulate { L::load(d).add(a) } else { a };
+                sum.store(d);
+            }
         }
     }
 
     /// One image, each output row in blocks of `P` pixels, the rest in halving blocks.
     #[inline(always)]
-    unsafe fn conv_image<L: Lanes, const P: usize>(
+    unsafe fn conv_image<L: Lanes, const V: usize, const P: usize>(
         g: ConvGeometry,
         padded: &[f32],
         wt: &[f32],
         out: &mut [f32],
         accumulate: bool,
     ) {
-        // The channel counts of the ResNets' 16-channel convolutions: 16, and the stem's 3
-        // (colour) or 1 (grey).
+        // The input channel counts of the width-16 ResNets' convolutions it runs: 16 and 32,
+        // and the stem's 3 (colour) or 1 (grey).
         match g.cin {
-            16 => rows::<L, P, 16>(g, padded, wt, out, accumulate),
-            3 => rows::<L, P, 3>(g, padded, wt, out, accumulate),
-            1 => rows::<L, P, 1>(g, padded, wt, out, accumulate),
-            _ => rows::<L, P, 0>(g, padded, wt, out, accumulate),
+            32 => rows::<L, V, P, 32>(g, padded, wt, out, accumulate),
+            16 => rows::<L, V, P, 16>(g, padded, wt, out, accumulate),
+            3 => rows::<L, V, P, 3>(g, padded, wt, out, accumulate),
+            1 => rows::<L, V, P, 1>(g, padded, wt, out, accumulate),
+            _ => rows::<L, V, P, 0>(g, padded, wt, out, accumulate),
         }
     }
 
     #[inline(always)]
-    unsafe fn rows<L: Lanes, const P: usize, const CIN: usize>(
+    unsafe fn rows<L: Lanes, const V: usize, const P: usize, const CIN: usize>(
         g: ConvGeometry,
         padded: &[f32],
         wt: &[f32],
@@ -230,50 +256,50 @@ mod x86 {
             while ox < ow {
                 let (s, d) = (
                     src.add(oy * row + ox * g.cin),
-                    dst.add((oy * ow + ox) * COUT),
+                    dst.add((oy * ow + ox) * V * LANES),
                 );
                 let left = ow - ox;
                 ox += if left >= P {
-                    block::<L, P, CIN>(g, s, row, wt, d, accumulate);
+                    block::<L, V, P, CIN>(g, s, row, wt, d, accumulate);
                     P
                 } else if P > 8 && left >= 8 {
-                    block::<L, 8, CIN>(g, s, row, wt, d, accumulate);
+                    block::<L, V, 8, CIN>(g, s, row, wt, d, accumulate);
                     8
                 } else if P > 4 && left >= 4 {
-                    block::<L, 4, CIN>(g, s, row, wt, d, accumulate);
+                    block::<L, V, 4, CIN>(g, s, row, wt, d, accumulate);
                     4
                 } else if left >= 2 {
-                    block::<L, 2, CIN>(g, s, row, wt, d, accumulate);
+                    block::<L, V, 2, CIN>(g, s, row, wt, d, accumulate);
                     2
                 } else {
-                    block::<L, 1, CIN>(g, s, row, wt, d, accumulate);
+                    block::<L, V, 1, CIN>(g, s, row, wt, d, accumulate);
                     1
                 };
             }
         }
     }
 
-    /// 16 pixels a block: 16 of the 32 zmm registers accumulate.
+    /// `P` pixels a block, `V` zmm accumulators each.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn conv_image_avx512(
+    pub unsafe fn conv_image_avx512<const V: usize, const P: usize>(
         g: ConvGeometry,
         padded: &[f32],
         wt: &[f32],
         out: &mut [f32],
         accumulate: bool,
     ) {
-        conv_image::<__m512, 16>(g, padded, wt, out, accumulate)
+        conv_image::<__m512, V, P>(g, padded, wt, out, accumulate)
     }
 
-    /// 6 pixels a block: 12 of the 16 ymm registers accumulate.
+    /// `P` pixels a block, `V` pairs of ymm accumulators each.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn conv_image_avx2(
+    pub unsafe fn conv_image_avx2<const V: usize, const P: usize>(
         g: ConvGeometry,
         padded: &[f32],
         wt: &[f32],
         out: &mut [f32],
         accumulate: bool,
     ) {
-        conv_image::<[__m256; 2], 6>(g, padded, wt, out, accumulate)
+        conv_image::<[__m256; 2], V, P>(g, padded, wt, out, accumulate)
     }
 }
