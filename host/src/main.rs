@@ -37,7 +37,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Train a ResNet encoder with BYOL (no flags: the embedded data set, the small-image recipe, 5–7 minutes on two cores).
+    /// Train a ResNet encoder with BYOL (no flags: the embedded data set, the small-image recipe, 4–7 minutes on two cores).
     #[command(allow_negative_numbers = true)]
     Train(Box<TrainArgs>),
     /// Evaluate a checkpoint's online encoder.

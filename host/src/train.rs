@@ -255,7 +255,7 @@ fn knn_reading<B: Backend>(
 /// Images over which an untrained encoder's BatchNorm statistics of the data are averaged:
 /// enough for a steady mean (on Fashion-MNIST, seeds 0 and 1, the reading stays within 0.6
 /// points from 1,024 images to all 4,992), few enough to cost seconds (7 s of the default
-/// run's 5–7 minutes on 2 cores).
+/// run's 4–7 minutes on 2 cores).
 const DATA_STATISTICS_IMAGES: usize = 4096;
 
 /// The kNN accuracy of the encoder at initialisation with the data's BatchNorm statistics

@@ -11,9 +11,10 @@
 //! accumulators (`x1x6` on AVX-512), which waits on the FMA latency, after im2col has written
 //! nine copies of the input; here a block of output pixels of one row keeps its accumulators
 //! (16 pixels × one zmm for 16 channels, 12 × two for 32) and reads the padded image in
-//! place. `cargo bench --bench kernels` (batch 64 of 32×32, 2 threads, AVX-512, 2026-12-01):
-//! the 16→16 forward 2.5× faster than im2col + GEMM, forward + backward 1.7–2.0× (the weight
-//! gradient stays a GEMM); the stem's forward 4.4–5.0×.
+//! place. `cargo bench --bench kernels` (batch 64, 2 threads, AVX-512, 2026-12-01, four
+//! runs), against im2col + GEMM: the 16→16 forward at 32×32 1.5–2.2× faster, forward +
+//! backward 1.3–1.6× (the weight gradient stays a GEMM); 32→32 at 16×16 1.4× and 1.2×; the
+//! stem's forward 4.2–6.9×.
 //!
 //! The values are bit for bit those of im2col + GEMM: each output channel sums its patch in
 //! patch order, one fused multiply-add per tap starting from zero (padding taps included, as
