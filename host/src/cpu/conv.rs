@@ -20,9 +20,10 @@
 //! (inner dimension k·k·cout, small output), which measured 7% faster at 64 and 128 channels
 //! and slower from 256 on.
 //!
-//! A stride-1 convolution with 16 output channels (and the transposed convolution of a
-//! 16-input one) skips im2col and the GEMM on x86-64 machines with AVX2 or AVX-512: see
-//! [`crate::cpu::direct_conv`], which gives the same values bit for bit.
+//! A stride-1 convolution with 16 output channels, or 32 with AVX-512 (and so the input
+//! gradient of a convolution with that many input channels), skips im2col and the GEMM on
+//! x86-64 machines with AVX2 or AVX-512: see [`crate::cpu::direct_conv`], which gives the same
+//! values bit for bit.
 
 use crate::cpu::direct_conv::{self, Isa};
 use crate::cpu::gemm::{matmul, matmul_serial};
@@ -369,7 +370,8 @@ pub fn conv_backward(
     if transposed.is_some() && dx.is_some() {
         flip_kernel(c, weight, &mut scratch.flipped[..c.weight_len()]);
     }
-    // The transposed convolution of a 16-input convolution runs directly.
+    // The transposed convolution runs directly when it has 16 (or, on AVX-512, 32) outputs,
+    // the forward's input channels.
     let direct = transposed.and_then(|t| Some((t, scratch.direct_for(&t)?)));
     if let (Some((t, _)), Some(_)) = (direct, &dx) {
         let patch = t.geometry(g.out_h(), g.out_w()).patch();
