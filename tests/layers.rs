@@ -369,12 +369,12 @@ fn conv2d_over_several_chunks_per_thread_should_match_f64_reference() {
 
 /// The direct convolution (16 or 32 output channels, stride 1; see `host::cpu::direct_conv`)
 /// gives the im2col + GEMM path's values bit for bit, on every instruction set this machine
-/// has (where that set runs the shape), for the shapes of the width-16 ResNets' convolutions it runs: the stems (3 and 1 input
-/// channels, 32 and 28 pixels wide), the 16→16 layers at both sizes, the 32→32 ones at 16 and
-/// 14, and unspecialised channel counts with rows of 1–15 pixels left over; forward, weight
-/// and input gradients (the latter by the transposed convolution), overwritten and
-/// accumulated. On a machine with neither AVX2 nor
-/// AVX-512 there is nothing to compare and the test says so.
+/// has (where that set runs the shape), for the shapes of the width-16 ResNets' convolutions
+/// it runs: the stems (3 and 1 input channels, 32 and 28 pixels wide), the 16→16 layers at
+/// both sizes, the 32→32 ones at 16 and 14, and unspecialised channel counts with rows of
+/// 1–15 pixels left over; forward, weight and input gradients (the latter by the transposed
+/// convolution), overwritten and accumulated. On a machine with neither AVX2 nor AVX-512
+/// there is nothing to compare and the test says so.
 #[test]
 fn direct_conv_should_give_the_gemm_path_bits() {
     use host::cpu::conv::{conv_backward, conv_forward, ConvScratch};
