@@ -43,18 +43,26 @@ pub enum Isa {
     Avx2,
 }
 
+impl Isa {
+    /// Whether this machine has the instruction set (detected once, then cached by `std`).
+    pub fn available(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        return match self {
+            Isa::Avx512 => std::is_x86_feature_detected!("avx512f"),
+            Isa::Avx2 => {
+                std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+            }
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    }
+}
+
 /// The best instruction set this machine offers for the direct convolution.
 pub fn isa() -> Option<Isa> {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx512f") {
-            return Some(Isa::Avx512);
-        }
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            return Some(Isa::Avx2);
-        }
-    }
-    None
+    [Isa::Avx512, Isa::Avx2]
+        .into_iter()
+        .find(|isa| isa.available())
 }
 
 /// Length of the zero-padded copy of one image.
@@ -82,8 +90,8 @@ pub fn pad_image(g: ConvGeometry, x: &[f32], padded: &mut [f32]) {
     }
 }
 
-/// `out [oh, ow, cout] (+)= conv(padded)` for one image, with the instruction set `isa`
-/// (from [`isa`]). The convolution must have stride 1 and [`runs`]`(isa, cout)`.
+/// `out [oh, ow, cout] (+)= conv(padded)` for one image, with the instruction set `isa`,
+/// which the machine must have. The convolution must have stride 1 and [`runs`]`(isa, cout)`.
 pub fn conv_image(
     isa: Isa,
     g: ConvGeometry,
@@ -94,14 +102,18 @@ pub fn conv_image(
     accumulate: bool,
 ) {
     assert!(
+        isa.available(),
+        "direct convolution: this machine has no {isa:?}"
+    );
+    assert!(
         g.stride == 1 && runs(isa, cout),
         "direct convolution: {g:?}, {cout} outputs"
     );
     assert!(padded.len() >= padded_len(g) && wt.len() >= g.patch() * cout);
     assert!(out.len() >= g.out_h() * g.out_w() * cout);
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: `isa` came from `isa()`, so the machine has its instructions; the asserts above
-    // bound every read and write the blocks make.
+    // SAFETY: the machine has `isa`'s instructions, and the padded image, the kernel and the
+    // output are as long as the blocks read and write (asserted above).
     unsafe {
         // Blocks of as many pixels as 16 or 24 of the 32 zmm, or 12 of the 16 ymm, hold.
         match (isa, cout / LANES) {
