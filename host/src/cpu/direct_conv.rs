@@ -214,10 +214,7 @@ mod x86 {
             for kx in 0..g.k {
                 let tap = src.add(ky * row + kx * cin);
                 for ci in 0..cin {
-                    let mut wv = [L::zero(); V];
-                    for (v, wv) in wv.iter_mut().enumerate() {
-                        *wv = L::load(w.add(v * LANES));
-                    }
+                    let wv: [L; V] = core::array::from_fn(|v| L::load(w.add(v * LANES)));
                     w = w.add(V * LANES);
                     for (j, a) in acc.iter_mut().enumerate() {
                         let x = *tap.add(j * cin + ci);
