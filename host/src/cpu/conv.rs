@@ -372,8 +372,8 @@ pub fn conv_backward(
     }
     // The transposed convolution runs directly when it has 16 (or, on AVX-512, 32) outputs,
     // the forward's input channels.
-    let direct = transposed.and_then(|t| Some((t, scratch.direct_for(&t)?)));
-    if let (Some((t, _)), Some(_)) = (direct, &dx) {
+    let direct_dx = transposed.and_then(|t| Some((t, scratch.direct_for(&t)?)));
+    if let (Some((t, _)), Some(_)) = (direct_dx, &dx) {
         let patch = t.geometry(g.out_h(), g.out_w()).patch();
         direct_conv::transpose_weight(
             &scratch.flipped[..c.weight_len()],
@@ -390,7 +390,7 @@ pub fn conv_backward(
     let accumulate = dx.as_ref().is_some_and(|d| d.1);
     let dx_ptr = dx.map(|(d, _)| TilePtr::new(d));
     let flipped = &scratch.flipped[..if transposed.is_some() { wl } else { 0 }];
-    let direct_weight = &scratch.direct_weight[..if direct.is_some() { wl } else { 0 }];
+    let direct_weight = &scratch.direct_weight[..if direct_dx.is_some() { wl } else { 0 }];
     let (padded_ptr, padded_len) = (TilePtr::new(&mut scratch.padded), scratch.padded_per_part);
     let image = h * w * c.cin;
     let parts = scratch.parts;
@@ -418,7 +418,7 @@ pub fn conv_backward(
             );
             let Some(dx) = dx_ptr else { continue };
             let dx = dx.slice(n0 * image, m * image);
-            match (transposed, direct) {
+            match (transposed, direct_dx) {
                 (_, Some((t, isa))) => {
                     let tg = t.geometry(oh, ow);
                     let padded = padded_ptr.slice(p * padded_len, padded_len);
