@@ -30,8 +30,9 @@ pub const LANES: usize = 16;
 /// Whether the direct convolution runs convolutions with `cout` output channels on `isa`:
 /// 16 (one accumulator per pixel), and 32 (two) on AVX-512. On AVX2 a block of 32 channels
 /// has room for 3 pixels only: one thread, 32→32 at 16×16, it ran at 50 GFLOP/s where the
-/// AVX-512 GEMM ran at 105 and the AVX-512 block at 150 (not timed against the AVX2 GEMM). Deeper layers have patches beyond the
-/// `gemm` crate's depth block, where bit-equality with it ends, and keep its full kernels.
+/// AVX-512 GEMM ran at 105 and the AVX-512 block at 150 (not timed against the AVX2 GEMM).
+/// Deeper layers have patches beyond the `gemm` crate's depth block, where bit-equality with
+/// it ends, and keep its full kernels.
 pub fn runs(isa: Isa, cout: usize) -> bool {
     cout == LANES || (cout == 2 * LANES && isa == Isa::Avx512)
 }
