@@ -1,6 +1,6 @@
 //! The kernels through the backends: one body per check (`tests/common`), run on every backend
 //! compiled in by [`test_device!`] (as candle's `test_device!`): against the independent f64
-//! references, and on bad input. The GPU versions are ignored by default (they need an NVIDIA
+//! references, and on bad input (a NaN gradient behind a finite loss included). The GPU versions are ignored by default (they need an NVIDIA
 //! GPU); `scripts/gpu-bundle.sh` builds them for a GPU machine, which runs them with
 //! `--include-ignored`, together with the GPU-against-CPU check at BYOL's projector shape.
 //! Finite-difference checks run on the CPU; the GPU is then held to the CPU.
@@ -31,6 +31,18 @@ test_device!(
     mlp_running_statistics_follow_recurrence
 );
 test_device!(bad_input_should_be_a_clear_error, bad_input_is_an_error);
+
+#[test]
+fn a_non_finite_gradient_should_stop_the_step_before_any_parameter() {
+    non_finite_gradient_stops_the_step(Cpu);
+}
+
+#[cfg(feature = "cuda")]
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn a_non_finite_gradient_should_stop_the_gpu_step_before_any_parameter() {
+    non_finite_gradient_stops_the_step(gpu());
+}
 
 #[cfg(feature = "cuda")]
 #[test]

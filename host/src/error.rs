@@ -52,9 +52,9 @@ pub enum Error {
         path: std::path::PathBuf,
         reason: String,
     },
-    /// Training produced a non-finite loss.
-    #[error("training diverged at step {step}: the loss is {loss}; the last checkpoint (if any) is intact")]
-    Diverged { step: u64, loss: f32 },
+    /// Training produced a non-finite loss or gradient (`cause` says which).
+    #[error("training diverged at step {step}: {cause}; the last checkpoint (if any) is intact")]
+    Diverged { step: u64, cause: String },
 }
 
 /// Where a configuration field's value came from, as far as the caller knows.

@@ -50,6 +50,9 @@ pub fn write_safetensors(
     tensors: &[Tensor],
     metadata: HashMap<String, String>,
 ) -> Result<()> {
+    for t in tensors {
+        refuse_non_finite(path, t)?;
+    }
     let views = tensors.iter().map(|t| {
         let view = TensorView::new(t.dtype, t.shape.clone(), &t.bytes);
         (t.name.as_str(), view.expect("shape matches bytes"))
@@ -59,6 +62,26 @@ pub fn write_safetensors(
         reason: format!("cannot serialise as safetensors ({e})"),
     })?;
     write_atomic(path, &sorted_header(bytes))
+}
+
+/// An error naming the file and the tensor when a float tensor holds NaN or infinity: a
+/// diverged network is never written as if it were a result.
+fn refuse_non_finite(path: &Path, t: &Tensor) -> Result<()> {
+    if !matches!(t.dtype, Dtype::F32) {
+        return Ok(());
+    }
+    let value = |b: &[u8]| f32::from_le_bytes(b.try_into().expect("4 bytes"));
+    match t.bytes.chunks_exact(4).position(|b| !value(b).is_finite()) {
+        None => Ok(()),
+        Some(i) => Err(Error::Data {
+            path: path.into(),
+            reason: format!(
+                "tensor {} holds {} at index {i} (a diverged run?): nothing written",
+                t.name,
+                value(&t.bytes[4 * i..4 * i + 4])
+            ),
+        }),
+    }
 }
 
 /// The same file with its JSON header's keys sorted. safetensors writes the metadata map in
@@ -80,6 +103,7 @@ fn sorted_header(mut bytes: Vec<u8>) -> Vec<u8> {
 /// Writes one tensor as a NumPy `.npy` file (format 1.0: magic, a header dict padded to a
 /// multiple of 64 bytes, then the data in C order), atomically.
 pub fn write_npy(path: &Path, t: &Tensor) -> Result<()> {
+    refuse_non_finite(path, t)?;
     let descr = match t.dtype {
         Dtype::F32 => "<f4",
         Dtype::U16 => "<u2",
@@ -190,6 +214,34 @@ mod tests {
         let meta = meta.metadata().clone().unwrap();
         assert_eq!(meta.len(), 4);
         assert_eq!(meta["classes"], "classes-é");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A file already there keeps its content when the new tensors hold NaN or infinity,
+    /// in both formats, and the error names the file, the tensor and the index.
+    #[test]
+    fn non_finite_tensors_should_be_refused_and_the_old_file_kept() {
+        let dir = std::env::temp_dir().join(format!("byol-non-finite-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = || Tensor::f32("w", vec![3], &[1.0, 2.0, 3.0]);
+        for bad_value in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let bad = || Tensor::f32("online.w", vec![3], &[1.0, 2.0, bad_value]);
+            let st = dir.join("c.safetensors");
+            write_safetensors(&st, &[good()], HashMap::new()).unwrap();
+            let before = std::fs::read(&st).unwrap();
+            let tensors = [good(), bad()];
+            let e = write_safetensors(&st, &tensors, HashMap::new()).unwrap_err();
+            let e = e.to_string();
+            assert!(e.contains("c.safetensors") && e.contains("online.w"), "{e}");
+            assert!(e.contains(&format!("{bad_value} at index 2")), "{e}");
+            assert_eq!(std::fs::read(&st).unwrap(), before);
+            let npy = dir.join("x.npy");
+            write_npy(&npy, &good()).unwrap();
+            let before = std::fs::read(&npy).unwrap();
+            let e = write_npy(&npy, &bad()).unwrap_err().to_string();
+            assert!(e.contains("x.npy") && e.contains("online.w"), "{e}");
+            assert_eq!(std::fs::read(&npy).unwrap(), before);
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -111,6 +111,51 @@ pub fn byol_steps<B: Backend>(
     (losses, s.to_host(be).unwrap(), grads)
 }
 
+/// A NaN in one weight of the first convolution: its BatchNorm makes the channel NaN and the
+/// ReLU after it 0, so the loss stays finite while the gradient of that convolution is NaN.
+/// The step must stop with [`Error::Diverged`] at step 0 and leave the parameters, the
+/// target and the optimiser's state as they were, bit for bit.
+pub fn non_finite_gradient_stops_the_step<B: Backend>(backend: B) {
+    let byol = host::byol::Byol::on(backend, tiny_byol(host::nn::Stem::Cifar)).unwrap();
+    let mut start = byol.init(7);
+    let conv1 = byol.registry.param("encoder.conv1.weight").unwrap();
+    start.online[conv1.range.start + 5] = f32::NAN;
+    let be = &byol.backend;
+    let (batch, size) = (6, 8);
+    let mut r = rng(5);
+    let v1 = be
+        .upload(&uniform(&mut r, batch * size * size * 3, 1.0))
+        .unwrap();
+    let v2 = be
+        .upload(&uniform(&mut r, batch * size * size * 3, 1.0))
+        .unwrap();
+    let mut state = start.to_backend(be).unwrap();
+    let mut work = byol.work(batch, size, size).unwrap();
+    let lars = host::byol::Optimizer::official_lars(1.5e-6);
+    let m = host::byol::LrMultipliers::default();
+    match byol.step(&mut state, &mut work, [&v1, &v2], 0.2, 0.99, &lars, m) {
+        Err(Error::Diverged { step: 0, cause }) => {
+            let loss = cause
+                .strip_prefix("the gradient is not finite (the loss is ")
+                .and_then(|rest| rest.strip_suffix(')'))
+                .and_then(|l| l.parse::<f32>().ok());
+            assert!(loss.is_some_and(f32::is_finite), "{cause}");
+        }
+        Err(e) => panic!("expected a divergence at step 0, got {e}"),
+        Ok(out) => panic!("the step went on with a NaN gradient (loss {})", out.loss),
+    }
+    let after = state.to_host(be).unwrap();
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for (what, a, b) in [
+        ("online", &after.online, &start.online),
+        ("target", &after.target, &start.target),
+        ("momentum", &after.momentum, &start.momentum),
+    ] {
+        assert!(bits(a) == bits(b), "the {what} parameters changed");
+    }
+    assert_eq!(after.step, 0);
+}
+
 /// `‖a − b‖ / ‖b‖`.
 pub fn relative(a: &[f32], b: &[f32]) -> f64 {
     let (err, norm) = norm_error(a, &to_f64(b));

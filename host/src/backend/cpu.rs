@@ -96,6 +96,10 @@ impl Backend for Cpu {
             .for_each(|(d, s)| *d += s);
         Ok(())
     }
+    fn all_finite(&self, buf: &Vec<f32>, len: usize) -> Result<bool> {
+        super::need::<Cpu>("all_finite buffer", buf, len)?;
+        Ok(buf[..len].iter().all(|x| x.is_finite()))
+    }
 
     fn matmul(&self, g: Gemm, dst: &mut Vec<f32>, lhs: &Vec<f32>, rhs: &Vec<f32>) -> Result<()> {
         gemm(g, dst, lhs, rhs);

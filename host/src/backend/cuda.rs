@@ -554,6 +554,25 @@ impl Backend for Cuda {
         .result()
         .map_err(cuda_err)
     }
+    fn all_finite(&self, buf: &CudaSlice<f32>, len: usize) -> Result<bool> {
+        fits("all_finite buffer", buf, len)?;
+        let mut l1 = 0.0f32;
+        // cuBLAS's Σ|x| is NaN or infinite when a value is (or when the sum overflows f32, a
+        // gradient no step should take either). With a host result, cuBLAS waits for it.
+        // SAFETY: the buffer holds `len` values (checked above); cuBLAS runs on our stream.
+        unsafe {
+            blas_sys::cublasSasum_v2(
+                *self.blas.handle(),
+                len as i32,
+                self.ptr(buf, 0) as *const f32,
+                1,
+                &mut l1,
+            )
+        }
+        .result()
+        .map_err(cuda_err)?;
+        Ok(l1.is_finite())
+    }
 
     fn matmul(
         &self,

@@ -130,6 +130,9 @@ impl<B: Backend> Backend for Distributed<B> {
     fn add_assign(&self, dst: &mut B::Buffer, src: &B::Buffer, len: usize) -> Result<()> {
         self.inner.add_assign(dst, src, len)
     }
+    fn all_finite(&self, buf: &B::Buffer, len: usize) -> Result<bool> {
+        self.inner.all_finite(buf, len)
+    }
     fn matmul(&self, g: Gemm, dst: &mut B::Buffer, lhs: &B::Buffer, rhs: &B::Buffer) -> Result<()> {
         self.inner.matmul(g, dst, lhs, rhs)
     }

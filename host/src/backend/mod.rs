@@ -218,6 +218,9 @@ pub trait Backend: Sync {
     ) -> Result<()>;
     /// `dst[..len] += src[..len]`.
     fn add_assign(&self, dst: &mut Self::Buffer, src: &Self::Buffer, len: usize) -> Result<()>;
+    /// Whether `buf[..len]` holds neither NaN nor infinity. The step asks it of the gradient:
+    /// a ReLU maps NaN to 0, so a gradient can overflow behind a finite loss.
+    fn all_finite(&self, buf: &Self::Buffer, len: usize) -> Result<bool>;
 
     // ---- Products.
     fn matmul(

@@ -606,7 +606,7 @@ impl<B: Backend> Byol<B> {
             // Stop before the non-finite gradient reaches any parameter.
             return Err(Error::Diverged {
                 step: state.step,
-                loss,
+                cause: format!("the loss is {loss}"),
             });
         }
         Ok(loss)
@@ -712,6 +712,15 @@ impl<B: Backend> Byol<B> {
         // EMA of the whole target in one call.
         be.average_over_replicas(&mut work.grads)?;
         let len = B::len(&state.online);
+        if !be.all_finite(&work.grads, len)? {
+            // Without normalisation the loss can stay finite while its gradient overflows
+            // (the `normalisation` study's `none` run, step 62): stop before it reaches
+            // any parameter, as for a non-finite loss.
+            return Err(Error::Diverged {
+                step: state.step,
+                cause: format!("the gradient is not finite (the loss is {loss})"),
+            });
+        }
         if optimizer.needs_second_moment() && B::len(&state.second_moment) != len {
             state.second_moment = be.zeros(len)?;
         }
