@@ -353,7 +353,10 @@ pub fn run_one(r: &StudyRun, dir: &Path, progress: bool, device: Device) -> Resu
         },
     ) {
         Ok(s) => s,
-        Err(Error::Diverged { step, .. }) => {
+        Err(Error::Diverged { step, cause }) => {
+            if progress {
+                eprintln!("{}: diverged at step {step}: {cause}", r.label);
+            }
             let diverged = RunResult {
                 label: r.label.clone(),
                 knn_top1: f64::NAN,
