@@ -1,8 +1,9 @@
 //! The kernels through the backends: one body per check (`tests/common`), run on every backend
 //! compiled in by [`test_device!`] (as candle's `test_device!`): against the independent f64
-//! references, and on bad input (a NaN gradient behind a finite loss included). The GPU versions are ignored by default (they need an NVIDIA
-//! GPU); `scripts/gpu-bundle.sh` builds them for a GPU machine, which runs them with
-//! `--include-ignored`, together with the GPU-against-CPU check at BYOL's projector shape.
+//! references, and on bad input (a NaN gradient behind a finite loss included). The GPU
+//! versions are ignored by default (they need an NVIDIA GPU); `scripts/gpu-bundle.sh` builds
+//! them for a GPU machine, which runs them with `--include-ignored`, together with the
+//! GPU-against-CPU check at BYOL's projector shape.
 //! Finite-difference checks run on the CPU; the GPU is then held to the CPU.
 
 #[macro_use]

@@ -70,15 +70,17 @@ fn refuse_non_finite(path: &Path, t: &Tensor) -> Result<()> {
     if !matches!(t.dtype, Dtype::F32) {
         return Ok(());
     }
-    let value = |b: &[u8]| f32::from_le_bytes(b.try_into().expect("4 bytes"));
-    match t.bytes.chunks_exact(4).position(|b| !value(b).is_finite()) {
+    let values = t
+        .bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")));
+    match values.enumerate().find(|(_, x)| !x.is_finite()) {
         None => Ok(()),
-        Some(i) => Err(Error::Data {
+        Some((i, x)) => Err(Error::Data {
             path: path.into(),
             reason: format!(
-                "tensor {} holds {} at index {i} (a diverged run?): nothing written",
-                t.name,
-                value(&t.bytes[4 * i..4 * i + 4])
+                "tensor {} holds {x} at index {i} (a diverged run?): nothing written",
+                t.name
             ),
         }),
     }
