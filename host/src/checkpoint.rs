@@ -11,7 +11,7 @@
 use crate::backend::Backend;
 use crate::byol::{Byol, ByolState};
 use crate::error::{Error, Result};
-use crate::files::Tensor;
+use crate::files::{f32_values, Tensor};
 use crate::nn::Registry;
 use safetensors::tensor::Dtype;
 use safetensors::SafeTensors;
@@ -136,10 +136,7 @@ pub fn load<B: Backend>(path: &Path, byol: &Byol<B>) -> Result<(ByolState, Strin
                 t.shape()
             )));
         }
-        Ok(t.data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect())
+        Ok(f32_values(t.data()).collect())
     };
     // AdamW's second moment is there when the first parameter's is.
     let first = r

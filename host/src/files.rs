@@ -64,17 +64,23 @@ pub fn write_safetensors(
     write_atomic(path, &sorted_header(bytes))
 }
 
+/// The values of little-endian f32 bytes (a safetensors tensor's data, [`Tensor::bytes`]).
+pub fn f32_values(bytes: &[u8]) -> impl Iterator<Item = f32> + '_ {
+    bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
 /// An error naming the file and the tensor when a float tensor holds NaN or infinity: a
 /// diverged network is never written as if it were a result.
 fn refuse_non_finite(path: &Path, t: &Tensor) -> Result<()> {
     if !matches!(t.dtype, Dtype::F32) {
         return Ok(());
     }
-    let values = t
-        .bytes
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")));
-    match values.enumerate().find(|(_, x)| !x.is_finite()) {
+    match f32_values(&t.bytes)
+        .enumerate()
+        .find(|(_, x)| !x.is_finite())
+    {
         None => Ok(()),
         Some((i, x)) => Err(Error::Data {
             path: path.into(),
