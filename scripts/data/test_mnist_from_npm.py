@@ -68,14 +68,18 @@ class MnistFromNpm(unittest.TestCase):
         ids = [(pixels[i * PX], pixels[i * PX + 1] + 256 * pixels[i * PX + 2]) for i in range(n)]
         return ids, list(labels)
 
+    def convert(self, root, *flags):
+        """Runs the script on ROOT/pkg; the held-out and the training split as `split` reads them."""
+        out = os.path.join(root, "out")
+        r = run(os.path.join(root, "pkg"), out, "--train-per-class", "4", "--test-per-class", "3",
+                *flags)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return self.split(out, "t10k"), self.split(out, "train")
+
     def test_the_first_images_of_each_class_are_held_out_and_the_next_train(self):
         with tempfile.TemporaryDirectory() as root:
             write_clothes(os.path.join(root, "pkg"), per_class=9)
-            out = os.path.join(root, "out")
-            r = run(os.path.join(root, "pkg"), out, "--train-per-class", "4", "--test-per-class", "3")
-            self.assertEqual(r.returncode, 0, r.stderr)
-            test, test_labels = self.split(out, "t10k")
-            train, train_labels = self.split(out, "train")
+            (test, test_labels), (train, train_labels) = self.convert(root)
             self.assertEqual(test, [(c, i) for c in range(10) for i in range(3)])
             self.assertEqual(train, [(c, i) for c in range(10) for i in range(3, 7)])
             self.assertEqual(test_labels, [c for c, _ in test])
@@ -85,12 +89,7 @@ class MnistFromNpm(unittest.TestCase):
         with tempfile.TemporaryDirectory() as root:
             # Class 0's empty lists sit inside the skipped images and inside the second draw.
             write_clothes(os.path.join(root, "pkg"), per_class=14, empty_at=(2, 9))
-            out = os.path.join(root, "out")
-            r = run(os.path.join(root, "pkg"), out, "--train-per-class", "4",
-                    "--test-per-class", "3", "--skip-per-class", "7")
-            self.assertEqual(r.returncode, 0, r.stderr)
-            test, _ = self.split(out, "t10k")
-            train, _ = self.split(out, "train")
+            (test, _), (train, _) = self.convert(root, "--skip-per-class", "7")
             self.assertEqual(test, [(c, i) for c in range(10) for i in range(7, 10)])
             self.assertEqual(train, [(c, i) for c in range(10) for i in range(10, 14)])
 
