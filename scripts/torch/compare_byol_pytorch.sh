@@ -22,6 +22,15 @@ out=$1; shift
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"
+# Before ten minutes of training, not after: the reference's Python modules are all there.
+python3 - <<'EOF' || exit 1
+import importlib.util, sys
+missing = [m for m in ("torch", "torchvision", "safetensors", "byol_pytorch")
+           if importlib.util.find_spec(m) is None]
+if missing:
+    sys.exit(f"error: python3 lacks {', '.join(missing)}; the reference needs torch, torchvision, "
+             "safetensors and byol-pytorch (e.g. pip install safetensors byol-pytorch==0.9.1)")
+EOF
 cargo build --release -q -p host --manifest-path "$root/Cargo.toml"
 host="$root/target/release/host"
 "$host" train --out "$out/ours" "$@" 2>&1 | grep --line-buffered -v '^epoch [0-9]*/[0-9]* \[' | tee "$out/ours.log"
