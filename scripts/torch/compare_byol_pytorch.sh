@@ -24,12 +24,17 @@ mkdir -p "$out"
 out="$(cd "$out" && pwd)"
 # Before ten minutes of training, not after: the reference's Python modules are all there.
 python3 - <<'EOF' || exit 1
-import importlib.util, sys
-missing = [m for m in ("torch", "torchvision", "safetensors", "byol_pytorch")
-           if importlib.util.find_spec(m) is None]
+import importlib, sys
+missing = []
+for module in ("torch", "torchvision", "safetensors.torch", "byol_pytorch"):
+    try:  # imported, not just found: byol_pytorch is found without its own einops
+        importlib.import_module(module)
+    except ImportError as e:
+        missing.append(f"{module} ({e})")
 if missing:
-    sys.exit(f"error: python3 lacks {', '.join(missing)}; the reference needs torch, torchvision, "
-             "safetensors and byol-pytorch (e.g. pip install safetensors byol-pytorch==0.9.1)")
+    sys.exit(f"error: python3 cannot import {'; '.join(missing)}; the reference needs torch, "
+             "torchvision, safetensors and byol-pytorch (e.g. pip install safetensors "
+             "byol-pytorch==0.9.1)")
 EOF
 cargo build --release -q -p host --manifest-path "$root/Cargo.toml"
 host="$root/target/release/host"
