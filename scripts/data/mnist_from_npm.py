@@ -72,8 +72,7 @@ def main():
         if n < need:
             raise SystemExit(f"{path}: {n} images of class {digit}, fewer than the {need} asked for"
                              f" (--skip-per-class + --train-per-class + --test-per-class)")
-        for i in range(need - a.skip_per_class):
-            img = images_of_class[a.skip_per_class + i]
+        for i, img in enumerate(images_of_class[a.skip_per_class:need]):
             if len(img) != px:
                 raise SystemExit(f"{path}: image {a.skip_per_class + i} has {len(img)} values, expected {px}")
             images, labels = split["t10k" if i < a.test_per_class else "train"]
