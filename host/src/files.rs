@@ -291,10 +291,12 @@ mod tests {
             "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }"
         );
         assert!(header.ends_with('\n'));
-        let data: Vec<f32> = bytes[10 + len..]
-            .chunks(4)
-            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-            .collect();
+        assert_eq!(
+            bytes.len(),
+            10 + len + 6 * 4,
+            "six f32 values after the header"
+        );
+        let data: Vec<f32> = f32_values(&bytes[10 + len..]).collect();
         assert_eq!(data, [1., 2., 3., 4., 5., 6.]);
         write_npy(&path, &Tensor::u16("y", vec![3], &[7, 8, 9])).unwrap();
         let bytes = std::fs::read(&path).unwrap();
