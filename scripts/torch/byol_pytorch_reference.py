@@ -18,6 +18,11 @@ batch and epochs, scored with the same kNN protocol as `host train`'s monitor.
 - `--ours ENCODER.safetensors` (from `host export`) scores our encoder the same way, with its
   own BatchNorm statistics and with the data's (the untrained one: `host train
   --stop-after-epochs 0`, then `host export`).
+- `--init-encoder ENCODER.safetensors` starts byol-pytorch's encoder from those weights (our
+  untrained encoder of a seed, exported as above) instead of torch's draw, to tell a poor draw of
+  weights from a poor recipe. Everything else is as without it: torch's draw is still made and
+  then overwritten, so the projector, predictor and augmentations are the same as the unflagged
+  run's (loading torch's own draw of the seed repeats the unflagged run bit for bit).
 
 - The random encoder is also read with BatchNorm statistics of the data (as `host train`'s
   first reading, `host::eval::batchnorm`): the mean of the training-mode batch statistics over
@@ -47,6 +52,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from make_fixtures import Encoder  # same folder
@@ -100,6 +106,22 @@ def knn_top1(bank, bank_labels, queries, query_labels, classes, k=200, t=0.1):
     return (votes.argmax(dim=1) == query_labels).double().mean().item()
 
 
+def load_weights(net, path, width):
+    """Loads an encoder from `host export` (torchvision's names) into `net`, refused unless it
+    is all there; draws nothing from torch's generator."""
+    try:
+        weights = load_file(path)
+    except (OSError, SafetensorError) as e:  # absent, unreadable, or not safetensors
+        sys.exit(f"{path}: cannot read an encoder from it ({e})")
+    try:
+        missing, unexpected = net.load_state_dict(weights, strict=False)
+    except RuntimeError as e:  # a tensor of another shape: another width or architecture
+        sys.exit(f"{path}: not a resnet18 width {width} encoder ({str(e).splitlines()[1].strip()})")
+    if unexpected or any(not m.endswith("num_batches_tracked") for m in missing):
+        sys.exit(f"{path}: not a resnet18 width {width} encoder ({missing[:3]}, {unexpected[:3]})")
+    return net
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, help="a file from `host export-data`")
@@ -110,6 +132,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ours", action="append", default=[], help="an encoder from `host export` (repeatable)")
+    ap.add_argument("--init-encoder", help="start byol-pytorch's encoder from these weights (an untrained "
+                    "encoder from `host export`) instead of torch's draw")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
@@ -125,10 +149,7 @@ def main():
                                          ((tx - mean) / std).flatten(1), ty, classes)
     ours, ours_data_bn = {}, {}
     for path in a.ours:
-        net = Encoder("resnet18", "cifar", a.width)
-        missing, unexpected = net.load_state_dict(load_file(path), strict=False)
-        if unexpected or any(not m.endswith("num_batches_tracked") for m in missing):
-            sys.exit(f"{path}: not a resnet18 width {a.width} encoder ({missing[:3]}, {unexpected[:3]})")
+        net = load_weights(Encoder("resnet18", "cifar", a.width), path, a.width)
         f, tf = features(net, x[labelled], mean, std), features(net, tx, mean, std)
         ours[path] = knn_top1(f, y[labelled], tf, ty, classes)
         calibrated = with_data_statistics(net, x, mean, std, a.batch, a.seed)
@@ -144,6 +165,12 @@ def main():
     torch.manual_seed(a.seed)
     random.seed(a.seed)
     net = Encoder("resnet18", "cifar", a.width)
+    if a.init_encoder:
+        # Drawn above all the same, so that torch's generator reaches byol-pytorch's projector,
+        # predictor and augmentations in the state it would without this flag: only the
+        # encoder's starting weights differ.
+        load_weights(net, a.init_encoder, a.width)
+        result["init_encoder"] = a.init_encoder
     learner = BYOL(net, image_size=x.shape[-1], hidden_layer=-1)
     opt = torch.optim.Adam(learner.parameters(), lr=a.lr)
 

@@ -16,6 +16,10 @@
 #    and at equal training time, and the pixels' own kNN for scale. OUT/comparison.txt keeps them.
 #    The figures are read by summarise_comparisons.py's `read_comparison`, which also reads
 #    them for compare_seeds.sh's table over seeds.
+# With SHARED_INIT=1, byol-pytorch's encoder starts from our run's untrained encoder (`host train
+# --stop-after-epochs 0` with the same flags, exported to OUT/ours-init-encoder.safetensors)
+# instead of torch's draw, so that the two differ in the recipe and not in the luck of the
+# initial weights; its projector, predictor and augmentations are drawn as without it.
 # Needs torch, torchvision, safetensors and byol-pytorch in python3 (see that script).
 set -euo pipefail
 out=$1; shift
@@ -41,13 +45,20 @@ host="$root/target/release/host"
 "$host" train --out "$out/ours" "$@" 2>&1 | grep --line-buffered -v '^epoch [0-9]*/[0-9]* \[' | tee "$out/ours.log"
 "$host" export-data "$out/data.safetensors" --config "$out/ours/config.json"
 "$host" export "$out/ours/checkpoint.safetensors" "$out/ours-encoder.safetensors"
+init=()
+if [ "${SHARED_INIT:-0}" = 1 ]; then
+  "$host" train --out "$out/ours-init" --stop-after-epochs 0 "$@" > "$out/ours-init.log" 2>&1 ||
+    { echo "error: the untrained run failed; see $out/ours-init.log" >&2; exit 1; }
+  "$host" export "$out/ours-init/checkpoint.safetensors" "$out/ours-init-encoder.safetensors"
+  init=(--init-encoder "$out/ours-init-encoder.safetensors")
+fi
 field() { python3 -c "import json; c = json.load(open('$out/ours/config.json')); print($1)"; }
 cd "$root/scripts/torch"
 python3 byol_pytorch_reference.py --data "$out/data.safetensors" \
   --epochs "$(field "c['optim']['epochs']")" --batch "$(field "c['optim']['batch_size']")" \
   --width "$(field "c['model']['width']")" --seed "$(field "c['seed']")" \
   --threads "$(field "c['run']['threads']")" \
-  --ours "$out/ours-encoder.safetensors" > "$out/reference.json"
+  --ours "$out/ours-encoder.safetensors" ${init[@]+"${init[@]}"} > "$out/reference.json"
 python3 - "$out" <<'EOF' | tee "$out/comparison.txt"
 import sys
 from summarise_comparisons import BadComparison, read_comparison
@@ -62,6 +73,8 @@ gain = lambda a, b: f"{100 * (a - b):+5.1f}"
 rows = [("ours", *run["ours"]), ("byol-pytorch", *run["theirs"])]
 print(f"kNN top-1 (%) after {len(theirs)} epochs; initialisation read with BatchNorm's "
       "placeholder statistics / the data's")
+if run["theirs_start"] == "ours":
+    print("byol-pytorch started from our untrained encoder (SHARED_INIT=1)")
 print(f"{'':14} {'init':>13}  {'trained':>7}  {'gain over each':>14}")
 for name, init, init_bn, trained in rows:
     print(f"{name:14} {pct(init)} / {pct(init_bn)}  {pct(trained):>7}  "

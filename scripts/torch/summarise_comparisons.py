@@ -117,6 +117,8 @@ def read_comparison(folder):
                    field(reference, reference_path, "byol_pytorch_knn_init_data_bn"),
                    field(theirs[-1], reference_path, "knn_top1")),
         "theirs_epochs": field(theirs[-1], reference_path, "epoch"),
+        # byol-pytorch's starting encoder: torch's draw, or ours (SHARED_INIT=1).
+        "theirs_start": "ours" if reference.get("init_encoder") else "torch's draw",
         "ours_epochs": ours["epoch_records"],
         "reference": reference,
     }
@@ -164,7 +166,7 @@ def summarise(runs):
     """The summary's lines for runs read by `read_comparison`, ordered by seed."""
     first = runs[0]
     for run in runs:
-        for key in ("epochs", "batch", "data"):
+        for key in ("epochs", "batch", "data", "theirs_start"):
             if run[key] != first[key]:
                 raise BadComparison(
                     f"{run['folder']}: {key} {run[key]!r}, but {first['folder']} has "
@@ -176,9 +178,11 @@ def summarise(runs):
     rows = [(r["seed"], percent(r["ours"]), percent(r["theirs"]))
             for r in sorted(runs, key=lambda r: r["seed"])]
 
+    shared = ("; byol-pytorch started from our initial encoders"
+              if first["theirs_start"] == "ours" else "")
     lines = [f"kNN top-1 (%) after {epochs_phrase(first['epochs'])} of batch {first['batch']}, "
-             f"{len(rows)} seeds; initialisation read with BatchNorm's placeholder statistics "
-             "/ the data's",
+             f"{len(rows)} seeds{shared}; initialisation read with BatchNorm's placeholder "
+             "statistics / the data's",
              f"{'seed':>5}  {'ours: init → trained':28}  {'byol-pytorch: init → trained':28}"
              f"  {'ours − theirs':>13}"]
     for seed, ours, theirs in rows:

@@ -32,7 +32,7 @@ def write_run(folder, seed, knn, batch=64, epochs=2, data_dir="data/fashion",
 
 
 def write_comparison(root, name, seed, ours, theirs, batch=64, epochs=2, theirs_epochs=None,
-                     data_dir="data/fashion", pixels=0.75):
+                     data_dir="data/fashion", pixels=0.75, init_encoder=None):
     """A comparison folder as compare_byol_pytorch.sh leaves it; kNN figures as fractions."""
     folder = os.path.join(root, name)
     write_run(os.path.join(folder, "ours"), seed, ours, batch, epochs, data_dir)
@@ -40,6 +40,8 @@ def write_comparison(root, name, seed, ours, theirs, batch=64, epochs=2, theirs_
                  for e in range(1, (theirs_epochs or epochs) + 1)]
     reference = {"byol_pytorch_knn_init": theirs[0], "byol_pytorch_knn_init_data_bn": theirs[1],
                  "byol_pytorch": per_epoch, "pixels_knn_top1": pixels}
+    if init_encoder:
+        reference["init_encoder"] = init_encoder
     with open(os.path.join(folder, "reference.json"), "w") as f:
         json.dump(reference, f)
     return folder
@@ -101,6 +103,21 @@ class Summary(unittest.TestCase):
         code, _, err = self.run_main([a, c])
         self.assertEqual(code, 1)
         self.assertIn(f"{c}: data", err)
+
+    def test_a_shared_start_is_said_and_not_mixed_with_torchs_draw(self):
+        a = write_comparison(self.root, "a", 0, (0.6, 0.5, 0.6), (0.6, 0.5, 0.6),
+                             init_encoder="a/ours-init-encoder.safetensors")
+        b = write_comparison(self.root, "b", 1, (0.6, 0.5, 0.6), (0.6, 0.5, 0.6),
+                             init_encoder="b/ours-init-encoder.safetensors")
+        c = write_comparison(self.root, "c", 2, (0.6, 0.5, 0.6), (0.6, 0.5, 0.6))
+        code, out, _ = self.run_main([a, b])
+        self.assertEqual(code, 0)
+        self.assertIn("2 seeds; byol-pytorch started from our initial encoders;",
+                      out.splitlines()[0])
+        self.assertNotIn("started from", self.run_main([c])[1])
+        code, out, err = self.run_main([a, c])
+        self.assertEqual((code, out), (1, ""))
+        self.assertIn(f"{c}: theirs_start \"torch's draw\", but {a} has 'ours'", err)
 
     def test_the_same_seed_twice_is_refused(self):
         a = write_comparison(self.root, "a", 3, (0.6, 0.5, 0.6), (0.6, 0.5, 0.6))
