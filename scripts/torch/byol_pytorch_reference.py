@@ -116,7 +116,8 @@ def load_weights(net, path, width):
     try:
         missing, unexpected = net.load_state_dict(weights, strict=False)
     except RuntimeError as e:  # a tensor of another shape: another width or architecture
-        sys.exit(f"{path}: not a resnet18 width {width} encoder ({str(e).splitlines()[1].strip()})")
+        first = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e))
+        sys.exit(f"{path}: not a resnet18 width {width} encoder ({first})")
     if unexpected or any(not m.endswith("num_batches_tracked") for m in missing):
         sys.exit(f"{path}: not a resnet18 width {width} encoder ({missing[:3]}, {unexpected[:3]})")
     return net
