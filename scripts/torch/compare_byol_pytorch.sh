@@ -42,9 +42,8 @@ if missing:
 EOF
 cargo build --release -q -p host --manifest-path "$root/Cargo.toml"
 host="$root/target/release/host"
-"$host" train --out "$out/ours" "$@" 2>&1 | grep --line-buffered -v '^epoch [0-9]*/[0-9]* \[' | tee "$out/ours.log"
-"$host" export-data "$out/data.safetensors" --config "$out/ours/config.json"
-"$host" export "$out/ours/checkpoint.safetensors" "$out/ours-encoder.safetensors"
+# The untrained run (seconds) before the trained one (minutes), so that flags it refuses fail
+# first.
 init=()
 if [ "${SHARED_INIT:-0}" = 1 ]; then
   "$host" train --out "$out/ours-init" --stop-after-epochs 0 "$@" > "$out/ours-init.log" 2>&1 ||
@@ -52,6 +51,9 @@ if [ "${SHARED_INIT:-0}" = 1 ]; then
   "$host" export "$out/ours-init/checkpoint.safetensors" "$out/ours-init-encoder.safetensors"
   init=(--init-encoder "$out/ours-init-encoder.safetensors")
 fi
+"$host" train --out "$out/ours" "$@" 2>&1 | grep --line-buffered -v '^epoch [0-9]*/[0-9]* \[' | tee "$out/ours.log"
+"$host" export-data "$out/data.safetensors" --config "$out/ours/config.json"
+"$host" export "$out/ours/checkpoint.safetensors" "$out/ours-encoder.safetensors"
 field() { python3 -c "import json; c = json.load(open('$out/ours/config.json')); print($1)"; }
 cd "$root/scripts/torch"
 python3 byol_pytorch_reference.py --data "$out/data.safetensors" \
