@@ -23,6 +23,11 @@ batch and epochs, scored with the same kNN protocol as `host train`'s monitor.
   weights from a poor recipe. Everything else is as without it: torch's draw is still made and
   then overwritten, so the projector, predictor and augmentations are the same as the unflagged
   run's (loading torch's own draw of the seed repeats the unflagged run bit for bit).
+- `--augment per-image` draws byol-pytorch's augmentations once per image instead of once per
+  batch. Its pipeline applied to a batch tensor crops, flips, jitters and blurs every image of
+  a view alike (torchvision draws one set of parameters per call); the paper, and `host
+  train`, draw them per image. Per image, the same transforms with the same probabilities are
+  applied to each image alone, so only the independence of the draws changes.
 
 - The random encoder is also read with BatchNorm statistics of the data (as `host train`'s
   first reading, `host::eval::batchnorm`): the mean of the training-mode batch statistics over
@@ -59,6 +64,17 @@ from make_fixtures import Encoder  # same folder
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+
+class PerImage(torch.nn.Module):
+    """A batch augmentation applied to each image of the batch on its own (one draw each)."""
+
+    def __init__(self, augment):
+        super().__init__()
+        self.augment = augment
+
+    def forward(self, images):
+        return torch.stack([self.augment(image) for image in images])
 
 
 def load(path):
@@ -135,6 +151,9 @@ def main():
     ap.add_argument("--ours", action="append", default=[], help="an encoder from `host export` (repeatable)")
     ap.add_argument("--init-encoder", help="start byol-pytorch's encoder from these weights (an untrained "
                     "encoder from `host export`) instead of torch's draw")
+    ap.add_argument("--augment", choices=("per-batch", "per-image"), default="per-batch",
+                    help="draw byol-pytorch's augmentations once per batch (its default) or once "
+                    "per image (the paper's, and ours)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
@@ -173,6 +192,10 @@ def main():
         load_weights(net, a.init_encoder, a.width)
         result["init_encoder"] = a.init_encoder
     learner = BYOL(net, image_size=x.shape[-1], hidden_layer=-1)
+    result["augment"] = a.augment
+    if a.augment == "per-image":
+        # byol-pytorch uses one module for both views unless given two.
+        learner.augment1 = learner.augment2 = PerImage(learner.augment1)
     opt = torch.optim.Adam(learner.parameters(), lr=a.lr)
 
     def score(net=net):
