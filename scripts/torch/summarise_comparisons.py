@@ -119,6 +119,9 @@ def read_comparison(folder):
         "theirs_epochs": field(theirs[-1], reference_path, "epoch"),
         # byol-pytorch's starting encoder: torch's draw, or ours (SHARED_INIT=1).
         "theirs_start": "ours" if reference.get("init_encoder") else "torch's draw",
+        # byol-pytorch's augmentation draws: per batch (its default; files from before the
+        # option have no field) or per image (`byol_pytorch_reference.py --augment per-image`).
+        "theirs_augment": reference.get("augment", "per-batch"),
         "ours_epochs": ours["epoch_records"],
         "reference": reference,
     }
@@ -166,7 +169,7 @@ def summarise(runs):
     """The summary's lines for runs read by `read_comparison`, ordered by seed."""
     first = runs[0]
     for run in runs:
-        for key in ("epochs", "batch", "data", "theirs_start"):
+        for key in ("epochs", "batch", "data", "theirs_start", "theirs_augment"):
             if run[key] != first[key]:
                 raise BadComparison(
                     f"{run['folder']}: {key} {run[key]!r}, but {first['folder']} has "
@@ -180,9 +183,11 @@ def summarise(runs):
 
     shared = ("; byol-pytorch started from our initial encoders"
               if first["theirs_start"] == "ours" else "")
+    per_image = ("; byol-pytorch's augmentations drawn per image"
+                 if first["theirs_augment"] == "per-image" else "")
     lines = [f"kNN top-1 (%) after {epochs_phrase(first['epochs'])} of batch {first['batch']}, "
-             f"{len(rows)} seeds{shared}; initialisation read with BatchNorm's placeholder "
-             "statistics / the data's",
+             f"{len(rows)} seeds{shared}{per_image}; initialisation read with BatchNorm's "
+             "placeholder statistics / the data's",
              f"{'seed':>5}  {'ours: init → trained':28}  {'byol-pytorch: init → trained':28}"
              f"  {'ours − theirs':>13}"]
     for seed, ours, theirs in rows:

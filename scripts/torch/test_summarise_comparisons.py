@@ -32,7 +32,7 @@ def write_run(folder, seed, knn, batch=64, epochs=2, data_dir="data/fashion",
 
 
 def write_comparison(root, name, seed, ours, theirs, batch=64, epochs=2, theirs_epochs=None,
-                     data_dir="data/fashion", pixels=0.75, init_encoder=None):
+                     data_dir="data/fashion", pixels=0.75, init_encoder=None, augment=None):
     """A comparison folder as compare_byol_pytorch.sh leaves it; kNN figures as fractions."""
     folder = os.path.join(root, name)
     write_run(os.path.join(folder, "ours"), seed, ours, batch, epochs, data_dir)
@@ -42,6 +42,8 @@ def write_comparison(root, name, seed, ours, theirs, batch=64, epochs=2, theirs_
                  "byol_pytorch": per_epoch, "pixels_knn_top1": pixels}
     if init_encoder:
         reference["init_encoder"] = init_encoder
+    if augment:
+        reference["augment"] = augment
     with open(os.path.join(folder, "reference.json"), "w") as f:
         json.dump(reference, f)
     return folder
@@ -118,6 +120,24 @@ class Summary(unittest.TestCase):
         code, out, err = self.run_main([a, c])
         self.assertEqual((code, out), (1, ""))
         self.assertIn(f"{c}: theirs_start \"torch's draw\", but {a} has 'ours'", err)
+
+    def test_per_image_draws_are_said_and_not_mixed_with_per_batch_ones(self):
+        a = write_comparison(self.root, "a", 0, (0.6, 0.5, 0.6), (0.6, 0.5, 0.6),
+                             augment="per-image")
+        b = write_comparison(self.root, "b", 1, (0.6, 0.5, 0.6), (0.6, 0.5, 0.6),
+                             augment="per-batch")
+        c = write_comparison(self.root, "c", 2, (0.6, 0.5, 0.6), (0.6, 0.5, 0.6))
+        code, out, _ = self.run_main([a])
+        self.assertEqual(code, 0)
+        self.assertIn("1 seeds; byol-pytorch's augmentations drawn per image;",
+                      out.splitlines()[0])
+        # A file without the field is byol-pytorch's default, per batch.
+        code, out, _ = self.run_main([b, c])
+        self.assertEqual(code, 0)
+        self.assertNotIn("per image", out)
+        code, out, err = self.run_main([a, c])
+        self.assertEqual((code, out), (1, ""))
+        self.assertIn(f"{c}: theirs_augment 'per-batch', but {a} has 'per-image'", err)
 
     def test_the_same_seed_twice_is_refused(self):
         a = write_comparison(self.root, "a", 3, (0.6, 0.5, 0.6), (0.6, 0.5, 0.6))
