@@ -6,9 +6,15 @@ batch and epochs, scored with the same kNN protocol as `host train`'s monitor.
   (the `Encoder` of make_fixtures.py, the same network as `host`'s `--arch resnet18 --stem
   cifar --width W`).
 - Training: `byol_pytorch.BYOL(net, image_size, hidden_layer=-1)` with every default of the
-  package (its augmentations, drawn once per batch; projector and predictor 4096 → 256;
-  τ = 0.99 constant; target copied from the online network), Adam at 3e-4 as its README
-  trains it, `update_moving_average()` after every step. Each epoch is one pass over a seeded
+  package (its augmentations, drawn once per batch; τ = 0.99 constant; target copied from the
+  online network; projector and predictor 4096 → 256, each last Linear with a bias; and, in
+  0.9.1, simplicial embeddings in the projector), Adam at 3e-4 as its README trains it,
+  `update_moving_average()` after every step.
+- byol-pytorch 0.9.1 turns simplicial embeddings (Lavoie et al. 2022) on by default
+  (`use_simplicial_embeddings=True`): its projector is `Linear(repr → 256) → BatchNorm1d →`
+  a softmax at temperature 0.1 over each of 32 groups of 8 `→` the paper's MLP. That is not
+  the paper's BYOL. `--simplicial-embeddings off` trains byol-pytorch without them, the
+  paper's projector. Each epoch is one pass over a seeded
   shuffle in batches of `--batch` (the last partial batch dropped, as `host train` does).
 - kNN (as `host::eval::knn`): representations of unaugmented images in evaluation mode,
   ℓ2-normalised; the `k` most similar training images vote with weight exp(s / T); top-1 on
@@ -151,6 +157,9 @@ def main():
     ap.add_argument("--ours", action="append", default=[], help="an encoder from `host export` (repeatable)")
     ap.add_argument("--init-encoder", help="start byol-pytorch's encoder from these weights (an untrained "
                     "encoder from `host export`) instead of torch's draw")
+    ap.add_argument("--simplicial-embeddings", choices=("on", "off"), default="on",
+                    help="byol-pytorch 0.9.1's simplicial embeddings in the projector: on (its "
+                    "default) or off (the paper's projector)")
     ap.add_argument("--augment", choices=("per-batch", "per-image"), default="per-batch",
                     help="draw byol-pytorch's augmentations once per batch (its default) or once "
                     "per image (the paper's, and ours)")
@@ -191,7 +200,9 @@ def main():
         # encoder's starting weights differ.
         load_weights(net, a.init_encoder, a.width)
         result["init_encoder"] = a.init_encoder
-    learner = BYOL(net, image_size=x.shape[-1], hidden_layer=-1)
+    learner = BYOL(net, image_size=x.shape[-1], hidden_layer=-1,
+                   use_simplicial_embeddings=a.simplicial_embeddings == "on")
+    result["simplicial_embeddings"] = a.simplicial_embeddings
     result["augment"] = a.augment
     if a.augment == "per-image":
         # byol-pytorch uses one module for both views unless given two.

@@ -20,6 +20,8 @@
 # --stop-after-epochs 0` with the same flags, exported to OUT/ours-init-encoder.safetensors)
 # instead of torch's draw, so that the two differ in the recipe and not in the luck of the
 # initial weights; its projector, predictor and augmentations are drawn as without it.
+# REFERENCE_ARGS adds flags to byol_pytorch_reference.py (e.g. "--simplicial-embeddings off
+# --augment per-image"); they are recorded in reference.json.
 # Needs torch, torchvision, safetensors and byol-pytorch in python3 (see that script).
 set -euo pipefail
 out=$1; shift
@@ -60,7 +62,8 @@ python3 byol_pytorch_reference.py --data "$out/data.safetensors" \
   --epochs "$(field "c['optim']['epochs']")" --batch "$(field "c['optim']['batch_size']")" \
   --width "$(field "c['model']['width']")" --seed "$(field "c['seed']")" \
   --threads "$(field "c['run']['threads']")" \
-  --ours "$out/ours-encoder.safetensors" ${init[@]+"${init[@]}"} > "$out/reference.json"
+  --ours "$out/ours-encoder.safetensors" ${init[@]+"${init[@]}"} ${REFERENCE_ARGS:-} \
+  > "$out/reference.json"
 python3 - "$out" <<'EOF' | tee "$out/comparison.txt"
 import sys
 from summarise_comparisons import BadComparison, read_comparison

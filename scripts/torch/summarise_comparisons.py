@@ -122,6 +122,10 @@ def read_comparison(folder):
         # byol-pytorch's augmentation draws: per batch (its default; files from before the
         # option have no field) or per image (`byol_pytorch_reference.py --augment per-image`).
         "theirs_augment": reference.get("augment", "per-batch"),
+        # byol-pytorch 0.9.1's simplicial embeddings in the projector: on (its default; files
+        # from before the option have no field) or off (the paper's projector,
+        # `byol_pytorch_reference.py --simplicial-embeddings off`).
+        "theirs_simplicial_embeddings": reference.get("simplicial_embeddings", "on"),
         "ours_epochs": ours["epoch_records"],
         "reference": reference,
     }
@@ -169,7 +173,8 @@ def summarise(runs):
     """The summary's lines for runs read by `read_comparison`, ordered by seed."""
     first = runs[0]
     for run in runs:
-        for key in ("epochs", "batch", "data", "theirs_start", "theirs_augment"):
+        for key in ("epochs", "batch", "data", "theirs_start", "theirs_augment",
+                    "theirs_simplicial_embeddings"):
             if run[key] != first[key]:
                 raise BadComparison(
                     f"{run['folder']}: {key} {run[key]!r}, but {first['folder']} has "
@@ -185,8 +190,10 @@ def summarise(runs):
               if first["theirs_start"] == "ours" else "")
     per_image = ("; byol-pytorch's augmentations drawn per image"
                  if first["theirs_augment"] == "per-image" else "")
+    no_sem = ("; byol-pytorch without simplicial embeddings"
+              if first["theirs_simplicial_embeddings"] == "off" else "")
     lines = [f"kNN top-1 (%) after {epochs_phrase(first['epochs'])} of batch {first['batch']}, "
-             f"{len(rows)} seeds{shared}{per_image}; initialisation read with BatchNorm's "
+             f"{len(rows)} seeds{shared}{per_image}{no_sem}; initialisation read with BatchNorm's "
              "placeholder statistics / the data's",
              f"{'seed':>5}  {'ours: init → trained':28}  {'byol-pytorch: init → trained':28}"
              f"  {'ours − theirs':>13}"]

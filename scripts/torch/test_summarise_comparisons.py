@@ -32,7 +32,8 @@ def write_run(folder, seed, knn, batch=64, epochs=2, data_dir="data/fashion",
 
 
 def write_comparison(root, name, seed, ours, theirs, batch=64, epochs=2, theirs_epochs=None,
-                     data_dir="data/fashion", pixels=0.75, init_encoder=None, augment=None):
+                     data_dir="data/fashion", pixels=0.75, init_encoder=None, augment=None,
+                     simplicial_embeddings=None):
     """A comparison folder as compare_byol_pytorch.sh leaves it; kNN figures as fractions."""
     folder = os.path.join(root, name)
     write_run(os.path.join(folder, "ours"), seed, ours, batch, epochs, data_dir)
@@ -44,6 +45,8 @@ def write_comparison(root, name, seed, ours, theirs, batch=64, epochs=2, theirs_
         reference["init_encoder"] = init_encoder
     if augment:
         reference["augment"] = augment
+    if simplicial_embeddings:
+        reference["simplicial_embeddings"] = simplicial_embeddings
     with open(os.path.join(folder, "reference.json"), "w") as f:
         json.dump(reference, f)
     return folder
@@ -138,6 +141,24 @@ class Summary(unittest.TestCase):
         code, out, err = self.run_main([a, c])
         self.assertEqual((code, out), (1, ""))
         self.assertIn(f"{c}: theirs_augment 'per-batch', but {a} has 'per-image'", err)
+
+    def test_runs_without_simplicial_embeddings_are_said_and_kept_apart(self):
+        a = write_comparison(self.root, "a", 0, (0.6, 0.5, 0.6), (0.6, 0.5, 0.6),
+                             simplicial_embeddings="off")
+        b = write_comparison(self.root, "b", 1, (0.6, 0.5, 0.6), (0.6, 0.5, 0.6),
+                             simplicial_embeddings="on")
+        c = write_comparison(self.root, "c", 2, (0.6, 0.5, 0.6), (0.6, 0.5, 0.6))
+        code, out, _ = self.run_main([a])
+        self.assertEqual(code, 0)
+        self.assertIn("1 seeds; byol-pytorch without simplicial embeddings;",
+                      out.splitlines()[0])
+        # A file without the field is byol-pytorch 0.9.1's default, with them.
+        code, out, _ = self.run_main([b, c])
+        self.assertEqual(code, 0)
+        self.assertNotIn("simplicial", out)
+        code, out, err = self.run_main([a, c])
+        self.assertEqual((code, out), (1, ""))
+        self.assertIn(f"{c}: theirs_simplicial_embeddings 'on', but {a} has 'off'", err)
 
     def test_the_same_seed_twice_is_refused(self):
         a = write_comparison(self.root, "a", 3, (0.6, 0.5, 0.6), (0.6, 0.5, 0.6))
