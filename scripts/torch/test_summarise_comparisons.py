@@ -124,41 +124,30 @@ class Summary(unittest.TestCase):
         self.assertEqual((code, out), (1, ""))
         self.assertIn(f"{c}: theirs_start \"torch's draw\", but {a} has 'ours'", err)
 
-    def test_per_image_draws_are_said_and_not_mixed_with_per_batch_ones(self):
-        a = write_comparison(self.root, "a", 0, (0.6, 0.5, 0.6), (0.6, 0.5, 0.6),
-                             augment="per-image")
-        b = write_comparison(self.root, "b", 1, (0.6, 0.5, 0.6), (0.6, 0.5, 0.6),
-                             augment="per-batch")
-        c = write_comparison(self.root, "c", 2, (0.6, 0.5, 0.6), (0.6, 0.5, 0.6))
-        code, out, _ = self.run_main([a])
-        self.assertEqual(code, 0)
-        self.assertIn("1 seeds; byol-pytorch's augmentations drawn per image;",
-                      out.splitlines()[0])
-        # A file without the field is byol-pytorch's default, per batch.
-        code, out, _ = self.run_main([b, c])
-        self.assertEqual(code, 0)
-        self.assertNotIn("per image", out)
-        code, out, err = self.run_main([a, c])
-        self.assertEqual((code, out), (1, ""))
-        self.assertIn(f"{c}: theirs_augment 'per-batch', but {a} has 'per-image'", err)
-
-    def test_runs_without_simplicial_embeddings_are_said_and_kept_apart(self):
-        a = write_comparison(self.root, "a", 0, (0.6, 0.5, 0.6), (0.6, 0.5, 0.6),
-                             simplicial_embeddings="off")
-        b = write_comparison(self.root, "b", 1, (0.6, 0.5, 0.6), (0.6, 0.5, 0.6),
-                             simplicial_embeddings="on")
-        c = write_comparison(self.root, "c", 2, (0.6, 0.5, 0.6), (0.6, 0.5, 0.6))
-        code, out, _ = self.run_main([a])
-        self.assertEqual(code, 0)
-        self.assertIn("1 seeds; byol-pytorch without simplicial embeddings;",
-                      out.splitlines()[0])
-        # A file without the field is byol-pytorch 0.9.1's default, with them.
-        code, out, _ = self.run_main([b, c])
-        self.assertEqual(code, 0)
-        self.assertNotIn("simplicial", out)
-        code, out, err = self.run_main([a, c])
-        self.assertEqual((code, out), (1, ""))
-        self.assertIn(f"{c}: theirs_simplicial_embeddings 'on', but {a} has 'off'", err)
+    def test_byol_pytorch_options_are_said_and_not_mixed_with_its_defaults(self):
+        # (reference.json field, the flagged value, its default, the header's words, the key
+        # the refusal names): a file without the field is byol-pytorch's default.
+        options = [("augment", "per-image", "per-batch",
+                    "byol-pytorch's augmentations drawn per image", "theirs_augment"),
+                   ("simplicial_embeddings", "off", "on",
+                    "byol-pytorch without simplicial embeddings", "theirs_simplicial_embeddings")]
+        for field, flagged, default, said, key in options:
+            with self.subTest(field=field):
+                root = os.path.join(self.root, field)
+                a = write_comparison(root, "a", 0, (0.6, 0.5, 0.6), (0.6, 0.5, 0.6),
+                                     **{field: flagged})
+                b = write_comparison(root, "b", 1, (0.6, 0.5, 0.6), (0.6, 0.5, 0.6),
+                                     **{field: default})
+                c = write_comparison(root, "c", 2, (0.6, 0.5, 0.6), (0.6, 0.5, 0.6))
+                code, out, _ = self.run_main([a])
+                self.assertEqual(code, 0)
+                self.assertIn(f"1 seeds; {said};", out.splitlines()[0])
+                code, out, _ = self.run_main([b, c])
+                self.assertEqual(code, 0)
+                self.assertNotIn(said, out)
+                code, out, err = self.run_main([a, c])
+                self.assertEqual((code, out), (1, ""))
+                self.assertIn(f"{c}: {key} '{default}', but {a} has '{flagged}'", err)
 
     def test_the_same_seed_twice_is_refused(self):
         a = write_comparison(self.root, "a", 3, (0.6, 0.5, 0.6), (0.6, 0.5, 0.6))
