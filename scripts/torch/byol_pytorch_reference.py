@@ -9,13 +9,13 @@ batch and epochs, scored with the same kNN protocol as `host train`'s monitor.
   package (its augmentations, drawn once per batch; τ = 0.99 constant; target copied from the
   online network; projector and predictor 4096 → 256, each last Linear with a bias; and, in
   0.9.1, simplicial embeddings in the projector), Adam at 3e-4 as its README trains it,
-  `update_moving_average()` after every step.
+  `update_moving_average()` after every step. Each epoch is one pass over a seeded shuffle in
+  batches of `--batch` (the last partial batch dropped, as `host train` does).
 - byol-pytorch 0.9.1 turns simplicial embeddings (Lavoie et al. 2022) on by default
   (`use_simplicial_embeddings=True`): its projector is `Linear(repr → 256) → BatchNorm1d →`
   a softmax at temperature 0.1 over each of 32 groups of 8 `→` the paper's MLP. That is not
   the paper's BYOL. `--simplicial-embeddings off` trains byol-pytorch without them, the
-  paper's projector. Each epoch is one pass over a seeded
-  shuffle in batches of `--batch` (the last partial batch dropped, as `host train` does).
+  paper's projector.
 - kNN (as `host::eval::knn`): representations of unaugmented images in evaluation mode,
   ℓ2-normalised; the `k` most similar training images vote with weight exp(s / T); top-1 on
   the held-out split. Inputs are normalised as each encoder was trained: ImageNet statistics

@@ -79,11 +79,11 @@ def mlp_tensors(prefix, mlp):
             f"{prefix}.linear2.weight": mlp[3].weight}
 
 
-def byol_pytorch_steps(out, steps_run, width, dtype):
-    """byol-pytorch's losses, first-step gradients and final parameters, from our start."""
+def byol_pytorch_steps(images, start, steps_run, width, dtype):
+    """byol-pytorch's losses, first-step gradients and final parameters, from our start
+    (`start`: our untrained checkpoint's tensors) on `images` (u8 NCHW)."""
     from byol_pytorch import BYOL
     torch.manual_seed(0)
-    images = load_file(f"{out}/data.safetensors")["train.images"].permute(0, 3, 1, 2)
     x = images.to(dtype) / 255.0
     stats = images.double() / 255.0
     mean = stats.mean(dim=(0, 2, 3)).view(1, 3, 1, 1).to(dtype)
@@ -110,7 +110,6 @@ def byol_pytorch_steps(out, steps_run, width, dtype):
         t = {f"encoder.{n}": v for n, v in learner.target_encoder.net.named_parameters()}
         return t | mlp_tensors("projector", learner.target_encoder.projector)
 
-    start = load_file(f"{out}/after-0/checkpoint.safetensors")
     with torch.no_grad():
         for prefix, tensors in (("online", online()), ("target", target())):
             for name, v in tensors.items():
@@ -151,8 +150,10 @@ def main():
         sys.exit(f"{a.host}: no host binary (cargo build --release -p host)")
     torch.set_num_threads(1)
     steps_run, width = run_ours(a.host, a.out, a.data_flags, a.batch, a.steps, a.seed)
-    f32 = byol_pytorch_steps(a.out, steps_run, width, torch.float32)
-    f64 = byol_pytorch_steps(a.out, steps_run, width, torch.float64)
+    images = load_file(f"{a.out}/data.safetensors")["train.images"].permute(0, 3, 1, 2)
+    start = load_file(f"{a.out}/after-0/checkpoint.safetensors")
+    f32 = byol_pytorch_steps(images, start, steps_run, width, torch.float32)
+    f64 = byol_pytorch_steps(images, start, steps_run, width, torch.float64)
 
     print(f"{'step':>4}  {'ours':>10}  {'byol-pytorch f32':>16}  {'byol-pytorch f64':>16}")
     for k, ((ours, _), theirs, exact) in enumerate(zip(steps_run, f32[0], f64[0]), 1):
