@@ -11,6 +11,7 @@ use crate::byol::{closed_form, ByolConfig, Objective, Optimizer, OptimizerKind, 
 use crate::checkpoint;
 use crate::data::augment::ViewConfig;
 use crate::error::{field_name, Error, Origin, Result};
+use crate::nn::mlp::SimplicialEmbedding;
 use crate::nn::{Arch, ResNetConfig, Stem};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -154,11 +155,53 @@ pub struct ModelConfig {
     /// Linear layers of the predictor.
     #[arg(long, default_value_t, hide_default_value = true)]
     pub predictor_depth: usize,
+    /// A simplicial embedding in front of the projector, as byol-pytorch builds by default (not
+    /// in the paper): off, or GROUPSxSIZE (byol-pytorch's is 32x8: a Linear to 256 features,
+    /// a BatchNorm, then a softmax over each of 32 groups of 8).
+    #[arg(long, default_value_t, hide_default_value = true)]
+    pub simplicial_embedding: String,
+    /// Temperature of the simplicial embedding's softmax (byol-pytorch: 0.1).
+    #[arg(long, default_value_t, hide_default_value = true)]
+    pub simplicial_temperature: f64,
     /// How fresh weights are drawn: torchvision (PyTorch's defaults, as the PyTorch ports) or
     /// official (the official BYOL code's Haiku defaults: truncated normal 1/√fan_in, zero
     /// biases, each bottleneck block's last BatchNorm γ = 0).
     #[arg(long, default_value_t, hide_default_value = true)]
     pub init: String,
+}
+
+impl ModelConfig {
+    /// The projector's simplicial embedding from `simplicial_embedding` and
+    /// `simplicial_temperature`: `None` for `off`.
+    pub fn simplicial_embedding(&self) -> Result<Option<SimplicialEmbedding>> {
+        let field = "model.simplicial_embedding";
+        let text = self.simplicial_embedding.as_str();
+        if text == "off" {
+            return Ok(None);
+        }
+        let parsed = text
+            .split_once('x')
+            .and_then(|(g, v)| Some((g.parse::<usize>().ok()?, v.parse::<usize>().ok()?)))
+            .filter(|&(g, v)| g > 0 && v > 0);
+        let Some((groups, group)) = parsed else {
+            return Err(Error::setting(
+                field,
+                format!("{text:?}: expected off or GROUPSxSIZE with both at least 1 (byol-pytorch's: 32x8)"),
+            ));
+        };
+        let t = self.simplicial_temperature;
+        if !(t > 0.0 && t.is_finite()) {
+            return Err(Error::setting(
+                "model.simplicial_temperature",
+                format!("the softmax temperature must be positive, got {t}"),
+            ));
+        }
+        Ok(Some(SimplicialEmbedding {
+            groups,
+            group,
+            temperature: t as f32,
+        }))
+    }
 }
 
 impl Default for ModelConfig {
@@ -172,6 +215,8 @@ impl Default for ModelConfig {
             predictor_hidden: 4096,
             projector_depth: 2,
             predictor_depth: 2,
+            simplicial_embedding: "off".into(),
+            simplicial_temperature: 0.1,
             init: "torchvision".into(),
         }
     }
@@ -683,6 +728,7 @@ impl TrainConfig {
             predictor_hidden: self.model.predictor_hidden,
             projector_depth: self.model.projector_depth,
             predictor_depth: self.model.predictor_depth,
+            projector_embedding: self.model.simplicial_embedding()?,
             predictor,
             target_network: self.ablation.target_network,
             target_init: (self.optim.target_init.parse())
@@ -783,6 +829,13 @@ impl TrainConfig {
         let depths =
             |c: &TrainConfig| format!("{},{}", c.model.projector_depth, c.model.predictor_depth);
         differs("depth(projector,predictor)", depths(self), depths(&d));
+        if self.model.simplicial_embedding != "off" {
+            let embedding = |c: &TrainConfig| {
+                let m = &c.model;
+                format!("{} (T {})", m.simplicial_embedding, m.simplicial_temperature)
+            };
+            differs("simplicial_embedding", embedding(self), embedding(&d));
+        }
         let lr = |c: &TrainConfig| {
             format!(
                 "{},{}",

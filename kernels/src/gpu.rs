@@ -149,6 +149,12 @@ grid_entry! {
     fn avgpool_backward(n: usize, hw: usize, c: usize, dout: *const f32, dx: *mut f32)
         threads(n * hw * c)
         => |i| grid::avgpool_backward(i, hw, c, dout, dx);
+    fn simplicial_forward(groups: usize, group: usize, inv_temperature: f32, z: *const f32, s: *mut f32)
+        threads(groups)
+        => |i| grid::simplicial_forward(i, group, inv_temperature, z, s);
+    fn simplicial_backward(groups: usize, group: usize, inv_temperature: f32, s: *const f32, grad: *mut f32)
+        threads(groups)
+        => |i| grid::simplicial_backward(i, group, inv_temperature, s, grad);
     fn lars_square_sums(chunks: usize, chunk_tensor: *const u32, table: *const TensorRow, params: *const f32, grads: *const f32, partial: *mut f64)
         threads(chunks)
         => |i| grid::lars_square_sums(i, chunks, chunk_tensor, table, params, grads, partial);

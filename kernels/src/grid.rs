@@ -16,6 +16,7 @@ use crate::batchnorm::{self as bn, Activation, Affine, BatchStats, Running, Scal
 use crate::conv::ConvGeometry;
 use crate::optimizer::{self as opt, AdamFactors};
 use crate::pool;
+use crate::simplicial;
 use core::slice::{from_raw_parts, from_raw_parts_mut};
 
 /// Rows per thread of the row sums. Short blocks keep enough threads in flight for a
@@ -372,6 +373,46 @@ pub unsafe fn avgpool_backward(i: usize, hw: usize, c: usize, dout: *const f32, 
     let mut value = [0.0f32];
     pool::avgpool_image_backward(one(dout, m * c + k), hw, &mut value);
     *dx.add(i) = value[0];
+}
+
+/// Threads: one per group, `rows·cols / group`. `s [rows, cols]` = the simplicial embedding of
+/// `z [rows, cols]` ([`simplicial::softmax_group_forward`] on group `i`).
+///
+/// # Safety
+/// The buffers hold those shapes.
+#[inline(always)]
+pub unsafe fn simplicial_forward(
+    i: usize,
+    group: usize,
+    inv_temperature: f32,
+    z: *const f32,
+    s: *mut f32,
+) {
+    simplicial::softmax_group_forward(
+        from_raw_parts(z.add(i * group), group),
+        inv_temperature,
+        from_raw_parts_mut(s.add(i * group), group),
+    );
+}
+
+/// Threads: one per group. `grad [rows, cols]` from ∂L/∂s to ∂L/∂z in place, given the
+/// forward's `s` ([`simplicial::softmax_group_backward`] on group `i`).
+///
+/// # Safety
+/// The buffers hold those shapes.
+#[inline(always)]
+pub unsafe fn simplicial_backward(
+    i: usize,
+    group: usize,
+    inv_temperature: f32,
+    s: *const f32,
+    grad: *mut f32,
+) {
+    simplicial::softmax_group_backward(
+        from_raw_parts(s.add(i * group), group),
+        inv_temperature,
+        from_raw_parts_mut(grad.add(i * group), group),
+    );
 }
 
 /// One tensor of the optimiser's table, as the GPU reads it: its parameters `start..end`, its

@@ -24,6 +24,7 @@ mod math;
 pub mod optimizer;
 pub mod pool;
 pub mod precision;
+pub mod simplicial;
 
 #[cfg(target_arch = "nvptx64")]
 pub mod gpu;

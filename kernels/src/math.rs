@@ -1,4 +1,5 @@
-//! Scalar math that `core` lacks on stable: `libm` on the CPU, the PTX instruction on the GPU.
+//! Scalar math that `core` lacks on stable: `libm` on the CPU, the PTX instruction on the GPU
+//! where there is one (`sqrt`, `floor`), `libm` on both where there is none (`exp`).
 
 #[cfg(target_arch = "nvptx64")]
 #[inline(always)]
@@ -45,4 +46,11 @@ pub fn rem_euclid(x: f32, rhs: f32) -> f32 {
     } else {
         r
     }
+}
+
+/// `e^x`: `libm`'s on the CPU and on the GPU alike (libm is plain Rust, so the PTX build
+/// compiles the same function, and the two paths round the same way).
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    libm::expf(x)
 }

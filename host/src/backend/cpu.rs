@@ -6,13 +6,14 @@
 
 use super::{
     AugmentOp, Backend, BatchNorm, ConvGeometry, ConvOp, DirectionGrads, Gemm, Linear, Objective,
-    Optimizer, OptimizerState, TensorStep,
+    Optimizer, OptimizerState, Simplicial, TensorStep,
 };
 use crate::cpu::batchnorm::{self, BnLayer, BnMode};
 use crate::cpu::conv::{conv_backward, conv_forward, ConvScratch};
 use crate::cpu::gemm::gemm;
 use crate::cpu::linear::{linear_backward, linear_forward};
 use crate::cpu::pool::{avgpool_backward, avgpool_forward, maxpool_backward, maxpool_forward};
+use crate::cpu::simplicial::{simplicial_backward, simplicial_forward};
 use crate::cpu::{ema_update, nmse_loss};
 use crate::data::augment::apply_view;
 use crate::error::Result;
@@ -422,6 +423,25 @@ impl Backend for Cpu {
         dx: &mut Vec<f32>,
     ) -> Result<()> {
         avgpool_backward(&dout[..n * c], n, hw, c, &mut dx[..n * hw * c]);
+        Ok(())
+    }
+
+    fn simplicial_forward(&self, op: &Simplicial, z: &Vec<f32>, s: &mut Vec<f32>) -> Result<()> {
+        op.check::<Self>(z, s)?;
+        let len = op.rows * op.cols;
+        simplicial_forward(op, &z[..len], &mut s[..len]);
+        Ok(())
+    }
+
+    fn simplicial_backward(
+        &self,
+        op: &Simplicial,
+        s: &Vec<f32>,
+        grad: &mut Vec<f32>,
+    ) -> Result<()> {
+        op.check::<Self>(s, grad)?;
+        let len = op.rows * op.cols;
+        simplicial_backward(op, &s[..len], &mut grad[..len]);
         Ok(())
     }
 

@@ -18,7 +18,8 @@ use super::gpu_plan::{reduce_launches, OptimizerPlan};
 use super::ptx::{self, DeviceAddr};
 use super::{
     cpu::Cpu, AugmentOp, Backend, BatchNorm, BnMode, ConvGeometry, ConvOp, DirectionGrads, Gemm,
-    Linear, Normalisation, Objective, Optimizer, OptimizerState, Precision, TensorStep, ViewParams,
+    Linear, Normalisation, Objective, Optimizer, OptimizerState, Precision, Simplicial, TensorStep,
+    ViewParams,
 };
 use crate::error::{Error, Result};
 use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
@@ -1068,6 +1069,31 @@ impl Backend for Cuda {
         fits("average-pool input gradient [n, hw, c]", dx, n * hw * c)?;
         let (d, x) = (self.ptr(dout, 0), self.ptr(dx, 0));
         self.launch().avgpool_backward(n * hw * c, n, hw, c, d, x)
+    }
+
+    fn simplicial_forward(
+        &self,
+        op: &Simplicial,
+        z: &CudaSlice<f32>,
+        s: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        op.check::<Self>(z, s)?;
+        let (zp, sp) = (self.ptr(z, 0), self.ptr(s, 0));
+        let inv_temperature = 1.0 / op.temperature;
+        self.launch()
+            .simplicial_forward(op.groups(), op.groups(), op.group, inv_temperature, zp, sp)
+    }
+    fn simplicial_backward(
+        &self,
+        op: &Simplicial,
+        s: &CudaSlice<f32>,
+        grad: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        op.check::<Self>(s, grad)?;
+        let (sp, gp) = (self.ptr(s, 0), self.ptr(grad, 0));
+        let inv_temperature = 1.0 / op.temperature;
+        self.launch()
+            .simplicial_backward(op.groups(), op.groups(), op.group, inv_temperature, sp, gp)
     }
 
     fn nmse_loss_unchecked(

@@ -20,7 +20,7 @@
 
 use super::{
     AugmentOp, Backend, BatchNorm, BnMode, ConvGeometry, ConvOp, DirectionGrads, Gemm, Linear,
-    Objective, Optimizer, OptimizerState, TensorStep,
+    Objective, Optimizer, OptimizerState, Simplicial, TensorStep,
 };
 use crate::dist::Collective;
 use crate::error::Result;
@@ -314,6 +314,19 @@ impl<B: Backend> Backend for Distributed<B> {
         dx: &mut B::Buffer,
     ) -> Result<()> {
         self.inner.avgpool_backward(n, hw, c, dout, dx)
+    }
+
+    // Row by row: nothing to share between replicas.
+    fn simplicial_forward(&self, op: &Simplicial, z: &B::Buffer, s: &mut B::Buffer) -> Result<()> {
+        self.inner.simplicial_forward(op, z, s)
+    }
+    fn simplicial_backward(
+        &self,
+        op: &Simplicial,
+        s: &B::Buffer,
+        grad: &mut B::Buffer,
+    ) -> Result<()> {
+        self.inner.simplicial_backward(op, s, grad)
     }
 
     fn nmse_loss_unchecked(

@@ -120,6 +120,42 @@ pub struct BatchNorm {
     pub linear_bias: Option<Range<usize>>,
 }
 
+/// A simplicial embedding of the rows of `[rows, cols]`: a softmax at `temperature` over each
+/// group of `group` consecutive features (`cols` a multiple of `group`; `kernels::simplicial`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Simplicial {
+    pub rows: usize,
+    pub cols: usize,
+    pub group: usize,
+    pub temperature: f32,
+}
+
+impl Simplicial {
+    /// Groups in the whole matrix (the kernels' units of work).
+    pub fn groups(&self) -> usize {
+        self.rows * self.cols / self.group
+    }
+
+    /// A valid shape and temperature, and `a` and `b` long enough for it (the two buffers an
+    /// op reads and writes: `z` and `s` forward, `s` and the gradient backward).
+    pub fn check<B: Backend + ?Sized>(&self, a: &B::Buffer, b: &B::Buffer) -> Result<()> {
+        if self.group == 0 || self.cols % self.group != 0 {
+            return Err(Error::InvalidArgument(format!(
+                "simplicial embedding: {} features do not split into groups of {}",
+                self.cols, self.group
+            )));
+        }
+        if !(self.temperature > 0.0 && self.temperature.is_finite()) {
+            return Err(Error::InvalidArgument(format!(
+                "simplicial embedding: the temperature must be positive, got {}",
+                self.temperature
+            )));
+        }
+        need::<B>("simplicial embedding input [rows, cols]", a, self.rows * self.cols)?;
+        need::<B>("simplicial embedding output [rows, cols]", b, self.rows * self.cols)
+    }
+}
+
 /// A convolution on `n` images of `h × w` whose weight sits at `weight` in the flat parameter
 /// buffer (and its gradient at the same place).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -404,6 +440,23 @@ pub trait Backend: Sync {
         c: usize,
         dout: &Self::Buffer,
         dx: &mut Self::Buffer,
+    ) -> Result<()>;
+
+    // ---- Simplicial embedding (byol-pytorch's projector option); each checks with
+    // [`Simplicial::check`] first.
+    /// `s = softmax(z / T)` over each group of `op.group` features of `z [rows, cols]`.
+    fn simplicial_forward(
+        &self,
+        op: &Simplicial,
+        z: &Self::Buffer,
+        s: &mut Self::Buffer,
+    ) -> Result<()>;
+    /// Backward from the forward's output `s`: `grad` goes from ∂L/∂s to ∂L/∂z in place.
+    fn simplicial_backward(
+        &self,
+        op: &Simplicial,
+        s: &Self::Buffer,
+        grad: &mut Self::Buffer,
     ) -> Result<()>;
 
     // ---- Loss, optimiser, EMA.

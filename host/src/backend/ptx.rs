@@ -36,6 +36,8 @@ macro_rules! ptx_entries {
             maxpool_backward(n: usize, h: usize, w: usize, cin: usize, k: usize, stride: usize, pad: usize, dout: DeviceAddr, argmax: DeviceAddr, dx: DeviceAddr);
             avgpool_forward(n: usize, hw: usize, c: usize, x: DeviceAddr, out: DeviceAddr);
             avgpool_backward(n: usize, hw: usize, c: usize, dout: DeviceAddr, dx: DeviceAddr);
+            simplicial_forward(groups: usize, group: usize, inv_temperature: f32, z: DeviceAddr, s: DeviceAddr);
+            simplicial_backward(groups: usize, group: usize, inv_temperature: f32, s: DeviceAddr, grad: DeviceAddr);
             lars_square_sums(chunks: usize, chunk_tensor: DeviceAddr, table: DeviceAddr, params: DeviceAddr, grads: DeviceAddr, partial: DeviceAddr);
             lars_trust(tensors: usize, table: DeviceAddr, chunks: usize, partial: DeviceAddr, eta: f32, clip: usize);
             augment_resize(n: usize, params: DeviceAddr, images: DeviceAddr, index: DeviceAddr, h: usize, w: usize, size: usize, out: DeviceAddr);

@@ -29,7 +29,7 @@ use crate::backend::{
     Backend, BnMode, DirectionGrads, Objective, Optimizer, OptimizerState, TensorStep,
 };
 use crate::error::{check_len, Error, Result};
-use crate::nn::mlp::{Mlp, MlpAt, MlpSaved};
+use crate::nn::mlp::{Mlp, MlpAt, MlpSaved, SimplicialEmbedding};
 use crate::nn::{Activations, Registry, ResNet, ResNetConfig, WeightInit};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -79,6 +79,8 @@ pub struct ByolConfig {
     /// Linear layers of the projector and the learned predictor (2 in the paper).
     pub projector_depth: usize,
     pub predictor_depth: usize,
+    /// byol-pytorch's simplicial embedding in front of the projector, or none (the paper's).
+    pub projector_embedding: Option<SimplicialEmbedding>,
     pub predictor: PredictorKind,
     /// Whether ψ comes from a target network; without one, ψ is the online projection and
     /// gets a gradient (SimCLR's side of the paper's ablation).
@@ -105,6 +107,7 @@ impl ByolConfig {
             predictor_hidden,
             projector_depth: 2,
             predictor_depth: 2,
+            projector_embedding: None,
             predictor: PredictorKind::Learned,
             target_network: true,
             target_init: TargetInit::Independent,
@@ -279,6 +282,7 @@ impl<B: Backend> Byol<B> {
             output: config.projection,
             last_bias: false,
             depth: config.projector_depth,
+            embedding: config.projector_embedding,
         };
         let predictor = (config.predictor == PredictorKind::Learned).then_some(Mlp {
             input: config.projection,
@@ -286,6 +290,7 @@ impl<B: Backend> Byol<B> {
             output: config.projection,
             last_bias: false,
             depth: config.predictor_depth,
+            embedding: None,
         });
         projector.validate()?;
         config.objective.validate()?;

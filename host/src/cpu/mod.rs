@@ -18,6 +18,7 @@ pub mod loss;
 pub mod objective;
 pub mod optimizer;
 pub mod pool;
+pub mod simplicial;
 
 pub use ema::ema_update;
 pub use loss::nmse_loss;

@@ -1,24 +1,47 @@
 //! The projector/predictor MLP of BYOL: its parameter layout, initialisation, and its forward
-//! and backward on any backend (Linear and BatchNorm ops of [`crate::backend`]). At the
-//! paper's depth 2 it is `Linear(in → hidden, bias) → BatchNorm1d(hidden) → ReLU →
-//! Linear(hidden → out)`; depth `d` has `d − 1` hidden blocks `Linear → BatchNorm1d → ReLU`
-//! before the last Linear (depth 1 is one Linear, the paper's depth ablation).
+//! and backward on any backend (Linear, BatchNorm and simplicial-embedding ops of
+//! [`crate::backend`]). At the paper's depth 2 it is `Linear(in → hidden, bias) →
+//! BatchNorm1d(hidden) → ReLU → Linear(hidden → out)`; depth `d` has `d − 1` hidden blocks
+//! `Linear → BatchNorm1d → ReLU` before the last Linear (depth 1 is one Linear, the paper's
+//! depth ablation). With a [`SimplicialEmbedding`] (byol-pytorch's default projector, not the
+//! paper's) one more block comes first: `Linear(in → width, bias) → BatchNorm1d(width) →`
+//! a softmax at temperature T over each group of its features; the blocks after it read its
+//! `width` features.
 //!
 //! All parameters live in one flat buffer (so the EMA updates the whole MLP in one call), in
-//! this order: for each hidden block `k`, `w_k [hidden, in_k]`, `b_k [hidden]`, `γ_k [hidden]`,
-//! `β_k [hidden]`; then the last layer's `w [out, in_last]` and, when it has one, `b [out]`.
-//! At depth 2 that is `w1, b1, γ, β, w2[, b2]`. Weights are `[out_features, in_features]`
-//! row-major, as PyTorch stores them. BatchNorm running statistics are state, not parameters:
-//! a second buffer holds, per hidden block, `running_mean [hidden]` then `running_var [hidden]`.
+//! this order: for each hidden block `k` (the embedding's first), `w_k [width_k, in_k]`,
+//! `b_k [width_k]`, `γ_k [width_k]`, `β_k [width_k]`; then the last layer's `w [out, in_last]`
+//! and, when it has one, `b [out]`. At depth 2 that is `w1, b1, γ, β, w2[, b2]`. Weights are
+//! `[out_features, in_features]` row-major, as PyTorch stores them. BatchNorm running
+//! statistics are state, not parameters: a second buffer holds, per hidden block,
+//! `running_mean [width_k]` then `running_var [width_k]`.
 
-use crate::backend::{Backend, BatchNorm, BnMode, Linear};
+use crate::backend::{Backend, BatchNorm, BnMode, Linear, Simplicial};
 use crate::error::{check_len, Error, Result};
 use crate::nn::{truncated_normal, Registry, Role, WeightInit};
 use rand::Rng;
 use std::ops::Range;
 
+/// The simplicial embedding (Lavoie et al., 2022) in front of an MLP, as byol-pytorch 0.9.1
+/// builds it by default (`use_simplicial_embedding = True`: 32 groups of 8 at temperature 0.1).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SimplicialEmbedding {
+    /// Softmax groups.
+    pub groups: usize,
+    /// Features per group.
+    pub group: usize,
+    pub temperature: f32,
+}
+
+impl SimplicialEmbedding {
+    /// Features of the embedding: `groups · group`.
+    pub fn width(&self) -> usize {
+        self.groups * self.group
+    }
+}
+
 /// Shape of one MLP.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Mlp {
     pub input: usize,
     pub hidden: usize,
@@ -26,11 +49,14 @@ pub struct Mlp {
     /// Whether the last Linear has a bias. The official BYOL code has none (the paper's text
     /// does not say); PyTorch ports usually keep PyTorch's default bias.
     pub last_bias: bool,
-    /// Number of Linear layers (≥ 1); BYOL's is 2.
+    /// Number of Linear layers (≥ 1) after the embedding; BYOL's is 2.
     pub depth: usize,
+    /// A simplicial embedding block before the rest, or none (the paper's MLP).
+    pub embedding: Option<SimplicialEmbedding>,
 }
 
-/// Parameter ranges of one hidden block `Linear → BatchNorm1d → ReLU`.
+/// Parameter ranges of one hidden block `Linear → BatchNorm1d →` ReLU (or the embedding's
+/// softmax).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HiddenBlock {
     pub weight: Range<usize>,
@@ -39,6 +65,8 @@ pub struct HiddenBlock {
     pub beta: Range<usize>,
     /// Input features of its Linear.
     pub input: usize,
+    /// Output features of its Linear (and its BatchNorm's).
+    pub width: usize,
 }
 
 impl Mlp {
@@ -50,30 +78,47 @@ impl Mlp {
             output: 256,
             last_bias: false,
             depth: 2,
+            embedding: None,
         }
     }
 
-    /// Hidden blocks (`depth − 1`).
+    /// Hidden blocks: the embedding's, if any, then `depth − 1`.
     pub fn hidden_layers(&self) -> usize {
-        self.depth.saturating_sub(1)
+        self.depth.saturating_sub(1) + usize::from(self.embedding.is_some())
+    }
+    /// Whether hidden block `k` is the simplicial embedding's (block 0 when there is one).
+    pub fn is_embedding(&self, k: usize) -> bool {
+        k == 0 && self.embedding.is_some()
+    }
+    /// Output features of hidden block `k`.
+    pub fn width(&self, k: usize) -> usize {
+        match self.embedding {
+            Some(e) if k == 0 => e.width(),
+            _ => self.hidden,
+        }
+    }
+    /// Input features of hidden block `k`'s Linear.
+    fn input_of(&self, k: usize) -> usize {
+        if k == 0 {
+            self.input
+        } else {
+            self.width(k - 1)
+        }
     }
     /// Input features of the last Linear.
     pub fn last_input(&self) -> usize {
-        if self.depth > 1 {
-            self.hidden
-        } else {
-            self.input
+        match self.hidden_layers() {
+            0 => self.input,
+            n => self.width(n - 1),
         }
     }
     fn block_len(&self, k: usize) -> usize {
-        let input = if k == 0 { self.input } else { self.hidden };
-        self.hidden * input + 3 * self.hidden
+        self.width(k) * self.input_of(k) + 3 * self.width(k)
     }
     /// Hidden block `k` (0-based).
     pub fn block(&self, k: usize) -> HiddenBlock {
         let start: usize = (0..k).map(|j| self.block_len(j)).sum();
-        let input = if k == 0 { self.input } else { self.hidden };
-        let h = self.hidden;
+        let (input, h) = (self.input_of(k), self.width(k));
         let w = start..start + h * input;
         HiddenBlock {
             bias: w.end..w.end + h,
@@ -81,6 +126,7 @@ impl Mlp {
             beta: w.end + 2 * h..w.end + 3 * h,
             weight: w,
             input,
+            width: h,
         }
     }
     /// The last Linear's weight `[output, last_input]`.
@@ -93,7 +139,8 @@ impl Mlp {
         let s = self.last_weight().end;
         s..s + if self.last_bias { self.output } else { 0 }
     }
-    // The depth-2 names the backends and tests use.
+    // The depth-2 names the backends and tests use (of the first hidden block and the last
+    // Linear).
     pub fn w1(&self) -> Range<usize> {
         self.block(0).weight
     }
@@ -117,11 +164,13 @@ impl Mlp {
     }
     /// Running mean of hidden block `k`.
     pub fn running_mean_of(&self, k: usize) -> Range<usize> {
-        2 * k * self.hidden..(2 * k + 1) * self.hidden
+        let s: usize = (0..k).map(|j| 2 * self.width(j)).sum();
+        s..s + self.width(k)
     }
     /// Running variance of hidden block `k`.
     pub fn running_var_of(&self, k: usize) -> Range<usize> {
-        (2 * k + 1) * self.hidden..(2 * k + 2) * self.hidden
+        let s = self.running_mean_of(k).end;
+        s..s + self.width(k)
     }
     pub fn running_mean(&self) -> Range<usize> {
         self.running_mean_of(0)
@@ -130,16 +179,26 @@ impl Mlp {
         self.running_var_of(0)
     }
     pub fn running_len(&self) -> usize {
-        2 * self.hidden * self.hidden_layers()
+        (0..self.hidden_layers()).map(|k| 2 * self.width(k)).sum()
     }
 
-    /// Rejects zero sizes.
+    /// Rejects zero sizes, and an embedding without groups or with a temperature that is not
+    /// positive.
     pub fn validate(&self) -> Result<()> {
         if self.input == 0 || self.hidden == 0 || self.output == 0 || self.depth == 0 {
             return Err(Error::InvalidArgument(format!(
                 "MLP sizes must be positive, got input {}, hidden {}, output {} and depth {}",
                 self.input, self.hidden, self.output, self.depth
             )));
+        }
+        if let Some(e) = self.embedding {
+            if e.groups == 0 || e.group == 0 || !(e.temperature > 0.0 && e.temperature.is_finite())
+            {
+                return Err(Error::InvalidArgument(format!(
+                    "simplicial embedding: needs groups and features per group ≥ 1 and a positive temperature, got {} groups of {} at temperature {}",
+                    e.groups, e.group, e.temperature
+                )));
+            }
         }
         Ok(())
     }
@@ -175,22 +234,30 @@ impl Mlp {
     /// Adds this MLP's parameters and running buffers to `registry` under `prefix`, in the
     /// layout's order. Depth 2 keeps the names of BYOL's PyTorch ports (`{prefix}.linear1`,
     /// `{prefix}.bn`, `{prefix}.linear2`); other depths number every layer
-    /// (`linear1, bn1, linear2, bn2, …, linear{depth}`).
+    /// (`linear1, bn1, linear2, bn2, …, linear{depth}`). The embedding's block is
+    /// `{prefix}.embed.linear` and `{prefix}.embed.bn`; the names after it are the same as
+    /// without it.
     pub fn register(&self, registry: &mut Registry, prefix: &str) {
-        let bn_name = |k: usize| {
-            if self.depth == 2 {
+        let first = usize::from(self.embedding.is_some());
+        let names = |k: usize| -> (String, String) {
+            if self.is_embedding(k) {
+                return (format!("{prefix}.embed.linear"), format!("{prefix}.embed.bn"));
+            }
+            let j = k - first; // the block's place among the ReLU blocks
+            let bn = if self.depth == 2 {
                 format!("{prefix}.bn")
             } else {
-                format!("{prefix}.bn{}", k + 1)
-            }
+                format!("{prefix}.bn{}", j + 1)
+            };
+            (format!("{prefix}.linear{}", j + 1), bn)
         };
         for k in 0..self.hidden_layers() {
-            let (h, i) = (self.hidden, self.block(k).input);
-            let linear = format!("{prefix}.linear{}", k + 1);
+            let (h, i) = (self.width(k), self.block(k).input);
+            let (linear, bn) = names(k);
             registry.add_param(format!("{linear}.weight"), vec![h, i], Role::LinearWeight);
             registry.add_param(format!("{linear}.bias"), vec![h], Role::Bias);
-            registry.add_param(format!("{}.weight", bn_name(k)), vec![h], Role::BnWeight);
-            registry.add_param(format!("{}.bias", bn_name(k)), vec![h], Role::BnBias);
+            registry.add_param(format!("{bn}.weight"), vec![h], Role::BnWeight);
+            registry.add_param(format!("{bn}.bias"), vec![h], Role::BnBias);
         }
         let (o, i) = (self.output, self.last_input());
         let last = format!("{prefix}.linear{}", self.depth);
@@ -199,9 +266,9 @@ impl Mlp {
             registry.add_param(format!("{last}.bias"), vec![o], Role::Bias);
         }
         for k in 0..self.hidden_layers() {
-            let h = self.hidden;
-            registry.add_buffer(format!("{}.running_mean", bn_name(k)), vec![h]);
-            registry.add_buffer(format!("{}.running_var", bn_name(k)), vec![h]);
+            let (h, bn) = (self.width(k), names(k).1);
+            registry.add_buffer(format!("{bn}.running_mean"), vec![h]);
+            registry.add_buffer(format!("{bn}.running_var"), vec![h]);
         }
     }
 
@@ -226,14 +293,17 @@ pub struct MlpAt {
 }
 
 /// What a forward keeps for its backward, per hidden block `k`, allocated once per batch size
-/// and reused: `h[k] [batch, hidden]` (the Linear's output), `a[k]` (after BatchNorm and
-/// ReLU), `stats[k] [2·hidden]` (mean, then `1/√(var + ε)`), and `grad_hidden[k]` scratch.
+/// and reused: `h[k] [batch, width_k]` (the Linear's output), `a[k]` (the block's output:
+/// after BatchNorm and ReLU, or the embedding's softmax), `stats[k] [2·width_k]` (mean, then
+/// `1/√(var + ε)`), and `grad_hidden[k]` scratch; for the embedding also `normalised`, its
+/// BatchNorm's output (the softmax's input).
 pub struct MlpSaved<B: Backend> {
     pub batch: usize,
     h: Vec<B::Buffer>,
     a: Vec<B::Buffer>,
     stats: Vec<B::Buffer>,
     grad_hidden: Vec<B::Buffer>,
+    normalised: Option<B::Buffer>,
     /// The mode of the last forward; backward needs a training-mode forward.
     mode: Option<BnMode>,
 }
@@ -246,8 +316,8 @@ pub struct MlpState<B: Backend> {
 }
 
 impl<B: Backend> MlpSaved<B> {
-    /// Hidden block `k`'s output `[batch, hidden]` (after BatchNorm and ReLU) of the last
-    /// forward.
+    /// Hidden block `k`'s output `[batch, width_k]` (after BatchNorm and ReLU, or the
+    /// embedding's softmax) of the last forward.
     pub fn activation(&self, k: usize) -> &B::Buffer {
         &self.a[k]
     }
@@ -257,15 +327,21 @@ impl Mlp {
     /// Buffers for a forward and backward at `batch` rows.
     pub fn saved<B: Backend>(&self, be: &B, batch: usize) -> Result<MlpSaved<B>> {
         self.validate()?;
-        let per_block = |len: usize| -> Result<Vec<B::Buffer>> {
-            (0..self.hidden_layers()).map(|_| be.zeros(len)).collect()
+        let per_block = |rows: usize| -> Result<Vec<B::Buffer>> {
+            (0..self.hidden_layers())
+                .map(|k| be.zeros(rows * self.width(k)))
+                .collect()
         };
         Ok(MlpSaved {
             batch,
-            h: per_block(batch * self.hidden)?,
-            a: per_block(batch * self.hidden)?,
-            stats: per_block(2 * self.hidden)?,
-            grad_hidden: per_block(batch * self.hidden)?,
+            h: per_block(batch)?,
+            a: per_block(batch)?,
+            stats: per_block(2)?,
+            grad_hidden: per_block(batch)?,
+            normalised: match self.embedding {
+                Some(e) => Some(be.zeros(batch * e.width())?),
+                None => None,
+            },
             mode: None,
         })
     }
@@ -278,7 +354,7 @@ impl Mlp {
             return Linear {
                 rows,
                 input: block.input,
-                output: self.hidden,
+                output: block.width,
                 weight: moved(block.weight),
                 bias: Some(moved(block.bias)),
             };
@@ -299,14 +375,25 @@ impl Mlp {
         let running = |r: Range<usize>| r.start + at.running..r.end + at.running;
         BatchNorm {
             rows,
-            cols: self.hidden,
-            relu: true,
+            cols: block.width,
+            relu: !self.is_embedding(k),
             gamma: moved(block.gamma),
             beta: moved(block.beta),
             running_mean: running(self.running_mean_of(k)),
             running_var: running(self.running_var_of(k)),
             linear_bias: Some(moved(block.bias)),
         }
+    }
+
+    /// The softmax of hidden block `k`, when it is the embedding's.
+    fn simplicial(&self, k: usize, rows: usize) -> Option<Simplicial> {
+        let e = self.embedding.filter(|_| self.is_embedding(k))?;
+        Some(Simplicial {
+            rows,
+            cols: e.width(),
+            group: e.group,
+            temperature: e.temperature,
+        })
     }
 
     /// The checks shared by forward and backward.
@@ -327,15 +414,19 @@ impl Mlp {
         crate::backend::need::<B>("MLP parameters", params, at.params + self.num_params())?;
         check_len("MLP input x [batch, input]", B::len(x), batch * self.input)?;
         let layers = self.hidden_layers();
-        let fits = saved.h.len() == layers
-            && saved
-                .h
+        let fits_block = |k: usize| {
+            let w = self.width(k);
+            [&saved.h[k], &saved.a[k], &saved.grad_hidden[k]]
                 .iter()
-                .chain(&saved.a)
-                .chain(&saved.grad_hidden)
-                .all(|b| B::len(b) == batch * self.hidden)
-            && saved.stats.iter().all(|b| B::len(b) == 2 * self.hidden);
-        if !fits {
+                .all(|b| B::len(b) == batch * w)
+                && B::len(&saved.stats[k]) == 2 * w
+        };
+        let fits_embedding = match (self.embedding, &saved.normalised) {
+            (Some(e), Some(z)) => B::len(z) == batch * e.width(),
+            (None, None) => true,
+            _ => false,
+        };
+        if saved.h.len() != layers || !(0..layers).all(fits_block) || !fits_embedding {
             return Err(Error::InvalidArgument(format!(
                 "MLP saved buffers were made for another MLP or batch (this one: {layers} hidden blocks of {} at batch {batch})",
                 self.hidden
@@ -379,16 +470,14 @@ impl Mlp {
             let h = &mut saved.h[k];
             be.linear_forward(&self.linear(at, k, batch), params, input, h)?;
             let bn = self.batchnorm(at, k, batch);
-            be.batchnorm_forward(
-                &bn,
-                mode,
-                params,
-                running,
-                h,
-                None,
-                &mut saved.stats[k],
-                &mut rest[0],
-            )?;
+            let stats = &mut saved.stats[k];
+            match (self.simplicial(k, batch), saved.normalised.as_mut()) {
+                (Some(op), Some(z)) => {
+                    be.batchnorm_forward(&bn, mode, params, running, h, None, stats, z)?;
+                    be.simplicial_forward(&op, z, &mut rest[0])?;
+                }
+                _ => be.batchnorm_forward(&bn, mode, params, running, h, None, stats, &mut rest[0])?,
+            }
         }
         let last_in = saved.a.last().unwrap_or(x);
         be.linear_forward(
@@ -451,19 +540,18 @@ impl Mlp {
         for k in (0..layers).rev() {
             let (before, this) = saved.grad_hidden.split_at_mut(k);
             let gh = &mut this[0];
-            // ReLU + BatchNorm backward, in place on this block's gradient (which also gives
-            // the block's Linear its bias gradient).
+            // The embedding's softmax backward, then ReLU + BatchNorm backward, in place on
+            // this block's gradient (which also gives the block's Linear its bias gradient).
             let bn = self.batchnorm(at, k, batch);
-            be.batchnorm_backward(
-                &bn,
-                params,
-                &saved.h[k],
-                &saved.a[k],
-                &saved.stats[k],
-                gh,
-                grads,
-                None,
-            )?;
+            let bn_out = match (self.simplicial(k, batch), &saved.normalised) {
+                (Some(op), Some(z)) => {
+                    be.simplicial_backward(&op, &saved.a[k], gh)?;
+                    z
+                }
+                _ => &saved.a[k],
+            };
+            let (h, stats) = (&saved.h[k], &saved.stats[k]);
+            be.batchnorm_backward(&bn, params, h, bn_out, stats, gh, grads, None)?;
             // The block's Linear: weight and input gradients.
             let (input, grad_in) = if k == 0 {
                 (x, &mut *grad_x)
