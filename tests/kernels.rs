@@ -10,7 +10,8 @@
 mod common;
 
 use common::*;
-use host::{Backend, BnMode, Cpu, Mlp};
+use host::nn::mlp::SimplicialEmbedding;
+use host::{Backend, BnMode, Cpu, Mlp, MlpState};
 #[cfg(feature = "cuda")]
 use host::{Cuda, Error};
 
@@ -31,7 +32,118 @@ test_device!(
     mlp_running_statistics_should_follow_the_pytorch_recurrence,
     mlp_running_statistics_follow_recurrence
 );
+test_device!(
+    simplicial_embedding_should_match_f64_reference,
+    simplicial_matches_reference
+);
+test_device!(
+    byol_pytorch_projector_should_match_its_pytorch_values,
+    byol_pytorch_projector_matches
+);
 test_device!(bad_input_should_be_a_clear_error, bad_input_is_an_error);
+
+/// byol-pytorch's default projector, its simplicial embedding then its MLP, as byol-pytorch's
+/// own `NetWrapper` builds it (`scripts/torch/make_fixtures.py`: 10 → 4 groups of 3 at
+/// T 0.1 → 16 → 6, a bias on the last Linear, batch 9): the training forward, the running
+/// statistics, every gradient of `Σ out ⊙ R`, and the evaluation forward that follows.
+fn byol_pytorch_projector_matches<B: Backend>(be: &B) {
+    let bytes = std::fs::read(fixtures().join("byol_pytorch_sem_projector.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let batch = 9;
+    let mlp = Mlp {
+        input: 10,
+        hidden: 16,
+        output: 6,
+        last_bias: true,
+        depth: 2,
+        embedding: Some(SimplicialEmbedding {
+            groups: 4,
+            group: 3,
+            temperature: 0.1,
+        }),
+    };
+    // byol-pytorch's names: `0.0` the embedding's Linear, `0.1` its BatchNorm; `2.0`, `2.1`,
+    // `2.3` the MLP's Linear, BatchNorm and last Linear.
+    let (embed, hidden) = (mlp.block(0), mlp.block(1));
+    let params = [
+        ("0.0.weight", embed.weight),
+        ("0.0.bias", embed.bias),
+        ("0.1.weight", embed.gamma),
+        ("0.1.bias", embed.beta),
+        ("2.0.weight", hidden.weight),
+        ("2.0.bias", hidden.bias),
+        ("2.1.weight", hidden.gamma),
+        ("2.1.bias", hidden.beta),
+        ("2.3.weight", mlp.last_weight()),
+        ("2.3.bias", mlp.last_bias_range()),
+    ];
+    let running = [
+        ("0.1.running_mean", mlp.running_mean_of(0)),
+        ("0.1.running_var", mlp.running_var_of(0)),
+        ("2.1.running_mean", mlp.running_mean_of(1)),
+        ("2.1.running_var", mlp.running_var_of(1)),
+    ];
+    let gather = |prefix: &str, table: &[(&str, std::ops::Range<usize>)], len: usize| {
+        let mut flat = vec![0.0f32; len];
+        for (name, range) in table {
+            flat[range.clone()].copy_from_slice(&tensor(&st, &format!("{prefix}{name}")));
+        }
+        flat
+    };
+    let mut st_mlp = MlpState::upload(
+        be,
+        mlp,
+        &gather("param.", &params, mlp.num_params()),
+        &gather("initial.", &running, mlp.running_len()),
+    )
+    .unwrap();
+    let x = be.upload(&tensor(&st, "input")).unwrap();
+    let mut saved = mlp.saved(be, batch).unwrap();
+    let mut out = be.zeros(batch * mlp.output).unwrap();
+    st_mlp
+        .forward(be, &x, BnMode::Train, &mut saved, &mut out)
+        .unwrap();
+    let expect = |name: &str| to_f64(&tensor(&st, name));
+    let got = be.download(&out).unwrap();
+    assert_close("training output", &got, &expect("output"), 1e-4, 1e-5);
+    let running_got = be.download(&st_mlp.running).unwrap();
+    for (name, range) in &running {
+        let want = expect(&format!("running.{name}"));
+        assert_close(name, &running_got[range.clone()], &want, 1e-5, 1e-6);
+    }
+    let weights = be.upload(&tensor(&st, "output_weights")).unwrap();
+    let mut grads = be.zeros(mlp.num_params()).unwrap();
+    let mut grad_x = be.zeros(batch * mlp.input).unwrap();
+    st_mlp
+        .backward(be, &x, &mut saved, &weights, &mut grads, &mut grad_x)
+        .unwrap();
+    let grads = be.download(&grads).unwrap();
+    for (name, range) in &params {
+        let want = expect(&format!("grad.{name}"));
+        // The embedding's Linear bias feeds a BatchNorm: its gradient is 0 up to rounding.
+        if *name == "0.0.bias" || *name == "2.0.bias" {
+            assert!(
+                grads[range.clone()].iter().all(|g| g.abs() < 1e-5),
+                "{name}"
+            );
+            continue;
+        }
+        assert_norm_close(&format!("grad {name}"), &grads[range.clone()], &want, 1e-4);
+    }
+    let gx = be.download(&grad_x).unwrap();
+    assert_norm_close("grad input", &gx, &expect("grad_input"), 1e-4);
+    st_mlp
+        .forward(be, &x, BnMode::Eval, &mut saved, &mut out)
+        .unwrap();
+    let got = be.download(&out).unwrap();
+    assert_close(
+        "evaluation output",
+        &got,
+        &expect("output_eval"),
+        1e-4,
+        1e-5,
+    );
+}
 
 #[test]
 fn a_non_finite_gradient_should_stop_the_step_before_any_parameter() {
@@ -107,14 +219,28 @@ fn mlp_objective(
 
 #[test]
 fn mlp_gradients_should_match_finite_differences() {
-    // Depth 2 is BYOL's MLP; 1 and 3 are the depth ablation's.
-    for depth in [1, 2, 3] {
+    // Depth 2 is BYOL's MLP; 1 and 3 are the depth ablation's; then byol-pytorch's projector,
+    // a simplicial embedding first (2 groups of 3 at T 0.5, where the softmax is far from
+    // saturated, so the difference quotients see its curvature).
+    let embedding = SimplicialEmbedding {
+        groups: 2,
+        group: 3,
+        temperature: 0.5,
+    };
+    for (depth, embedding) in [
+        (1, None),
+        (2, None),
+        (3, None),
+        (2, Some(embedding)),
+        (1, Some(embedding)),
+    ] {
         mlp_gradients_match_finite_differences(Mlp {
             input: 5,
             hidden: 6,
             output: 4,
             last_bias: true,
             depth,
+            embedding,
         });
     }
 }
@@ -172,8 +298,9 @@ fn mlp_gradients_match_finite_differences(mlp: Mlp) {
         let fd = (plus.0 - minus.0) / (2.0 * eps as f64);
         assert!(
             (fd - analytic as f64).abs() <= 3e-3 + 2e-2 * fd.abs(),
-            "depth {}: {name}[{k}]: analytic {analytic} vs numeric {fd}",
-            mlp.depth
+            "depth {}, embedding {:?}: {name}[{k}]: analytic {analytic} vs numeric {fd}",
+            mlp.depth,
+            mlp.embedding
         );
     };
     let mut params = case.params.clone();

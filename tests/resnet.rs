@@ -14,14 +14,6 @@ use host::{Backend, BnMode, Cpu, Error, Mlp};
 use rand::Rng;
 use safetensors::SafeTensors;
 
-/// The fixtures folder: `BYOL_FIXTURES` when set (a test binary run away from its source
-/// tree, as `scripts/gpu-bundle.sh` ships them), else the source tree's.
-fn fixtures() -> std::path::PathBuf {
-    std::env::var_os("BYOL_FIXTURES")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"))
-}
-
 const ARCHS: [Arch; 3] = [Arch::ResNet18, Arch::ResNet34, Arch::ResNet50];
 const STEMS: [(Stem, &str); 2] = [(Stem::ImageNet, "imagenet"), (Stem::Cifar, "cifar")];
 
@@ -84,16 +76,6 @@ fn names_shapes_and_order_should_equal_torchvision() {
             }
         }
     }
-}
-
-fn tensor(st: &SafeTensors, name: &str) -> Vec<f32> {
-    let t = st
-        .tensor(name)
-        .unwrap_or_else(|e| panic!("fixture lacks {name}: {e}"));
-    t.data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect()
 }
 
 /// A PyTorch fixture of `scripts/torch/make_fixtures.py`: the file and the encoder, batch

@@ -228,6 +228,55 @@ fn every_optimizer_should_resume_bit_for_bit() {
 }
 
 #[test]
+fn a_projector_with_a_simplicial_embedding_should_train_save_it_and_resume_bit_for_bit() {
+    let cfg = tiny().with(|c| c.model.simplicial_embedding = "4x8".into());
+    let (full, part, plain) = (dir("sem-full"), dir("sem-part"), dir("sem-off"));
+    train(&cfg, &opts(&full)).unwrap();
+    train(
+        &cfg,
+        &RunOptions {
+            stop_after_epochs: Some(1),
+            ..opts(&part)
+        },
+    )
+    .unwrap();
+    let resume = RunOptions {
+        resume: Some(part.join("checkpoint.safetensors")),
+        ..opts(&part)
+    };
+    train(&cfg, &resume).unwrap();
+    let read = |d: &Path| std::fs::read(d.join("checkpoint.safetensors")).unwrap();
+    assert_eq!(losses(&full), losses(&part));
+    assert!(read(&full) == read(&part), "resumed checkpoint differs");
+    // The option is not ignored: the same run without it takes other steps.
+    train(&tiny(), &opts(&plain)).unwrap();
+    assert_ne!(losses(&full)[0], losses(&plain)[0]);
+    // The block is saved, online and target, under its own names: 4 groups of 8 = 32
+    // features from the 32-wide representation of a width-4 ResNet-18, then the projector's
+    // first Linear reads those 32 features.
+    let bytes = read(&full);
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    for (name, shape) in [
+        ("online.projector.embed.linear.weight", vec![32, 32]),
+        ("target.projector.embed.bn.running_var", vec![32]),
+        ("online.projector.linear1.weight", vec![64, 32]),
+    ] {
+        let t = file.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(t.shape(), &shape[..], "{name}");
+    }
+    // A checkpoint with the block does not resume a run without it.
+    let e = train(
+        &tiny(),
+        &RunOptions {
+            resume: Some(full.join("checkpoint.safetensors")),
+            ..opts(&dir("sem-refused"))
+        },
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("simplicial_embedding"), "{e}");
+}
+
+#[test]
 fn the_target_should_start_as_configured() {
     for (init, same) in [("copy", true), ("independent", false)] {
         let cfg = tiny().with(|c| {
@@ -415,6 +464,21 @@ fn bad_input_should_be_refused_before_any_work_with_a_clear_error() {
             },
             "unknown recipe \"huge\"",
         ),
+        (
+            tiny().with(|c| c.model.simplicial_embedding = "32by8".into()),
+            "\"32by8\": expected off or GROUPSxSIZE with both at least 1",
+        ),
+        (
+            tiny().with(|c| c.model.simplicial_embedding = "0x8".into()),
+            "expected off or GROUPSxSIZE",
+        ),
+        (
+            tiny().with(|c| {
+                c.model.simplicial_embedding = "4x8".into();
+                c.model.simplicial_temperature = 0.0;
+            }),
+            "the softmax temperature must be positive, got 0",
+        ),
     ];
     for (cfg, message) in cases {
         let e = train(&cfg, &opts(&out)).unwrap_err().to_string();
@@ -466,6 +530,17 @@ fn a_bad_setting_should_name_its_field_and_flag() {
         (
             tiny().with(|c| c.optim.target_init = "same".into()),
             "optim.target_init",
+        ),
+        (
+            tiny().with(|c| c.model.simplicial_embedding = "on".into()),
+            "model.simplicial_embedding",
+        ),
+        (
+            tiny().with(|c| {
+                c.model.simplicial_embedding = "32x8".into();
+                c.model.simplicial_temperature = f64::NAN;
+            }),
+            "model.simplicial_temperature",
         ),
     ];
     for (cfg, key) in cases {

@@ -832,7 +832,10 @@ impl TrainConfig {
         if self.model.simplicial_embedding != "off" {
             let embedding = |c: &TrainConfig| {
                 let m = &c.model;
-                format!("{} (T {})", m.simplicial_embedding, m.simplicial_temperature)
+                format!(
+                    "{} (T {})",
+                    m.simplicial_embedding, m.simplicial_temperature
+                )
             };
             differs("simplicial_embedding", embedding(self), embedding(&d));
         }

@@ -15,7 +15,7 @@ use crate::byol::schedule::{learning_rate, tau_to};
 use crate::byol::{Byol, ByolState, LrMultipliers};
 use crate::checkpoint;
 use crate::config::{
-    parse_saved_config, same_run, TrainConfig, CHECKPOINT, DATASETS, METRICS, PLOT, RUN_CONFIG,
+    same_run, saved_config, TrainConfig, CHECKPOINT, DATASETS, METRICS, PLOT, RUN_CONFIG,
 };
 use crate::data::augment::{mix, Augmenter};
 use crate::data::formats::{self, UNLABELED};
@@ -705,16 +705,14 @@ fn starting_state<B: Backend>(
     let Some(path) = resume else {
         return Ok(byol.init(cfg.init_seed.unwrap_or(cfg.seed)));
     };
-    let (state, stored) = checkpoint::load(path, byol)?;
-    let stored = parse_saved_config(&stored).map_err(|e| Error::Checkpoint {
-        path: path.into(),
-        reason: format!("unreadable configuration ({e})"),
-    })?;
+    // The configurations first: where the networks differ, their fields say how, which the
+    // tensors' count and shapes cannot.
+    let stored = saved_config(path)?;
     same_run(&stored, cfg).map_err(|diff| Error::Checkpoint {
         path: path.into(),
         reason: format!("it was written by another configuration: {diff}"),
     })?;
-    Ok(state)
+    Ok(checkpoint::load(path, byol)?.0)
 }
 
 /// The first rank's files before the first step: `config.json` (a valid `--config` file,

@@ -8,8 +8,13 @@
   `sum(representation * R)`, the gradients of every parameter and of the input; and the
   representation of a following evaluation-mode forward. Images are stored NHWC (the Rust
   layout); tensors keep PyTorch's names and layouts (conv weights OIHW).
+- `byol_pytorch_sem_projector.safetensors`: byol-pytorch's default projector (its simplicial
+  embedding, then its MLP), built by byol-pytorch's own `NetWrapper` at small sizes, with
+  non-trivial BatchNorm parameters: the same kinds of tensors as above, for a batch of
+  representations instead of images.
 
-Needs torch, torchvision and safetensors (installed by hand; CI never runs this).
+Needs torch, torchvision, safetensors and byol-pytorch==0.9.1 (installed by hand; CI never runs
+this).
 Usage: python3 scripts/torch/make_fixtures.py
 """
 import pathlib
@@ -80,6 +85,39 @@ def values(arch: str, stem: str, width: int, batch: int, size: int, seed: int) -
               OUT / f"resnet_{arch}_{stem}_w{width}.safetensors")
 
 
+def sem_projector(batch: int = 9, dim: int = 10, seed: int = 3) -> None:
+    """byol-pytorch's projector with its simplicial embedding: 4 groups of 3 at temperature
+    0.1, hidden 16, projection 6 (its last Linear has a bias)."""
+    from byol_pytorch.byol_pytorch import NetWrapper
+
+    torch.manual_seed(seed)
+    wrapper = NetWrapper(nn.Identity(), projection_size=6, projection_hidden_size=16, layer=-1,
+                         use_simplicial_embeddings=True, sem_num_simplices=4, sem_simplex_dim=3,
+                         sem_temperature=0.1)
+    net = wrapper._get_projector(torch.zeros(batch, dim)).train()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm1d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.3, 0.3)
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+    t = {f"param.{n}": p.detach().clone() for n, p in net.named_parameters()}
+    t |= {f"initial.{n}": b.clone() for n, b in net.named_buffers() if "running" in n}
+    x = torch.randn(batch, dim, requires_grad=True)
+    out = net(x)
+    r = torch.randn_like(out)
+    (out * r).sum().backward()
+    t |= {"input": x.detach(), "output": out.detach(), "output_weights": r, "grad_input": x.grad}
+    t |= {f"grad.{n}": p.grad for n, p in net.named_parameters()}
+    t |= {f"running.{n}": b.clone() for n, b in net.named_buffers() if "running" in n}
+    net.eval()
+    with torch.no_grad():
+        t["output_eval"] = net(x)
+    save_file({k: v.contiguous().float() for k, v in t.items()},
+              OUT / "byol_pytorch_sem_projector.safetensors")
+
+
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     for arch in ARCHS:
@@ -87,6 +125,7 @@ def main() -> None:
             names(arch, stem)
     values("resnet18", "cifar", width=4, batch=3, size=12, seed=1)
     values("resnet50", "imagenet", width=4, batch=2, size=64, seed=2)
+    sem_projector()
 
 
 if __name__ == "__main__":

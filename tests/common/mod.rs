@@ -4,6 +4,7 @@
 
 pub mod reference;
 
+use host::backend::Simplicial;
 use host::nn::WeightInit;
 use host::{Backend, BnMode, Error, Mlp, MlpState};
 use rand::{Rng, SeedableRng};
@@ -49,6 +50,25 @@ pub fn supported<T>(op: &str, result: Result<T, Error>) -> Option<T> {
         }
         Err(e) => panic!("{op}: {e}"),
     }
+}
+
+/// The fixtures folder: `BYOL_FIXTURES` when set (a test binary run away from its source
+/// tree, as `scripts/gpu-bundle.sh` ships them), else the source tree's.
+pub fn fixtures() -> std::path::PathBuf {
+    std::env::var_os("BYOL_FIXTURES")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"))
+}
+
+/// Tensor `name` of a safetensors fixture (f32, little-endian), flat.
+pub fn tensor(st: &safetensors::SafeTensors, name: &str) -> Vec<f32> {
+    let t = st
+        .tensor(name)
+        .unwrap_or_else(|e| panic!("fixture lacks {name}: {e}"));
+    t.data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
 }
 
 pub fn rng(seed: u64) -> ChaCha8Rng {
@@ -310,6 +330,7 @@ pub fn mlp_shapes() -> Vec<(Mlp, usize)> {
                 output: 7,
                 last_bias: false,
                 depth: 2,
+                embedding: None,
             },
             2,
         ),
@@ -320,6 +341,7 @@ pub fn mlp_shapes() -> Vec<(Mlp, usize)> {
                 output: 9,
                 last_bias: true,
                 depth: 2,
+                embedding: None,
             },
             7,
         ),
@@ -330,6 +352,7 @@ pub fn mlp_shapes() -> Vec<(Mlp, usize)> {
                 output: 31,
                 last_bias: false,
                 depth: 2,
+                embedding: None,
             },
             65,
         ),
@@ -340,6 +363,7 @@ pub fn mlp_shapes() -> Vec<(Mlp, usize)> {
                 output: 256,
                 last_bias: false,
                 depth: 2,
+                embedding: None,
             },
             12,
         ),
@@ -430,6 +454,85 @@ pub fn nmse_matches_reference<B: Backend>(be: &B) {
             1e-6,
         );
     }
+}
+
+/// The simplicial embedding's softmax and its backward against the f64 definition, at
+/// byol-pytorch's shape and temperature and at odd ones (a group of 1 has gradient 0).
+pub fn simplicial_matches_reference<B: Backend>(be: &B) {
+    for (rows, cols, group, t) in [
+        (7, 256, 8, 0.1),
+        (5, 12, 3, 0.1),
+        (4, 10, 5, 2.0),
+        (2, 3, 1, 1.0),
+    ] {
+        let what = format!("{rows}×{cols} in groups of {group} at T {t}");
+        let op = Simplicial {
+            rows,
+            cols,
+            group,
+            temperature: t as f32,
+        };
+        let mut r = rng((rows * cols + group) as u64);
+        let z = uniform(&mut r, rows * cols, 3.0);
+        let ds = uniform(&mut r, rows * cols, 1.0);
+        let mut s = be.zeros(rows * cols).unwrap();
+        be.simplicial_forward(&op, &be.upload(&z).unwrap(), &mut s)
+            .unwrap();
+        let s_ref = reference::grouped_softmax(&to_f64(&z), group, t);
+        assert_close(
+            &format!("softmax {what}"),
+            &be.download(&s).unwrap(),
+            &s_ref,
+            1e-5,
+            1e-6,
+        );
+        let mut grad = be.upload(&ds).unwrap();
+        be.simplicial_backward(&op, &s, &mut grad).unwrap();
+        let dz_ref = reference::grouped_softmax_backward(&s_ref, &to_f64(&ds), group, t);
+        assert_close(
+            &format!("softmax backward {what}"),
+            &be.download(&grad).unwrap(),
+            &dz_ref,
+            1e-4,
+            1e-5,
+        );
+    }
+    // Bad shapes and temperatures are errors, not NaNs or overruns.
+    let op = Simplicial {
+        rows: 2,
+        cols: 12,
+        group: 5,
+        temperature: 0.1,
+    };
+    let (a, mut b) = (be.zeros(24).unwrap(), be.zeros(24).unwrap());
+    let e = be.simplicial_forward(&op, &a, &mut b).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("12 features do not split into groups of 5"),
+        "{e}"
+    );
+    for t in [0.0, -1.0, f32::NAN] {
+        let op = Simplicial {
+            group: 4,
+            temperature: t,
+            ..op
+        };
+        let e = be.simplicial_backward(&op, &a, &mut b).unwrap_err();
+        assert!(
+            e.to_string().contains("temperature must be positive"),
+            "{e}"
+        );
+    }
+    let op = Simplicial { group: 4, ..op };
+    let short = be.zeros(23).unwrap();
+    assert!(matches!(
+        be.simplicial_forward(&op, &short, &mut b),
+        Err(Error::Length {
+            expected: 24,
+            got: 23,
+            ..
+        })
+    ));
 }
 
 /// Training forward: output, running statistics; then backward: every gradient.
@@ -554,6 +657,7 @@ pub fn mlp_eval_uses_running_statistics<B: Backend>(be: &B) {
         output: 5,
         last_bias: true,
         depth: 2,
+        embedding: None,
     };
     let case = MlpCase::new(mlp, 7);
     let rf = case.reference();
@@ -612,6 +716,7 @@ pub fn mlp_running_statistics_follow_recurrence<B: Backend>(be: &B) {
         output: 3,
         last_bias: false,
         depth: 2,
+        embedding: None,
     };
     let case = MlpCase::new(mlp, 11);
     let rf = case.reference();
@@ -693,6 +798,7 @@ pub fn bad_input_is_an_error<B: Backend>(be: &B) {
         output: 3,
         last_bias: false,
         depth: 2,
+        embedding: None,
     };
     let case = MlpCase::new(mlp, 1);
     let mut st = case.state(be);

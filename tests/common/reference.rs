@@ -288,3 +288,30 @@ pub fn normalised_squared_error(
         .sum::<f64>()
         / rows as f64
 }
+
+/// Simplicial embedding from its definition: each group of `group` values of `z` becomes
+/// `exp(z_i / t) / Σ_j exp(z_j / t)` (no shift by the maximum: f64 holds `exp(60)`).
+pub fn grouped_softmax(z: &[f64], group: usize, t: f64) -> Vec<f64> {
+    let mut s = Vec::with_capacity(z.len());
+    for g in z.chunks(group) {
+        let e: Vec<f64> = g.iter().map(|v| (v / t).exp()).collect();
+        let total: f64 = e.iter().sum();
+        s.extend(e.iter().map(|v| v / total));
+    }
+    s
+}
+
+/// ∂L/∂z from ∂L/∂s through each group's Jacobian, written out entry by entry:
+/// `∂s_i/∂z_j = s_i·(δ_ij − s_j) / t`.
+pub fn grouped_softmax_backward(s: &[f64], ds: &[f64], group: usize, t: f64) -> Vec<f64> {
+    let mut dz = vec![0.0; s.len()];
+    for start in (0..s.len()).step_by(group) {
+        for j in start..start + group {
+            for i in start..start + group {
+                let delta = if i == j { 1.0 } else { 0.0 };
+                dz[j] += ds[i] * s[i] * (delta - s[j]) / t;
+            }
+        }
+    }
+    dz
+}

@@ -1080,8 +1080,14 @@ impl Backend for Cuda {
         op.check::<Self>(z, s)?;
         let (zp, sp) = (self.ptr(z, 0), self.ptr(s, 0));
         let inv_temperature = 1.0 / op.temperature;
-        self.launch()
-            .simplicial_forward(op.groups(), op.groups(), op.group, inv_temperature, zp, sp)
+        self.launch().simplicial_forward(
+            op.groups(),
+            op.groups(),
+            op.group,
+            inv_temperature,
+            zp,
+            sp,
+        )
     }
     fn simplicial_backward(
         &self,
@@ -1092,8 +1098,14 @@ impl Backend for Cuda {
         op.check::<Self>(s, grad)?;
         let (sp, gp) = (self.ptr(s, 0), self.ptr(grad, 0));
         let inv_temperature = 1.0 / op.temperature;
-        self.launch()
-            .simplicial_backward(op.groups(), op.groups(), op.group, inv_temperature, sp, gp)
+        self.launch().simplicial_backward(
+            op.groups(),
+            op.groups(),
+            op.group,
+            inv_temperature,
+            sp,
+            gp,
+        )
     }
 
     fn nmse_loss_unchecked(

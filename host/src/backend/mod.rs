@@ -151,8 +151,16 @@ impl Simplicial {
                 self.temperature
             )));
         }
-        need::<B>("simplicial embedding input [rows, cols]", a, self.rows * self.cols)?;
-        need::<B>("simplicial embedding output [rows, cols]", b, self.rows * self.cols)
+        need::<B>(
+            "simplicial embedding input [rows, cols]",
+            a,
+            self.rows * self.cols,
+        )?;
+        need::<B>(
+            "simplicial embedding output [rows, cols]",
+            b,
+            self.rows * self.cols,
+        )
     }
 }
 

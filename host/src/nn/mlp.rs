@@ -241,7 +241,10 @@ impl Mlp {
         let first = usize::from(self.embedding.is_some());
         let names = |k: usize| -> (String, String) {
             if self.is_embedding(k) {
-                return (format!("{prefix}.embed.linear"), format!("{prefix}.embed.bn"));
+                return (
+                    format!("{prefix}.embed.linear"),
+                    format!("{prefix}.embed.bn"),
+                );
             }
             let j = k - first; // the block's place among the ReLU blocks
             let bn = if self.depth == 2 {
@@ -476,7 +479,9 @@ impl Mlp {
                     be.batchnorm_forward(&bn, mode, params, running, h, None, stats, z)?;
                     be.simplicial_forward(&op, z, &mut rest[0])?;
                 }
-                _ => be.batchnorm_forward(&bn, mode, params, running, h, None, stats, &mut rest[0])?,
+                _ => {
+                    be.batchnorm_forward(&bn, mode, params, running, h, None, stats, &mut rest[0])?
+                }
             }
         }
         let last_in = saved.a.last().unwrap_or(x);
