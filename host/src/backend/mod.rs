@@ -139,7 +139,7 @@ impl Simplicial {
     /// A valid shape and temperature, and `a` and `b` long enough for it (the two buffers an
     /// op reads and writes: `z` and `s` forward, `s` and the gradient backward).
     pub fn check<B: Backend + ?Sized>(&self, a: &B::Buffer, b: &B::Buffer) -> Result<()> {
-        if self.group == 0 || self.cols % self.group != 0 {
+        if self.group == 0 || !self.cols.is_multiple_of(self.group) {
             return Err(Error::InvalidArgument(format!(
                 "simplicial embedding: {} features do not split into groups of {}",
                 self.cols, self.group
