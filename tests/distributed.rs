@@ -13,6 +13,7 @@ use host::backend::BatchNorm;
 use host::byol::Byol;
 use host::dist::threads::InProcess;
 use host::dist::Collective;
+use host::nn::mlp::SimplicialEmbedding;
 use host::nn::Stem;
 use host::{Backend, BnMode, Cpu};
 use std::sync::Arc;
@@ -188,11 +189,22 @@ type Run = (Vec<f32>, Vec<f32>, Vec<f32>);
 
 /// Three BYOL steps on `backend` with the rows `rows` of the global views (8×8 images).
 fn three_steps<B: Backend>(backend: B, views: &[Vec<f32>], rows: std::ops::Range<usize>) -> Run {
-    let byol = Byol::on(backend, tiny_byol(Stem::Cifar)).unwrap();
+    steps_of(tiny_byol(Stem::Cifar), 3, backend, views, rows)
+}
+
+/// [`three_steps`], but `steps` steps of the networks `config`.
+fn steps_of<B: Backend>(
+    config: host::byol::ByolConfig,
+    steps: usize,
+    backend: B,
+    views: &[Vec<f32>],
+    rows: std::ops::Range<usize>,
+) -> Run {
+    let byol = Byol::on(backend, config).unwrap();
     let px = 8 * 8 * 3;
     let part = |v: &[f32]| -> Vec<f32> { v[rows.start * px..rows.end * px].to_vec() };
     let (v1, v2) = (part(&views[0]), part(&views[1]));
-    let (losses, s, _) = byol_steps(&byol, &byol.init(7), [&v1, &v2], 8, 3);
+    let (losses, s, _) = byol_steps(&byol, &byol.init(7), [&v1, &v2], 8, steps);
     (losses, s.online, s.online_running)
 }
 
@@ -277,6 +289,49 @@ fn a_data_parallel_step_should_equal_one_process_on_the_global_batch() {
             far > 1e-2,
             "{world} ranks: per-replica BatchNorm should differ, {far:.1e}"
         );
+    }
+}
+
+/// The simplicial embedding's BatchNorm is cross-replica too: 2 ranks on halves of the batch
+/// equal one process (its softmax, row by row, needs nothing shared); per-replica BatchNorm is
+/// again far from it. One step, not three: the embedding makes these tiny networks far worse
+/// conditioned. Its groups' softmax outputs sum to 1, so the next Linear's outputs share a
+/// large common part that its BatchNorm subtracts, which magnifies the rounding of the ranks'
+/// other order of sums. Measured (2026-12-02): after one step 5.7e-6 from one process at
+/// T = 0.1 (3.4e-7 without the embedding); after three, 9.1e-2 at T = 0.1, 4.1e-3 at T = 1
+/// and 1.4e-3 at T = 10, against 4.4e-6 without it.
+#[test]
+fn a_data_parallel_step_with_a_simplicial_embedding_should_equal_one_process() {
+    let config = host::byol::ByolConfig {
+        projector_embedding: Some(SimplicialEmbedding {
+            groups: 4,
+            group: 4,
+            temperature: 0.1,
+        }),
+        ..tiny_byol(Stem::Cifar)
+    };
+    let batch = 12;
+    let mut r = rng(6);
+    let views: Vec<Vec<f32>> = (0..2)
+        .map(|_| uniform(&mut r, batch * 8 * 8 * 3, 1.0))
+        .collect();
+    let (_, online, running) = steps_of(config, 1, Cpu, &views, 0..batch);
+    for cross_replica in [true, false] {
+        let runs = on_ranks(2, |be| {
+            let k = be.collective.rank();
+            let be = Distributed::new(Cpu, be.collective.clone(), cross_replica);
+            steps_of(config, 1, be, &views, k * 6..(k + 1) * 6)
+        });
+        let (dp, dr) = (
+            relative(&runs[0].1, &online),
+            relative(&runs[0].2, &running),
+        );
+        println!("cross-replica {cross_replica}: parameters {dp:.1e}, running statistics {dr:.1e}");
+        if cross_replica {
+            assert!(dp < 1e-4 && dr < 1e-4, "{dp:.1e}, {dr:.1e}");
+        } else {
+            assert!(dp > 1e-2, "per-replica BatchNorm should differ, {dp:.1e}");
+        }
     }
 }
 
