@@ -10,7 +10,7 @@ mod common;
 use common::*;
 use host::backend::gpu_plan::{reduce_launches, OptimizerPlan};
 use host::backend::{
-    BatchNorm, ConvGeometry, Optimizer, OptimizerKind, OptimizerState, TensorStep,
+    BatchNorm, ConvGeometry, Optimizer, OptimizerKind, OptimizerState, Simplicial, TensorStep,
 };
 use host::{Backend, BnMode, Cpu};
 use kernels::grid::{self, row_blocks, TensorRow, GPU_REDUCE_GROUP};
@@ -330,6 +330,38 @@ fn pooling_thread_functions_match_the_cpu_backend() {
         });
         assert_eq!(g_dxa, dxa);
     }
+}
+
+/// The simplicial embedding's thread function (one group per thread), forward and backward,
+/// equals the CPU backend bit for bit: the same kernel on the same group.
+#[test]
+fn simplicial_thread_function_matches_the_cpu_backend() {
+    let cpu = Cpu;
+    let op = Simplicial {
+        rows: 5,
+        cols: 24,
+        group: 8,
+        temperature: 0.1,
+    };
+    let (len, groups, inv_t) = (5 * 24, op.groups(), 1.0 / op.temperature);
+    let mut r = rng(9);
+    let (z, ds) = (uniform(&mut r, len, 3.0), uniform(&mut r, len, 1.0));
+    let mut s = vec![0.0; len];
+    cpu.simplicial_forward(&op, &z, &mut s).unwrap();
+    let mut g_s = vec![f32::NAN; len];
+    launch(groups, |i| unsafe {
+        let forward = kernels::simplicial::softmax_group_forward;
+        grid::simplicial_group(i, op.group, inv_t, z.as_ptr(), g_s.as_mut_ptr(), forward)
+    });
+    assert_eq!(g_s, s);
+    let mut dz = ds.clone();
+    cpu.simplicial_backward(&op, &s, &mut dz).unwrap();
+    let mut g_dz = ds;
+    launch(groups, |i| unsafe {
+        let backward = kernels::simplicial::softmax_group_backward;
+        grid::simplicial_group(i, op.group, inv_t, s.as_ptr(), g_dz.as_mut_ptr(), backward)
+    });
+    assert_eq!(g_dz, dz);
 }
 
 /// LARS (clipped and not), SGD and AdamW through the plan and the thread functions, three

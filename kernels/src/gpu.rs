@@ -9,7 +9,7 @@ use crate::augment::ViewParams;
 use crate::batchnorm::Tile;
 use crate::conv::ConvGeometry;
 use crate::grid::{self, TensorRow};
-use crate::{ema, linear, loss};
+use crate::{ema, linear, loss, simplicial};
 use core::arch::nvptx::{_block_dim_x, _block_idx_x, _thread_idx_x};
 use core::slice::{from_raw_parts, from_raw_parts_mut};
 
@@ -151,10 +151,10 @@ grid_entry! {
         => |i| grid::avgpool_backward(i, hw, c, dout, dx);
     fn simplicial_forward(groups: usize, group: usize, inv_temperature: f32, z: *const f32, s: *mut f32)
         threads(groups)
-        => |i| grid::simplicial_forward(i, group, inv_temperature, z, s);
+        => |i| grid::simplicial_group(i, group, inv_temperature, z, s, simplicial::softmax_group_forward);
     fn simplicial_backward(groups: usize, group: usize, inv_temperature: f32, s: *const f32, grad: *mut f32)
         threads(groups)
-        => |i| grid::simplicial_backward(i, group, inv_temperature, s, grad);
+        => |i| grid::simplicial_group(i, group, inv_temperature, s, grad, simplicial::softmax_group_backward);
     fn lars_square_sums(chunks: usize, chunk_tensor: *const u32, table: *const TensorRow, params: *const f32, grads: *const f32, partial: *mut f64)
         threads(chunks)
         => |i| grid::lars_square_sums(i, chunks, chunk_tensor, table, params, grads, partial);

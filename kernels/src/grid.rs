@@ -375,43 +375,26 @@ pub unsafe fn avgpool_backward(i: usize, hw: usize, c: usize, dout: *const f32, 
     *dx.add(i) = value[0];
 }
 
-/// Threads: one per group, `rows·cols / group`. `s [rows, cols]` = the simplicial embedding of
-/// `z [rows, cols]` ([`simplicial::softmax_group_forward`] on group `i`).
+/// Threads: one per group, `rows·cols / group`. The simplicial embedding's `kernel` on group
+/// `i` of `read` and `written` (both `[rows, cols]`): `z` → `s` with
+/// [`simplicial::softmax_group_forward`], and `s`, ∂L/∂s → ∂L/∂z in place with
+/// [`simplicial::softmax_group_backward`].
 ///
 /// # Safety
 /// The buffers hold those shapes.
 #[inline(always)]
-pub unsafe fn simplicial_forward(
+pub unsafe fn simplicial_group(
     i: usize,
     group: usize,
     inv_temperature: f32,
-    z: *const f32,
-    s: *mut f32,
+    read: *const f32,
+    written: *mut f32,
+    kernel: fn(&[f32], f32, &mut [f32]),
 ) {
-    simplicial::softmax_group_forward(
-        from_raw_parts(z.add(i * group), group),
+    kernel(
+        from_raw_parts(read.add(i * group), group),
         inv_temperature,
-        from_raw_parts_mut(s.add(i * group), group),
-    );
-}
-
-/// Threads: one per group. `grad [rows, cols]` from ∂L/∂s to ∂L/∂z in place, given the
-/// forward's `s` ([`simplicial::softmax_group_backward`] on group `i`).
-///
-/// # Safety
-/// The buffers hold those shapes.
-#[inline(always)]
-pub unsafe fn simplicial_backward(
-    i: usize,
-    group: usize,
-    inv_temperature: f32,
-    s: *const f32,
-    grad: *mut f32,
-) {
-    simplicial::softmax_group_backward(
-        from_raw_parts(s.add(i * group), group),
-        inv_temperature,
-        from_raw_parts_mut(grad.add(i * group), group),
+        from_raw_parts_mut(written.add(i * group), group),
     );
 }
 

@@ -58,31 +58,47 @@ def names(arch: str, stem: str) -> None:
     (OUT / f"torchvision_{arch}_{stem}.txt").write_text("\n".join(lines) + "\n")
 
 
-def values(arch: str, stem: str, width: int, batch: int, size: int, seed: int) -> None:
-    torch.manual_seed(seed)
-    net = Encoder(arch, stem, width).train()
-    with torch.no_grad():  # non-trivial BatchNorm parameters and running statistics
+def non_trivial_batchnorm(net: nn.Module) -> None:
+    """BatchNorm parameters and running statistics away from 1 and 0, so each is exercised."""
+    with torch.no_grad():
         for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d):
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.uniform_(-0.3, 0.3)
                 m.running_mean.uniform_(-0.2, 0.2)
                 m.running_var.uniform_(0.5, 2.0)
+
+
+def record(net: nn.Module, x: torch.Tensor, names: dict, layout=lambda t: t) -> dict:
+    """`net`'s parameters and running statistics; one training-mode forward of `x` and the
+    backward of `sum(out * R)`: the output, R, every gradient and the running statistics after;
+    then the evaluation-mode output. `names` gives the keys of the input, output, R, input
+    gradient and evaluation output; `layout` turns the input and its gradient into the Rust
+    layout."""
     t = {f"param.{n}": p.detach().clone() for n, p in net.named_parameters()}
     t |= {f"initial.{n}": b.clone() for n, b in net.named_buffers() if "running" in n}
-    x = torch.randn(batch, 3, size, size, requires_grad=True)
-    rep = net(x)
-    r = torch.randn_like(rep)
-    (rep * r).sum().backward()
-    t |= {"input_nhwc": x.detach().permute(0, 2, 3, 1).contiguous(), "repr": rep.detach(), "repr_weights": r,
-          "grad_input_nhwc": x.grad.permute(0, 2, 3, 1).contiguous()}
+    x.requires_grad_(True)
+    out = net(x)
+    r = torch.randn_like(out)
+    (out * r).sum().backward()
+    t |= {names["input"]: layout(x.detach()), names["output"]: out.detach(),
+          names["weights"]: r, names["grad_input"]: layout(x.grad)}
     t |= {f"grad.{n}": p.grad for n, p in net.named_parameters()}
     t |= {f"running.{n}": b.clone() for n, b in net.named_buffers() if "running" in n}
     net.eval()
     with torch.no_grad():
-        t["repr_eval"] = net(x)
-    save_file({k: v.contiguous().float() for k, v in t.items()},
-              OUT / f"resnet_{arch}_{stem}_w{width}.safetensors")
+        t[names["eval"]] = net(x)
+    return {k: v.contiguous().float() for k, v in t.items()}
+
+
+def values(arch: str, stem: str, width: int, batch: int, size: int, seed: int) -> None:
+    torch.manual_seed(seed)
+    net = Encoder(arch, stem, width).train()
+    non_trivial_batchnorm(net)
+    names = {"input": "input_nhwc", "output": "repr", "weights": "repr_weights",
+             "grad_input": "grad_input_nhwc", "eval": "repr_eval"}
+    t = record(net, torch.randn(batch, 3, size, size), names, lambda v: v.permute(0, 2, 3, 1))
+    save_file(t, OUT / f"resnet_{arch}_{stem}_w{width}.safetensors")
 
 
 def sem_projector(batch: int = 9, dim: int = 10, seed: int = 3) -> None:
@@ -95,26 +111,10 @@ def sem_projector(batch: int = 9, dim: int = 10, seed: int = 3) -> None:
                          use_simplicial_embeddings=True, sem_num_simplices=4, sem_simplex_dim=3,
                          sem_temperature=0.1)
     net = wrapper._get_projector(torch.zeros(batch, dim)).train()
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm1d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.3, 0.3)
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
-    t = {f"param.{n}": p.detach().clone() for n, p in net.named_parameters()}
-    t |= {f"initial.{n}": b.clone() for n, b in net.named_buffers() if "running" in n}
-    x = torch.randn(batch, dim, requires_grad=True)
-    out = net(x)
-    r = torch.randn_like(out)
-    (out * r).sum().backward()
-    t |= {"input": x.detach(), "output": out.detach(), "output_weights": r, "grad_input": x.grad}
-    t |= {f"grad.{n}": p.grad for n, p in net.named_parameters()}
-    t |= {f"running.{n}": b.clone() for n, b in net.named_buffers() if "running" in n}
-    net.eval()
-    with torch.no_grad():
-        t["output_eval"] = net(x)
-    save_file({k: v.contiguous().float() for k, v in t.items()},
+    non_trivial_batchnorm(net)
+    names = {"input": "input", "output": "output", "weights": "output_weights",
+             "grad_input": "grad_input", "eval": "output_eval"}
+    save_file(record(net, torch.randn(batch, dim), names),
               OUT / "byol_pytorch_sem_projector.safetensors")
 
 

@@ -8,24 +8,28 @@ use rayon::prelude::*;
 
 /// `s [rows, cols] = softmax(z / T)` over each group of `op.group` features.
 pub fn simplicial_forward(op: &Simplicial, z: &[f32], s: &mut [f32]) {
-    let inv_temperature = 1.0 / op.temperature;
-    s.par_chunks_mut(op.cols)
-        .zip(z.par_chunks(op.cols))
-        .for_each(|(s, z)| {
-            for (s, z) in s.chunks_mut(op.group).zip(z.chunks(op.group)) {
-                softmax_group_forward(z, inv_temperature, s);
-            }
-        });
+    over_groups(op, z, s, softmax_group_forward);
 }
 
 /// `grad [rows, cols]` from ∂L/∂s to ∂L/∂z in place, given the forward's `s`.
 pub fn simplicial_backward(op: &Simplicial, s: &[f32], grad: &mut [f32]) {
+    over_groups(op, s, grad, softmax_group_backward);
+}
+
+/// `kernel(read group, 1/T, written group)` on every group, rows in parallel.
+fn over_groups(
+    op: &Simplicial,
+    read: &[f32],
+    written: &mut [f32],
+    kernel: fn(&[f32], f32, &mut [f32]),
+) {
     let inv_temperature = 1.0 / op.temperature;
-    grad.par_chunks_mut(op.cols)
-        .zip(s.par_chunks(op.cols))
-        .for_each(|(g, s)| {
-            for (g, s) in g.chunks_mut(op.group).zip(s.chunks(op.group)) {
-                softmax_group_backward(s, inv_temperature, g);
+    written
+        .par_chunks_mut(op.cols)
+        .zip(read.par_chunks(op.cols))
+        .for_each(|(w, r)| {
+            for (w, r) in w.chunks_mut(op.group).zip(r.chunks(op.group)) {
+                kernel(r, inv_temperature, w);
             }
         });
 }
