@@ -16,7 +16,6 @@ use crate::batchnorm::{self as bn, Activation, Affine, BatchStats, Running, Scal
 use crate::conv::ConvGeometry;
 use crate::optimizer::{self as opt, AdamFactors};
 use crate::pool;
-use crate::simplicial;
 use core::slice::{from_raw_parts, from_raw_parts_mut};
 
 /// Rows per thread of the row sums. Short blocks keep enough threads in flight for a
@@ -377,8 +376,8 @@ pub unsafe fn avgpool_backward(i: usize, hw: usize, c: usize, dout: *const f32, 
 
 /// Threads: one per group, `rows·cols / group`. The simplicial embedding's `kernel` on group
 /// `i` of `read` and `written` (both `[rows, cols]`): `z` → `s` with
-/// [`simplicial::softmax_group_forward`], and `s`, ∂L/∂s → ∂L/∂z in place with
-/// [`simplicial::softmax_group_backward`].
+/// [`crate::simplicial::softmax_group_forward`], and `s`, ∂L/∂s → ∂L/∂z in place with
+/// [`crate::simplicial::softmax_group_backward`].
 ///
 /// # Safety
 /// The buffers hold those shapes.
