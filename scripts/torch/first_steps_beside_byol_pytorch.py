@@ -10,7 +10,9 @@ between their trained encoders is read as a difference of recipe or luck, not of
    --crop-min-scale 1`: a full-image crop, resized to its own size, is the image), and keeps
    the checkpoints after 0, 1 and `--steps` steps;
 2. byol-pytorch (0.9.1: `BYOL(net, hidden_layer=-1, use_simplicial_embeddings=False)`, the
-   paper's projector) is given our untrained networks (online and target), the same images
+   paper's projector; with `--simplicial-embeddings on` its default projector, and ours built
+   the same with `--simplicial-embedding 32x8`) is given our untrained networks (online and
+   target), the same images
    normalised as ours (the batch's channel statistics), its MLPs' last Linear layers without a
    bias (the official code's and ours), and takes the same steps with Adam at our learning
    rates, in float32 and again in float64;
@@ -50,7 +52,8 @@ BYOL_PYTORCH_RECIPE = ["--optimizer", "adamw", "--base-lr", "0.0006", "--weight-
                        "--projector-hidden", "4096", "--predictor-hidden", "4096",
                        "--projection-dim", "256", "--augmentations", "crop-only",
                        "--crop-min-scale", "1"]
-PRE_BATCHNORM_BIASES = ("projector.linear1.bias", "predictor.linear1.bias")
+PRE_BATCHNORM_BIASES = ("projector.embed.linear.bias", "projector.linear1.bias",
+                        "predictor.linear1.bias")
 
 
 def run_host(*args):
@@ -59,8 +62,9 @@ def run_host(*args):
         sys.exit(f"{' '.join(args)} failed:\n{done.stderr}")
 
 
-def run_ours(host, out, data_flags, batch, steps, seed):
-    flags = data_flags + BYOL_PYTORCH_RECIPE + [
+def run_ours(host, out, data_flags, batch, steps, seed, simplicial):
+    embedding = ["--simplicial-embedding", "32x8"] if simplicial else []
+    flags = data_flags + BYOL_PYTORCH_RECIPE + embedding + [
         "--limit-train", str(batch), "--batch-size", str(batch), "--epochs", str(steps),
         "--threads", "1", "--seed", str(seed)]
     for k in sorted({0, 1, steps}):
@@ -79,7 +83,18 @@ def mlp_tensors(prefix, mlp):
             f"{prefix}.linear2.weight": mlp[3].weight}
 
 
-def byol_pytorch_steps(images, start, steps_run, width, dtype):
+def projector_tensors(projector, simplicial):
+    """Our names of byol-pytorch's projector: with simplicial embeddings it is
+    `Sequential(Sequential(Linear, BatchNorm1d), SEM, MLP)`."""
+    if not simplicial:
+        return mlp_tensors("projector", projector)
+    linear, bn = projector[0]
+    return {"projector.embed.linear.weight": linear.weight,
+            "projector.embed.linear.bias": linear.bias, "projector.embed.bn.weight": bn.weight,
+            "projector.embed.bn.bias": bn.bias} | mlp_tensors("projector", projector[2])
+
+
+def byol_pytorch_steps(images, start, steps_run, width, dtype, simplicial):
     """byol-pytorch's losses, first-step gradients and final parameters, from our start
     (`start`: our untrained checkpoint's tensors) on `images` (u8 NCHW)."""
     from byol_pytorch import BYOL
@@ -94,21 +109,22 @@ def byol_pytorch_steps(images, start, steps_run, width, dtype):
             return (v - mean) / std
 
     learner = BYOL(Encoder("resnet18", "cifar", width), image_size=x.shape[-1], hidden_layer=-1,
-                   use_simplicial_embeddings=False)
-    for mlp in (learner.online_encoder.projector, learner.online_predictor,
-                learner.target_encoder.projector):
+                   use_simplicial_embeddings=simplicial)
+    projectors = (learner.online_encoder.projector, learner.target_encoder.projector)
+    mlps = [p[2] if simplicial else p for p in projectors] + [learner.online_predictor]
+    for mlp in mlps:
         mlp[3] = nn.Linear(mlp[3].in_features, mlp[3].out_features, bias=False)
     learner.augment1 = learner.augment2 = Normalise()
     learner.to(dtype)
 
     def online():
         t = {f"encoder.{n}": v for n, v in learner.online_encoder.net.named_parameters()}
-        t |= mlp_tensors("projector", learner.online_encoder.projector)
+        t |= projector_tensors(learner.online_encoder.projector, simplicial)
         return t | mlp_tensors("predictor", learner.online_predictor)
 
     def target():
         t = {f"encoder.{n}": v for n, v in learner.target_encoder.net.named_parameters()}
-        return t | mlp_tensors("projector", learner.target_encoder.projector)
+        return t | projector_tensors(learner.target_encoder.projector, simplicial)
 
     with torch.no_grad():
         for prefix, tensors in (("online", online()), ("target", target())):
@@ -143,17 +159,20 @@ def main():
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--simplicial-embeddings", choices=["on", "off"], default="off",
+                    help="byol-pytorch's default projector, on both sides (default: the paper's)")
     ap.add_argument("data_flags", nargs="*", default=[],
                     help="host train's data flags after `--` (default: the embedded set)")
     a = ap.parse_args()
     if not os.path.exists(a.host):
         sys.exit(f"{a.host}: no host binary (cargo build --release -p host)")
     torch.set_num_threads(1)
-    steps_run, width = run_ours(a.host, a.out, a.data_flags, a.batch, a.steps, a.seed)
+    simplicial = a.simplicial_embeddings == "on"
+    steps_run, width = run_ours(a.host, a.out, a.data_flags, a.batch, a.steps, a.seed, simplicial)
     images = load_file(f"{a.out}/data.safetensors")["train.images"].permute(0, 3, 1, 2)
     start = load_file(f"{a.out}/after-0/checkpoint.safetensors")
-    f32 = byol_pytorch_steps(images, start, steps_run, width, torch.float32)
-    f64 = byol_pytorch_steps(images, start, steps_run, width, torch.float64)
+    f32 = byol_pytorch_steps(images, start, steps_run, width, torch.float32, simplicial)
+    f64 = byol_pytorch_steps(images, start, steps_run, width, torch.float64, simplicial)
 
     print(f"{'step':>4}  {'ours':>10}  {'byol-pytorch f32':>16}  {'byol-pytorch f64':>16}")
     for k, ((ours, _), theirs, exact) in enumerate(zip(steps_run, f32[0], f64[0]), 1):
