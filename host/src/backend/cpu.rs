@@ -427,7 +427,7 @@ impl Backend for Cpu {
     }
 
     fn simplicial_forward(&self, op: &Simplicial, z: &Vec<f32>, s: &mut Vec<f32>) -> Result<()> {
-        op.check::<Self>(z, s)?;
+        op.check(Self::len(z), Self::len(s))?;
         let len = op.rows * op.cols;
         simplicial_forward(op, &z[..len], &mut s[..len]);
         Ok(())
@@ -439,7 +439,7 @@ impl Backend for Cpu {
         s: &Vec<f32>,
         grad: &mut Vec<f32>,
     ) -> Result<()> {
-        op.check::<Self>(s, grad)?;
+        op.check(Self::len(s), Self::len(grad))?;
         let len = op.rows * op.cols;
         simplicial_backward(op, &s[..len], &mut grad[..len]);
         Ok(())

@@ -1077,7 +1077,7 @@ impl Backend for Cuda {
         z: &CudaSlice<f32>,
         s: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        op.check::<Self>(z, s)?;
+        op.check(Self::len(z), Self::len(s))?;
         let (zp, sp) = (self.ptr(z, 0), self.ptr(s, 0));
         let inv_temperature = 1.0 / op.temperature;
         self.launch().simplicial_forward(
@@ -1095,7 +1095,7 @@ impl Backend for Cuda {
         s: &CudaSlice<f32>,
         grad: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        op.check::<Self>(s, grad)?;
+        op.check(Self::len(s), Self::len(grad))?;
         let (sp, gp) = (self.ptr(s, 0), self.ptr(grad, 0));
         let inv_temperature = 1.0 / op.temperature;
         self.launch().simplicial_backward(

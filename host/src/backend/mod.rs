@@ -35,6 +35,7 @@ pub use crate::cpu::conv::Conv2d;
 pub use crate::cpu::gemm::Gemm;
 pub use crate::cpu::objective::{DirectionGrads, Normalisation, Objective};
 pub use crate::cpu::optimizer::{Optimizer, OptimizerKind, TensorStep};
+pub use crate::cpu::simplicial::Simplicial;
 pub use kernels::augment::ViewParams;
 /// How far one training-mode BatchNorm moves its running statistics towards the batch's.
 pub use kernels::batchnorm::BN_MOMENTUM;
@@ -118,50 +119,6 @@ pub struct BatchNorm {
     pub running_mean: Range<usize>,
     pub running_var: Range<usize>,
     pub linear_bias: Option<Range<usize>>,
-}
-
-/// A simplicial embedding of the rows of `[rows, cols]`: a softmax at `temperature` over each
-/// group of `group` consecutive features (`cols` a multiple of `group`; `kernels::simplicial`).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Simplicial {
-    pub rows: usize,
-    pub cols: usize,
-    pub group: usize,
-    pub temperature: f32,
-}
-
-impl Simplicial {
-    /// Groups in the whole matrix (the kernels' units of work).
-    pub fn groups(&self) -> usize {
-        self.rows * self.cols / self.group
-    }
-
-    /// A valid shape and temperature, and `a` and `b` long enough for it (the two buffers an
-    /// op reads and writes: `z` and `s` forward, `s` and the gradient backward).
-    pub fn check<B: Backend + ?Sized>(&self, a: &B::Buffer, b: &B::Buffer) -> Result<()> {
-        if self.group == 0 || !self.cols.is_multiple_of(self.group) {
-            return Err(Error::InvalidArgument(format!(
-                "simplicial embedding: {} features do not split into groups of {}",
-                self.cols, self.group
-            )));
-        }
-        if !(self.temperature > 0.0 && self.temperature.is_finite()) {
-            return Err(Error::InvalidArgument(format!(
-                "simplicial embedding: the temperature must be positive, got {}",
-                self.temperature
-            )));
-        }
-        need::<B>(
-            "simplicial embedding input [rows, cols]",
-            a,
-            self.rows * self.cols,
-        )?;
-        need::<B>(
-            "simplicial embedding output [rows, cols]",
-            b,
-            self.rows * self.cols,
-        )
-    }
 }
 
 /// A convolution on `n` images of `h × w` whose weight sits at `weight` in the flat parameter

@@ -2,9 +2,58 @@
 //! row-major `[rows, cols]` matrix, one row per rayon task (a row is 256 values in
 //! byol-pytorch's 32 groups of 8: too little work to split further).
 
-use crate::backend::Simplicial;
+use crate::error::{Error, Result};
 use kernels::simplicial::{softmax_group_backward, softmax_group_forward};
 use rayon::prelude::*;
+
+/// A simplicial embedding of the rows of `[rows, cols]`: a softmax at `temperature` over each
+/// group of `group` consecutive features (`cols` a multiple of `group`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Simplicial {
+    pub rows: usize,
+    pub cols: usize,
+    pub group: usize,
+    pub temperature: f32,
+}
+
+impl Simplicial {
+    /// Groups in the whole matrix (the kernels' units of work).
+    pub fn groups(&self) -> usize {
+        self.rows * self.cols / self.group
+    }
+
+    /// A valid shape and temperature, and buffers of `a_len` and `b_len` values long enough
+    /// for it (the two an op reads and writes: `z` and `s` forward, `s` and the gradient
+    /// backward).
+    pub fn check(&self, a_len: usize, b_len: usize) -> Result<()> {
+        if self.group == 0 || !self.cols.is_multiple_of(self.group) {
+            return Err(Error::InvalidArgument(format!(
+                "simplicial embedding: {} features do not split into groups of {}",
+                self.cols, self.group
+            )));
+        }
+        if !(self.temperature > 0.0 && self.temperature.is_finite()) {
+            return Err(Error::InvalidArgument(format!(
+                "simplicial embedding: the temperature must be positive, got {}",
+                self.temperature
+            )));
+        }
+        let len = self.rows * self.cols;
+        for (what, got) in [
+            ("simplicial embedding input [rows, cols]", a_len),
+            ("simplicial embedding output [rows, cols]", b_len),
+        ] {
+            if got < len {
+                return Err(Error::Length {
+                    what,
+                    expected: len,
+                    got,
+                });
+            }
+        }
+        Ok(())
+    }
+}
 
 /// `s [rows, cols] = softmax(z / T)` over each group of `op.group` features.
 pub fn simplicial_forward(op: &Simplicial, z: &[f32], s: &mut [f32]) {
