@@ -42,7 +42,7 @@ done
 for d in $(python3 -c 'import nvidia, os; r = nvidia.__path__[0]; print(" ".join(os.path.join(r, s, "lib") for s in os.listdir(r)))' 2>/dev/null); do
   [ -d "$d" ] && export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"
 done
-# The PyTorch fixtures of tests/resnet.rs, when the bundle sits in a copy of the repository.
+# The PyTorch fixtures of tests/resnet.rs and tests/kernels.rs, when the bundle sits in a copy of the repository.
 [ -d ../tests/fixtures ] && export BYOL_FIXTURES="$(cd ../tests/fixtures && pwd)"
 export BYOL_TORCH_SCRIPTS="$PWD/torch"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null || echo "nvidia-smi not found"
