@@ -634,6 +634,31 @@ fn resume_should_refuse_other_checkpoints_with_a_clear_error() {
 }
 
 #[test]
+fn the_stored_configuration_should_be_read_from_the_header_alone() {
+    let out = dir("header");
+    let cfg = tiny().with(|c| c.optim.epochs = 1);
+    train(&cfg, &opts(&out)).unwrap();
+    let bytes = std::fs::read(out.join("checkpoint.safetensors")).unwrap();
+    let header = 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let saved = |name: &str, cut: usize| {
+        let file = dir(name);
+        std::fs::write(&file, &bytes[..cut]).unwrap();
+        host::config::saved_config(&file)
+    };
+    // The tensors cut off: the configuration is still there, the run's own.
+    assert_eq!(saved("tensors-cut", header + 16).unwrap(), cfg);
+    // The header cut, and a file that is no checkpoint: errors that name the file.
+    let e = saved("header-cut", header / 2).unwrap_err();
+    assert!(matches!(e, Error::Checkpoint { .. }), "{e}");
+    assert!(
+        e.to_string().contains("header-cut") && e.to_string().contains("the header ends after"),
+        "{e}"
+    );
+    let e = saved("short", 5).unwrap_err();
+    assert!(e.to_string().contains("not a safetensors file"), "{e}");
+}
+
+#[test]
 fn a_diverging_run_should_stop_at_once_and_leave_the_last_checkpoint_intact() {
     let out = dir("diverge");
     train(

@@ -13,7 +13,7 @@ use crate::byol::{Byol, ByolState};
 use crate::error::{Error, Result};
 use crate::files::{f32_values, Tensor};
 use crate::nn::Registry;
-use safetensors::tensor::Dtype;
+use safetensors::tensor::{Dtype, Metadata};
 use safetensors::SafeTensors;
 use std::collections::HashMap;
 use std::path::Path;
@@ -207,13 +207,41 @@ fn read_meta(path: &Path, metadata: Option<&HashMap<String, String>>) -> Result<
     Ok(meta)
 }
 
-/// The run configuration (JSON) stored in a training checkpoint, read without its tensors.
+/// Largest header [`stored_config`] reads: the safetensors crate's own limit.
+const MAX_HEADER_BYTES: u64 = 100_000_000;
+
+/// The run configuration (JSON) stored in a training checkpoint, read from the file's header
+/// alone (safetensors: the header's length as 8 little-endian bytes, then the header), not
+/// its tensors: a resumed run asks for it before [`load`] reads the whole file, and a
+/// preset's checkpoint is hundreds of MB. The tensors are checked by [`load`].
 pub fn stored_config(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| Error::Checkpoint {
+    use std::io::Read;
+    let not_safetensors = |e: String| Error::Checkpoint {
         path: path.into(),
         reason: format!("not a safetensors file ({e})"),
-    })?;
+    };
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len)
+        .map_err(|e| not_safetensors(e.to_string()))?;
+    let len = u64::from_le_bytes(len);
+    if len > MAX_HEADER_BYTES {
+        return Err(not_safetensors(format!(
+            "a header of {len} bytes, more than {MAX_HEADER_BYTES}"
+        )));
+    }
+    let mut header = Vec::new();
+    file.take(len)
+        .read_to_end(&mut header)
+        .map_err(|e| Error::io(path, e))?;
+    if header.len() as u64 != len {
+        return Err(not_safetensors(format!(
+            "the header ends after {} of its {len} bytes",
+            header.len()
+        )));
+    }
+    let header: Metadata =
+        serde_json::from_slice(&header).map_err(|e| not_safetensors(e.to_string()))?;
     Ok(read_meta(path, header.metadata().as_ref())?.config)
 }
 
