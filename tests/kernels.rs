@@ -120,7 +120,7 @@ fn byol_pytorch_projector_matches<B: Backend>(be: &B) {
     let grads = be.download(&grads).unwrap();
     for (name, range) in &params {
         let want = expect(&format!("grad.{name}"));
-        // The embedding's Linear bias feeds a BatchNorm: its gradient is 0 up to rounding.
+        // The Linear biases that feed a BatchNorm have gradient 0 up to rounding.
         if *name == "0.0.bias" || *name == "2.0.bias" {
             assert!(
                 grads[range.clone()].iter().all(|g| g.abs() < 1e-5),
