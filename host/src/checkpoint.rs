@@ -116,8 +116,7 @@ pub fn load<B: Backend>(path: &Path, byol: &Byol<B>) -> Result<(ByolState, Strin
         reason,
     };
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let (_, header) = SafeTensors::read_metadata(&bytes)
-        .map_err(|e| bad(format!("not a safetensors file ({e})")))?;
+    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| not_safetensors(path, e))?;
     let meta = read_meta(path, header.metadata().as_ref())?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
     let mut state = byol.init(0);
@@ -207,6 +206,14 @@ fn read_meta(path: &Path, metadata: Option<&HashMap<String, String>>) -> Result<
     Ok(meta)
 }
 
+/// The error for a file that does not parse as safetensors, from [`load`] and [`stored_config`].
+fn not_safetensors(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Checkpoint {
+        path: path.into(),
+        reason: format!("not a safetensors file ({e})"),
+    }
+}
+
 /// Largest header [`stored_config`] reads: the safetensors crate's own limit.
 const MAX_HEADER_BYTES: u64 = 100_000_000;
 
@@ -216,32 +223,28 @@ const MAX_HEADER_BYTES: u64 = 100_000_000;
 /// preset's checkpoint is hundreds of MB. The tensors are checked by [`load`].
 pub fn stored_config(path: &Path) -> Result<String> {
     use std::io::Read;
-    let not_safetensors = |e: String| Error::Checkpoint {
-        path: path.into(),
-        reason: format!("not a safetensors file ({e})"),
-    };
     let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut len = [0u8; 8];
     file.read_exact(&mut len)
-        .map_err(|e| not_safetensors(e.to_string()))?;
+        .map_err(|e| not_safetensors(path, e))?;
     let len = u64::from_le_bytes(len);
     if len > MAX_HEADER_BYTES {
-        return Err(not_safetensors(format!(
-            "a header of {len} bytes, more than {MAX_HEADER_BYTES}"
-        )));
+        return Err(not_safetensors(
+            path,
+            format!("a header of {len} bytes, more than {MAX_HEADER_BYTES}"),
+        ));
     }
     let mut header = Vec::new();
     file.take(len)
         .read_to_end(&mut header)
         .map_err(|e| Error::io(path, e))?;
     if header.len() as u64 != len {
-        return Err(not_safetensors(format!(
-            "the header ends after {} of its {len} bytes",
-            header.len()
-        )));
+        return Err(not_safetensors(
+            path,
+            format!("the header ends after {} of its {len} bytes", header.len()),
+        ));
     }
-    let header: Metadata =
-        serde_json::from_slice(&header).map_err(|e| not_safetensors(e.to_string()))?;
+    let header: Metadata = serde_json::from_slice(&header).map_err(|e| not_safetensors(path, e))?;
     Ok(read_meta(path, header.metadata().as_ref())?.config)
 }
 
