@@ -9,7 +9,7 @@
 //! 52.9%). Training fills the buffers within its first steps, so kNN after the first epoch
 //! falls below "kNN at initialisation" even where nothing is learned (66.6% → 53.8% after one
 //! epoch with the encoder's weights frozen); this second baseline separates what training
-//! learns from what the statistics change (README "Beside byol-pytorch").
+//! learns from what the statistics change (docs/comparisons.md, "What the first epoch loses").
 //!
 //! Tested in `tests/resnet.rs` (with the other BatchNorm modes).
 //!
