@@ -843,3 +843,58 @@ fn gpu_gradients_should_repeat_bit_for_bit() {
     }
     assert_eq!(bits(&first.1), bits(&second.1), "∂L/∂input differs");
 }
+
+/// `zero_init_residual` (torchvision's option of that name): γ = 0 on the BatchNorm that closes
+/// each block's residual branch, `bn2` in a basic block and `bn3` in a bottleneck block, and
+/// every other parameter as drawn without it; the target starts from the same, copied or drawn.
+#[test]
+fn zero_init_residual_should_zero_each_residual_branch_and_nothing_else() {
+    for (arch, closing, blocks) in [
+        (Arch::ResNet18, "bn2.weight", 8),
+        (Arch::ResNet50, "bn3.weight", 16),
+    ] {
+        for target_init in [
+            host::byol::TargetInit::Copy,
+            host::byol::TargetInit::Independent,
+        ] {
+            let config = host::byol::ByolConfig {
+                target_init,
+                ..host::byol::ByolConfig::byol(
+                    ResNetConfig {
+                        width: 8,
+                        ..ResNetConfig::new(arch, Stem::Cifar)
+                    },
+                    32,
+                    16,
+                    32,
+                )
+            };
+            let plain = host::byol::Byol::new(config).unwrap();
+            let zeroed = host::byol::Byol::new(host::byol::ByolConfig {
+                zero_init_residual: true,
+                ..config
+            })
+            .unwrap();
+            let (a, b) = (plain.init(7), zeroed.init(7));
+            let mut count = 0;
+            for p in &plain.registry.params {
+                let closes_a_branch =
+                    p.name.starts_with("encoder.layer") && p.name.ends_with(closing);
+                for (before, after) in [(&a.online, &b.online), (&a.target, &b.target)] {
+                    if p.range.end > after.len() {
+                        continue; // the predictor: online only
+                    }
+                    let (before, after) = (&before[p.range.clone()], &after[p.range.clone()]);
+                    if closes_a_branch {
+                        assert!(after.iter().all(|&v| v == 0.0), "{arch:?} {}", p.name);
+                        assert!(before.iter().all(|&v| v == 1.0), "{arch:?} {}", p.name);
+                    } else {
+                        assert_eq!(before, after, "{arch:?} {}: untouched", p.name);
+                    }
+                }
+                count += usize::from(closes_a_branch);
+            }
+            assert_eq!(count, blocks, "{arch:?}: one γ per block");
+        }
+    }
+}

@@ -168,6 +168,10 @@ pub struct ModelConfig {
     /// biases, each bottleneck block's last BatchNorm γ = 0).
     #[arg(long, default_value_t, hide_default_value = true)]
     pub init: String,
+    /// Start every residual block as its shortcut: γ = 0 on the BatchNorm that closes each
+    /// block's residual branch (torchvision's `zero_init_residual`), whatever `init` draws.
+    #[arg(long, action = clap::ArgAction::Set, default_value_t, hide_default_value = true)]
+    pub zero_init_residual: bool,
 }
 
 impl ModelConfig {
@@ -218,6 +222,7 @@ impl Default for ModelConfig {
             simplicial_embedding: "off".into(),
             simplicial_temperature: 0.1,
             init: "torchvision".into(),
+            zero_init_residual: false,
         }
     }
 }
@@ -738,6 +743,7 @@ impl TrainConfig {
                 .init
                 .parse()
                 .map_err(Error::about("model.init"))?,
+            zero_init_residual: self.model.zero_init_residual,
             objective,
         })
     }

@@ -543,11 +543,16 @@ fn run_training(cfg: &TrainConfig, out: &Path, opts: &RunOptions) -> Result<(), 
         );
     }
     eprintln!(
-        "BYOL: {} (width {}, {} stem, {} init) on {}{}, {} of batch {}, {} → {}",
+        "BYOL: {} (width {}, {} stem, {} init{}) on {}{}, {} of batch {}, {} → {}",
         cfg.model.arch,
         cfg.model.width,
         cfg.model.stem,
         cfg.model.init,
+        if cfg.model.zero_init_residual {
+            ", residual branches from zero"
+        } else {
+            ""
+        },
         cfg.data.dataset,
         if cfg.data.dataset == "synthetic" {
             format!(

@@ -89,6 +89,8 @@ pub struct ByolConfig {
     pub target_init: TargetInit,
     /// How the weights of a fresh network are drawn.
     pub init: WeightInit,
+    /// Whether each residual block starts as its shortcut (its last BatchNorm's γ = 0).
+    pub zero_init_residual: bool,
     pub objective: Objective,
 }
 
@@ -112,6 +114,7 @@ impl ByolConfig {
             target_network: true,
             target_init: TargetInit::Independent,
             init: WeightInit::Torchvision,
+            zero_init_residual: false,
             objective: Objective::default(),
         }
     }
@@ -424,6 +427,9 @@ impl<B: Backend> Byol<B> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let init = self.config.init;
         let mut p = self.encoder.init_params(init, &mut rng);
+        if self.config.zero_init_residual {
+            self.encoder.zero_residual_gammas(&mut p);
+        }
         p.extend(self.projector.init_params(init, &mut rng));
         if let Some(q) = &self.predictor {
             p.extend(q.init_params(init, &mut rng));

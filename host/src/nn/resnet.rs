@@ -310,12 +310,18 @@ impl ResNet {
             p[u.gamma.clone()].fill(1.0);
         }
         if init == WeightInit::Official && self.config.arch.expansion() > 1 {
-            for block in &self.blocks {
-                let last = *block.units.last().expect("a block has units");
-                p[self.units[last].gamma.clone()].fill(0.0);
-            }
+            self.zero_residual_gammas(&mut p);
         }
         p
+    }
+
+    /// Sets γ = 0 on the BatchNorm that closes each block's residual branch, so that every
+    /// block starts as its shortcut (Goyal et al. 2017; torchvision's `zero_init_residual`).
+    pub fn zero_residual_gammas(&self, params: &mut [f32]) {
+        for block in &self.blocks {
+            let last = *block.units.last().expect("a block has units");
+            params[self.units[last].gamma.clone()].fill(0.0);
+        }
     }
 
     /// Running statistics at construction: mean 0, variance 1.
