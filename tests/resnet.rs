@@ -7,6 +7,7 @@
 mod common;
 
 use common::*;
+use host::byol::{Byol, ByolConfig, TargetInit};
 use host::data::augment::{Augmenter, ViewConfig};
 use host::eval::data_statistics;
 use host::nn::{Arch, ResNet, ResNetConfig, Stem, WeightInit};
@@ -853,13 +854,10 @@ fn zero_init_residual_should_zero_each_residual_branch_and_nothing_else() {
         (Arch::ResNet18, "bn2.weight", 8),
         (Arch::ResNet50, "bn3.weight", 16),
     ] {
-        for target_init in [
-            host::byol::TargetInit::Copy,
-            host::byol::TargetInit::Independent,
-        ] {
-            let config = host::byol::ByolConfig {
+        for target_init in [TargetInit::Copy, TargetInit::Independent] {
+            let config = ByolConfig {
                 target_init,
-                ..host::byol::ByolConfig::byol(
+                ..ByolConfig::byol(
                     ResNetConfig {
                         width: 8,
                         ..ResNetConfig::new(arch, Stem::Cifar)
@@ -869,8 +867,8 @@ fn zero_init_residual_should_zero_each_residual_branch_and_nothing_else() {
                     32,
                 )
             };
-            let plain = host::byol::Byol::new(config).unwrap();
-            let zeroed = host::byol::Byol::new(host::byol::ByolConfig {
+            let plain = Byol::new(config).unwrap();
+            let zeroed = Byol::new(ByolConfig {
                 zero_init_residual: true,
                 ..config
             })
