@@ -846,13 +846,18 @@ fn gpu_gradients_should_repeat_bit_for_bit() {
 }
 
 /// `zero_init_residual` (torchvision's option of that name): γ = 0 on the BatchNorm that closes
-/// each block's residual branch, `bn2` in a basic block and `bn3` in a bottleneck block, and
-/// every other parameter as drawn without it; the target starts from the same, copied or drawn.
+/// each block's residual branch, `bn2` in a basic block and `bn3` in a bottleneck block, in
+/// every stage from the first one asked for (`layer3` and `layer4` from stage 3), and every
+/// other parameter as drawn without it; the target starts from the same, copied or drawn.
 #[test]
 fn zero_init_residual_should_zero_each_residual_branch_and_nothing_else() {
-    for (arch, closing, blocks) in [
-        (Arch::ResNet18, "bn2.weight", 8),
-        (Arch::ResNet50, "bn3.weight", 16),
+    // Blocks per stage: ResNet-18 2, 2, 2, 2; ResNet-50 3, 4, 6, 3.
+    for (arch, closing, first_stage, blocks) in [
+        (Arch::ResNet18, "bn2.weight", 1, 8),
+        (Arch::ResNet18, "bn2.weight", 3, 4),
+        (Arch::ResNet50, "bn3.weight", 1, 16),
+        (Arch::ResNet50, "bn3.weight", 3, 9),
+        (Arch::ResNet50, "bn3.weight", 4, 3),
     ] {
         for target_init in [TargetInit::Copy, TargetInit::Independent] {
             let config = ByolConfig {
@@ -869,15 +874,16 @@ fn zero_init_residual_should_zero_each_residual_branch_and_nothing_else() {
             };
             let plain = Byol::new(config).unwrap();
             let zeroed = Byol::new(ByolConfig {
-                zero_init_residual: true,
+                zero_residual_from_stage: Some(first_stage),
                 ..config
             })
             .unwrap();
             let (a, b) = (plain.init(7), zeroed.init(7));
             let mut count = 0;
             for p in &plain.registry.params {
-                let closes_a_branch =
-                    p.name.starts_with("encoder.layer") && p.name.ends_with(closing);
+                let stage = p.name.strip_prefix("encoder.layer").map(|rest| &rest[..1]);
+                let from_zero = stage.is_some_and(|s| s.parse::<usize>().unwrap() >= first_stage);
+                let closes_a_branch = from_zero && p.name.ends_with(closing);
                 for (before, after) in [(&a.online, &b.online), (&a.target, &b.target)] {
                     if p.range.end > after.len() {
                         continue; // the predictor: online only
@@ -892,7 +898,10 @@ fn zero_init_residual_should_zero_each_residual_branch_and_nothing_else() {
                 }
                 count += usize::from(closes_a_branch);
             }
-            assert_eq!(count, blocks, "{arch:?}: one γ per block");
+            assert_eq!(
+                count, blocks,
+                "{arch:?} from stage {first_stage}: one γ per block"
+            );
         }
     }
 }

@@ -542,6 +542,14 @@ fn a_bad_setting_should_name_its_field_and_flag() {
             }),
             "model.simplicial_temperature",
         ),
+        (
+            tiny().with(|c| c.model.zero_init_from_stage = 5),
+            "model.zero_init_from_stage",
+        ),
+        (
+            tiny().with(|c| c.model.zero_init_from_stage = 0),
+            "model.zero_init_from_stage",
+        ),
     ];
     for (cfg, key) in cases {
         let e = cfg.validate().unwrap_err();

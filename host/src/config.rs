@@ -168,10 +168,15 @@ pub struct ModelConfig {
     /// biases, each bottleneck block's last BatchNorm γ = 0).
     #[arg(long, default_value_t, hide_default_value = true)]
     pub init: String,
-    /// Start every residual block as its shortcut: γ = 0 on the BatchNorm that closes each
+    /// Start residual blocks as their shortcuts: γ = 0 on the BatchNorm that closes each
     /// block's residual branch (torchvision's `zero_init_residual`), whatever `init` draws.
     #[arg(long, action = clap::ArgAction::Set, default_value_t, hide_default_value = true)]
     pub zero_init_residual: bool,
+    /// With `zero_init_residual`, the first stage (1–4, torchvision's `layer1`–`layer4`)
+    /// whose blocks start from zero: 1 zeroes every block (torchvision's), 3 the last two
+    /// stages only and leaves the first two as drawn.
+    #[arg(long, default_value_t, hide_default_value = true)]
+    pub zero_init_from_stage: usize,
 }
 
 impl ModelConfig {
@@ -223,6 +228,7 @@ impl Default for ModelConfig {
             simplicial_temperature: 0.1,
             init: "torchvision".into(),
             zero_init_residual: false,
+            zero_init_from_stage: 1,
         }
     }
 }
@@ -708,6 +714,15 @@ impl TrainConfig {
                 ));
             }
         }
+        if !(1..=4).contains(&self.model.zero_init_from_stage) {
+            return Err(Error::setting(
+                "model.zero_init_from_stage",
+                format!(
+                    "a ResNet has stages 1 to 4 (torchvision's layer1 to layer4), got {}",
+                    self.model.zero_init_from_stage
+                ),
+            ));
+        }
         if !self.ablation.target_network && self.ablation.tau_constant.is_some() {
             return Err(Error::setting(
                 "ablation.tau_constant",
@@ -743,7 +758,10 @@ impl TrainConfig {
                 .init
                 .parse()
                 .map_err(Error::about("model.init"))?,
-            zero_init_residual: self.model.zero_init_residual,
+            zero_residual_from_stage: self
+                .model
+                .zero_init_residual
+                .then_some(self.model.zero_init_from_stage),
             objective,
         })
     }

@@ -548,10 +548,10 @@ fn run_training(cfg: &TrainConfig, out: &Path, opts: &RunOptions) -> Result<(), 
         cfg.model.width,
         cfg.model.stem,
         cfg.model.init,
-        if cfg.model.zero_init_residual {
-            ", residual branches from zero"
-        } else {
-            ""
+        match (cfg.model.zero_init_residual, cfg.model.zero_init_from_stage) {
+            (false, _) => String::new(),
+            (true, 1) => ", residual branches from zero".into(),
+            (true, s) => format!(", residual branches of stages {s}–4 from zero"),
         },
         cfg.data.dataset,
         if cfg.data.dataset == "synthetic" {

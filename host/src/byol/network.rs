@@ -89,8 +89,9 @@ pub struct ByolConfig {
     pub target_init: TargetInit,
     /// How the weights of a fresh network are drawn.
     pub init: WeightInit,
-    /// Whether each residual block starts as its shortcut (its last BatchNorm's γ = 0).
-    pub zero_init_residual: bool,
+    /// The first stage (1–4) whose residual blocks start as their shortcuts (their last
+    /// BatchNorm's γ = 0), or `None`: every branch as drawn.
+    pub zero_residual_from_stage: Option<usize>,
     pub objective: Objective,
 }
 
@@ -114,7 +115,7 @@ impl ByolConfig {
             target_network: true,
             target_init: TargetInit::Independent,
             init: WeightInit::Torchvision,
-            zero_init_residual: false,
+            zero_residual_from_stage: None,
             objective: Objective::default(),
         }
     }
@@ -427,8 +428,8 @@ impl<B: Backend> Byol<B> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let init = self.config.init;
         let mut p = self.encoder.init_params(init, &mut rng);
-        if self.config.zero_init_residual {
-            self.encoder.zero_residual_gammas(&mut p);
+        if let Some(stage) = self.config.zero_residual_from_stage {
+            self.encoder.zero_residual_gammas(&mut p, stage);
         }
         p.extend(self.projector.init_params(init, &mut rng));
         if let Some(q) = &self.predictor {

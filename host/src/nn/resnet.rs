@@ -106,10 +106,11 @@ struct Unit {
     running_var: Range<usize>,
 }
 
-/// A residual block: its units in order (the last one adds the residual), and the downsample
-/// unit when the shortcut needs one.
+/// A residual block: its stage (1–4, torchvision's `layer1`–`layer4`), its units in order (the
+/// last one adds the residual), and the downsample unit when the shortcut needs one.
 #[derive(Clone, Debug)]
 struct Block {
+    stage: usize,
     units: Vec<usize>,
     downsample: Option<usize>,
 }
@@ -242,7 +243,11 @@ impl ResNet {
                         false,
                     )
                 });
-                net.blocks.push(Block { units, downsample });
+                net.blocks.push(Block {
+                    stage: stage + 1,
+                    units,
+                    downsample,
+                });
                 inplanes = planes * expansion;
             }
         }
@@ -310,15 +315,16 @@ impl ResNet {
             p[u.gamma.clone()].fill(1.0);
         }
         if init == WeightInit::Official && self.config.arch.expansion() > 1 {
-            self.zero_residual_gammas(&mut p);
+            self.zero_residual_gammas(&mut p, 1);
         }
         p
     }
 
-    /// Sets γ = 0 on the BatchNorm that closes each block's residual branch, so that every
-    /// block starts as its shortcut (Goyal et al. 2017; torchvision's `zero_init_residual`).
-    pub fn zero_residual_gammas(&self, params: &mut [f32]) {
-        for block in &self.blocks {
+    /// Sets γ = 0 on the BatchNorm that closes the residual branch of each block in stage
+    /// `first_stage` (1–4) and after, so that those blocks start as their shortcuts (Goyal et
+    /// al. 2017; torchvision's `zero_init_residual` is `first_stage` 1).
+    pub fn zero_residual_gammas(&self, params: &mut [f32], first_stage: usize) {
+        for block in self.blocks.iter().filter(|b| b.stage >= first_stage) {
             let last = *block.units.last().expect("a block has units");
             params[self.units[last].gamma.clone()].fill(0.0);
         }
