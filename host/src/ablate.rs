@@ -276,6 +276,13 @@ pub fn recipe_elements() -> Vec<(&'static str, Change)> {
                 (c.model.projector_hidden, c.model.predictor_hidden) = (s.mlp_hidden, s.mlp_hidden)
             }),
         ),
+        (
+            "zero-init",
+            Box::new(move |c| {
+                c.model.zero_init_residual = s.zero_init_from_stage.is_some();
+                c.model.zero_init_from_stage = s.zero_init_from_stage.unwrap_or(1);
+            }),
+        ),
     ]
 }
 

@@ -44,6 +44,9 @@ pub struct Recipe {
     pub predictor_lr_mult: f64,
     /// Hidden units of the projector and of the predictor MLP (4096 in the paper).
     pub mlp_hidden: usize,
+    /// The first encoder stage (1–4) whose residual blocks start as their shortcuts (γ = 0
+    /// on the BatchNorm closing each branch), or `None`: every branch as drawn.
+    pub zero_init_from_stage: Option<usize>,
 }
 
 /// The recipe for images of 96 px and below (see the module's docs and the README for the
@@ -83,6 +86,13 @@ pub const SMALL: Recipe = Recipe {
     // recover), 3.03 ± 1.97 above byol-pytorch (5.25 ± 0.73 on the six seeds held out from
     // the choice); an epoch takes about 13% less time. README "Recipes", "MLP width".
     mlp_hidden: 1024,
+    // The blocks of `layer3` and `layer4` start as their shortcuts. Over thirteen
+    // Fashion-MNIST seeds (second draw, batch 128, ten epochs) no run failed, 4.13 ± 0.90
+    // points above byol-pytorch (drawn branches: 0.83 ± 1.88), and +4.54 ± 1.89 over 8 at
+    // batch 64 on the first draw. Every block from zero did as well there but left the
+    // embedded set's default run at 24%; with these four it reads 27.5% → 61.8%. README
+    // "Recipes", "Residual branches".
+    zero_init_from_stage: Some(3),
 };
 
 /// The names [`named`] knows.
@@ -120,6 +130,7 @@ pub fn imagenet(p: Preset) -> Recipe {
         crop_min_scale: 0.08,
         predictor_lr_mult: 1.0,
         mlp_hidden: 4096,
+        zero_init_from_stage: None,
     }
 }
 
@@ -178,6 +189,8 @@ impl Recipe {
         c.ablation.predictor_lr_mult = self.predictor_lr_mult;
         c.model.projector_hidden = self.mlp_hidden;
         c.model.predictor_hidden = self.mlp_hidden;
+        c.model.zero_init_residual = self.zero_init_from_stage.is_some();
+        c.model.zero_init_from_stage = self.zero_init_from_stage.unwrap_or(1);
     }
 }
 
@@ -221,6 +234,7 @@ mod tests {
             );
             assert_eq!((r.crop_min_scale, r.predictor_lr_mult), (0.08, 1.0));
             assert_eq!(r.mlp_hidden, 4096, "the paper's projector and predictor");
+            assert_eq!(r.zero_init_from_stage, None, "residual branches as drawn");
             assert_eq!(r.batch_size, None, "the run's batch; lr scales with it");
         }
         assert!(named("imagenet-50").is_err() && named("large").is_err());
@@ -283,6 +297,7 @@ mod tests {
             (c.model.projector_hidden, c.model.predictor_hidden),
             (4096, 4096)
         );
+        assert!(!c.model.zero_init_residual);
         c.optim.batch_size = 1024;
         named("imagenet-40").unwrap().apply(&mut c);
         assert_eq!(
@@ -295,6 +310,8 @@ mod tests {
             (c.model.projector_hidden, c.model.predictor_hidden),
             (1024, 1024)
         );
+        assert!(c.model.zero_init_residual);
+        assert_eq!(c.model.zero_init_from_stage, 3);
         assert_eq!(c, TrainConfig::default(), "the default is the small recipe");
     }
 }
