@@ -551,6 +551,7 @@ fn run_training(cfg: &TrainConfig, out: &Path, opts: &RunOptions) -> Result<(), 
         match (cfg.model.zero_init_residual, cfg.model.zero_init_from_stage) {
             (false, _) => String::new(),
             (true, 1) => ", residual branches from zero".into(),
+            (true, 4) => ", residual branches of stage 4 from zero".into(),
             (true, s) => format!(", residual branches of stages {s}–4 from zero"),
         },
         cfg.data.dataset,
