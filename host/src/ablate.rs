@@ -278,10 +278,7 @@ pub fn recipe_elements() -> Vec<(&'static str, Change)> {
         ),
         (
             "zero-init",
-            Box::new(move |c| {
-                c.model.zero_init_residual = s.zero_init_from_stage.is_some();
-                c.model.zero_init_from_stage = s.zero_init_from_stage.unwrap_or(1);
-            }),
+            Box::new(move |c| c.model.set_zero_residual_from_stage(s.zero_init_from_stage)),
         ),
     ]
 }

@@ -180,6 +180,19 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
+    /// The first stage whose residual blocks start as their shortcuts, or `None` when
+    /// `zero_init_residual` is off: the one reading of the two fields.
+    pub fn zero_residual_from_stage(&self) -> Option<usize> {
+        self.zero_init_residual.then_some(self.zero_init_from_stage)
+    }
+
+    /// Sets `zero_init_residual` and `zero_init_from_stage` from that reading (`None`: every
+    /// branch as drawn, the stage back at its default 1).
+    pub fn set_zero_residual_from_stage(&mut self, stage: Option<usize>) {
+        self.zero_init_residual = stage.is_some();
+        self.zero_init_from_stage = stage.unwrap_or(1);
+    }
+
     /// The projector's simplicial embedding from `simplicial_embedding` and
     /// `simplicial_temperature`: `None` for `off`.
     pub fn simplicial_embedding(&self) -> Result<Option<SimplicialEmbedding>> {
@@ -758,10 +771,7 @@ impl TrainConfig {
                 .init
                 .parse()
                 .map_err(Error::about("model.init"))?,
-            zero_residual_from_stage: self
-                .model
-                .zero_init_residual
-                .then_some(self.model.zero_init_from_stage),
+            zero_residual_from_stage: self.model.zero_residual_from_stage(),
             objective,
         })
     }

@@ -548,11 +548,11 @@ fn run_training(cfg: &TrainConfig, out: &Path, opts: &RunOptions) -> Result<(), 
         cfg.model.width,
         cfg.model.stem,
         cfg.model.init,
-        match (cfg.model.zero_init_residual, cfg.model.zero_init_from_stage) {
-            (false, _) => String::new(),
-            (true, 1) => ", residual branches from zero".into(),
-            (true, 4) => ", residual branches of stage 4 from zero".into(),
-            (true, s) => format!(", residual branches of stages {s}–4 from zero"),
+        match cfg.model.zero_residual_from_stage() {
+            None => String::new(),
+            Some(1) => ", residual branches from zero".into(),
+            Some(4) => ", residual branches of stage 4 from zero".into(),
+            Some(s) => format!(", residual branches of stages {s}–4 from zero"),
         },
         cfg.data.dataset,
         if cfg.data.dataset == "synthetic" {

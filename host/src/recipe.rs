@@ -189,8 +189,8 @@ impl Recipe {
         c.ablation.predictor_lr_mult = self.predictor_lr_mult;
         c.model.projector_hidden = self.mlp_hidden;
         c.model.predictor_hidden = self.mlp_hidden;
-        c.model.zero_init_residual = self.zero_init_from_stage.is_some();
-        c.model.zero_init_from_stage = self.zero_init_from_stage.unwrap_or(1);
+        c.model
+            .set_zero_residual_from_stage(self.zero_init_from_stage);
     }
 }
 
