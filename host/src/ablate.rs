@@ -256,7 +256,9 @@ pub fn recipe_elements() -> Vec<(&'static str, Change)> {
         ),
         (
             "tau",
-            Box::new(move |c| (c.optim.tau_base, c.optim.tau_end) = (s.tau_base, s.tau_end)),
+            Box::new(move |c| {
+                (c.optim.tau_base, c.optim.tau_end) = (s.tau_base_at(c.optim.epochs), s.tau_end)
+            }),
         ),
         (
             "blur",

@@ -280,6 +280,10 @@ impl TrainArgs {
         if !sets(given, "optim.lars_eta") && !sets(&file.table, "optim.lars_eta") {
             host::recipe::follow_batch(&mut c);
         }
+        // Its τ_base depends on the epochs, likewise.
+        if !sets(given, "optim.tau_base") && !sets(&file.table, "optim.tau_base") {
+            host::recipe::follow_length(&mut c);
+        }
         Ok((c, out, threads, file.table))
     }
 
@@ -409,6 +413,7 @@ fn main() -> ExitCode {
                 }
             }
             base.optim.epochs = epochs.unwrap_or(base.optim.epochs);
+            host::recipe::follow_length(&mut base);
             base.data.train_size = train_size.unwrap_or(base.data.train_size);
             base.data.dataset = dataset.unwrap_or(base.data.dataset);
             base.data.data_dir = data_dir.or(base.data.data_dir);
@@ -1221,6 +1226,29 @@ mod tests {
         std::fs::write(&path, "[optim]\nepoch = 2\n").unwrap();
         let e = try_config_of(&["--config", file]).unwrap_err().to_string();
         assert!(e.contains("epoch") && e.contains("run.toml"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_small_recipes_tau_base_should_follow_epochs_given_by_flag_or_file() {
+        let tau = |args: &[&str]| config_of(args).0.optim.tau_base;
+        assert_eq!(tau(&[]), 0.9);
+        assert_eq!(tau(&["--epochs", "19"]), 0.9);
+        assert_eq!(tau(&["--epochs", "20", "--dataset", "mnist"]), 0.99);
+        // A τ_base given beside the epochs is kept; an official preset has its own.
+        assert_eq!(tau(&["--epochs", "20", "--tau-base", "0.9"]), 0.9);
+        assert_eq!(tau(&["--preset", "40", "--epochs", "5"]), 0.97);
+        let dir = std::env::temp_dir().join(format!("byol-tau-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("run.toml");
+        let file = path.to_str().unwrap();
+        std::fs::write(&path, "[optim]\nepochs = 30\n").unwrap();
+        assert_eq!(tau(&["--config", file]), 0.99);
+        assert_eq!(tau(&["--config", file, "--epochs", "10"]), 0.9);
+        std::fs::write(&path, "[optim]\nepochs = 30\ntau_base = 0.9\n").unwrap();
+        assert_eq!(tau(&["--config", file]), 0.9);
+        let small = concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/small.toml");
+        assert_eq!(tau(&["--config", small, "--epochs", "40"]), 0.99);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
