@@ -177,18 +177,12 @@ pub fn for_image_side(side: usize) -> Recipe {
 impl Recipe {
     /// LARS's η at `batch`.
     pub fn lars_eta_at(&self, batch: usize) -> f64 {
-        match self.lars_eta_large_batch {
-            Some((from, eta)) if batch >= from => eta,
-            _ => self.lars_eta,
-        }
+        stepped(self.lars_eta, self.lars_eta_large_batch, batch)
     }
 
     /// τ_base for a run of `epochs`.
     pub fn tau_base_at(&self, epochs: usize) -> f64 {
-        match self.tau_base_long_run {
-            Some((from, tau)) if epochs >= from => tau,
-            _ => self.tau_base,
-        }
+        stepped(self.tau_base, self.tau_base_long_run, epochs)
     }
 
     /// Sets the recipe's fields of `c` (and records its name there).
@@ -214,6 +208,14 @@ impl Recipe {
         c.model.predictor_hidden = self.mlp_hidden;
         c.model
             .set_zero_residual_from_stage(self.zero_init_from_stage);
+    }
+}
+
+/// `value` below the first of `step` (a batch, a number of epochs), its second from there up.
+fn stepped(value: f64, step: Option<(usize, f64)>, at: usize) -> f64 {
+    match step {
+        Some((from, stepped)) if at >= from => stepped,
+        _ => value,
     }
 }
 
