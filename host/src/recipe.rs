@@ -83,8 +83,9 @@ pub const SMALL: Recipe = Recipe {
     // seeds, ahead on eleven) and level at batch 64 (−0.20 ± 0.96, thirteen seeds). At twenty
     // epochs the two are level (−0.75 ± 1.22, six seeds) and only 0.99 → 1 still gains from the
     // doubled budget (+3.3 points against +0.0), so from 20 epochs up the recipe keeps the
-    // paper's slower target. Level too at the studies' six epochs (+2.3 ± 7.7, five seeds) and
-    // at batch 256 (+0.5 ± 7.7, three). README "Recipes", "τ follows the length".
+    // paper's slower target. Level too at fifteen epochs (+0.3 ± 1.2, three seeds), at the
+    // studies' six epochs (+2.3 ± 7.7, five) and at batch 256 (+0.5 ± 7.7, three). README
+    // "Recipes", "τ follows the length".
     tau_base: 0.9,
     tau_base_long_run: Some((20, 0.99)),
     tau_end: 1.0,
