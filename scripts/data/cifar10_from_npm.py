@@ -22,6 +22,8 @@ import argparse
 import json
 import os
 
+from atomic_file import write_atomically
+
 SIDE = 32
 PX = SIDE * SIDE
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -52,13 +54,6 @@ def read_sheet(path):
 def record(label, rgb):
     """One CIFAR-10 binary record: the label byte, then the R, G and B planes."""
     return bytes([label]) + rgb[0::3] + rgb[1::3] + rgb[2::3]
-
-
-def write_atomically(path, payload):
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(payload)
-    os.replace(tmp, path)
 
 
 def main():

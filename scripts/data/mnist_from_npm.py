@@ -27,15 +27,12 @@ import json
 import os
 import struct
 
+from atomic_file import write_atomically
+
 
 def write_idx(path, magic, dims, payload):
-    tmp = path + ".tmp"
-    with gzip.open(tmp, "wb") as f:
-        f.write(struct.pack(">I", magic))
-        for d in dims:
-            f.write(struct.pack(">I", d))
-        f.write(payload)
-    os.replace(tmp, path)
+    header = struct.pack(">" + "I" * (1 + len(dims)), magic, *dims)
+    write_atomically(path, gzip.compress(header + payload))
 
 
 def main():
