@@ -4,9 +4,11 @@
 # bench binaries and the host binary with the `cuda` feature (the PTX is embedded in them), the
 # PyTorch baselines, and a run.sh that runs, as one command: `host gpu-info`, the GPU tests, a
 # short `host train --device cuda` on the embedded set, and the benches beside PyTorch on the
-# same GPU. Output: gpu-bundle/ (about 55 MB). On an H200 run.sh takes about 2.5 minutes.
+# same GPU; and parallel.sh, which runs many `host train` runs at once on the GPU (a study's
+# seeds). Output: gpu-bundle/ (about 55 MB). On an H200 run.sh takes about 2.5 minutes.
 # Usage: scripts/gpu-bundle.sh, then on the GPU machine: bash gpu-bundle/run.sh
-# (to keep its report: bash gpu-bundle/run.sh 2>&1 | tee report.log)
+# (to keep its report: bash gpu-bundle/run.sh 2>&1 | tee report.log; `run.sh --no-bench` skips
+# the benches, about a minute, when a lease is wanted for something else)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=gpu-bundle
@@ -32,8 +34,10 @@ cp kernels/ptx/byol_kernels.ptx "$out/"
 cp -r scripts/torch "$out/torch"
 cat > "$out/run.sh" <<'RUN'
 #!/usr/bin/env bash
-# Runs the GPU tests, a short training run and the benches; prints a short report.
+# Runs the GPU tests, a short training run and the benches (not with --no-bench); prints a short report.
 cd "$(dirname "$0")"
+benches=(./bench-kernels ./bench-gpu)
+[ "${1:-}" = --no-bench ] && benches=()
 # cuBLAS of CUDA 13 may live in a Python wheel (nvidia-cublas) rather than on the loader's path.
 for d in $(python3 -c 'import nvidia, os; r = nvidia.__path__[0]; print(" ".join(os.path.join(r, s, "lib") for s in ("cu13", "cublas")))' 2>/dev/null) /usr/local/cuda/lib64; do
   [ -d "$d" ] && export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"
@@ -70,12 +74,38 @@ knn = [100 * r["knn_top1"] for r in rows if r.get("kind") in ("init", "epoch") a
 print("kNN top-1 by epoch (%):", ", ".join(f"{k:.1f}" for k in knn))
 assert len(knn) >= 3 and knn[-1] > knn[0] + 5, "the GPU run's kNN did not rise by 5 points"
 PY
-for b in ./bench-kernels ./bench-gpu; do
+for b in "${benches[@]}"; do
   echo "== $b"
   timeout 240 "$b" --bench || { rc=$?; status=1; echo "(exit $rc)"; }
 done
 echo "== overall: $([ $status = 0 ] && echo PASS || echo FAIL)"
 exit $status
 RUN
-chmod +x "$out/run.sh"
+cat > "$out/parallel.sh" <<'PAR'
+#!/usr/bin/env bash
+# Many `host train` runs at once on one GPU (seeds of a study): each line of standard input is
+# a run's name and then its flags, and the run writes RUNS/NAME. Under MPS, started here where
+# nvidia-cuda-mps-control exists, the runs' kernels share the GPU: on an H200, twelve runs of
+# 40 epochs (Fashion-MNIST, batch 128) took 177 s together, while without MPS sixteen such runs
+# took turns on the GPU and reached epoch 21 in 433 s. Runs still going after SECONDS are
+# stopped; their metrics so far are kept. RUNS.tgz then holds every run's metrics and log.
+# usage: bash parallel.sh RUNS PARALLEL SECONDS < jobs
+# (a job: `seed0 --device cuda --augment-on gpu --dataset mnist --data-dir DIR --seed 0`)
+cd "$(dirname "$0")"
+runs=$(mkdir -p "$1" && cd "$1" && pwd)
+end=$(( $(date +%s) + $3 ))
+export runs end
+if command -v nvidia-cuda-mps-control > /dev/null; then
+  export CUDA_MPS_PIPE_DIRECTORY=/tmp/byol-mps CUDA_MPS_LOG_DIRECTORY=/tmp/byol-mps-log
+  mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY" && nvidia-cuda-mps-control -d && mps=1
+fi
+xargs -P "$2" -L 1 bash -c 'left=$(( end - $(date +%s) ))
+  [ $left -lt 10 ] && { echo "$0: not started"; exit 0; }
+  mkdir -p "$runs/$0"
+  timeout $left ./host train --out "$runs/$0" "$@" > "$runs/$0/log" 2>&1
+  echo "$0: exit $?"'
+[ -n "${mps:-}" ] && echo quit | nvidia-cuda-mps-control
+tar czf "$runs.tgz" -C "$runs" --exclude='*.safetensors' --exclude='*.png' .
+PAR
+chmod +x "$out/run.sh" "$out/parallel.sh"
 du -sh "$out"; ls "$out"
