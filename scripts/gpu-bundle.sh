@@ -89,12 +89,12 @@ cat > "$out/parallel.sh" <<'PAR'
 # 40 epochs (Fashion-MNIST, batch 128) took 177 s together, while without MPS sixteen such runs
 # took turns on the GPU and reached epoch 21 in 433 s. Runs still going after SECONDS are
 # stopped; their metrics so far are kept. RUNS.tgz then holds every run's metrics and log.
-# usage: bash parallel.sh RUNS PARALLEL SECONDS < jobs
+# usage: bash parallel.sh RUNS PARALLEL SECONDS < jobs   (paths relative to where it is called)
 # (a job: `seed0 --device cuda --augment-on gpu --dataset mnist --data-dir DIR --seed 0`)
-cd "$(dirname "$0")"
+host=$(cd "$(dirname "$0")" && pwd)/host
 runs=$(mkdir -p "$1" && cd "$1" && pwd)
 end=$(( $(date +%s) + $3 ))
-export runs end
+export host runs end
 if command -v nvidia-cuda-mps-control > /dev/null; then
   export CUDA_MPS_PIPE_DIRECTORY=/tmp/byol-mps CUDA_MPS_LOG_DIRECTORY=/tmp/byol-mps-log
   mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY" && nvidia-cuda-mps-control -d && mps=1
@@ -102,7 +102,7 @@ fi
 xargs -P "$2" -L 1 bash -c 'left=$(( end - $(date +%s) ))
   [ $left -lt 10 ] && { echo "$0: not started"; exit 0; }
   mkdir -p "$runs/$0"
-  timeout $left ./host train --out "$runs/$0" "$@" > "$runs/$0/log" 2>&1
+  timeout $left "$host" train --out "$runs/$0" "$@" > "$runs/$0/log" 2>&1
   echo "$0: exit $?"'
 [ -n "${mps:-}" ] && echo quit | nvidia-cuda-mps-control
 tar czf "$runs.tgz" -C "$runs" --exclude='*.safetensors' --exclude='*.png' .
