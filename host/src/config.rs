@@ -531,6 +531,22 @@ impl TrainConfig {
                 ),
             );
         }
+        if self.data.dataset == "synthetic" && self.data.data_dir.is_some() {
+            // Without this the folder would be ignored and the embedded set trained on.
+            return bad(
+                "data.data_dir",
+                format!(
+                    "the embedded data set (dataset \"synthetic\") is generated and reads no folder: \
+                     name the folder's data set with --dataset (one of {})",
+                    DATASETS
+                        .iter()
+                        .filter(|d| **d != "synthetic")
+                        .copied()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            );
+        }
         if self.optim.epochs == 0 {
             return bad("optim.epochs", "epochs must be at least 1".into());
         }

@@ -298,6 +298,20 @@ impl TrainArgs {
             ));
         }
         let checkpoint = host::config::checkpoint_path(run);
+        if !checkpoint.is_file() {
+            let what = if run.is_dir() {
+                format!(
+                    "no {} in that folder (a run writes it at the end of each epoch)",
+                    host::config::CHECKPOINT
+                )
+            } else {
+                "no such run folder or checkpoint file".into()
+            };
+            return Err(Error::InvalidArgument(format!(
+                "--resume: {}: {what}",
+                run.display()
+            )));
+        }
         let saved = host::config::saved_config(&checkpoint)?;
         let dir = checkpoint.parent().filter(|d| !d.as_os_str().is_empty());
         let dir = dir.unwrap_or(Path::new("."));

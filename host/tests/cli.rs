@@ -88,6 +88,10 @@ fn bad_input_should_get_one_sentence_naming_what_was_expected() {
             "give their folder as data_dir (--data-dir); `host download cifar10` fetches it",
         ),
         (
+            &["train", "--data-dir", "/tmp"],
+            "--data-dir: the embedded data set (dataset \"synthetic\") is generated and reads no folder",
+        ),
+        (
             &["train", "--optimizer", "adam"],
             "expected lars, sgd or adamw",
         ),
@@ -114,7 +118,11 @@ fn bad_input_should_get_one_sentence_naming_what_was_expected() {
         ),
         (
             &["train", "--resume", "/nonexistent/run"],
-            "/nonexistent/run",
+            "--resume: /nonexistent/run: no such run folder or checkpoint file",
+        ),
+        (
+            &["train", "--resume", "/"],
+            "--resume: /: no checkpoint.safetensors in that folder",
         ),
         (&["eval", "knn", "/nonexistent/run"], "/nonexistent/run"),
         (
