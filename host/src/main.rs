@@ -221,6 +221,15 @@ impl TrainArgs {
     fn config(&self, matches: &ArgMatches) -> Result<(TrainConfig, PathBuf, Option<usize>), Error> {
         let flags = given_fields(&self.train, matches);
         let (c, out, threads, file_fields) = self.assemble(&flags)?;
+        if threads == Some(0) {
+            let by = match (&self.threads, &self.config) {
+                (None, Some(path)) => format!("{}: threads", path.display()),
+                _ => "--threads".into(),
+            };
+            return Err(Error::InvalidArgument(format!(
+                "{by}: expected at least 1 worker thread (leave it out for all cores), got 0"
+            )));
+        }
         let file = self.config.as_deref().map(|path| (path, &file_fields));
         let recorded = self.resume.is_some() && !sets(&flags, "data.data_dir");
         check_settings(&c, recorded, &flags, file)?;
@@ -766,6 +775,11 @@ fn eval_linear<B: Backend>(
     epochs: usize,
     backend: B,
 ) -> Result<(), Error> {
+    if epochs == 0 {
+        return Err(Error::InvalidArgument(
+            "--epochs: expected at least 1 epoch of the linear classifier, got 0".into(),
+        ));
+    }
     let (byol, state, _, train, test, aug) = open_run_with_data(path, data_dir, backend)?;
     // The encoder's parameters and statistics lead the online buffers.
     let (params, running) = (&state.online, &state.online_running);

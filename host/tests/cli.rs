@@ -92,6 +92,10 @@ fn bad_input_should_get_one_sentence_naming_what_was_expected() {
             "--data-dir: the embedded data set (dataset \"synthetic\") is generated and reads no folder",
         ),
         (
+            &["train", "--threads", "0"],
+            "--threads: expected at least 1 worker thread",
+        ),
+        (
             &["train", "--optimizer", "adam"],
             "expected lars, sgd or adamw",
         ),
@@ -125,6 +129,10 @@ fn bad_input_should_get_one_sentence_naming_what_was_expected() {
             "--resume: /: no checkpoint.safetensors in that folder",
         ),
         (&["eval", "knn", "/nonexistent/run"], "/nonexistent/run"),
+        (
+            &["eval", "linear", "/nonexistent/run", "--epochs", "0"],
+            "--epochs: expected at least 1 epoch of the linear classifier",
+        ),
         (
             &["export", "/nonexistent/run", "/tmp/x"],
             "/nonexistent/run",
