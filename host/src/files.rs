@@ -150,7 +150,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = std::path::PathBuf::from(tmp);
-    let written = std::fs::write(&tmp, bytes)
+    // The data reaches the disk before the rename does, so that a power cut cannot leave the
+    // new name on an empty or partial file (a rename alone only guards against the process
+    // dying mid-write).
+    let written = std::fs::File::create(&tmp)
+        .and_then(|mut file| {
+            std::io::Write::write_all(&mut file, bytes)?;
+            file.sync_all()
+        })
         .and_then(|()| std::fs::rename(&tmp, path))
         .map_err(|e| Error::io(path, e));
     if written.is_err() {
