@@ -84,8 +84,8 @@ pub const SMALL: Recipe = Recipe {
     // over three real sets (+0.82 ± 0.91, fourteen seeds; CIFAR-10 +1.84 ± 1.07), and at thirty
     // ahead on CIFAR-10 (+1.38 ± 0.62, six seeds) and level on Fashion-MNIST (−0.38 ± 0.81, six),
     // where it gains from the longer run as much as 0.99 → 1 does; at forty epochs ahead on
-    // Fashion-MNIST (+1.53 ± 0.81, six seeds, on a GPU) and level on CIFAR-10 (+0.67 ± 0.85,
-    // three), where 0.99 → 1 gains more from the ten more epochs. Never behind on average up to
+    // Fashion-MNIST (+1.53 ± 0.81, six seeds, on a GPU) and on CIFAR-10 (+1.58 ± 0.65, seven),
+    // where the two gain the same from the ten more epochs. Never behind on average up to
     // forty epochs, the longest run measured; longer runs keep the paper's slower target, as
     // solo-learn's and lightly's CIFAR configurations do. Level too at fifteen epochs
     // (+0.3 ± 1.2, three seeds), at the studies' six epochs (+2.3 ± 7.7, five) and at batch 256
