@@ -999,6 +999,24 @@ pub fn checkpoint_path(run: &Path) -> PathBuf {
     }
 }
 
+/// [`checkpoint_path`] of a run that has one; else an error naming `run` and saying whether
+/// the run or its checkpoint is missing.
+pub fn existing_checkpoint(run: &Path) -> Result<PathBuf> {
+    let path = checkpoint_path(run);
+    if path.is_file() {
+        return Ok(path);
+    }
+    let reason = if run.is_dir() {
+        format!("no {CHECKPOINT} in that folder (a run writes it at the end of each epoch)")
+    } else {
+        "no such run folder or checkpoint file".into()
+    };
+    Err(Error::Data {
+        path: run.into(),
+        reason,
+    })
+}
+
 /// The configuration a checkpoint was written with.
 pub fn saved_config(checkpoint: &Path) -> Result<TrainConfig> {
     let json = checkpoint::stored_config(checkpoint)?;

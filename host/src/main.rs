@@ -219,17 +219,15 @@ impl TrainArgs {
     /// line, and its error names the flag, or the configuration file and its field, that set
     /// the value.
     fn config(&self, matches: &ArgMatches) -> Result<(TrainConfig, PathBuf, Option<usize>), Error> {
+        // A configuration file's `threads` is checked where the file is read.
+        if self.threads == Some(0) {
+            return Err(Error::InvalidArgument(
+                "--threads: expected at least 1 worker thread (leave it out for all cores), got 0"
+                    .into(),
+            ));
+        }
         let flags = given_fields(&self.train, matches);
         let (c, out, threads, file_fields) = self.assemble(&flags)?;
-        if threads == Some(0) {
-            let by = match (&self.threads, &self.config) {
-                (None, Some(path)) => format!("{}: threads", path.display()),
-                _ => "--threads".into(),
-            };
-            return Err(Error::InvalidArgument(format!(
-                "{by}: expected at least 1 worker thread (leave it out for all cores), got 0"
-            )));
-        }
         let file = self.config.as_deref().map(|path| (path, &file_fields));
         let recorded = self.resume.is_some() && !sets(&flags, "data.data_dir");
         check_settings(&c, recorded, &flags, file)?;
@@ -306,21 +304,8 @@ impl TrainArgs {
                     .into(),
             ));
         }
-        let checkpoint = host::config::checkpoint_path(run);
-        if !checkpoint.is_file() {
-            let what = if run.is_dir() {
-                format!(
-                    "no {} in that folder (a run writes it at the end of each epoch)",
-                    host::config::CHECKPOINT
-                )
-            } else {
-                "no such run folder or checkpoint file".into()
-            };
-            return Err(Error::InvalidArgument(format!(
-                "--resume: {}: {what}",
-                run.display()
-            )));
-        }
+        let checkpoint = host::config::existing_checkpoint(run)
+            .map_err(|e| Error::InvalidArgument(format!("--resume: {e}")))?;
         let saved = host::config::saved_config(&checkpoint)?;
         let dir = checkpoint.parent().filter(|d| !d.as_os_str().is_empty());
         let dir = dir.unwrap_or(Path::new("."));
@@ -514,7 +499,7 @@ fn train(args: &TrainArgs, matches: &ArgMatches) -> Result<(), Error> {
     }
     if let Some(t) = threads {
         rayon::ThreadPoolBuilder::new()
-            .num_threads(t.max(1))
+            .num_threads(t)
             .build_global()
             .map_err(|e| Error::InvalidArgument(e.to_string()))?;
     }
@@ -700,7 +685,7 @@ fn counted(n: usize, noun: &str) -> String {
 
 /// A checkpoint's networks, state, configuration and data.
 fn open_run(run: &Path) -> Result<(host::byol::Byol, host::byol::ByolState, TrainConfig), Error> {
-    let path = &host::config::checkpoint_path(run);
+    let path = &host::config::existing_checkpoint(run)?;
     let cfg = host::config::saved_config(path)?;
     let byol = host::byol::Byol::new(cfg.byol_config()?)?;
     let (state, _) = checkpoint::load(path, &byol)?;
