@@ -86,9 +86,10 @@ cat > "$out/parallel.sh" <<'PAR'
 # Many `host train` runs at once on one GPU (seeds of a study): each line of standard input is
 # a run's name and then its flags, and the run writes RUNS/NAME. Under MPS, started here where
 # nvidia-cuda-mps-control exists, the runs' kernels share the GPU: on an H200, twelve runs of
-# 40 epochs (Fashion-MNIST, batch 128) took 177 s together, while without MPS sixteen runs
-# (those twelve and four of 60 epochs) took turns on the GPU and reached epoch 21 in 433 s. Runs still going after SECONDS are
-# stopped; their metrics so far are kept. RUNS.tgz then holds every run's metrics and log.
+# 40 epochs (Fashion-MNIST, batch 128) took 177 s together and twelve of 60 epochs 282 s, while
+# without MPS sixteen runs (those twelve of 40 and four of 60 epochs) took turns on the GPU and
+# reached epoch 21 in 433 s. Runs still going after SECONDS are stopped; their metrics so far
+# are kept. RUNS.tgz then holds every run's metrics and log.
 # usage: bash parallel.sh RUNS PARALLEL SECONDS < jobs   (paths relative to where it is called)
 # (a job: `seed0 --device cuda --augment-on gpu --dataset mnist --data-dir DIR --seed 0`)
 host=$(cd "$(dirname "$0")" && pwd)/host
