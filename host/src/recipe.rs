@@ -88,7 +88,7 @@ pub const SMALL: Recipe = Recipe {
     // where the two gain the same from the ten more epochs; at sixty epochs still ahead on
     // Fashion-MNIST (+1.31 ± 0.76, twelve seeds, on a GPU), though there the slower target
     // gains more from forty to sixty (+2.99 against +2.44 over six seeds), and on CIFAR-10
-    // within the noise (+1.41 ± 1.07, six seeds; the two gain the same from forty). Never
+    // within the noise (+1.76 ± 0.97, seven seeds; the two gain the same from forty). Never
     // behind on average up to sixty epochs, the longest run measured over several seeds; longer
     // runs keep the paper's slower target, as solo-learn's and lightly's CIFAR configurations
     // do (one CIFAR-10 seed at a hundred epochs has the fast target 4.15 ahead: too few to move
