@@ -89,7 +89,7 @@ pub const SMALL: Recipe = Recipe {
     // Fashion-MNIST (+1.31 ± 0.76, twelve seeds, on a GPU), though there the slower target
     // gains more from forty to sixty (+2.99 against +2.44 over six seeds), and on CIFAR-10
     // within the noise (+1.76 ± 0.97, seven seeds; the two gain the same from forty); at a
-    // hundred epochs ahead on CIFAR-10 (+2.16 ± 1.10, six seeds, ahead on five). Never behind on
+    // hundred epochs ahead on CIFAR-10 (+1.99 ± 0.94, seven seeds, ahead on six). Never behind on
     // average up to a hundred epochs, the longest run measured, so it runs that far; longer runs
     // keep the paper's slower target, as solo-learn's and lightly's CIFAR configurations do for
     // hundreds of epochs. Level too at fifteen epochs (+0.3 ± 1.2, three seeds), at the studies'
