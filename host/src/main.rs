@@ -608,6 +608,13 @@ fn run_training(cfg: &TrainConfig, out: &Path, opts: &RunOptions) -> Result<(), 
     if !ablations.is_empty() {
         eprintln!("  ablation: {}", ablations.join(", "));
     }
+    // A preset's ten epochs of warm-up with a shorter --epochs is easy to ask for by accident.
+    if cfg.optim.warmup_epochs >= cfg.optim.epochs {
+        eprintln!(
+            "  the warm-up ({}) is not shorter than the run: the learning rate rises through all of it and never decays (--warmup-epochs sets it)",
+            counted(cfg.optim.warmup_epochs, "epoch")
+        );
+    }
     // Running the quick start twice should work, so an earlier run in the folder is replaced,
     // not refused; the line gives its owner until this run's first checkpoint to keep the weights.
     if opts.resume.is_none() && out.join(host::config::CHECKPOINT).exists() {

@@ -420,6 +420,26 @@ fn a_new_run_into_a_finished_runs_folder_should_say_it_replaces_it() {
 }
 
 #[test]
+fn a_warm_up_as_long_as_the_run_should_be_pointed_out() {
+    let run = dir("warm-up");
+    let run_s = run.to_str().unwrap();
+    let notice = "the learning rate rises through all of it and never decays";
+    for (warmup, expected) in [("1", false), ("2", true), ("3", true)] {
+        let out = train(&[
+            "--out",
+            run_s,
+            "--stop-after-epochs",
+            "0",
+            "--warmup-epochs",
+            warmup,
+        ]);
+        assert_succeeded(&out);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.contains(notice), expected, "warm-up {warmup}: {err}");
+    }
+}
+
+#[test]
 fn ablate_seed_should_reach_every_run_of_the_study() {
     // The smallest study (three runs), one epoch on 64 images: about 15 s.
     let out = dir("ablate-seed");
