@@ -737,7 +737,9 @@ fn toml_configs_should_fill_defaults_and_refuse_unknown_fields() {
         .to_string()
         .contains("run.threads must be a positive integer"));
     std::fs::write(&path, "[model]\nwidth = \"wide\"\n").unwrap();
-    assert!(host::config::read_config(&path).is_err());
+    let e = host::config::read_config(&path).unwrap_err().to_string();
+    assert!(e.contains("`model.width`"), "{e}");
+    assert_eq!(e.trim_end(), e, "no blank line under the error");
 }
 
 #[test]

@@ -1134,7 +1134,8 @@ pub fn saved_threads(run_dir: &Path) -> Option<usize> {
 pub fn read_config(path: &Path) -> Result<ConfigFile> {
     let bad = |reason: String| Error::Data {
         path: path.into(),
-        reason: format!("not a valid configuration: {reason}"),
+        // toml's messages end in a newline, which would leave a blank line under the error.
+        reason: format!("not a valid configuration: {}", reason.trim_end()),
     };
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let table: toml::Table = if path.extension().is_some_and(|e| e == "json") {
