@@ -1002,14 +1002,35 @@ pub fn checkpoint_path(run: &Path) -> PathBuf {
 /// [`checkpoint_path`] of a run that has one; else an error naming `run` and saying whether
 /// the run or its checkpoint is missing.
 pub fn existing_checkpoint(run: &Path) -> Result<PathBuf> {
-    let path = checkpoint_path(run);
+    existing_run_file(
+        run,
+        checkpoint_path(run),
+        "run folder or checkpoint file",
+        &format!("{CHECKPOINT} in that folder (a run writes it at the end of each epoch)"),
+    )
+}
+
+/// `run/metrics.jsonl` of a run that has one; else an error naming `run` and saying whether
+/// the run or its record is missing.
+pub fn existing_metrics(run: &Path) -> Result<PathBuf> {
+    existing_run_file(
+        run,
+        run.join(METRICS),
+        "run folder",
+        &format!("{METRICS} in that folder (a run writes it as it trains)"),
+    )
+}
+
+/// `path` when it is a file; else an error naming `run`: "no such `run_kind`" when `run` is not
+/// a folder, "no `file`" when the folder lacks the file.
+fn existing_run_file(run: &Path, path: PathBuf, run_kind: &str, file: &str) -> Result<PathBuf> {
     if path.is_file() {
         return Ok(path);
     }
     let reason = if run.is_dir() {
-        format!("no {CHECKPOINT} in that folder (a run writes it at the end of each epoch)")
+        format!("no {file}")
     } else {
-        "no such run folder or checkpoint file".into()
+        format!("no such {run_kind}")
     };
     Err(Error::Data {
         path: run.into(),

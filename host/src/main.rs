@@ -385,7 +385,8 @@ fn main() -> ExitCode {
             .map(|p| println!("{dataset} is in {}", p.display())),
         Command::Plot { run } => {
             let out = run.join(host::config::PLOT);
-            host::plot::plot_metrics(&run.join(host::config::METRICS), &out)
+            host::config::existing_metrics(&run)
+                .and_then(|metrics| host::plot::plot_metrics(&metrics, &out))
                 .map(|()| println!("wrote {}", out.display()))
         }
         Command::Ablate {

@@ -137,7 +137,11 @@ fn bad_input_should_get_one_sentence_naming_what_was_expected() {
             &["export", "/nonexistent/run", "/tmp/x"],
             "/nonexistent/run",
         ),
-        (&["plot", "/nonexistent/run"], "/nonexistent/run"),
+        (
+            &["plot", "/nonexistent/run"],
+            "/nonexistent/run: no such run folder",
+        ),
+        (&["plot", "/"], "/: no metrics.jsonl in that folder"),
         (
             &["embed", "/nonexistent/run", "--out", "/tmp/x.npy"],
             "not one .npy file",
