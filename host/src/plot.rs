@@ -10,6 +10,8 @@ const MARGIN_L: u32 = 64;
 const MARGIN_R: u32 = 16;
 const MARGIN_T: u32 = 28;
 const MARGIN_B: u32 = 32;
+/// At most this many grid intervals on a value axis (four to six in practice).
+const GRID_INTERVALS: usize = 6;
 
 /// One panel: a title, a series of (x, y) points joined by lines, and points marked alone
 /// (crosses, in another colour; the title says what they are).
@@ -70,17 +72,48 @@ impl Canvas {
     }
 }
 
-/// A number in at most 8 characters.
-fn fmt(v: f64) -> String {
+/// The value axis's grid: round values 1, 2 or 5 × 10^k apart, the fewest that cover [lo, hi]
+/// in at most `most` intervals. Returns (first value, step, intervals); the axis then runs from
+/// the first grid value to the last, so every label is a round number (0.90, 0.92, …, not
+/// 0.900, 0.925, …) and the curve keeps most of the height.
+fn grid(lo: f64, hi: f64, most: usize) -> (f64, f64, usize) {
+    let base = 10f64.powf(((hi - lo) / most as f64).log10().floor());
+    for step in [1.0, 2.0, 5.0, 10.0, 20.0].map(|m| m * base) {
+        let first = (lo / step).floor();
+        let intervals = ((hi / step).ceil() - first).max(1.0) as usize;
+        if intervals <= most {
+            return (first * step, step, intervals);
+        }
+    }
+    unreachable!("a step of 20 × 10^k above (hi − lo) / most covers the range in `most`")
+}
+
+/// The round values (as `grid` picks them) between `lo` and `hi`, for an axis whose ends stay at
+/// the data's; `whole`: the values count whole things (steps, epochs, runs), so the step is at
+/// least 1. Returns (step, values); one value when `lo` = `hi`.
+fn inner_grid(lo: f64, hi: f64, whole: bool) -> (f64, Vec<f64>) {
+    if hi - lo <= 1e-12 {
+        return (1.0, vec![lo]);
+    }
+    let (mut first, mut step, mut intervals) = grid(lo, hi, GRID_INTERVALS);
+    if whole && step < 1.0 {
+        (first, step, intervals) = (lo, 1.0, (hi - lo) as usize);
+    }
+    let inside = |x: &f64| *x >= lo - 1e-9 * step && *x <= hi + 1e-9 * step;
+    let values = (0..=intervals).map(|k| first + step * k as f64);
+    (step, values.filter(inside).collect())
+}
+
+/// A grid value with the decimals its step needs (`grid`'s steps are 1, 2 or 5 × 10^k).
+fn grid_label(v: f64, step: f64) -> String {
     let a = v.abs();
-    if v.fract() == 0.0 && a < 1e7 {
-        format!("{v:.0}")
-    } else if a != 0.0 && !(1e-3..1e5).contains(&a) {
+    if step < 1e-3 || a >= 1e5 {
         format!("{v:.1e}")
-    } else if a >= 100.0 {
-        format!("{v:.0}")
     } else {
-        format!("{v:.3}")
+        let decimals = (-step.log10().floor()).max(0.0) as usize;
+        // Rounding to the step's decimals also turns −0.000 into 0.
+        let v = if a < step / 2.0 { 0.0 } else { v };
+        format!("{v:.decimals$}")
     }
 }
 
@@ -110,23 +143,28 @@ fn panel(c: &mut Canvas, ox: u32, oy: u32, s: &Series) {
     if ymax - ymin < 1e-12 {
         (ymin, ymax) = (ymin - 0.5, ymax + 0.5);
     }
+    let (first, step, intervals) = grid(ymin, ymax, GRID_INTERVALS);
+    (ymin, ymax) = (first, first + step * intervals as f64);
     let xs = |x: f64| x0 + ((x - xmin) / (xmax - xmin).max(1e-12) * (x1 - x0) as f64) as i64;
     let ys = |y: f64| y1 - ((y - ymin) / (ymax - ymin) * (y1 - y0) as f64) as i64;
-    for k in 0..=4 {
-        let gy = y0 + (y1 - y0) * k / 4;
+    for k in 0..=intervals {
+        let value = first + step * k as f64;
+        let gy = ys(value);
         c.line((x0, gy), (x1, gy), grey);
-        c.text(
-            ox as i64 + 2,
-            gy - 4,
-            &fmt(ymax - (ymax - ymin) * k as f64 / 4.0),
-            black,
-        );
+        c.text(ox as i64 + 2, gy - 4, &grid_label(value, step), black);
+    }
+    // The other axis (steps, epochs, runs) keeps the data's own ends.
+    let whole = finite.iter().chain(&marks).all(|p| p.0.fract() == 0.0);
+    let (step, values) = inner_grid(xmin, xmax, whole);
+    for value in values {
+        let (gx, label) = (xs(value), grid_label(value, step));
+        c.line((gx, y0), (gx, y1), grey);
+        let right_edge = (ox + PANEL_W) as i64 - 8 * label.len() as i64;
+        let left = (gx - 4 * label.len() as i64).min(right_edge);
+        c.text(left, y1 + 6, &label, black);
     }
     c.line((x0, y0), (x0, y1), black);
     c.line((x0, y1), (x1, y1), black);
-    c.text(x0, y1 + 6, &fmt(xmin), black);
-    let right = fmt(xmax);
-    c.text(x1 - 8 * right.len() as i64, y1 + 6, &right, black);
     c.text(
         (x0 + x1) / 2 - 4 * s.x_label.len() as i64,
         y1 + 18,
@@ -237,6 +275,55 @@ pub fn plot_metrics(metrics: &Path, out: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_value_axis_should_take_round_grid_values() {
+        // A run's loss, kNN (%), learning rate and τ, as a 150-epoch run reads them.
+        assert_eq!(grid(0.453, 3.845, 6), (0.0, 1.0, 4));
+        assert_eq!(grid(25.15, 54.45, 6), (25.0, 5.0, 6));
+        assert_eq!(grid(0.0, 0.5, 6), (0.0, 0.1, 5));
+        let (first, step, intervals) = grid(0.9, 1.0, 6);
+        assert!(
+            (step - 0.02).abs() < 1e-15 && intervals <= 6 && first <= 0.9,
+            "{first} {step}"
+        );
+        let labels: Vec<String> = (0..=intervals)
+            .map(|k| grid_label(first + step * k as f64, step))
+            .collect();
+        assert_eq!(labels.last().unwrap(), "1.00", "{labels:?}");
+        assert!(labels.contains(&"0.90".to_string()), "{labels:?}");
+        // Over ranges of every scale: round steps, the range covered, two to six intervals.
+        let mut lo: f64 = -3.7e-4;
+        for i in 0..400 {
+            let width = 10f64.powf(-6.0 + (i % 40) as f64 * 0.3) * (1.0 + (i / 40) as f64 / 7.0);
+            lo = (lo * 1.37 + 0.11).rem_euclid(50.0) - 25.0;
+            let hi = lo + width;
+            let (first, step, n) = grid(lo, hi, 6);
+            let mantissa = step / 10f64.powf(step.log10().floor());
+            let round = [1.0, 2.0, 5.0].iter().any(|m| (mantissa - m).abs() < 1e-9);
+            assert!(round, "[{lo}, {hi}]: step {step}");
+            assert!(
+                (2..=6).contains(&n),
+                "[{lo}, {hi}]: {n} intervals of {step}"
+            );
+            assert!(first <= lo && first + step * n as f64 >= hi - 1e-9 * width);
+            assert!(first + step > lo, "[{lo}, {hi}]: an empty first interval");
+        }
+        assert_eq!(inner_grid(0.0, 3.0, true), (1.0, vec![0.0, 1.0, 2.0, 3.0]));
+        let steps = vec![0.0, 1000.0, 2000.0, 3000.0, 4000.0, 5000.0];
+        assert_eq!(inner_grid(0.0, 5849.0, true), (1000.0, steps));
+        assert_eq!(
+            inner_grid(1.0, 2.0, true),
+            (1.0, vec![1.0, 2.0]),
+            "runs 1 and 2"
+        );
+        assert_eq!(inner_grid(1.0, 2.0, false).1.len(), 6, "1.0, 1.2, …, 2.0");
+        assert_eq!(inner_grid(7.0, 7.0, true), (1.0, vec![7.0]), "one point");
+        assert_eq!(grid_label(25.0, 5.0), "25");
+        assert_eq!(grid_label(0.0, 0.1), "0.0");
+        assert_eq!(grid_label(-1e-17, 0.1), "0.0", "no minus zero");
+        assert_eq!(grid_label(2e-5, 1e-5), "2.0e-5");
+    }
 
     #[test]
     fn plots_should_draw_lines_and_labels() {
