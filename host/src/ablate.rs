@@ -637,22 +637,23 @@ pub fn run_study(
             crate::plot::Series {
                 title: "kNN top-1 (%) by run",
                 x_label: "run (results.md order)",
-                points: &knn,
+                lines: vec![&knn],
                 marks: &[],
             },
             crate::plot::Series {
                 title: "linear top-1 (%) by run",
                 x_label: "run",
-                points: &lin,
+                lines: vec![&lin],
                 marks: &[],
             },
             crate::plot::Series {
                 title: "projection spread std*sqrt(d)",
                 x_label: "run",
-                points: &spread,
+                lines: vec![&spread],
                 marks: &[],
             },
         ],
+        &[],
     )?;
     Ok(t)
 }

@@ -89,10 +89,18 @@ enum Command {
         #[arg(long, default_value = "data")]
         dir: PathBuf,
     },
-    /// Draw training.png (loss, kNN accuracy, lr, τ) from a run folder's metrics.jsonl.
+    /// Draw training.png (loss, kNN accuracy, lr, τ) from a run folder's metrics.jsonl; given
+    /// several runs, draw them side by side by epoch (kNN, loss, effective rank, lr, τ), one
+    /// colour each, into comparison.png.
     Plot {
-        /// A run's output folder.
-        run: PathBuf,
+        /// A run's output folder, or several.
+        #[arg(required = true)]
+        runs: Vec<PathBuf>,
+        /// Where to write the image (a folder, or a path ending in /: the default name inside
+        /// it). Default: the run's training.png for one run, comparison.png in the working
+        /// folder for several.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Run one of the paper's ablation studies: tau, predictor-lr, predictor-projector-lr,
     /// closed-form-predictor, beta, augmentations, batch-size, weight-decay, depth,
@@ -383,11 +391,8 @@ fn main() -> ExitCode {
         Command::Download { dataset, dir } => host::data::download::source(&dataset)
             .and_then(|src| host::data::download::download(&src, &dir, true))
             .map(|p| println!("{dataset} is in {}", p.display())),
-        Command::Plot { run } => {
-            let out = run.join(host::config::PLOT);
-            host::config::existing_metrics(&run)
-                .and_then(|metrics| host::plot::plot_metrics(&metrics, &out))
-                .map(|()| println!("wrote {}", out.display()))
+        Command::Plot { runs, out } => {
+            plot(&runs, out).map(|out| println!("wrote {}", out.display()))
         }
         Command::Ablate {
             study,
@@ -1001,6 +1006,38 @@ fn gpu_info() -> Result<(), Error> {
     Err(Error::InvalidArgument(
         "this binary was built without the `cuda` feature; rebuild with `--features cuda`".into(),
     ))
+}
+
+/// `host plot`: one run's training.png, or several runs side by side; returns the image's path.
+fn plot(runs: &[PathBuf], out: Option<PathBuf>) -> host::error::Result<PathBuf> {
+    let metrics = runs
+        .iter()
+        .map(|run| host::config::existing_metrics(run))
+        .collect::<host::error::Result<Vec<_>>>()?;
+    let default_name = if runs.len() == 1 {
+        host::config::PLOT
+    } else {
+        "comparison.png"
+    };
+    let out = match out {
+        Some(dir) if dir.is_dir() || dir.as_os_str().to_string_lossy().ends_with('/') => {
+            dir.join(default_name)
+        }
+        Some(file) => file,
+        None if runs.len() == 1 => runs[0].join(default_name),
+        None => PathBuf::from(default_name),
+    };
+    if let [metrics] = &metrics[..] {
+        host::plot::plot_metrics(metrics, &out)?;
+    } else {
+        let named: Vec<(String, &Path)> = runs
+            .iter()
+            .zip(&metrics)
+            .map(|(run, m)| (run.display().to_string(), m.as_path()))
+            .collect();
+        host::plot::plot_comparison(&named, &out)?;
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
-//! PNG plots of a run: loss, kNN accuracy, learning rate and τ, one panel each, in one image.
-//! Drawn into an RGB buffer with an 8×8 bitmap font (`font8x8`), so no system font is needed.
+//! PNG plots: a run's loss, kNN accuracy, learning rate and τ, one panel each, in one image; and
+//! several runs side by side, one colour per run, named in a legend under the panels. Drawn into
+//! an RGB buffer with an 8×8 bitmap font (`font8x8`), so no system font is needed.
 
 use crate::error::{Error, Result};
 use std::path::Path;
@@ -12,13 +13,29 @@ const MARGIN_T: u32 = 28;
 const MARGIN_B: u32 = 32;
 /// At most this many grid intervals on a value axis (four to six in practice).
 const GRID_INTERVALS: usize = 6;
+/// A legend row's height under the panels: one run each.
+const LEGEND_ROW: u32 = 14;
+/// The lines' colours, in the order of `Series::lines` (a run keeps its colour in every panel);
+/// the first is the one-run plot's blue.
+const PALETTE: [[u8; 3]; 8] = [
+    [31, 90, 180],
+    [200, 50, 40],
+    [40, 150, 60],
+    [140, 80, 170],
+    [0, 150, 160],
+    [170, 130, 0],
+    [220, 90, 170],
+    [100, 70, 40],
+];
+/// The crosses of `Series::marks`.
+const MARK: [u8; 3] = [230, 120, 20];
 
-/// One panel: a title, a series of (x, y) points joined by lines, and points marked alone
-/// (crosses, in another colour; the title says what they are).
+/// One panel: a title, series of (x, y) points each joined by lines in its own colour, and
+/// points marked alone (crosses, in another colour; the title says what they are).
 pub struct Series<'a> {
     pub title: &'a str,
     pub x_label: &'a str,
-    pub points: &'a [(f64, f64)],
+    pub lines: Vec<&'a [(f64, f64)]>,
     pub marks: &'a [(f64, f64)],
 }
 
@@ -118,7 +135,7 @@ fn grid_label(v: f64, step: f64) -> String {
 }
 
 fn panel(c: &mut Canvas, ox: u32, oy: u32, s: &Series) {
-    let (black, grey, blue, orange) = ([0, 0, 0], [200, 200, 200], [31, 90, 180], [230, 120, 20]);
+    let (black, grey) = ([0, 0, 0], [200, 200, 200]);
     let (x0, y0) = ((ox + MARGIN_L) as i64, (oy + MARGIN_T) as i64);
     let (x1, y1) = (
         (ox + PANEL_W - MARGIN_R) as i64,
@@ -126,20 +143,17 @@ fn panel(c: &mut Canvas, ox: u32, oy: u32, s: &Series) {
     );
     c.text(x0, oy as i64 + 8, s.title, black);
     let is_finite = |&(x, y): &(f64, f64)| x.is_finite() && y.is_finite();
-    let finite: Vec<(f64, f64)> = s.points.iter().copied().filter(is_finite).collect();
-    let marks: Vec<(f64, f64)> = s.marks.iter().copied().filter(is_finite).collect();
-    if finite.is_empty() {
+    let finite = |points: &[(f64, f64)]| points.iter().copied().filter(is_finite).collect();
+    let lines: Vec<Vec<(f64, f64)>> = s.lines.iter().map(|l| finite(l)).collect();
+    let marks: Vec<(f64, f64)> = finite(s.marks);
+    let all = || lines.iter().flatten().chain(&marks);
+    if lines.iter().all(Vec::is_empty) {
         c.text(x0 + 8, (y0 + y1) / 2, "no data", grey);
         return;
     }
-    let (xmin, xmax) = finite
-        .iter()
-        .chain(&marks)
-        .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
-    let (mut ymin, mut ymax) = finite
-        .iter()
-        .chain(&marks)
-        .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
+    let (xmin, xmax) = all().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
+    let (mut ymin, mut ymax) =
+        all().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
     if ymax - ymin < 1e-12 {
         (ymin, ymax) = (ymin - 0.5, ymax + 0.5);
     }
@@ -154,7 +168,7 @@ fn panel(c: &mut Canvas, ox: u32, oy: u32, s: &Series) {
         c.text(ox as i64 + 2, gy - 4, &grid_label(value, step), black);
     }
     // The other axis (steps, epochs, runs) keeps the data's own ends.
-    let whole = finite.iter().chain(&marks).all(|p| p.0.fract() == 0.0);
+    let whole = all().all(|p| p.0.fract() == 0.0);
     let (step, values) = inner_grid(xmin, xmax, whole);
     for value in values {
         let (gx, label) = (xs(value), grid_label(value, step));
@@ -171,36 +185,64 @@ fn panel(c: &mut Canvas, ox: u32, oy: u32, s: &Series) {
         s.x_label,
         black,
     );
-    let mut prev = None;
-    for &(x, y) in &finite {
-        let p = (xs(x), ys(y));
-        if let Some(q) = prev {
-            c.line(q, p, blue);
-        } else if finite.len() == 1 {
-            c.line((p.0 - 2, p.1), (p.0 + 2, p.1), blue);
+    for (line, &colour) in lines.iter().zip(PALETTE.iter().cycle()) {
+        let mut prev = None;
+        for &(x, y) in line {
+            let p = (xs(x), ys(y));
+            if let Some(q) = prev {
+                c.line(q, p, colour);
+            } else if line.len() == 1 {
+                c.line((p.0 - 2, p.1), (p.0 + 2, p.1), colour);
+            }
+            prev = Some(p);
         }
-        prev = Some(p);
     }
     for &(x, y) in &marks {
         let (px, py) = (xs(x), ys(y));
-        c.line((px - 4, py - 4), (px + 4, py + 4), orange);
-        c.line((px - 4, py + 4), (px + 4, py - 4), orange);
+        c.line((px - 4, py - 4), (px + 4, py + 4), MARK);
+        c.line((px - 4, py + 4), (px + 4, py - 4), MARK);
     }
 }
 
-/// Writes the panels side by side in a grid two panels wide, as a PNG.
-pub fn plot(path: &Path, series: &[Series]) -> Result<()> {
+/// Writes the panels in a grid two panels wide, as a PNG, with a legend when `legend` names the
+/// lines (in `Series::lines` order): one row per line in its colour, in the grid's empty last
+/// place when it has one and the rows fit there, else under the panels.
+pub fn plot(path: &Path, series: &[Series], legend: &[String]) -> Result<()> {
     let rows = series.len().div_ceil(2) as u32;
+    let legend_h = legend.len() as u32 * LEGEND_ROW;
+    let in_empty_place = series.len() % 2 == 1 && legend_h + MARGIN_T + MARGIN_B <= PANEL_H;
+    let below = if legend.is_empty() || in_empty_place {
+        0
+    } else {
+        legend_h + 8
+    };
+    let (w, h) = (2 * PANEL_W, rows * PANEL_H + below);
     let mut c = Canvas {
-        img: image::RgbImage::from_pixel(2 * PANEL_W, rows * PANEL_H, image::Rgb([255, 255, 255])),
+        img: image::RgbImage::from_pixel(w, h, image::Rgb([255, 255, 255])),
     };
     for (i, s) in series.iter().enumerate() {
-        panel(
-            &mut c,
-            (i as u32 % 2) * PANEL_W,
-            (i as u32 / 2) * PANEL_H,
-            s,
-        );
+        let (ox, oy) = ((i as u32 % 2) * PANEL_W, (i as u32 / 2) * PANEL_H);
+        panel(&mut c, ox, oy, s);
+    }
+    let (lx, ly, width) = if in_empty_place {
+        (PANEL_W + MARGIN_L, (rows - 1) * PANEL_H + MARGIN_T, PANEL_W)
+    } else {
+        (MARGIN_L, rows * PANEL_H + 4, w)
+    };
+    let room = (width - MARGIN_L - 32 - MARGIN_R) as usize / 8;
+    for (i, (name, &colour)) in legend.iter().zip(PALETTE.iter().cycle()).enumerate() {
+        let (x, y) = (lx as i64, (ly + i as u32 * LEGEND_ROW) as i64);
+        for dy in 3..5 {
+            c.line((x, y + dy), (x + 24, y + dy), colour);
+        }
+        // A name too long keeps its end, where run folders differ.
+        let name: String = if name.chars().count() > room {
+            let tail: Vec<char> = name.chars().rev().take(room - 1).collect();
+            std::iter::once('~').chain(tail.into_iter().rev()).collect()
+        } else {
+            name.clone()
+        };
+        c.text(x + 32, y, &name, colour);
     }
     let mut png = std::io::Cursor::new(Vec::new());
     c.img
@@ -212,64 +254,109 @@ pub fn plot(path: &Path, series: &[Series]) -> Result<()> {
     crate::files::write_atomic(path, png.get_ref())
 }
 
-/// The plots of a run from its `metrics.jsonl`: loss, kNN top-1, lr and τ.
-pub fn plot_metrics(metrics: &Path, out: &Path) -> Result<()> {
+/// What the plots read from a run's `metrics.jsonl`: per step, and per epoch (epoch 0 is the
+/// untrained encoder: kNN only). A missing value is NaN, which the plots leave out.
+#[derive(Default)]
+struct Curves {
+    loss: Vec<(f64, f64)>,
+    lr: Vec<(f64, f64)>,
+    tau: Vec<(f64, f64)>,
+    knn: Vec<(f64, f64)>,
+    /// The untrained encoder read with the data's BatchNorm statistics (`eval::batchnorm`).
+    knn_data_bn: Vec<(f64, f64)>,
+    epoch_loss: Vec<(f64, f64)>,
+    effective_rank: Vec<(f64, f64)>,
+    /// lr and τ at each epoch's last step.
+    epoch_lr: Vec<(f64, f64)>,
+    epoch_tau: Vec<(f64, f64)>,
+}
+
+fn read_curves(metrics: &Path) -> Result<Curves> {
     let text = std::fs::read_to_string(metrics).map_err(|e| Error::io(metrics, e))?;
-    let (mut loss, mut knn, mut lr, mut tau) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    // The untrained encoder read with the data's BatchNorm statistics (`eval::batchnorm`).
-    let mut knn_data_bn = Vec::new();
+    let mut c = Curves::default();
     for (_, v) in crate::files::parse_jsonl(metrics, &text)? {
         let f = |k: &str| v.get(k).and_then(|x| x.as_f64());
+        let value = |k: &str| f(k).unwrap_or(f64::NAN);
         match v.get("kind").and_then(|k| k.as_str()) {
             Some("step") => {
                 let s = f("step").unwrap_or(0.0);
-                loss.push((s, f("loss").unwrap_or(f64::NAN)));
-                lr.push((s, f("lr").unwrap_or(f64::NAN)));
-                tau.push((s, f("tau").unwrap_or(f64::NAN)));
+                c.loss.push((s, value("loss")));
+                c.lr.push((s, value("lr")));
+                c.tau.push((s, value("tau")));
             }
             Some("epoch") => {
                 let epoch = f("epoch").unwrap_or(0.0);
-                knn.push((epoch, 100.0 * f("knn_top1").unwrap_or(f64::NAN)));
+                c.knn.push((epoch, 100.0 * value("knn_top1")));
                 if let Some(k) = f("knn_top1_data_bn") {
-                    knn_data_bn.push((epoch, 100.0 * k));
+                    c.knn_data_bn.push((epoch, 100.0 * k));
+                }
+                if epoch > 0.0 {
+                    c.epoch_loss.push((epoch, value("loss")));
+                    c.effective_rank.push((epoch, value("effective_rank")));
+                    let last = |steps: &[(f64, f64)]| steps.last().map_or(f64::NAN, |p| p.1);
+                    c.epoch_lr.push((epoch, last(&c.lr)));
+                    c.epoch_tau.push((epoch, last(&c.tau)));
                 }
             }
             _ => {}
         }
     }
-    plot(
-        out,
-        &[
-            Series {
-                title: "BYOL loss",
-                x_label: "step",
-                points: &loss,
-                marks: &[],
-            },
-            Series {
-                title: if knn_data_bn.is_empty() {
-                    "kNN top-1 (%)"
-                } else {
-                    "kNN top-1 (%); x: init, data's BN stats"
-                },
-                x_label: "epoch",
-                points: &knn,
-                marks: &knn_data_bn,
-            },
-            Series {
-                title: "learning rate",
-                x_label: "step",
-                points: &lr,
-                marks: &[],
-            },
-            Series {
-                title: "target decay tau",
-                x_label: "step",
-                points: &tau,
-                marks: &[],
-            },
-        ],
-    )
+    Ok(c)
+}
+
+/// The plots of a run from its `metrics.jsonl`: loss, kNN top-1, lr and τ.
+pub fn plot_metrics(metrics: &Path, out: &Path) -> Result<()> {
+    let c = read_curves(metrics)?;
+    let series = |title, x_label, line| Series {
+        title,
+        x_label,
+        lines: vec![line],
+        marks: &[],
+    };
+    let knn = Series {
+        title: if c.knn_data_bn.is_empty() {
+            "kNN top-1 (%)"
+        } else {
+            "kNN top-1 (%); x: init, data's BN stats"
+        },
+        x_label: "epoch",
+        lines: vec![&c.knn],
+        marks: &c.knn_data_bn,
+    };
+    let panels = [
+        series("BYOL loss", "step", &c.loss),
+        knn,
+        series("learning rate", "step", &c.lr),
+        series("target decay tau", "step", &c.tau),
+    ];
+    plot(out, &panels, &[])
+}
+
+/// Several runs in one image, by epoch so that runs of other batch sizes line up: kNN top-1,
+/// mean loss, effective rank, and lr and τ at each epoch's end; `runs` are (legend name,
+/// `metrics.jsonl`), one colour each.
+pub fn plot_comparison(runs: &[(String, &Path)], out: &Path) -> Result<()> {
+    let curves = runs
+        .iter()
+        .map(|(_, metrics)| read_curves(metrics))
+        .collect::<Result<Vec<_>>>()?;
+    let series = |title, pick: fn(&Curves) -> &[(f64, f64)]| Series {
+        title,
+        x_label: "epoch",
+        lines: curves.iter().map(pick).collect(),
+        marks: &[],
+    };
+    let panels = [
+        series("kNN top-1 (%)", |c| &c.knn),
+        series("BYOL loss (epoch mean)", |c| &c.epoch_loss),
+        series("effective rank of the representation", |c| {
+            &c.effective_rank
+        }),
+        series("learning rate (epoch end)", |c| &c.epoch_lr),
+        series("target decay tau (epoch end)", |c| &c.epoch_tau),
+    ];
+    let names: Vec<String> = runs.iter().map(|(name, _)| name.clone()).collect();
+    plot(out, &panels, &names)
 }
 
 #[cfg(test)]
@@ -326,6 +413,53 @@ mod tests {
     }
 
     #[test]
+    fn a_comparison_should_draw_each_line_in_its_colour_and_name_it() {
+        let dir = std::env::temp_dir().join(format!("byol-plot-cmp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let a: Vec<(f64, f64)> = (1..=20).map(|e| (e as f64, e as f64)).collect();
+        let b: Vec<(f64, f64)> = (1..=10).map(|e| (e as f64, 20.0 - e as f64)).collect();
+        let names = ["runs/a".to_string(), "runs/b".to_string()];
+        let panel = |title| Series {
+            title,
+            x_label: "epoch",
+            lines: vec![&a, &b],
+            marks: &[],
+        };
+        let count = |img: &image::RgbImage, colour: [u8; 3], y_from: u32| {
+            img.enumerate_pixels()
+                .filter(|(x, y, p)| p.0 == colour && *y >= y_from && *x >= PANEL_W)
+                .count()
+        };
+        // Three panels: the legend takes the empty fourth place.
+        let path = dir.join("three.png");
+        plot(&path, &[panel("p"), panel("q"), panel("r")], &names).unwrap();
+        let img = image::open(&path).unwrap().to_rgb8();
+        assert_eq!(img.dimensions(), (2 * PANEL_W, 2 * PANEL_H));
+        for colour in &PALETTE[..2] {
+            assert!(
+                count(&img, *colour, PANEL_H) > 100,
+                "{colour:?}: legend swatch and name"
+            );
+        }
+        assert_eq!(count(&img, PALETTE[2], 0), 0, "two lines, two colours");
+        // Two panels fill their row: the legend goes under them, a row per name.
+        let path = dir.join("two.png");
+        plot(&path, &[panel("p"), panel("q")], &names).unwrap();
+        let img = image::open(&path).unwrap().to_rgb8();
+        assert_eq!(
+            img.dimensions(),
+            (2 * PANEL_W, PANEL_H + 2 * LEGEND_ROW + 8)
+        );
+        let legend = |colour: [u8; 3]| {
+            img.enumerate_pixels()
+                .filter(|(_, y, p)| p.0 == colour && *y >= PANEL_H)
+                .count()
+        };
+        assert!(legend(PALETTE[0]) > 50 && legend(PALETTE[1]) > 50);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn plots_should_draw_lines_and_labels() {
         let dir = std::env::temp_dir().join(format!("byol-plot-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -339,16 +473,17 @@ mod tests {
                 Series {
                     title: "sine",
                     x_label: "x",
-                    points: &pts,
+                    lines: vec![&pts],
                     marks: &[(10.0, 0.5)],
                 },
                 Series {
                     title: "empty",
                     x_label: "x",
-                    points: &[],
+                    lines: vec![],
                     marks: &[],
                 },
             ],
+            &[],
         )
         .unwrap();
         let img = image::open(&path).unwrap().to_rgb8();

@@ -287,6 +287,44 @@ fn a_run_killed_mid_record_should_still_plot_and_resume() {
     assert!(String::from_utf8(read(&metrics)).unwrap().ends_with("}\n"));
 }
 
+/// `host plot` draws one run into its folder, or several side by side into one image, and names
+/// a missing run among several.
+#[test]
+fn plot_should_draw_one_run_or_several_side_by_side() {
+    let (a, b, out) = (dir("plot-a"), dir("plot-b"), dir("plot-out"));
+    let (a_s, b_s, out_s) = (
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+        out.to_str().unwrap(),
+    );
+    assert_succeeded(&train(&["--out", a_s]));
+    assert_succeeded(&train(&["--out", b_s, "--seed", "1", "--tau-base", "0.99"]));
+    std::fs::remove_file(a.join("training.png")).unwrap();
+    assert_succeeded(&host(&["plot", a_s]));
+    let size = |path: &Path| image::image_dimensions(path).unwrap();
+    assert_eq!(size(&a.join("training.png")), (960, 600), "four panels");
+    std::fs::create_dir_all(&out).unwrap();
+    let both = host(&["plot", a_s, b_s, "--out", out_s]);
+    assert_succeeded(&both);
+    let image = out.join("comparison.png");
+    let said = String::from_utf8_lossy(&both.stdout);
+    assert!(said.contains(image.to_str().unwrap()), "{said}");
+    assert_eq!(size(&image), (960, 900), "five panels and the legend");
+    let named = out.join("named.png");
+    assert_succeeded(&host(&["plot", a_s, b_s, "--out", named.to_str().unwrap()]));
+    assert_eq!(size(&named), (960, 900));
+    let new_folder = format!("{out_s}/new/");
+    assert_succeeded(&host(&["plot", a_s, b_s, "--out", &new_folder]));
+    assert_eq!(size(&out.join("new/comparison.png")), (960, 900));
+    let missing = host(&["plot", a_s, "/nonexistent/run"]);
+    assert!(!missing.status.success());
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        err.contains("/nonexistent/run: no such run folder"),
+        "{err}"
+    );
+}
+
 /// Resuming a run with nothing left to train says so, and leaves the run as it was.
 #[test]
 fn resuming_a_finished_run_should_say_there_is_nothing_to_train() {
