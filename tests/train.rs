@@ -846,6 +846,11 @@ fn a_study_over_several_seeds_should_train_every_setting_on_every_seed() {
     );
     let written = std::fs::read_to_string(out.join("normalisation/results.md")).unwrap();
     assert_eq!(written, table);
+    // The plots: the table's values by setting, and each setting's curves (five panels, the
+    // legend of four settings in the sixth place).
+    let size = |name: &str| image::image_dimensions(out.join("normalisation").join(name)).unwrap();
+    assert_eq!(size("results.png"), (960, 600));
+    assert_eq!(size("curves.png"), (960, 900));
     // A seed is a seed: the two runs of a setting differ.
     let ckpt = |seed: u64| {
         std::fs::read(out.join(format!(

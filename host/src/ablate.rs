@@ -568,8 +568,8 @@ pub fn table(name: &str, runs: &[StudyRun], results: &[Vec<RunResult>], seeds: &
 }
 
 /// Runs study `name` over `base` once per seed of `seeds`, in `out/<name>/<run>/` for one
-/// seed and `out/<name>/<run>/seed-<S>/` for several; writes `results.md` and `results.png`
-/// there and returns the table. Each run trains on `device`.
+/// seed and `out/<name>/<run>/seed-<S>/` for several; writes `results.md`, `results.png` and
+/// `curves.png` (each run's curves by epoch, its first seed) there and returns the table. Each run trains on `device`.
 pub fn run_study(
     name: &str,
     base: &TrainConfig,
@@ -594,7 +594,7 @@ pub fn run_study(
     }
     let runs = study(name, base)?;
     let dir = out.join(name);
-    let mut results = Vec::new();
+    let (mut results, mut first_seed_metrics) = (Vec::new(), Vec::new());
     for (i, r) in runs.iter().enumerate() {
         let run_dir = dir.join(r.label.replace(['=', ','], "_"));
         let mut per_seed = Vec::new();
@@ -615,6 +615,9 @@ pub fn run_study(
                 run_dir.clone()
             };
             per_seed.push(run_one(&seeded, &at, progress, device)?);
+            if seed == seeds[0] {
+                first_seed_metrics.push((r.label.clone(), at.join(crate::config::METRICS)));
+            }
         }
         results.push(per_seed);
     }
@@ -655,6 +658,12 @@ pub fn run_study(
         ],
         &[],
     )?;
+    // How each setting got there: its curves by epoch (the first seed), one colour each.
+    let named: Vec<(String, &Path)> = first_seed_metrics
+        .iter()
+        .map(|(label, metrics)| (label.clone(), metrics.as_path()))
+        .collect();
+    crate::plot::plot_comparison(&named, &dir.join("curves.png"))?;
     Ok(t)
 }
 

@@ -17,7 +17,7 @@ const GRID_INTERVALS: usize = 6;
 const LEGEND_ROW: u32 = 14;
 /// The lines' colours, in the order of `Series::lines` (a run keeps its colour in every panel);
 /// the first is the one-run plot's blue.
-const PALETTE: [[u8; 3]; 8] = [
+const PALETTE: [[u8; 3]; 10] = [
     [31, 90, 180],
     [200, 50, 40],
     [40, 150, 60],
@@ -26,6 +26,8 @@ const PALETTE: [[u8; 3]; 8] = [
     [170, 130, 0],
     [220, 90, 170],
     [100, 70, 40],
+    [110, 110, 110],
+    [120, 200, 40],
 ];
 /// The crosses of `Series::marks`.
 const MARK: [u8; 3] = [230, 120, 20];
