@@ -569,7 +569,8 @@ pub fn table(name: &str, runs: &[StudyRun], results: &[Vec<RunResult>], seeds: &
 
 /// Runs study `name` over `base` once per seed of `seeds`, in `out/<name>/<run>/` for one
 /// seed and `out/<name>/<run>/seed-<S>/` for several; writes `results.md`, `results.png` and
-/// `curves.png` (each run's curves by epoch, its first seed) there and returns the table. Each run trains on `device`.
+/// `curves.png` (each run's curves by epoch, its first seed) there and returns the table. Each
+/// run trains on `device`.
 pub fn run_study(
     name: &str,
     base: &TrainConfig,
@@ -659,11 +660,7 @@ pub fn run_study(
         &[],
     )?;
     // How each setting got there: its curves by epoch (the first seed), one colour each.
-    let named: Vec<(String, &Path)> = first_seed_metrics
-        .iter()
-        .map(|(label, metrics)| (label.clone(), metrics.as_path()))
-        .collect();
-    crate::plot::plot_comparison(&named, &dir.join("curves.png"))?;
+    crate::plot::plot_comparison(&first_seed_metrics, &dir.join("curves.png"))?;
     Ok(t)
 }
 

@@ -1030,10 +1030,10 @@ fn plot(runs: &[PathBuf], out: Option<PathBuf>) -> host::error::Result<PathBuf> 
     if let [metrics] = &metrics[..] {
         host::plot::plot_metrics(metrics, &out)?;
     } else {
-        let named: Vec<(String, &Path)> = runs
+        let named: Vec<(String, PathBuf)> = runs
             .iter()
-            .zip(&metrics)
-            .map(|(run, m)| (run.display().to_string(), m.as_path()))
+            .map(|run| run.display().to_string())
+            .zip(metrics)
             .collect();
         host::plot::plot_comparison(&named, &out)?;
     }

@@ -3,7 +3,7 @@
 //! an RGB buffer with an 8×8 bitmap font (`font8x8`), so no system font is needed.
 
 use crate::error::{Error, Result};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 const PANEL_W: u32 = 480;
 const PANEL_H: u32 = 300;
@@ -337,7 +337,7 @@ pub fn plot_metrics(metrics: &Path, out: &Path) -> Result<()> {
 /// Several runs in one image, by epoch so that runs of other batch sizes line up: kNN top-1,
 /// mean loss, effective rank, and lr and τ at each epoch's end; `runs` are (legend name,
 /// `metrics.jsonl`), one colour each.
-pub fn plot_comparison(runs: &[(String, &Path)], out: &Path) -> Result<()> {
+pub fn plot_comparison(runs: &[(String, PathBuf)], out: &Path) -> Result<()> {
     let curves = runs
         .iter()
         .map(|(_, metrics)| read_curves(metrics))
