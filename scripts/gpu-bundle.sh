@@ -65,7 +65,7 @@ done
 echo "== host train --device cuda (embedded set, the default recipe, at most 2.5 minutes)"
 rm -rf run-gpu
 start=$SECONDS
-timeout 150 ./host train --device cuda --out run-gpu 2>&1 | grep -v '^epoch [0-9]*/[0-9]* \[' | tail -n 15
+timeout 150 ./host train --device cuda --out run-gpu 2>&1 | grep -v '^epoch [0-9]*/[0-9]* \[' | tail -n 18
 echo "(train: $((SECONDS - start)) s, exit ${PIPESTATUS[0]})"
 python3 - <<'PY' || status=1
 import json

@@ -684,6 +684,21 @@ fn run_training(cfg: &TrainConfig, out: &Path, opts: &RunOptions) -> Result<(), 
             s.images_per_s
         );
     }
+    // Where a user goes from here: the files, and the commands that read them.
+    let (out, done) = (s.out.display(), s.epochs_before + s.epochs.len());
+    if done < cfg.optim.epochs {
+        let total = cfg.optim.epochs;
+        println!("  stopped after {done} of {total} epochs: host train --resume {out} goes on");
+    }
+    let checkpoint = s.out.join(host::config::CHECKPOINT);
+    println!(
+        "  written: {}, metrics.jsonl, training.png",
+        checkpoint.display()
+    );
+    println!(
+        "  next: host eval linear {out} · host export {out} encoder.safetensors · \
+         host plot {out} OTHER_RUN (side by side)"
+    );
     Ok(())
 }
 

@@ -265,13 +265,31 @@ fn resume_from_the_run_folder_alone_should_continue_bit_for_bit() {
 }
 
 /// A run killed while it wrote a record leaves a last line cut short: the run still plots,
-/// and resumes to the uninterrupted run's end, each step once.
+/// and resumes to the uninterrupted run's end, each step once. The summaries of the two runs
+/// name the files, and the stopped one says how it goes on.
 #[test]
 fn a_run_killed_mid_record_should_still_plot_and_resume() {
     let (full, part) = (dir("torn-full"), dir("torn-part"));
     let (full_s, part_s) = (full.to_str().unwrap(), part.to_str().unwrap());
-    assert_succeeded(&train(&["--out", full_s]));
-    assert_succeeded(&train(&["--out", part_s, "--stop-after-epochs", "1"]));
+    let (whole, stopped) = (
+        train(&["--out", full_s]),
+        train(&["--out", part_s, "--stop-after-epochs", "1"]),
+    );
+    assert_succeeded(&whole);
+    assert_succeeded(&stopped);
+    // The summary's last lines say where the files are, and how a stopped run goes on.
+    let (whole, stopped) = (
+        String::from_utf8_lossy(&whole.stdout),
+        String::from_utf8_lossy(&stopped.stdout),
+    );
+    let checkpoint = full.join("checkpoint.safetensors");
+    let written = format!("written: {}, metrics.jsonl", checkpoint.display());
+    assert!(
+        whole.contains(&written) && !whole.contains("stopped after"),
+        "{whole}"
+    );
+    let goes_on = format!("stopped after 1 of 2 epochs: host train --resume {part_s} goes on");
+    assert!(stopped.contains(&goes_on), "{stopped}");
     let metrics = part.join("metrics.jsonl");
     let mut text = String::from_utf8(read(&metrics)).unwrap();
     text.push_str("{\"kind\":\"step\",\"loss\":1.2");
