@@ -691,10 +691,8 @@ fn run_training(cfg: &TrainConfig, out: &Path, opts: &RunOptions) -> Result<(), 
         println!("  stopped after {done} of {total} epochs: host train --resume {out} goes on");
     }
     let checkpoint = s.out.join(host::config::CHECKPOINT);
-    println!(
-        "  written: {}, metrics.jsonl, training.png",
-        checkpoint.display()
-    );
+    let (metrics, plot) = (host::config::METRICS, host::config::PLOT);
+    println!("  written: {}, {metrics}, {plot}", checkpoint.display());
     println!(
         "  next: host eval linear {out} · host export {out} encoder.safetensors · \
          host plot {out} OTHER_RUN (side by side)"
@@ -1029,18 +1027,17 @@ fn plot(runs: &[PathBuf], out: Option<PathBuf>) -> host::error::Result<PathBuf> 
         .iter()
         .map(|run| host::config::existing_metrics(run))
         .collect::<host::error::Result<Vec<_>>>()?;
-    let default_name = if runs.len() == 1 {
-        host::config::PLOT
-    } else {
-        "comparison.png"
+    // One run draws into its own folder, several into the working folder.
+    let (default_dir, default_name) = match runs {
+        [run] => (run.clone(), host::config::PLOT),
+        _ => (PathBuf::new(), "comparison.png"),
     };
     let out = match out {
         Some(dir) if dir.is_dir() || dir.as_os_str().to_string_lossy().ends_with('/') => {
             dir.join(default_name)
         }
         Some(file) => file,
-        None if runs.len() == 1 => runs[0].join(default_name),
-        None => PathBuf::from(default_name),
+        None => default_dir.join(default_name),
     };
     if let [metrics] = &metrics[..] {
         host::plot::plot_metrics(metrics, &out)?;

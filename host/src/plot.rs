@@ -1,6 +1,7 @@
 //! PNG plots: a run's loss, kNN accuracy, learning rate and τ, one panel each, in one image; and
-//! several runs side by side, one colour per run, named in a legend under the panels. Drawn into
-//! an RGB buffer with an 8×8 bitmap font (`font8x8`), so no system font is needed.
+//! several runs side by side, one colour per run, named in a legend (in the grid's empty place,
+//! or under the panels). Drawn into an RGB buffer with an 8×8 bitmap font (`font8x8`), so no
+//! system font is needed.
 
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};

@@ -11,6 +11,7 @@ underscore, hyphen or space dropped (a code span's backticks too), spaces turned
 prints one line per fault, naming the file and the line, and exits 1 if there is any.
 """
 
+import functools
 import os
 import re
 import sys
@@ -35,6 +36,7 @@ def prose_lines(text):
             yield number, line
 
 
+@functools.cache  # a file is linked to many times (README → comparisons.md): parse it once
 def anchors(path):
     with open(path, encoding="utf-8") as f:
         found = set()
