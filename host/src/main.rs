@@ -952,16 +952,64 @@ fn check_data_dir(cfg: &TrainConfig, recorded: bool) -> Result<(), Error> {
     ))
 }
 
-/// Checks a configuration before any work: its settings, then that its data folder is there
-/// (`recorded`: the folder a resumed run recorded). An error names the flag, or the file and
-/// its key, that set the value (`flags` and `file` as [`host::config::attribute`] takes them).
+/// Refuses a data field that one data set alone reads, set for another: the value would be
+/// dropped without a word (`--image-size 96` on CIFAR-10 would train at 32×32). A flag counts
+/// when given; a file's field when it differs from the default, since a run's `config.json`
+/// writes every field, the defaults of those its data set does not read included, and is
+/// meant to be given back as `--config`.
+fn check_fields_apply(
+    cfg: &TrainConfig,
+    flags: &toml::Table,
+    file: Option<(&Path, &toml::Table)>,
+) -> Result<(), Error> {
+    let (data, default) = (&cfg.data, DataConfig::default());
+    let fields = [
+        (
+            "data.image_size",
+            data.image_size != default.image_size,
+            "folder",
+            "its images keep their own side (leave image_size out)",
+        ),
+        (
+            "data.train_size",
+            data.train_size != default.train_size,
+            "synthetic",
+            "--limit-train (limit_train) trains on a subset of its training images",
+        ),
+        (
+            "data.test_size",
+            data.test_size != default.test_size,
+            "synthetic",
+            "--limit-test (limit_test) evaluates on a subset of its held-out images",
+        ),
+    ];
+    let dataset = data.dataset.as_str();
+    for (field, not_default, reader, instead) in fields {
+        let in_file = file.is_some_and(|(_, table)| sets(table, field)) && not_default;
+        if dataset != reader && (sets(flags, field) || in_file) {
+            let name = host::error::field_name(field);
+            return Err(Error::setting(
+                field,
+                format!("{name} is read by dataset {reader:?} only; for {dataset:?} {instead}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a configuration before any work: its settings, that each data field it sets is read
+/// by its data set, then that its data folder is there (`recorded`: the folder a resumed run
+/// recorded). An error names the flag, or the file and its key, that set the value (`flags`
+/// and `file` as [`host::config::attribute`] takes them).
 fn check_settings(
     cfg: &TrainConfig,
     recorded: bool,
     flags: &toml::Table,
     file: Option<(&Path, &toml::Table)>,
 ) -> Result<(), Error> {
-    (cfg.validate().and_then(|()| check_data_dir(cfg, recorded)))
+    (cfg.validate())
+        .and_then(|()| check_fields_apply(cfg, flags, file))
+        .and_then(|()| check_data_dir(cfg, recorded))
         .map_err(|e| host::config::attribute(e, flags, file))
 }
 

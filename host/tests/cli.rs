@@ -402,6 +402,13 @@ fn a_bad_setting_should_name_the_flag_or_the_file_and_field_that_set_it() {
     let config = d.join("bad.toml");
     std::fs::write(&config, "[optim]\nbase_lr = -3\n").unwrap();
     let config = config.to_str().unwrap();
+    let folder_config = d.join("folder.toml");
+    std::fs::write(
+        &folder_config,
+        "[data]\ndataset = \"folder\"\nimage_size = 48\n",
+    )
+    .unwrap();
+    let folder_config = folder_config.to_str().unwrap();
     let out = d.join("studies");
     let out = out.to_str().unwrap();
     let cases: &[(&[&str], &str)] = &[
@@ -451,6 +458,43 @@ fn a_bad_setting_should_name_the_flag_or_the_file_and_field_that_set_it() {
                 "/nonexistent/digits",
             ],
             "error: --data-dir: /nonexistent/digits: no such folder",
+        ),
+        // A field the data set does not read is refused, not dropped.
+        (
+            &["train", "--image-size", "96"],
+            "error: --image-size: image_size is read by dataset \"folder\" only; for \"synthetic\" its images keep their own side",
+        ),
+        (
+            &[
+                "ablate",
+                "tau",
+                "--dataset",
+                "cifar10",
+                "--data-dir",
+                "/tmp",
+                "--train-size",
+                "500",
+                "--out",
+                out,
+            ],
+            "error: --train-size: train_size is read by dataset \"synthetic\" only; for \"cifar10\" --limit-train",
+        ),
+        (
+            &["train", "--config", folder_config, "--dataset", "mnist", "--data-dir", "/tmp"],
+            &format!("error: {folder_config}: data.image_size: image_size is read by dataset \"folder\" only; for \"mnist\""),
+        ),
+        (
+            &[
+                "export-data",
+                "/tmp/x.safetensors",
+                "--dataset",
+                "mnist",
+                "--data-dir",
+                "/tmp",
+                "--test-size",
+                "10",
+            ],
+            "error: --test-size: test_size is read by dataset \"synthetic\" only; for \"mnist\" --limit-test",
         ),
     ];
     for (args, expected) in cases {
@@ -645,9 +689,10 @@ fn a_run_whose_data_is_elsewhere_should_say_so_and_take_data_dir() {
     let (full_s, part_s) = (full.to_str().unwrap(), part.to_str().unwrap());
     let on_digits = ["--dataset", "mnist", "--data-dir", "digits"];
     let run = |extra: &[&str]| {
+        // TINY less its sizes of the embedded set, which a file-backed set refuses.
         let args: Vec<&str> = ["train"]
             .iter()
-            .chain(&TINY)
+            .chain(&TINY[4..])
             .chain(&on_digits)
             .chain(extra)
             .copied()
