@@ -876,3 +876,113 @@ fn a_study_over_several_seeds_should_train_every_setting_on_every_seed() {
         assert!(e.to_string().contains(expected), "{e}");
     }
 }
+
+/// A way to change `field` to another valid value, for the test below.
+fn change(field: &str) -> fn(&mut TrainConfig) {
+    match field {
+        "data.image_size" => |c| c.data.image_size += 16,
+        "optim.lars_eta" => |c| c.optim.lars_eta *= 4.0,
+        "optim.lars_clip" => |c| c.optim.lars_clip = !c.optim.lars_clip,
+        "optim.tau_base" => |c| c.optim.tau_base = 0.5,
+        "optim.tau_end" => |c| c.optim.tau_end = 0.995,
+        "optim.target_init" => |c| {
+            let other = ["copy", "independent"]
+                .iter()
+                .find(|t| **t != c.optim.target_init);
+            c.optim.target_init = other.unwrap().to_string();
+        },
+        "optim.base_lr" => |c| c.optim.base_lr *= 2.0,
+        "model.predictor_hidden" => |c| c.model.predictor_hidden += 8,
+        "model.predictor_depth" => |c| c.model.predictor_depth += 1,
+        "ablation.predictor_lr_mult" => |c| c.ablation.predictor_lr_mult = 7.0,
+        "model.zero_init_from_stage" => |c| c.model.zero_init_from_stage = 1,
+        "model.simplicial_temperature" => |c| c.model.simplicial_temperature = 0.7,
+        "ablation.contrastive_temperature" => |c| c.ablation.contrastive_temperature = 0.7,
+        "augment.blur_t" => |c| c.augment.blur_t = 0.5,
+        "augment.blur_t_prime" => |c| c.augment.blur_t_prime = 0.5,
+        "augment.colour_strength" => |c| c.augment.colour_strength = 2.0,
+        f => panic!("no change written for {f}: add one here"),
+    }
+}
+
+/// What a run ends with: every step's loss, then the weights, running statistics and
+/// momentum of both networks.
+fn outcome(cfg: &TrainConfig, name: &str) -> (Vec<String>, Vec<Vec<f32>>) {
+    let out = dir(name);
+    train(cfg, &opts(&out)).unwrap();
+    let byol = host::byol::Byol::new(cfg.byol_config().unwrap()).unwrap();
+    let (s, _) = host::checkpoint::load(&out.join("checkpoint.safetensors"), &byol).unwrap();
+    let state = [
+        s.online,
+        s.target,
+        s.online_running,
+        s.target_running,
+        s.momentum,
+    ];
+    (losses(&out), state.into())
+}
+
+/// `TrainConfig::unread_fields` is what the CLI refuses when a user sets it, so it must name
+/// only fields that change nothing: each one named, changed, gives the same run bit for bit.
+/// Three configurations between them leave unread every field the list knows; a field the run
+/// does read (the base lr) changes the run, so the comparison can tell.
+#[test]
+fn a_field_the_run_does_not_read_should_change_nothing() {
+    let one_epoch = tiny().with(|c| c.optim.epochs = 1);
+    let configs = [
+        one_epoch
+            .clone()
+            .with(|c| c.augment.augmentations = "symmetric".into()),
+        one_epoch.clone().with(|c| {
+            c.optim.optimizer = "sgd".into();
+            c.ablation.tau_constant = Some(0.5);
+            c.ablation.predictor = false;
+            c.model.zero_init_residual = false;
+            c.augment.augmentations = "no-blur".into();
+        }),
+        one_epoch.with(|c| {
+            c.ablation.target_network = false;
+            c.ablation.closed_form_predictor = true;
+            c.model.projection_dim = 8;
+            c.augment.augmentations = "crop-blur".into();
+        }),
+    ];
+    let mut seen = std::collections::BTreeSet::new();
+    for (k, cfg) in configs.iter().enumerate() {
+        let base = outcome(cfg, &format!("unread-{k}"));
+        let unread = cfg.unread_fields();
+        for (field, why) in &unread {
+            let changed = cfg.clone().with(change(field));
+            assert_ne!(
+                &changed, cfg,
+                "{field}: the change changes the configuration"
+            );
+            let name = format!("unread-{k}-{}", field.replace('.', "-"));
+            assert!(
+                outcome(&changed, &name) == base,
+                "{field} ({why}) changed run {k}"
+            );
+            seen.insert(*field);
+        }
+        let read = cfg.clone().with(change("optim.base_lr"));
+        assert!(outcome(&read, &format!("unread-{k}-read")) != base);
+    }
+    let expected = [
+        "ablation.contrastive_temperature",
+        "ablation.predictor_lr_mult",
+        "augment.blur_t",
+        "augment.blur_t_prime",
+        "augment.colour_strength",
+        "data.image_size",
+        "model.predictor_depth",
+        "model.predictor_hidden",
+        "model.simplicial_temperature",
+        "model.zero_init_from_stage",
+        "optim.lars_clip",
+        "optim.lars_eta",
+        "optim.target_init",
+        "optim.tau_base",
+        "optim.tau_end",
+    ];
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), expected);
+}

@@ -919,6 +919,111 @@ impl TrainConfig {
         out
     }
 
+    /// The fields this configuration does not read, each with what its value would have
+    /// shaped and why it shapes nothing here (the message after the field's name): whatever
+    /// they hold, the run is the same. A command refuses them where the user set them, so
+    /// that no value is dropped without a word (`--lars-eta` under SGD, `--image-size` on
+    /// CIFAR-10).
+    pub fn unread_fields(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        let mut unread = |fields: &[&'static str], when: bool, why: &dyn Fn() -> String| {
+            if when {
+                out.extend(fields.iter().map(|f| (*f, why())));
+            }
+        };
+        let dataset = &self.data.dataset;
+        unread(&["data.image_size"], dataset != "folder", &|| {
+            format!("is read by dataset \"folder\" only; {dataset:?} keeps its images' side")
+        });
+        unread(
+            &["data.train_size", "data.test_size"],
+            dataset != "synthetic",
+            &|| {
+                format!(
+                    "is read by dataset \"synthetic\" only; for {dataset:?} limit_train and \
+                     limit_test (--limit-train, --limit-test) take subsets"
+                )
+            },
+        );
+        let optimizer = &self.optim.optimizer;
+        unread(
+            &["optim.lars_eta", "optim.lars_clip"],
+            optimizer != "lars",
+            &|| format!("is read by optimizer \"lars\" only; this run's is {optimizer:?}"),
+        );
+        let a = &self.ablation;
+        unread(
+            &["optim.tau_base", "optim.tau_end", "optim.target_init"],
+            !a.target_network,
+            &|| "shapes the target network, which target_network = false leaves out".into(),
+        );
+        if let Some(t) = a.tau_constant.filter(|_| a.target_network) {
+            unread(&["optim.tau_base", "optim.tau_end"], true, &|| {
+                format!("shapes the cosine τ schedule, which tau_constant = {t} replaces")
+            });
+        }
+        let no_learned_predictor = match (a.predictor, a.closed_form_predictor) {
+            (false, _) => Some("predictor = false leaves out"),
+            (true, true) => Some("closed_form_predictor = true replaces"),
+            (true, false) => None,
+        };
+        if let Some(how) = no_learned_predictor {
+            unread(
+                &[
+                    "model.predictor_hidden",
+                    "model.predictor_depth",
+                    "ablation.predictor_lr_mult",
+                ],
+                true,
+                &|| format!("shapes the learned predictor, which {how}"),
+            );
+        }
+        unread(
+            &["model.zero_init_from_stage"],
+            !self.model.zero_init_residual,
+            &|| "picks the blocks that zero_init_residual starts from zero; it is false".into(),
+        );
+        unread(
+            &["model.simplicial_temperature"],
+            self.model.simplicial_embedding == "off",
+            &|| "is the simplicial embedding's; simplicial_embedding is off".into(),
+        );
+        unread(
+            &["ablation.contrastive_temperature"],
+            a.contrastive_beta == 0.0,
+            &|| "is the contrastive term's; contrastive_beta = 0 leaves it out (BYOL)".into(),
+        );
+        // The augmentation set decides which of T and T′ blur and jitter: a blur probability
+        // is read where the views change with it, the colour strength where a view jitters.
+        let set = &self.augment.augmentations;
+        let views_with = |f: &dyn Fn(&mut AugmentConfig)| {
+            let mut c = self.clone();
+            f(&mut c.augment);
+            c.views().ok()
+        };
+        for (field, blur) in [
+            (
+                "augment.blur_t",
+                (|a, p| a.blur_t = p) as fn(&mut AugmentConfig, f64),
+            ),
+            ("augment.blur_t_prime", |a, p| a.blur_t_prime = p),
+        ] {
+            let (off, on) = (views_with(&|a| blur(a, 0.0)), views_with(&|a| blur(a, 1.0)));
+            let never = off.is_some() && off == on;
+            unread(&[field], never, &|| {
+                format!(
+                    "is a blur probability that augmentation set {set:?} does not use (the view \
+                     has no blur, or takes T's)"
+                )
+            });
+        }
+        let jitters = self.views().is_ok_and(|v| v.iter().any(|v| v.jitter > 0.0));
+        unread(&["augment.colour_strength"], !jitters, &|| {
+            format!("scales the colour jitter; augmentation set {set:?} has none")
+        });
+        out
+    }
+
     /// The configuration as `config.json` and checkpoints store it.
     pub fn json(&self) -> String {
         serde_json::to_string(self).expect("a config serialises")

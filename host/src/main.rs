@@ -952,53 +952,34 @@ fn check_data_dir(cfg: &TrainConfig, recorded: bool) -> Result<(), Error> {
     ))
 }
 
-/// Refuses a data field that one data set alone reads, set for another: the value would be
-/// dropped without a word (`--image-size 96` on CIFAR-10 would train at 32×32). A flag counts
-/// when given; a file's field when it differs from the default, since a run's `config.json`
-/// writes every field, the defaults of those its data set does not read included, and is
-/// meant to be given back as `--config`.
-fn check_fields_apply(
+/// Refuses a field the run does not read ([`TrainConfig::unread_fields`]) that the user set:
+/// its value would be dropped without a word (`--image-size 96` on CIFAR-10 would train at
+/// 32×32). A flag counts when given. A file's field counts only in `[data]`, whose defaults do
+/// not depend on the recipe, and only when it differs from the default: a run's `config.json`
+/// writes every field, those its run does not read included, and is meant to be given back as
+/// `--config`.
+fn check_fields_read(
     cfg: &TrainConfig,
     flags: &toml::Table,
     file: Option<(&Path, &toml::Table)>,
 ) -> Result<(), Error> {
-    let (data, default) = (&cfg.data, DataConfig::default());
-    let fields = [
-        (
-            "data.image_size",
-            data.image_size != default.image_size,
-            "folder",
-            "its images keep their own side (leave image_size out)",
-        ),
-        (
-            "data.train_size",
-            data.train_size != default.train_size,
-            "synthetic",
-            "--limit-train (limit_train) trains on a subset of its training images",
-        ),
-        (
-            "data.test_size",
-            data.test_size != default.test_size,
-            "synthetic",
-            "--limit-test (limit_test) evaluates on a subset of its held-out images",
-        ),
-    ];
-    let dataset = data.dataset.as_str();
-    for (field, not_default, reader, instead) in fields {
-        let in_file = file.is_some_and(|(_, table)| sets(table, field)) && not_default;
-        if dataset != reader && (sets(flags, field) || in_file) {
+    let data = |c: &TrainConfig| toml::Table::try_from(&c.data).expect("a config is a TOML table");
+    let (ours, default) = (data(cfg), data(&TrainConfig::default()));
+    let file_sets = |field: &str| match (field.strip_prefix("data."), file) {
+        (Some(name), Some((_, table))) => sets(table, field) && ours.get(name) != default.get(name),
+        _ => false,
+    };
+    match (cfg.unread_fields().into_iter()).find(|(f, _)| sets(flags, f) || file_sets(f)) {
+        Some((field, why)) => {
             let name = host::error::field_name(field);
-            return Err(Error::setting(
-                field,
-                format!("{name} is read by dataset {reader:?} only; for {dataset:?} {instead}"),
-            ));
+            Err(Error::setting(field, format!("{name} {why}")))
         }
+        None => Ok(()),
     }
-    Ok(())
 }
 
-/// Checks a configuration before any work: its settings, that each data field it sets is read
-/// by its data set, then that its data folder is there (`recorded`: the folder a resumed run
+/// Checks a configuration before any work: its settings, that the run reads each field the
+/// user set, then that its data folder is there (`recorded`: the folder a resumed run
 /// recorded). An error names the flag, or the file and its key, that set the value (`flags`
 /// and `file` as [`host::config::attribute`] takes them).
 fn check_settings(
@@ -1008,7 +989,7 @@ fn check_settings(
     file: Option<(&Path, &toml::Table)>,
 ) -> Result<(), Error> {
     (cfg.validate())
-        .and_then(|()| check_fields_apply(cfg, flags, file))
+        .and_then(|()| check_fields_read(cfg, flags, file))
         .and_then(|()| check_data_dir(cfg, recorded))
         .map_err(|e| host::config::attribute(e, flags, file))
 }

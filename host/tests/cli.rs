@@ -462,7 +462,7 @@ fn a_bad_setting_should_name_the_flag_or_the_file_and_field_that_set_it() {
         // A field the data set does not read is refused, not dropped.
         (
             &["train", "--image-size", "96"],
-            "error: --image-size: image_size is read by dataset \"folder\" only; for \"synthetic\" its images keep their own side",
+            "error: --image-size: image_size is read by dataset \"folder\" only; \"synthetic\" keeps its images' side",
         ),
         (
             &[
@@ -477,11 +477,11 @@ fn a_bad_setting_should_name_the_flag_or_the_file_and_field_that_set_it() {
                 "--out",
                 out,
             ],
-            "error: --train-size: train_size is read by dataset \"synthetic\" only; for \"cifar10\" --limit-train",
+            "error: --train-size: train_size is read by dataset \"synthetic\" only; for \"cifar10\" limit_train",
         ),
         (
             &["train", "--config", folder_config, "--dataset", "mnist", "--data-dir", "/tmp"],
-            &format!("error: {folder_config}: data.image_size: image_size is read by dataset \"folder\" only; for \"mnist\""),
+            &format!("error: {folder_config}: data.image_size: image_size is read by dataset \"folder\" only; \"mnist\""),
         ),
         (
             &[
@@ -494,7 +494,19 @@ fn a_bad_setting_should_name_the_flag_or_the_file_and_field_that_set_it() {
                 "--test-size",
                 "10",
             ],
-            "error: --test-size: test_size is read by dataset \"synthetic\" only; for \"mnist\" --limit-test",
+            "error: --test-size: test_size is read by dataset \"synthetic\" only; for \"mnist\" limit_train",
+        ),
+        (
+            &["train", "--optimizer", "sgd", "--lars-eta", "0.1"],
+            "error: --lars-eta: lars_eta is read by optimizer \"lars\" only; this run's is \"sgd\"",
+        ),
+        (
+            &["train", "--tau-constant", "0.99", "--tau-base", "0.9"],
+            "error: --tau-base: tau_base shapes the cosine τ schedule, which tau_constant = 0.99 replaces",
+        ),
+        (
+            &["train", "--augmentations", "no-blur", "--blur-t", "1"],
+            "error: --blur-t: blur_t is a blur probability that augmentation set \"no-blur\" does not use",
         ),
     ];
     for (args, expected) in cases {
