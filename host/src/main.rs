@@ -487,6 +487,12 @@ fn collective() -> Result<std::sync::Arc<dyn host::dist::Collective>, Error> {
 fn train(args: &TrainArgs, matches: &ArgMatches) -> Result<(), Error> {
     let (cfg, out, mut threads) = args.config(matches)?;
     host::train::check_device(args.device)?;
+    if matches!(args.device, Device::Cpu) && args.precision != host::backend::Precision::F32 {
+        return Err(Error::InvalidArgument(format!(
+            "--precision {}: tensor-core precision is a GPU's; the CPU computes in f32 (give --device cuda, or leave --precision out)",
+            format!("{:?}", args.precision).to_lowercase()
+        )));
+    }
     let replicas = match args.distributed {
         true => Some(host::train::Replicas {
             collective: collective()?,

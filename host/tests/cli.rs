@@ -505,6 +505,10 @@ fn a_bad_setting_should_name_the_flag_or_the_file_and_field_that_set_it() {
             "error: --tau-base: tau_base shapes the cosine τ schedule, which tau_constant = 0.99 replaces",
         ),
         (
+            &["train", "--precision", "bf16"],
+            "error: --precision bf16: tensor-core precision is a GPU's; the CPU computes in f32",
+        ),
+        (
             &["train", "--augmentations", "no-blur", "--blur-t", "1"],
             "error: --blur-t: blur_t is a blur probability that augmentation set \"no-blur\" does not use",
         ),
