@@ -593,6 +593,23 @@ fn run_training(cfg: &TrainConfig, out: &Path, opts: &RunOptions) -> Result<(), 
         counted(rayon::current_num_threads(), "thread"),
         out.display()
     );
+    // A field the run does not read shows as "–", not as a value it ignores.
+    let unread = cfg.unread_fields();
+    let shown = |field: &str, value: &dyn std::fmt::Display| match unread
+        .iter()
+        .any(|(f, _)| *f == field)
+    {
+        true => "–".to_string(),
+        false => value.to_string(),
+    };
+    let tau = match (cfg.ablation.target_network, cfg.ablation.tau_constant) {
+        (false, _) => "–".to_string(),
+        (true, Some(t)) => format!("{t} (constant)"),
+        (true, None) if cfg.optim.tau_end == cfg.optim.tau_base => {
+            format!("{} (constant)", cfg.optim.tau_base)
+        }
+        (true, None) => format!("{} → {}", cfg.optim.tau_base, cfg.optim.tau_end),
+    };
     eprintln!(
         "  recipe {}: {} lr {}·batch/256, weight decay {:e}{}, τ {}, target {}, blur {}/{}, warm-up {}, projector/predictor hidden {}/{}",
         cfg.recipe,
@@ -604,17 +621,13 @@ fn run_training(cfg: &TrainConfig, out: &Path, opts: &RunOptions) -> Result<(), 
         } else {
             String::new()
         },
-        if cfg.optim.tau_end == cfg.optim.tau_base {
-            format!("{} (constant)", cfg.optim.tau_base)
-        } else {
-            format!("{} → {}", cfg.optim.tau_base, cfg.optim.tau_end)
-        },
-        cfg.optim.target_init,
-        cfg.augment.blur_t,
-        cfg.augment.blur_t_prime,
+        tau,
+        shown("optim.target_init", &cfg.optim.target_init),
+        shown("augment.blur_t", &cfg.augment.blur_t),
+        shown("augment.blur_t_prime", &cfg.augment.blur_t_prime),
         counted(cfg.optim.warmup_epochs, "epoch"),
         cfg.model.projector_hidden,
-        cfg.model.predictor_hidden
+        shown("model.predictor_hidden", &cfg.model.predictor_hidden)
     );
     let ablations = cfg.ablations();
     if !ablations.is_empty() {

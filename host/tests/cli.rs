@@ -522,6 +522,32 @@ fn a_bad_setting_should_name_the_flag_or_the_file_and_field_that_set_it() {
     }
 }
 
+/// The banner's recipe line shows what the run does: τ's schedule, or a constant τ as such, and
+/// "–" for a setting the run does not read.
+#[test]
+fn the_banner_should_show_the_tau_the_run_uses_and_dash_what_it_does_not_read() {
+    let run = dir("banner");
+    let run_s = run.to_str().unwrap();
+    let recipe_line = |extra: &[&str]| {
+        let args = [&["--out", run_s, "--stop-after-epochs", "0"], extra].concat();
+        let out = train(&args);
+        assert_succeeded(&out);
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        let line = err.lines().find(|l| l.starts_with("  recipe "));
+        line.unwrap_or_else(|| panic!("no recipe line: {err}"))
+            .to_string()
+    };
+    assert_eq!(
+        recipe_line(&[]),
+        "  recipe small: lars lr 1·batch/256, weight decay 1e-4, η 0.05 clipped, τ 0.9 → 1, target copy, blur 0/0, warm-up 1 epoch, projector/predictor hidden 64/64"
+    );
+    let ablated = ["--optimizer", "sgd", "--tau-constant", "0.5"];
+    assert_eq!(
+        recipe_line(&[&ablated[..], &["--augmentations", "no-blur"]].concat()),
+        "  recipe small: sgd lr 1·batch/256, weight decay 1e-4, τ 0.5 (constant), target copy, blur –/–, warm-up 1 epoch, projector/predictor hidden 64/64"
+    );
+}
+
 #[test]
 fn a_new_run_into_a_finished_runs_folder_should_say_it_replaces_it() {
     let run = dir("again");
