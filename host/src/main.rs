@@ -62,10 +62,14 @@ enum Command {
         /// Add the online projector's outputs (`*.projections`).
         #[arg(long)]
         projections: bool,
-        /// The data to embed: the run's, with any of these fields changed (another
-        /// `--dataset` and `--data-dir`, `--limit-test`, …). Images are resized to the run's
-        /// side and normalised as its pre-training data.
-        #[command(flatten)]
+        // The data to embed: the run's, with any of these fields changed (another `--dataset`
+        // and `--data-dir`, `--limit-test`, …). Images are resized to the run's side and
+        // normalised as its pre-training data. Clap shows no doc comment of a flattened
+        // field, so the heading says it.
+        #[command(
+            flatten,
+            next_help_heading = "Data (the run's own unless these change it)"
+        )]
         data: DataConfig,
     },
     /// Write a data set's training and held-out images and labels as one safetensors file,
@@ -77,8 +81,12 @@ enum Command {
         /// that run trained on); the data flags override it.
         #[arg(long)]
         config: Option<PathBuf>,
-        /// The data set (default: the embedded one, 5,000 training and 1,000 held-out images).
-        #[command(flatten)]
+        // Clap shows no doc comment of a flattened field, so the heading gives the default.
+        #[command(
+            flatten,
+            next_help_heading = "Data (default: the embedded set, 5,000 training and 1,000 \
+                                 held-out images)"
+        )]
         data: DataConfig,
     },
     /// Download CIFAR-10, CIFAR-100 or STL-10 (binary versions) from their official addresses, checksum-verified.
