@@ -367,6 +367,7 @@ fn main() -> ExitCode {
                 &checkpoint,
                 data_dir,
                 data_batchnorm,
+                device,
                 be
             ))
         }
@@ -377,7 +378,13 @@ fn main() -> ExitCode {
             data_dir,
         }) => {
             let data_dir = data_dir.as_deref();
-            on_device!(device, |be| eval_linear(&checkpoint, data_dir, epochs, be))
+            on_device!(device, |be| eval_linear(
+                &checkpoint,
+                data_dir,
+                epochs,
+                device,
+                be
+            ))
         }
         Command::Export { checkpoint, out } => export(&checkpoint, &out),
         Command::Embed {
@@ -782,6 +789,7 @@ fn eval_knn<B: Backend>(
     path: &Path,
     data_dir: Option<&Path>,
     data_batchnorm: bool,
+    device: Device,
     backend: B,
 ) -> Result<(), Error> {
     let (byol, state, cfg, train, test, aug) = open_run_with_data(path, data_dir, backend)?;
@@ -793,6 +801,14 @@ fn eval_knn<B: Backend>(
         100.0 * acc,
         test.len()
     );
+    let mut record = serde_json::json!({
+        "kind": "knn",
+        "step": state.step,
+        "knn_top1": acc,
+        "held_out": test.len(),
+        "k": cfg.monitor.knn_k,
+        "temperature": cfg.monitor.knn_temperature,
+    });
     if data_batchnorm {
         let part = (0, cfg.optim.batch_size); // one process: rank 0 takes whole batches
         let read =
@@ -802,15 +818,48 @@ fn eval_knn<B: Backend>(
                 "  with the data's BatchNorm statistics: {:.2}%",
                 100.0 * acc
             );
+            record["knn_top1_data_bn"] = acc.into();
         }
     }
+    record_evaluation(path, device, record);
     Ok(())
+}
+
+/// Appends an evaluation's record to `evaluations.jsonl` beside the run's checkpoint, so that
+/// the figure outlives the terminal. The record names the checkpoint's step, since a run may
+/// train on (`--resume`) and be read again, and the device, since GPU and CPU round apart.
+/// The file is rewritten whole through the atomic write. The evaluation has been printed by
+/// then, so a folder that cannot be written (read-only, shared) gets a warning, not a failure.
+fn record_evaluation(run: &Path, device: Device, mut record: serde_json::Value) {
+    record["device"] = match device {
+        Device::Cpu => "cpu".to_string(),
+        Device::Cuda(n) => format!("cuda:{n}"),
+    }
+    .into();
+    let recorded = host::config::existing_checkpoint(run).and_then(|checkpoint| {
+        let file = checkpoint.with_file_name("evaluations.jsonl");
+        let mut text = match std::fs::read_to_string(&file) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(Error::io(&file, e)),
+        };
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n'); // a file edited by hand may lack its last newline
+        }
+        text.push_str(&format!("{record}\n"));
+        host::files::write_atomic(&file, text.as_bytes()).map(|()| file)
+    });
+    match recorded {
+        Ok(file) => println!("  recorded in {}", file.display()),
+        Err(e) => eprintln!("warning: the result was not recorded: {e}"),
+    }
 }
 
 fn eval_linear<B: Backend>(
     path: &Path,
     data_dir: Option<&Path>,
     epochs: usize,
+    device: Device,
     backend: B,
 ) -> Result<(), Error> {
     if epochs == 0 {
@@ -864,6 +913,17 @@ fn eval_linear<B: Backend>(
         r.lr,
         100.0 * r.val_accuracy
     );
+    let record = serde_json::json!({
+        "kind": "linear",
+        "step": state.step,
+        "linear_top1": r.test_accuracy,
+        "held_out": ty.len(),
+        // The f32's shortest decimal (0.4, not 0.4000000059604645 as a widened f64 prints).
+        "lr": r.lr.to_string().parse::<f64>().expect("a float's display parses"),
+        "validation_top1": r.val_accuracy,
+        "epochs": epochs,
+    });
+    record_evaluation(path, device, record);
     Ok(())
 }
 

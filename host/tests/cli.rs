@@ -663,7 +663,8 @@ fn eval_knn_should_read_the_untrained_checkpoint_as_the_run_did() {
     assert_succeeded(&e);
     let text = String::from_utf8_lossy(&e.stdout);
     let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines.len(), 2, "{text}");
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(lines[2].starts_with("  recorded in "), "{text}");
     assert!(
         lines[0].contains(&pct("knn_top1")),
         "{text} against {first}"
@@ -675,6 +676,102 @@ fn eval_knn_should_read_the_untrained_checkpoint_as_the_run_did() {
         )),
         "{text} against {first}"
     );
+}
+
+/// An evaluation's figure outlives the terminal: each `eval` appends one record, with what it
+/// printed, the checkpoint's step and the device, to `evaluations.jsonl` beside the
+/// checkpoint; a folder it cannot write to gets a warning, and the evaluation still succeeds.
+#[test]
+fn each_evaluation_should_be_recorded_beside_the_checkpoint() {
+    let run = dir("recorded");
+    let run_s = run.to_str().unwrap();
+    assert_succeeded(&train(&["--out", run_s]));
+    let file = run.join("evaluations.jsonl");
+    let records = || -> Vec<serde_json::Value> {
+        let text = String::from_utf8(read(&file)).unwrap();
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let pct = |r: &serde_json::Value, k: &str| format!("{:.2}%", 100.0 * r[k].as_f64().unwrap());
+    let knn = host(&["eval", "knn", run_s, "--data-batchnorm"]);
+    assert_succeeded(&knn);
+    let checkpoint = run.join("checkpoint.safetensors");
+    let linear = host(&[
+        "eval",
+        "linear",
+        checkpoint.to_str().unwrap(),
+        "--epochs",
+        "1",
+    ]);
+    assert_succeeded(&linear);
+    let r = records();
+    assert_eq!(r.len(), 2, "{r:?}");
+    let (knn_text, linear_text) = (
+        String::from_utf8_lossy(&knn.stdout),
+        String::from_utf8_lossy(&linear.stdout),
+    );
+    assert_eq!(
+        (&r[0]["kind"], &r[0]["step"], &r[0]["device"], &r[0]["k"]),
+        (&"knn".into(), &8.into(), &"cpu".into(), &200.into()),
+        "two epochs of four steps: {r:?}"
+    );
+    assert!(
+        knn_text.contains(&format!(
+            "kNN top-1 (k = 200, T = 0.1): {}",
+            pct(&r[0], "knn_top1")
+        )) && knn_text.contains(&format!(
+            "BatchNorm statistics: {}",
+            pct(&r[0], "knn_top1_data_bn")
+        )) && knn_text.contains(&format!("recorded in {}", file.display())),
+        "{knn_text} against {}",
+        r[0]
+    );
+    // The run's own epoch record read the same kNN at the same step.
+    let metrics = String::from_utf8(read(&run.join("metrics.jsonl"))).unwrap();
+    let last_epoch = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .rfind(|m| m["kind"] == "epoch")
+        .unwrap();
+    assert_eq!(last_epoch["knn_top1"], r[0]["knn_top1"]);
+    assert_eq!(
+        (
+            &r[1]["kind"],
+            &r[1]["step"],
+            &r[1]["epochs"],
+            &r[1]["held_out"]
+        ),
+        (&"linear".into(), &8.into(), &1.into(), &32.into()),
+        "{r:?}"
+    );
+    assert!(
+        linear_text.contains(&format!(
+            "linear evaluation: {} top-1 on 32 held-out images (lr {} chosen",
+            pct(&r[1], "linear_top1"),
+            r[1]["lr"]
+        )),
+        "{linear_text} against {}",
+        r[1]
+    );
+    // A third evaluation adds a line and keeps the two before it.
+    assert_succeeded(&host(&["eval", "knn", run_s]));
+    let again = records();
+    assert_eq!((again.len(), &again[..2]), (3, &r[..]));
+    assert_eq!(again[2]["knn_top1"], r[0]["knn_top1"]);
+    assert!(again[2].get("knn_top1_data_bn").is_none(), "{}", again[2]);
+    // Where the record cannot be written (here a folder is in its way), a warning says so.
+    std::fs::remove_file(&file).unwrap();
+    std::fs::create_dir(&file).unwrap();
+    let blocked = host(&["eval", "knn", run_s]);
+    assert_succeeded(&blocked);
+    let warning = String::from_utf8_lossy(&blocked.stderr);
+    assert!(
+        warning.starts_with("warning: the result was not recorded: ")
+            && warning.contains("evaluations.jsonl"),
+        "{warning}"
+    );
+    assert!(String::from_utf8_lossy(&blocked.stdout).contains("kNN top-1"));
 }
 
 /// `host` run from the working folder `cwd`.
