@@ -831,11 +831,7 @@ fn eval_knn<B: Backend>(
 /// The file is rewritten whole through the atomic write. The evaluation has been printed by
 /// then, so a folder that cannot be written (read-only, shared) gets a warning, not a failure.
 fn record_evaluation(run: &Path, device: Device, mut record: serde_json::Value) {
-    record["device"] = match device {
-        Device::Cpu => "cpu".to_string(),
-        Device::Cuda(n) => format!("cuda:{n}"),
-    }
-    .into();
+    record["device"] = device.to_string().into();
     let recorded = host::config::existing_checkpoint(run).and_then(|checkpoint| {
         let file = checkpoint.with_file_name("evaluations.jsonl");
         let mut text = match std::fs::read_to_string(&file) {

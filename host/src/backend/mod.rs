@@ -93,6 +93,16 @@ impl std::str::FromStr for Device {
     }
 }
 
+/// The name `from_str` reads back: `cpu` or `cuda:N`.
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => write!(f, "cpu"),
+            Device::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
 /// A Linear layer `y [rows, output] = x [rows, input] · wᵀ (+ b)` whose weight `[output,
 /// input]` and bias `[output]` sit at `weight` and `bias` in a flat parameter buffer (and at
 /// the same places in its gradient).
@@ -550,4 +560,24 @@ pub fn need<B: Backend + ?Sized>(what: &'static str, buf: &B::Buffer, len: usize
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a record or a banner names is what `--device` reads back.
+    #[test]
+    fn a_device_should_print_as_the_flag_that_names_it() {
+        for (text, device) in [
+            ("cpu", Device::Cpu),
+            ("cuda:0", Device::Cuda(0)),
+            ("cuda:3", Device::Cuda(3)),
+        ] {
+            assert_eq!(device.to_string(), text);
+            assert_eq!(text.parse::<Device>().unwrap(), device);
+        }
+        assert_eq!("cuda".parse::<Device>().unwrap(), Device::Cuda(0));
+        assert!("gpu".parse::<Device>().is_err());
+    }
 }
