@@ -25,6 +25,9 @@ pub const RUN_CONFIG: &str = "config.json";
 /// The metrics' name in a run folder (JSON lines: a record per step and per epoch).
 pub const METRICS: &str = "metrics.jsonl";
 
+/// The evaluations' name in a run folder (JSON lines: a record per `host eval knn|linear`).
+pub const EVALUATIONS: &str = "evaluations.jsonl";
+
 /// The plot's name in a run folder (loss, kNN accuracy, lr and τ; `host plot` redraws it).
 pub const PLOT: &str = "training.png";
 

@@ -659,7 +659,7 @@ fn run_training(cfg: &TrainConfig, out: &Path, opts: &RunOptions) -> Result<(), 
     // not refused; the line gives its owner until this run's first checkpoint to keep the weights.
     if opts.resume.is_none() && out.join(host::config::CHECKPOINT).exists() {
         eprintln!(
-            "  {} holds an earlier run, which this one replaces: its config and metrics now, its checkpoint when this run saves its first (stop before then to keep it; --out DIR writes elsewhere)",
+            "  {} holds an earlier run, which this one replaces: its config, metrics and evaluations now, its checkpoint when this run saves its first (stop before then to keep it; --out DIR writes elsewhere)",
             out.display()
         );
     }
@@ -833,7 +833,7 @@ fn eval_knn<B: Backend>(
 fn record_evaluation(run: &Path, device: Device, mut record: serde_json::Value) {
     record["device"] = device.to_string().into();
     let recorded = host::config::existing_checkpoint(run).and_then(|checkpoint| {
-        let file = checkpoint.with_file_name("evaluations.jsonl");
+        let file = checkpoint.with_file_name(host::config::EVALUATIONS);
         let mut text = match std::fs::read_to_string(&file) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),

@@ -3,7 +3,8 @@
 //!
 //! Files in the output folder: `metrics.jsonl` (one record per step and per epoch),
 //! `checkpoint.safetensors` (after every epoch, written atomically), `config.json`, and at
-//! the end `training.png` (loss, kNN accuracy, lr and τ).
+//! the end `training.png` (loss, kNN accuracy, lr and τ). `host eval` adds `evaluations.jsonl`,
+//! which a new run into the folder removes with the rest of the run it replaces.
 //! A run is a pure function of its configuration: the seed fixes initialisation, data order
 //! and augmentations, so with the same thread count two runs are bit-identical, and a run
 //! resumed from an epoch's checkpoint continues exactly as the uninterrupted one.
@@ -15,7 +16,8 @@ use crate::byol::schedule::{learning_rate, tau_to};
 use crate::byol::{Byol, ByolState, LrMultipliers};
 use crate::checkpoint;
 use crate::config::{
-    same_run, saved_config, TrainConfig, CHECKPOINT, DATASETS, METRICS, PLOT, RUN_CONFIG,
+    same_run, saved_config, TrainConfig, CHECKPOINT, DATASETS, EVALUATIONS, METRICS, PLOT,
+    RUN_CONFIG,
 };
 use crate::data::augment::{mix, Augmenter};
 use crate::data::formats::{self, UNLABELED};
@@ -719,7 +721,8 @@ fn starting_state<B: Backend>(
 /// which also records the thread count, on which the bits of the run depend since the conv
 /// layers split their sums by thread, and the number of ranks), and the metrics at
 /// `metrics_path`, new, or when resuming at `(step, epoch)` cut back to the records before it
-/// and opened to append.
+/// and opened to append. A new run also removes the evaluations of the run it replaces, which
+/// would otherwise read as this run's (a resumed run keeps them: their steps are its own).
 fn open_run_files(
     cfg: &TrainConfig,
     opts: &RunOptions,
@@ -736,6 +739,14 @@ fn open_run_files(
     crate::files::write_atomic(&opts.out.join(RUN_CONFIG), config_json.as_bytes())?;
     if opts.resume.is_some() {
         metrics_before(metrics_path, step, epoch)?;
+    } else {
+        let evaluations = opts.out.join(EVALUATIONS);
+        match std::fs::remove_file(&evaluations) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::io(&evaluations, e))
+            }
+            _ => {}
+        }
     }
     std::fs::OpenOptions::new()
         .create(true)

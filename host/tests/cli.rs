@@ -680,12 +680,14 @@ fn eval_knn_should_read_the_untrained_checkpoint_as_the_run_did() {
 
 /// An evaluation's figure outlives the terminal: each `eval` appends one record, with what it
 /// printed, the checkpoint's step and the device, to `evaluations.jsonl` beside the
-/// checkpoint; a folder it cannot write to gets a warning, and the evaluation still succeeds.
+/// checkpoint. A resumed run keeps the records (their steps are its own); a new run into the
+/// folder removes them with the run it replaces. A folder the record cannot be written to gets
+/// a warning, and the evaluation still succeeds.
 #[test]
 fn each_evaluation_should_be_recorded_beside_the_checkpoint() {
     let run = dir("recorded");
     let run_s = run.to_str().unwrap();
-    assert_succeeded(&train(&["--out", run_s]));
+    assert_succeeded(&train(&["--out", run_s, "--stop-after-epochs", "1"]));
     let file = run.join("evaluations.jsonl");
     let records = || -> Vec<serde_json::Value> {
         let text = String::from_utf8(read(&file)).unwrap();
@@ -694,8 +696,38 @@ fn each_evaluation_should_be_recorded_beside_the_checkpoint() {
             .collect()
     };
     let pct = |r: &serde_json::Value, k: &str| format!("{:.2}%", 100.0 * r[k].as_f64().unwrap());
+    // After the first epoch (four steps), read on the run folder.
     let knn = host(&["eval", "knn", run_s, "--data-batchnorm"]);
     assert_succeeded(&knn);
+    let r = records();
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!(
+        (&r[0]["kind"], &r[0]["step"], &r[0]["device"], &r[0]["k"]),
+        (&"knn".into(), &4.into(), &"cpu".into(), &200.into()),
+        "one epoch of four steps: {r:?}"
+    );
+    let knn_text = String::from_utf8_lossy(&knn.stdout);
+    assert!(
+        knn_text.contains(&format!(
+            "kNN top-1 (k = 200, T = 0.1): {} on 32 held-out images",
+            pct(&r[0], "knn_top1")
+        )) && knn_text.contains(&format!(
+            "BatchNorm statistics: {}",
+            pct(&r[0], "knn_top1_data_bn")
+        )) && knn_text.contains(&format!("recorded in {}", file.display())),
+        "{knn_text} against {}",
+        r[0]
+    );
+    // The run's own record of that epoch read the same kNN.
+    let metrics = String::from_utf8(read(&run.join("metrics.jsonl"))).unwrap();
+    let epoch_1 = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|m| m["kind"] == "epoch" && m["epoch"] == 1)
+        .unwrap();
+    assert_eq!(epoch_1["knn_top1"], r[0]["knn_top1"]);
+    // Resumed to its end, then read on the checkpoint file: a second record, of step 8.
+    assert_succeeded(&host(&["train", "--resume", run_s]));
     let checkpoint = run.join("checkpoint.safetensors");
     let linear = host(&[
         "eval",
@@ -705,63 +737,42 @@ fn each_evaluation_should_be_recorded_beside_the_checkpoint() {
         "1",
     ]);
     assert_succeeded(&linear);
-    let r = records();
-    assert_eq!(r.len(), 2, "{r:?}");
-    let (knn_text, linear_text) = (
-        String::from_utf8_lossy(&knn.stdout),
-        String::from_utf8_lossy(&linear.stdout),
-    );
-    assert_eq!(
-        (&r[0]["kind"], &r[0]["step"], &r[0]["device"], &r[0]["k"]),
-        (&"knn".into(), &8.into(), &"cpu".into(), &200.into()),
-        "two epochs of four steps: {r:?}"
-    );
-    assert!(
-        knn_text.contains(&format!(
-            "kNN top-1 (k = 200, T = 0.1): {}",
-            pct(&r[0], "knn_top1")
-        )) && knn_text.contains(&format!(
-            "BatchNorm statistics: {}",
-            pct(&r[0], "knn_top1_data_bn")
-        )) && knn_text.contains(&format!("recorded in {}", file.display())),
-        "{knn_text} against {}",
-        r[0]
-    );
-    // The run's own epoch record read the same kNN at the same step.
-    let metrics = String::from_utf8(read(&run.join("metrics.jsonl"))).unwrap();
-    let last_epoch = metrics
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .rfind(|m| m["kind"] == "epoch")
-        .unwrap();
-    assert_eq!(last_epoch["knn_top1"], r[0]["knn_top1"]);
+    let r2 = records();
+    assert_eq!((r2.len(), &r2[0]), (2, &r[0]), "{r2:?}");
     assert_eq!(
         (
-            &r[1]["kind"],
-            &r[1]["step"],
-            &r[1]["epochs"],
-            &r[1]["held_out"]
+            &r2[1]["kind"],
+            &r2[1]["step"],
+            &r2[1]["epochs"],
+            &r2[1]["held_out"]
         ),
         (&"linear".into(), &8.into(), &1.into(), &32.into()),
-        "{r:?}"
+        "{r2:?}"
     );
+    let linear_text = String::from_utf8_lossy(&linear.stdout);
     assert!(
         linear_text.contains(&format!(
             "linear evaluation: {} top-1 on 32 held-out images (lr {} chosen",
-            pct(&r[1], "linear_top1"),
-            r[1]["lr"]
+            pct(&r2[1], "linear_top1"),
+            r2[1]["lr"]
         )),
         "{linear_text} against {}",
-        r[1]
+        r2[1]
     );
-    // A third evaluation adds a line and keeps the two before it.
+    // A third evaluation appends and keeps the two before it.
     assert_succeeded(&host(&["eval", "knn", run_s]));
-    let again = records();
-    assert_eq!((again.len(), &again[..2]), (3, &r[..]));
-    assert_eq!(again[2]["knn_top1"], r[0]["knn_top1"]);
-    assert!(again[2].get("knn_top1_data_bn").is_none(), "{}", again[2]);
+    let r3 = records();
+    assert_eq!((r3.len(), &r3[..2]), (3, &r2[..]));
+    assert_eq!(r3[2]["step"], 8);
+    assert!(r3[2].get("knn_top1_data_bn").is_none(), "{}", r3[2]);
+    // A new run into the folder replaces the run, and its evaluations with it.
+    let again = train(&["--out", run_s, "--stop-after-epochs", "0"]);
+    assert_succeeded(&again);
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("its config, metrics and evaluations now")
+    );
+    assert!(!file.exists(), "the replaced run's evaluations are left");
     // Where the record cannot be written (here a folder is in its way), a warning says so.
-    std::fs::remove_file(&file).unwrap();
     std::fs::create_dir(&file).unwrap();
     let blocked = host(&["eval", "knn", run_s]);
     assert_succeeded(&blocked);
