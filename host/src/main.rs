@@ -150,9 +150,17 @@ enum Command {
 #[derive(Subcommand)]
 enum EvalCommand {
     /// kNN accuracy (k = 200, temperature 0.1 unless the run said otherwise) on the held-out split.
+    #[command(allow_negative_numbers = true)]
     Knn {
         /// A run folder, or its checkpoint.
         checkpoint: PathBuf,
+        /// Neighbours that vote (default: the run's monitor's, 200 unless it said otherwise;
+        /// 20 is the other common choice).
+        #[arg(long)]
+        knn_k: Option<usize>,
+        /// Temperature of the vote (default: the run's monitor's, 0.1 unless it said otherwise).
+        #[arg(long)]
+        knn_temperature: Option<f64>,
         /// Where the encoder runs: cpu, cuda or cuda:N.
         #[arg(long, default_value = "cpu")]
         device: Device,
@@ -358,14 +366,26 @@ fn main() -> ExitCode {
         Command::Train(args) => train(&args, sub_matches(&matches, "train")),
         Command::Eval(EvalCommand::Knn {
             checkpoint,
+            knn_k,
+            knn_temperature,
             device,
             data_batchnorm,
             data_dir,
         }) => {
             let data_dir = data_dir.as_deref();
+            // The vote's settings given as flags replace the run's, checked as the run's were.
+            let vote = |cfg: &mut TrainConfig| {
+                if knn_k.is_none() && knn_temperature.is_none() {
+                    return Ok(());
+                }
+                cfg.monitor.knn_k = knn_k.unwrap_or(cfg.monitor.knn_k);
+                cfg.monitor.knn_temperature =
+                    knn_temperature.unwrap_or(cfg.monitor.knn_temperature);
+                cfg.validate().map_err(|e| e.set_in(Origin::Flag))
+            };
             on_device!(device, |be| eval_knn(
                 &checkpoint,
-                data_dir,
+                (data_dir, &vote),
                 data_batchnorm,
                 device,
                 be
@@ -380,7 +400,7 @@ fn main() -> ExitCode {
             let data_dir = data_dir.as_deref();
             on_device!(device, |be| eval_linear(
                 &checkpoint,
-                data_dir,
+                (data_dir, &|_: &mut TrainConfig| Ok(())),
                 epochs,
                 device,
                 be
@@ -773,26 +793,36 @@ type RunWithData<B> = (
     host::data::augment::Augmenter,
 );
 
+/// `adjust` changes the run's configuration (an evaluation's own settings) before the data is
+/// read, and may refuse the change.
 fn open_run_with_data<B: Backend>(
     path: &Path,
-    data_dir: Option<&Path>,
+    (data_dir, adjust): RunData,
     backend: B,
 ) -> Result<RunWithData<B>, Error> {
-    let (byol, state, cfg) = open_run_on(path, backend)?;
+    let (byol, state, mut cfg) = open_run_on(path, backend)?;
+    adjust(&mut cfg)?;
     let cfg = run_data(cfg, data_dir)?;
     let (train, test) = host::train::load_data(&cfg)?;
     let aug = host::train::augmenter(&train, &cfg)?;
     Ok((byol, state, cfg, train, test, aug))
 }
 
+/// Where an evaluation finds the run's data (`--data-dir`, when it moved), and what it changes
+/// in the run's configuration first.
+type RunData<'a> = (
+    Option<&'a Path>,
+    &'a dyn Fn(&mut TrainConfig) -> Result<(), Error>,
+);
+
 fn eval_knn<B: Backend>(
     path: &Path,
-    data_dir: Option<&Path>,
+    data: RunData,
     data_batchnorm: bool,
     device: Device,
     backend: B,
 ) -> Result<(), Error> {
-    let (byol, state, cfg, train, test, aug) = open_run_with_data(path, data_dir, backend)?;
+    let (byol, state, cfg, train, test, aug) = open_run_with_data(path, data, backend)?;
     let acc = host::train::monitor(&byol, &state, &train, &test, &aug, &cfg)?.knn_top1;
     println!(
         "kNN top-1 (k = {}, T = {}): {:.2}% on {} held-out images",
@@ -853,7 +883,7 @@ fn record_evaluation(run: &Path, device: Device, mut record: serde_json::Value) 
 
 fn eval_linear<B: Backend>(
     path: &Path,
-    data_dir: Option<&Path>,
+    data: RunData,
     epochs: usize,
     device: Device,
     backend: B,
@@ -863,7 +893,7 @@ fn eval_linear<B: Backend>(
             "--epochs: expected at least 1 epoch of the linear classifier, got 0".into(),
         ));
     }
-    let (byol, state, _, train, test, aug) = open_run_with_data(path, data_dir, backend)?;
+    let (byol, state, _, train, test, aug) = open_run_with_data(path, data, backend)?;
     // The encoder's parameters and statistics lead the online buffers.
     let (params, running) = (&state.online, &state.online_running);
     let (train_idx, test_idx) = (host::train::labelled(&train), host::train::labelled(&test));

@@ -759,12 +759,38 @@ fn each_evaluation_should_be_recorded_beside_the_checkpoint() {
         "{linear_text} against {}",
         r2[1]
     );
-    // A third evaluation appends and keeps the two before it.
-    assert_succeeded(&host(&["eval", "knn", run_s]));
+    // A third evaluation, with the vote's own settings, appends and keeps the two before it.
+    let k20 = host(&[
+        "eval",
+        "knn",
+        run_s,
+        "--knn-k",
+        "20",
+        "--knn-temperature",
+        "0.07",
+    ]);
+    assert_succeeded(&k20);
     let r3 = records();
     assert_eq!((r3.len(), &r3[..2]), (3, &r2[..]));
-    assert_eq!(r3[2]["step"], 8);
+    assert_eq!(
+        (&r3[2]["step"], &r3[2]["k"], &r3[2]["temperature"]),
+        (&8.into(), &20.into(), &0.07.into())
+    );
     assert!(r3[2].get("knn_top1_data_bn").is_none(), "{}", r3[2]);
+    assert!(String::from_utf8_lossy(&k20.stdout).contains(&format!(
+        "kNN top-1 (k = 20, T = 0.07): {}",
+        pct(&r3[2], "knn_top1")
+    )));
+    // A vote that cannot be taken is refused, naming its flag, and records nothing.
+    for (flags, expected) in [
+        (["--knn-k", "0"], "error: --knn-k: "),
+        (["--knn-temperature", "-1"], "error: --knn-temperature: "),
+    ] {
+        let bad = host(&[&["eval", "knn", run_s][..], &flags].concat());
+        let err = String::from_utf8_lossy(&bad.stderr);
+        assert!(!bad.status.success() && err.starts_with(expected), "{err}");
+    }
+    assert_eq!(records().len(), 3);
     // A new run into the folder replaces the run, and its evaluations with it.
     let again = train(&["--out", run_s, "--stop-after-epochs", "0"]);
     assert_succeeded(&again);
