@@ -385,7 +385,8 @@ fn main() -> ExitCode {
             };
             on_device!(device, |be| eval_knn(
                 &checkpoint,
-                (data_dir, &vote),
+                data_dir,
+                &vote,
                 data_batchnorm,
                 device,
                 be
@@ -400,7 +401,7 @@ fn main() -> ExitCode {
             let data_dir = data_dir.as_deref();
             on_device!(device, |be| eval_linear(
                 &checkpoint,
-                (data_dir, &|_: &mut TrainConfig| Ok(())),
+                data_dir,
                 epochs,
                 device,
                 be
@@ -630,12 +631,12 @@ fn run_training(cfg: &TrainConfig, out: &Path, opts: &RunOptions) -> Result<(), 
     );
     // A field the run does not read shows as "–", not as a value it ignores.
     let unread = cfg.unread_fields();
-    let shown = |field: &str, value: &dyn std::fmt::Display| match unread
-        .iter()
-        .any(|(f, _)| *f == field)
-    {
-        true => "–".to_string(),
-        false => value.to_string(),
+    let shown = |field: &str, value: &dyn std::fmt::Display| {
+        if unread.iter().any(|(f, _)| *f == field) {
+            "–".to_string()
+        } else {
+            value.to_string()
+        }
     };
     let tau = match (cfg.ablation.target_network, cfg.ablation.tau_constant) {
         (false, _) => "–".to_string(),
@@ -797,7 +798,8 @@ type RunWithData<B> = (
 /// read, and may refuse the change.
 fn open_run_with_data<B: Backend>(
     path: &Path,
-    (data_dir, adjust): RunData,
+    data_dir: Option<&Path>,
+    adjust: &dyn Fn(&mut TrainConfig) -> Result<(), Error>,
     backend: B,
 ) -> Result<RunWithData<B>, Error> {
     let (byol, state, mut cfg) = open_run_on(path, backend)?;
@@ -808,21 +810,17 @@ fn open_run_with_data<B: Backend>(
     Ok((byol, state, cfg, train, test, aug))
 }
 
-/// Where an evaluation finds the run's data (`--data-dir`, when it moved), and what it changes
-/// in the run's configuration first.
-type RunData<'a> = (
-    Option<&'a Path>,
-    &'a dyn Fn(&mut TrainConfig) -> Result<(), Error>,
-);
-
+/// `vote`: the kNN settings given as flags, laid over the run's monitor's (see
+/// [`open_run_with_data`]).
 fn eval_knn<B: Backend>(
     path: &Path,
-    data: RunData,
+    data_dir: Option<&Path>,
+    vote: &dyn Fn(&mut TrainConfig) -> Result<(), Error>,
     data_batchnorm: bool,
     device: Device,
     backend: B,
 ) -> Result<(), Error> {
-    let (byol, state, cfg, train, test, aug) = open_run_with_data(path, data, backend)?;
+    let (byol, state, cfg, train, test, aug) = open_run_with_data(path, data_dir, vote, backend)?;
     let acc = host::train::monitor(&byol, &state, &train, &test, &aug, &cfg)?.knn_top1;
     println!(
         "kNN top-1 (k = {}, T = {}): {:.2}% on {} held-out images",
@@ -883,7 +881,7 @@ fn record_evaluation(run: &Path, device: Device, mut record: serde_json::Value) 
 
 fn eval_linear<B: Backend>(
     path: &Path,
-    data: RunData,
+    data_dir: Option<&Path>,
     epochs: usize,
     device: Device,
     backend: B,
@@ -893,7 +891,9 @@ fn eval_linear<B: Backend>(
             "--epochs: expected at least 1 epoch of the linear classifier, got 0".into(),
         ));
     }
-    let (byol, state, _, train, test, aug) = open_run_with_data(path, data, backend)?;
+    let unchanged = |_: &mut TrainConfig| Ok(());
+    let (byol, state, _, train, test, aug) =
+        open_run_with_data(path, data_dir, &unchanged, backend)?;
     // The encoder's parameters and statistics lead the online buffers.
     let (params, running) = (&state.online, &state.online_running);
     let (train_idx, test_idx) = (host::train::labelled(&train), host::train::labelled(&test));
