@@ -336,8 +336,18 @@ impl TrainArgs {
         let out = self.out.clone().unwrap_or_else(|| dir.to_path_buf());
         // The run's own thread count, so that it continues bit for bit.
         let threads = self.threads.or_else(|| host::config::saved_threads(dir));
-        let no_file = toml::Table::new();
-        Ok((over_flags(&saved, given)?, out, threads, no_file))
+        let c = over_flags(&saved, given)?;
+        // The run refuses this too when it opens the checkpoint; here it is refused before the
+        // banner prints the changed run as if it would go on.
+        host::config::same_run(&saved, &c).map_err(|diff| {
+            Error::InvalidArgument(format!(
+                "--resume: the flags given change the run saved in {} ({diff}); a resumed run \
+                 goes on as it was started, its lr and τ schedules spanning its own epochs: \
+                 train the changed run into another --out, or drop those flags",
+                checkpoint.display()
+            ))
+        })?;
+        Ok((c, out, threads, toml::Table::new()))
     }
 }
 

@@ -247,11 +247,17 @@ fn resume_from_the_run_folder_alone_should_continue_bit_for_bit() {
     );
     assert_eq!(steps(&full).len(), 8);
 
-    // Flags may not change a resumed run, except those that do not change its result.
+    // Flags may not change a resumed run, except those that do not change its result; the
+    // refusal comes before the banner, which would print the changed run.
     let changed = host(&["train", "--resume", part_s, "--epochs", "3"]);
     let err = String::from_utf8_lossy(&changed.stderr);
     assert!(!changed.status.success());
-    assert!(err.contains("epochs: 2 → 3"), "{err}");
+    assert!(
+        err.starts_with("error: --resume: the flags given change the run saved in ")
+            && err.contains("(optim.epochs: 2 → 3)")
+            && err.contains("train the changed run into another --out"),
+        "{err}"
+    );
     let again = host(&[
         "train",
         "--resume",
