@@ -1,0 +1,141 @@
+"""Two settings of `host train` over seeds, paired by seed: each seed's kNN top-1 under both, the
+difference, and its mean ± standard error. The README's τ table rows for runs made by hand (the
+long CIFAR-10 pairs) are these figures; for example its 200-epoch row:
+
+    python3 scripts/torch/paired_runs.py c200/tau0.9-seed*/ --against c200/tau0.99-seed*/
+
+    python3 paired_runs.py RUN [RUN ...] --against RUN [RUN ...] [--at EPOCH] [--every N]
+
+Each RUN is a `host train --out RUN` folder (`config.json`, `metrics.jsonl`). The runs before
+`--against` are setting A, those after it setting B. Within a setting the runs differ only in
+the seed (and where the data lay); the fields in which A and B differ are printed first. Runs
+pair by seed, and a seed that one setting lacks is an error. Each run is read after the epochs
+it was configured for, so an unfinished run is an error that names it, unless `--at EPOCH`
+reads every run after that epoch (pairs still under way compare where both have reached).
+`--every N` adds each seed's readings every N epochs, as Markdown tables. Needs only the
+standard library.
+"""
+
+import sys
+
+from summarise_comparisons import (NOT_A_CHANGE, BadComparison, flatten,
+                                   mean_and_standard_error, read_run, refuse_repeated_seeds)
+
+
+def setting_fields(runs, label):
+    """The flattened configuration the runs of one setting share, less what pairs or places
+    them (the seed, the data's folder); a run that differs otherwise is an error."""
+    shared = None
+    for run in runs:
+        fields = {k: v for k, v in flatten(run["config"]).items() if k not in NOT_A_CHANGE}
+        if shared is None:
+            shared, first = fields, run["folder"]
+        elif fields != shared:
+            differ = sorted(k for k in set(fields) | set(shared)
+                            if fields.get(k) != shared.get(k))
+            raise BadComparison(
+                f"{run['folder']}: differs from {first} in {', '.join(differ)}; the runs of "
+                f"setting {label} should differ only in the seed")
+    return shared
+
+
+def knn_by_epoch(run):
+    """{epoch: kNN top-1 in percent} of a run's epoch records (epoch 0: initialisation)."""
+    return {r["epoch"]: 100.0 * r["knn_top1"] for r in run["epoch_records"] if "knn_top1" in r}
+
+
+def reading(run, at):
+    """The run's kNN top-1 (percent) after epoch `at`, or after its configured epochs."""
+    readings = knn_by_epoch(run)
+    planned = run["config"]["optim"]["epochs"]
+    epoch = planned if at is None else at
+    if epoch not in readings:
+        reached = max(readings)
+        hint = "" if at is not None else f"; --at {reached} reads every run there"
+        raise BadComparison(f"{run['folder']}: at epoch {reached} of {planned}, so no reading "
+                            f"after epoch {epoch}{hint}")
+    return readings[epoch]
+
+
+def summarise_pairs(a_runs, b_runs, at=None, every=None):
+    """The lines for settings A and B (runs read by `read_run`), paired by seed."""
+    a_fields, b_fields = setting_fields(a_runs, "A"), setting_fields(b_runs, "B")
+    for runs, label in ((a_runs, "A"), (b_runs, "B")):
+        refuse_repeated_seeds([r["seed"] for r in runs], f"setting {label}'s seed", "run")
+    a_by_seed = {r["seed"]: r for r in a_runs}
+    b_by_seed = {r["seed"]: r for r in b_runs}
+    if set(a_by_seed) != set(b_by_seed):
+        raise BadComparison(f"setting A has seeds {sorted(a_by_seed)} and setting B "
+                            f"{sorted(b_by_seed)}; each seed should have a run of both")
+    differ = sorted(k for k in set(a_fields) | set(b_fields) if a_fields.get(k) != b_fields.get(k))
+    described = "; ".join(f"{k} {a_fields.get(k)!r} / {b_fields.get(k)!r}" for k in differ)
+    epochs = sorted({r["config"]["optim"]["epochs"] for r in a_runs + b_runs})
+    when = f"epoch {at}" if at is not None else f"{'/'.join(map(str, epochs))} epochs"
+    seeds = sorted(a_by_seed)
+    rows = [(s, reading(a_by_seed[s], at), reading(b_by_seed[s], at)) for s in seeds]
+
+    lines = [f"A / B: {described or 'no field differs'}",
+             f"kNN top-1 (%) after {when}, {len(rows)} seed{'s' * (len(rows) != 1)}",
+             f"{'seed':>5}  {'A':>6}  {'B':>6}  {'A − B':>6}"]
+    for seed, a, b in rows:
+        lines.append(f"{seed:>5}  {a:6.2f}  {b:6.2f}  {a - b:+6.2f}")
+    mean_a = mean_and_standard_error([a for _, a, _ in rows])[0]
+    mean_b = mean_and_standard_error([b for _, _, b in rows])[0]
+    differences = [a - b for _, a, b in rows]
+    mean, se = mean_and_standard_error(differences)
+    lines.append(f"{'mean':>5}  {mean_a:6.2f}  {mean_b:6.2f}  {mean:+6.2f}")
+    lines.append(f"A − B: {mean:+.2f} ± {se:.2f} (standard error over {len(rows)} seeds); "
+                 f"A ahead on {sum(d > 0 for d in differences)}, "
+                 f"behind on {sum(d < 0 for d in differences)}")
+    if every:
+        for seed in seeds:
+            a, b = knn_by_epoch(a_by_seed[seed]), knn_by_epoch(b_by_seed[seed])
+            last = at if at is not None else max(epochs)
+            marks = [e for e in range(every, last + 1, every) if e in a and e in b]
+            lines += ["", f"seed {seed}, kNN top-1 (%) every {every} epochs (at "
+                          f"initialisation A {a[0]:.2f}, B {b[0]:.2f})",
+                      "| setting | " + " | ".join(map(str, marks)) + " |",
+                      "|---" * (len(marks) + 1) + "|"]
+            for label, readings in (("A", a), ("B", b)):
+                lines.append(f"| {label} | "
+                             + " | ".join(f"{readings[e]:.2f}" for e in marks) + " |")
+    return lines
+
+
+def number_after(args, flag):
+    """The positive whole number after `flag` in `args` (removed from them), or None."""
+    if flag not in args:
+        return None
+    at = args.index(flag)
+    value = args[at + 1] if at + 1 < len(args) else ""
+    if not value.isdigit() or int(value) < 1:
+        raise BadComparison(f"{flag}: expected a whole number of epochs ≥ 1, got {value!r}")
+    del args[at:at + 2]
+    return int(value)
+
+
+def main(args):
+    args = list(args)
+    usage = ("usage: python3 paired_runs.py RUN [RUN ...] --against RUN [RUN ...] "
+             "[--at EPOCH] [--every N]")
+    try:
+        at, every = number_after(args, "--at"), number_after(args, "--every")
+        if "--against" not in args:
+            print(usage, file=sys.stderr)
+            return 2
+        split = args.index("--against")
+        a_folders, b_folders = args[:split], args[split + 1:]
+        if not a_folders or not b_folders:
+            print(usage, file=sys.stderr)
+            return 2
+        lines = summarise_pairs([read_run(f) for f in a_folders],
+                                [read_run(f) for f in b_folders], at, every)
+        print("\n".join(lines))
+    except BadComparison as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

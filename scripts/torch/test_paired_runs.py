@@ -1,0 +1,133 @@
+"""Tests of paired_runs.py against figures worked out by hand (standard library only:
+`python3 -m unittest discover -s scripts/torch -p 'test_*.py'`, run by .ci/run)."""
+
+import contextlib
+import io
+import json
+import os
+import tempfile
+import unittest
+
+import paired_runs
+
+
+def write_run(folder, seed, readings, epochs=None, tau_base=0.9, batch=128):
+    """A `host train --out` folder whose kNN top-1 after epoch e is readings[e] (a fraction;
+    readings[0] is the initialisation), configured for `epochs` (default: as many as read)."""
+    os.makedirs(folder)
+    epochs = len(readings) - 1 if epochs is None else epochs
+    config = {"seed": seed, "optim": {"epochs": epochs, "tau_base": tau_base,
+                                      "batch_size": batch},
+              "data": {"dataset": "cifar10", "data_dir": f"data/elsewhere-{seed}"}}
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(config, f)
+    lines = [{"epoch": 0, "kind": "epoch", "knn_top1": readings[0], "knn_top1_data_bn": 0.2}]
+    for epoch, knn in enumerate(readings[1:], start=1):
+        lines.append({"epoch": epoch, "kind": "step", "loss": 1.0})
+        lines.append({"epoch": epoch, "kind": "epoch", "knn_top1": knn})
+    with open(os.path.join(folder, "metrics.jsonl"), "w") as f:
+        f.write("\n".join(json.dumps(line) for line in lines) + "\n")
+    return folder
+
+
+class PairedRuns(unittest.TestCase):
+    def setUp(self):
+        self.root = tempfile.TemporaryDirectory()
+        self.addCleanup(self.root.cleanup)
+
+    def run_folder(self, name, *args, **kwargs):
+        return write_run(os.path.join(self.root.name, name), *args, **kwargs)
+
+    def main(self, *args):
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = paired_runs.main(list(args))
+        return code, out.getvalue(), err.getvalue()
+
+    def three_seeds(self):
+        # Final readings: A 50, 60, 55; B 45, 62, 50 → A − B = +5, −2, +5.
+        a = [self.run_folder(f"a{s}", s, [0.25, 0.40, f], tau_base=0.9)
+             for s, f in ((2, 0.55), (0, 0.50), (1, 0.60))]
+        b = [self.run_folder(f"b{s}", s, [0.25, 0.35, f], tau_base=0.99)
+             for s, f in ((0, 0.45), (1, 0.62), (2, 0.50))]
+        return a, b
+
+    def test_the_pairs_should_give_each_seed_the_means_and_the_standard_error(self):
+        a, b = self.three_seeds()
+        code, out, err = self.main(*a, "--against", *b)
+        self.assertEqual(code, 0, err)
+        lines = out.splitlines()
+        # Where the data lay is not a difference; τ_base is the one.
+        self.assertEqual(lines[0], "A / B: optim.tau_base 0.9 / 0.99")
+        self.assertEqual(lines[1], "kNN top-1 (%) after 2 epochs, 3 seeds")
+        # Rows by seed, whatever the order given.
+        self.assertEqual(lines[3].split(), ["0", "50.00", "45.00", "+5.00"])
+        self.assertEqual(lines[4].split(), ["1", "60.00", "62.00", "-2.00"])
+        self.assertEqual(lines[5].split(), ["2", "55.00", "50.00", "+5.00"])
+        self.assertEqual(lines[6].split(), ["mean", "55.00", "52.33", "+2.67"])
+        # Differences 5, −2, 5: mean 8/3, sample sd √(((7/3)² · 2 + (14/3)²) / 2) = √(49/3),
+        # standard error √(49/9) = 7/3.
+        self.assertEqual(lines[7], "A − B: +2.67 ± 2.33 (standard error over 3 seeds); "
+                                   "A ahead on 2, behind on 1")
+
+    def test_every_n_epochs_should_tabulate_each_seeds_readings(self):
+        a, b = self.three_seeds()
+        code, out, err = self.main(*a, "--against", *b, "--every", "1")
+        self.assertEqual(code, 0, err)
+        blocks = out.split("\n\n")
+        self.assertEqual(len(blocks), 4)
+        self.assertEqual(blocks[2].splitlines(), [
+            "seed 1, kNN top-1 (%) every 1 epochs (at initialisation A 25.00, B 25.00)",
+            "| setting | 1 | 2 |",
+            "|---|---|---|",
+            "| A | 40.00 | 60.00 |",
+            "| B | 35.00 | 62.00 |"])
+
+    def test_an_unfinished_run_should_be_named_unless_at_reads_every_run_there(self):
+        a = [self.run_folder("a0", 0, [0.2, 0.3, 0.4]),
+             self.run_folder("a1", 1, [0.2, 0.5], epochs=2)]
+        b = [self.run_folder("b0", 0, [0.2, 0.1, 0.3], tau_base=0.99),
+             self.run_folder("b1", 1, [0.2, 0.45], epochs=2, tau_base=0.99)]
+        code, _, err = self.main(*a, "--against", *b)
+        self.assertEqual(code, 1)
+        self.assertIn("a1: at epoch 1 of 2, so no reading after epoch 2; --at 1 reads every "
+                      "run there", err)
+        code, out, err = self.main(*a, "--against", *b, "--at", "1")
+        self.assertEqual(code, 0, err)
+        self.assertIn("kNN top-1 (%) after epoch 1, 2 seeds", out)
+        self.assertIn("A − B: +12.50 ± 7.50 (standard error over 2 seeds)", out)
+
+    def test_a_setting_whose_runs_differ_beyond_the_seed_should_be_refused(self):
+        a = [self.run_folder("a0", 0, [0.2, 0.3]),
+             self.run_folder("a1", 1, [0.2, 0.3], batch=256)]
+        b = [self.run_folder(f"b{s}", s, [0.2, 0.3], tau_base=0.99) for s in (0, 1)]
+        code, _, err = self.main(*a, "--against", *b)
+        self.assertEqual(code, 1)
+        self.assertIn("differs from", err)
+        self.assertIn("in optim.batch_size; the runs of setting A should differ only in the seed",
+                      err)
+
+    def test_a_seed_one_setting_lacks_should_be_refused(self):
+        a = [self.run_folder(f"a{s}", s, [0.2, 0.3]) for s in (0, 1)]
+        b = [self.run_folder("b0", 0, [0.2, 0.3], tau_base=0.99)]
+        code, _, err = self.main(*a, "--against", *b)
+        self.assertEqual(code, 1)
+        self.assertIn("setting A has seeds [0, 1] and setting B [0]", err)
+        code, _, err = self.main(a[0], a[0], "--against", b[0], b[0])
+        self.assertEqual(code, 1)
+        self.assertIn("given twice", err)
+
+    def test_bad_arguments_should_say_what_was_expected(self):
+        a, b = self.three_seeds()
+        self.assertEqual(self.main(*a)[0], 2)
+        self.assertEqual(self.main(*a, "--against")[0], 2)
+        code, _, err = self.main(*a, "--against", *b, "--at", "0")
+        self.assertEqual(code, 1)
+        self.assertIn("--at: expected a whole number of epochs ≥ 1, got '0'", err)
+        code, _, err = self.main(os.path.join(self.root.name, "none"), "--against", *b)
+        self.assertEqual(code, 1)
+        self.assertIn("config.json: cannot read it", err)
+
+
+if __name__ == "__main__":
+    unittest.main()
