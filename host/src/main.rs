@@ -318,9 +318,9 @@ impl TrainArgs {
         Ok((c, out, threads, file.table))
     }
 
-    /// A resumed run: the configuration saved in the checkpoint, the flags laid over it (the
-    /// run refuses any that change it), written back to the run's folder unless `--out` says
-    /// otherwise.
+    /// A resumed run: the configuration saved in the checkpoint, the flags laid over it (an
+    /// error if they change the run; where the data lies may change), written back to the
+    /// run's folder unless `--out` says otherwise.
     fn resumed(&self, run: &Path, given: &toml::Table) -> Result<Assembled, Error> {
         if self.config.is_some() || self.preset.is_some() || given.contains_key("recipe") {
             return Err(Error::InvalidArgument(
@@ -337,8 +337,8 @@ impl TrainArgs {
         // The run's own thread count, so that it continues bit for bit.
         let threads = self.threads.or_else(|| host::config::saved_threads(dir));
         let c = over_flags(&saved, given)?;
-        // The run refuses this too when it opens the checkpoint; here it is refused before the
-        // banner prints the changed run as if it would go on.
+        // The run checks this again when it opens the checkpoint; refused here, it is refused
+        // before the banner prints the changed run as if it would go on.
         host::config::same_run(&saved, &c).map_err(|diff| {
             Error::InvalidArgument(format!(
                 "--resume: the flags given change the run saved in {} ({diff}); a resumed run \
