@@ -84,7 +84,8 @@ def summarise_pairs(a_runs, b_runs, at=None, every=None):
     differences = [a - b for _, a, b in rows]
     mean, se = mean_and_standard_error(differences)
     lines.append(f"{'mean':>5}  {mean_a:6.2f}  {mean_b:6.2f}  {mean:+6.2f}")
-    lines.append(f"A − B: {mean:+.2f} ± {se:.2f} (standard error over {len(rows)} seeds); "
+    lines.append(f"A − B: {mean:+.2f} ± {se:.2f} (standard error over {len(rows)} "
+                 f"seed{'s' * (len(rows) != 1)}); "
                  f"A ahead on {sum(d > 0 for d in differences)}, "
                  f"behind on {sum(d < 0 for d in differences)}")
     if every:

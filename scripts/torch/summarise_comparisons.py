@@ -69,11 +69,25 @@ def read_run(folder):
     config = read_json(config_path)
     try:
         with open(metrics_path) as f:
-            records = [json.loads(line) for line in f if line.strip()]
+            text = f.read()
     except OSError as e:
         raise BadComparison(f"{metrics_path}: cannot read it ({e.strerror})") from e
-    except json.JSONDecodeError as e:
-        raise BadComparison(f"{metrics_path}: a line is not JSON ({e})") from e
+    lines = text.split("\n")
+    # A run under way (or killed) may have its last record cut short, with no newline after
+    # it: left out, as `host train --resume` and `host plot` leave it out.
+    cut_short = lines.pop()
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise BadComparison(f"{metrics_path}: line {number} is not JSON ({e})") from e
+    try:
+        if cut_short.strip():
+            records.append(json.loads(cut_short))
+    except json.JSONDecodeError:
+        pass
     epochs = [r for r in records if r.get("kind") == "epoch"]
     if len(epochs) < 2 or epochs[0].get("epoch") != 0:
         raise BadComparison(f"{metrics_path}: expected the initial reading (epoch 0) and at "

@@ -97,6 +97,22 @@ class PairedRuns(unittest.TestCase):
         self.assertIn("kNN top-1 (%) after epoch 1, 2 seeds", out)
         self.assertIn("A − B: +12.50 ± 7.50 (standard error over 2 seeds)", out)
 
+    def test_a_record_cut_short_should_be_left_out_and_a_broken_line_named(self):
+        # A run under way, read while it writes its next record.
+        a = self.run_folder("a0", 0, [0.2, 0.3, 0.4], epochs=4)
+        b = self.run_folder("b0", 0, [0.2, 0.1, 0.3], epochs=4, tau_base=0.99)
+        with open(os.path.join(a, "metrics.jsonl"), "a") as f:
+            f.write('{"epoch": 3, "kind": "ep')
+        code, out, err = self.main(a, "--against", b, "--at", "2")
+        self.assertEqual(code, 0, err)
+        self.assertIn("A − B: +10.00 ± 0.00 (standard error over 1 seed)", out)
+        # A broken line that is not the last is an error that names it.
+        with open(os.path.join(a, "metrics.jsonl"), "a") as f:
+            f.write('\n{"epoch": 3, "kind": "epoch", "knn_top1": 0.5}\n')
+        code, _, err = self.main(a, "--against", b, "--at", "2")
+        self.assertEqual(code, 1)
+        self.assertIn("metrics.jsonl: line 6 is not JSON", err)
+
     def test_a_setting_whose_runs_differ_beyond_the_seed_should_be_refused(self):
         a = [self.run_folder("a0", 0, [0.2, 0.3]),
              self.run_folder("a1", 1, [0.2, 0.3], batch=256)]
