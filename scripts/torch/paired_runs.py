@@ -18,21 +18,17 @@ standard library.
 
 import sys
 
-from summarise_comparisons import (NOT_A_CHANGE, BadComparison, flatten,
+from summarise_comparisons import (BadComparison, column_means, differing_fields, flatten,
                                    mean_and_standard_error, read_run, refuse_repeated_seeds)
 
 
 def setting_fields(runs, label):
-    """The flattened configuration the runs of one setting share, less what pairs or places
-    them (the seed, the data's folder); a run that differs otherwise is an error."""
-    shared = None
-    for run in runs:
-        fields = {k: v for k, v in flatten(run["config"]).items() if k not in NOT_A_CHANGE}
-        if shared is None:
-            shared, first = fields, run["folder"]
-        elif fields != shared:
-            differ = sorted(k for k in set(fields) | set(shared)
-                            if fields.get(k) != shared.get(k))
+    """The flattened configuration of the setting's first run; a run that differs from it in
+    more than what pairs or places them (the seed, the data's folder) is an error."""
+    shared, first = flatten(runs[0]["config"]), runs[0]["folder"]
+    for run in runs[1:]:
+        differ = differing_fields(shared, flatten(run["config"]))
+        if differ:
             raise BadComparison(
                 f"{run['folder']}: differs from {first} in {', '.join(differ)}; the runs of "
                 f"setting {label} should differ only in the seed")
@@ -67,7 +63,7 @@ def summarise_pairs(a_runs, b_runs, at=None, every=None):
     if set(a_by_seed) != set(b_by_seed):
         raise BadComparison(f"setting A has seeds {sorted(a_by_seed)} and setting B "
                             f"{sorted(b_by_seed)}; each seed should have a run of both")
-    differ = sorted(k for k in set(a_fields) | set(b_fields) if a_fields.get(k) != b_fields.get(k))
+    differ = differing_fields(a_fields, b_fields)
     described = "; ".join(f"{k} {a_fields.get(k)!r} / {b_fields.get(k)!r}" for k in differ)
     epochs = sorted({r["config"]["optim"]["epochs"] for r in a_runs + b_runs})
     when = f"epoch {at}" if at is not None else f"{'/'.join(map(str, epochs))} epochs"
@@ -79,8 +75,7 @@ def summarise_pairs(a_runs, b_runs, at=None, every=None):
              f"{'seed':>5}  {'A':>6}  {'B':>6}  {'A − B':>6}"]
     for seed, a, b in rows:
         lines.append(f"{seed:>5}  {a:6.2f}  {b:6.2f}  {a - b:+6.2f}")
-    mean_a = mean_and_standard_error([a for _, a, _ in rows])[0]
-    mean_b = mean_and_standard_error([b for _, _, b in rows])[0]
+    mean_a, mean_b = column_means((a, b) for _, a, b in rows)
     differences = [a - b for _, a, b in rows]
     mean, se = mean_and_standard_error(differences)
     lines.append(f"{'mean':>5}  {mean_a:6.2f}  {mean_b:6.2f}  {mean:+6.2f}")

@@ -258,6 +258,12 @@ def flatten(config, prefix=""):
 NOT_A_CHANGE = ("seed", "data.data_dir")
 
 
+def differing_fields(a, b):
+    """The fields (of flattened configurations) whose values differ, NOT_A_CHANGE left out,
+    sorted."""
+    return sorted(k for k in set(a) | set(b) if k not in NOT_A_CHANGE and a.get(k) != b.get(k))
+
+
 def summarise_variant(runs, variants):
     """The lines that judge one change over seeds: `variants` (read by `read_run`) against the
     comparisons `runs` (read by `read_comparison`) of the same seeds."""
@@ -276,8 +282,7 @@ def summarise_variant(runs, variants):
                                     f"seed's comparison {run['folder']} has {theirs!r}; a "
                                     "variant is compared at equal epochs on the same data")
         ours, mine = flatten(run["config"]), flatten(variant["config"])
-        differ = {k: (ours.get(k), mine.get(k)) for k in sorted(set(ours) | set(mine))
-                  if k not in NOT_A_CHANGE and ours.get(k) != mine.get(k)}
+        differ = {k: (ours.get(k), mine.get(k)) for k in differing_fields(ours, mine)}
         if changes is None:
             changes, first = differ, variant["folder"]
         elif differ != changes:
