@@ -5,6 +5,7 @@ long CIFAR-10 pairs) are these figures; for example its 200-epoch row:
     python3 scripts/torch/paired_runs.py c200/tau0.9-seed*/ --against c200/tau0.99-seed*/
 
     python3 paired_runs.py RUN [RUN ...] --against RUN [RUN ...] [--at EPOCH] [--every N]
+                           [--evaluation linear|knn [--knn-k K] [--knn-temperature T]]
 
 Each RUN is a `host train --out RUN` folder (`config.json`, `metrics.jsonl`). The runs before
 `--against` are setting A, those after it setting B. Within a setting the runs differ only in
@@ -12,10 +13,19 @@ the seed (and where the data lay); the fields in which A and B differ are printe
 pair by seed, and a seed that one setting lacks is an error. Each run is read after the epochs
 it was configured for, so an unfinished run is an error that names it, unless `--at EPOCH`
 reads every run after that epoch (pairs still under way compare where both have reached).
-`--every N` adds each seed's readings every N epochs, as Markdown tables. Needs only the
-standard library.
+`--every N` adds each seed's readings every N epochs, as Markdown tables.
+
+The figure compared is the training monitor's kNN top-1 (k = 200, T = 0.1), unless
+`--evaluation` names one that `host eval` recorded in the run's `evaluations.jsonl`: `linear`
+(`host eval linear RUN`) or `knn` with `--knn-k` and `--knn-temperature` (default 200 and 0.1;
+`host eval knn RUN --knn-k 20 --knn-temperature 0.07`). The record read is the last of that
+kind at the run's last checkpoint; a run without one is an error that gives the command that
+adds it. Needs only the standard library.
 """
 
+import json
+import math
+import os
 import sys
 
 from summarise_comparisons import (BadComparison, column_means, differing_fields, flatten,
@@ -40,8 +50,9 @@ def knn_by_epoch(run):
     return {r["epoch"]: 100.0 * r["knn_top1"] for r in run["epoch_records"] if "knn_top1" in r}
 
 
-def reading(run, at):
-    """The run's kNN top-1 (percent) after epoch `at`, or after its configured epochs."""
+def reading(run, at, evaluation=None):
+    """The run's kNN top-1 (percent) after epoch `at`, or after its configured epochs; with
+    `evaluation`, that evaluation's figure for the checkpoint the finished run ended with."""
     readings = knn_by_epoch(run)
     planned = run["config"]["optim"]["epochs"]
     epoch = planned if at is None else at
@@ -50,11 +61,67 @@ def reading(run, at):
         hint = "" if at is not None else f"; --at {reached} reads every run there"
         raise BadComparison(f"{run['folder']}: at epoch {reached} of {planned}, so no reading "
                             f"after epoch {epoch}{hint}")
-    return readings[epoch]
+    if evaluation is None:
+        return readings[epoch]
+    return evaluated(run, evaluation)
 
 
-def summarise_pairs(a_runs, b_runs, at=None, every=None):
-    """The lines for settings A and B (runs read by `read_run`), paired by seed."""
+class Evaluation:
+    """Which `host eval` record to read: `linear`, or `knn` with its k and temperature."""
+
+    def __init__(self, kind, k=200, temperature=0.1):
+        self.kind, self.k, self.temperature = kind, k, temperature
+
+    def matches(self, record):
+        if record.get("kind") != self.kind:
+            return False
+        return self.kind == "linear" or (record.get("k") == self.k
+                                         and record.get("temperature") == self.temperature)
+
+    def figure(self, record):
+        return record["linear_top1" if self.kind == "linear" else "knn_top1"]
+
+    def title(self):
+        if self.kind == "linear":
+            return "linear top-1"
+        return f"kNN top-1 (k = {self.k}, T = {self.temperature:g})"
+
+    def command(self, folder):
+        flags = ("" if self.kind == "linear" or (self.k, self.temperature) == (200, 0.1)
+                 else f" --knn-k {self.k} --knn-temperature {self.temperature:g}")
+        return f"host eval {self.kind} {folder}{flags}"
+
+
+def evaluated(run, evaluation):
+    """The figure (percent) of the last record of `evaluation` in the run's evaluations.jsonl
+    made at its last checkpoint (a record of an earlier checkpoint, before a resume, is not
+    this run's end)."""
+    path = os.path.join(run["folder"], "evaluations.jsonl")
+    step = run["last_step"]
+    found = None
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                lines = f.read().splitlines()
+        except OSError as e:
+            raise BadComparison(f"{path}: cannot read it ({e.strerror})") from e
+        for number, line in enumerate(lines, start=1):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise BadComparison(f"{path}: line {number} is not JSON ({e})") from e
+            if evaluation.matches(record) and record.get("step") == step:
+                found = record
+    if found is None:
+        raise BadComparison(f"{run['folder']}: no {evaluation.title()} of its last checkpoint "
+                            f"(step {step}) in evaluations.jsonl; "
+                            f"`{evaluation.command(run['folder'])}` adds it")
+    return 100.0 * evaluation.figure(found)
+
+
+def summarise_pairs(a_runs, b_runs, at=None, every=None, evaluation=None):
+    """The lines for settings A and B (runs read by `read_run`), paired by seed; the figure is
+    the monitor's kNN unless `evaluation` (an `Evaluation`) names a recorded one."""
     a_fields, b_fields = setting_fields(a_runs, "A"), setting_fields(b_runs, "B")
     for runs, label in ((a_runs, "A"), (b_runs, "B")):
         refuse_repeated_seeds([r["seed"] for r in runs], f"setting {label}'s seed", "run")
@@ -68,10 +135,13 @@ def summarise_pairs(a_runs, b_runs, at=None, every=None):
     epochs = sorted({r["config"]["optim"]["epochs"] for r in a_runs + b_runs})
     when = f"epoch {at}" if at is not None else f"{'/'.join(map(str, epochs))} epochs"
     seeds = sorted(a_by_seed)
-    rows = [(s, reading(a_by_seed[s], at), reading(b_by_seed[s], at)) for s in seeds]
+    rows = [(s, reading(a_by_seed[s], at, evaluation), reading(b_by_seed[s], at, evaluation))
+            for s in seeds]
+    what = ("kNN top-1 (%)" if evaluation is None
+            else f"{evaluation.title()} (%) of the checkpoint")
 
     lines = [f"A / B: {described or 'no field differs'}",
-             f"kNN top-1 (%) after {when}, {len(rows)} seed{'s' * (len(rows) != 1)}",
+             f"{what} after {when}, {len(rows)} seed{'s' * (len(rows) != 1)}",
              f"{'seed':>5}  {'A':>6}  {'B':>6}  {'A − B':>6}"]
     for seed, a, b in rows:
         lines.append(f"{seed:>5}  {a:6.2f}  {b:6.2f}  {a - b:+6.2f}")
@@ -98,24 +168,65 @@ def summarise_pairs(a_runs, b_runs, at=None, every=None):
     return lines
 
 
-def number_after(args, flag):
-    """The positive whole number after `flag` in `args` (removed from them), or None."""
+def value_after(args, flag):
+    """The text after `flag` in `args` (both removed from them; "" when nothing follows), or
+    None without the flag."""
     if flag not in args:
         return None
     at = args.index(flag)
     value = args[at + 1] if at + 1 < len(args) else ""
-    if not value.isdigit() or int(value) < 1:
-        raise BadComparison(f"{flag}: expected a whole number of epochs ≥ 1, got {value!r}")
     del args[at:at + 2]
-    return int(value)
+    return value
+
+
+def number_after(args, flag, expected="a whole number of epochs ≥ 1"):
+    """The positive whole number after `flag` in `args` (removed from them), or None."""
+    value = value_after(args, flag)
+    if value is not None and (not value.isdigit() or int(value) < 1):
+        raise BadComparison(f"{flag}: expected {expected}, got {value!r}")
+    return None if value is None else int(value)
+
+
+def evaluation_after(args):
+    """The `Evaluation` that `--evaluation`, `--knn-k` and `--knn-temperature` name (removed
+    from `args`), or None for the monitor's kNN."""
+    kind = value_after(args, "--evaluation")
+    k = number_after(args, "--knn-k", "a whole number ≥ 1")
+    temperature = value_after(args, "--knn-temperature")
+    if kind is None:
+        if k is not None or temperature is not None:
+            raise BadComparison("--knn-k and --knn-temperature choose among `host eval knn` "
+                                "records: give them with --evaluation knn")
+        return None
+    if kind not in ("linear", "knn"):
+        raise BadComparison(f"--evaluation: expected linear or knn, got {kind!r}")
+    if kind == "linear":
+        if k is not None or temperature is not None:
+            raise BadComparison("--knn-k and --knn-temperature: a linear evaluation has no k "
+                                "or temperature")
+        return Evaluation("linear")
+    if temperature is not None:
+        text = temperature
+        try:
+            temperature = float(text)
+        except ValueError:
+            temperature = math.nan
+        if not 0 < temperature < math.inf:
+            raise BadComparison(f"--knn-temperature: expected a positive number, got {text!r}")
+    return Evaluation("knn", 200 if k is None else k, 0.1 if temperature is None else temperature)
 
 
 def main(args):
     args = list(args)
     usage = ("usage: python3 paired_runs.py RUN [RUN ...] --against RUN [RUN ...] "
-             "[--at EPOCH] [--every N]")
+             "[--at EPOCH] [--every N] [--evaluation linear|knn [--knn-k K] "
+             "[--knn-temperature T]]")
     try:
         at, every = number_after(args, "--at"), number_after(args, "--every")
+        evaluation = evaluation_after(args)
+        if evaluation is not None and at is not None:
+            raise BadComparison("--at reads the monitor of a run under way; an evaluation is "
+                                "of the checkpoint a finished run ended with")
         if "--against" not in args:
             print(usage, file=sys.stderr)
             return 2
@@ -125,7 +236,7 @@ def main(args):
             print(usage, file=sys.stderr)
             return 2
         lines = summarise_pairs([read_run(f) for f in a_folders],
-                                [read_run(f) for f in b_folders], at, every)
+                                [read_run(f) for f in b_folders], at, every, evaluation)
         print("\n".join(lines))
     except BadComparison as e:
         print(f"error: {e}", file=sys.stderr)

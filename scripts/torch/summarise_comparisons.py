@@ -89,6 +89,7 @@ def read_run(folder):
     except json.JSONDecodeError:
         pass
     epochs = [r for r in records if r.get("kind") == "epoch"]
+    steps = [r["step"] for r in records if r.get("kind") == "step" and "step" in r]
     if len(epochs) < 2 or epochs[0].get("epoch") != 0:
         raise BadComparison(f"{metrics_path}: expected the initial reading (epoch 0) and at "
                             f"least one trained epoch, found {len(epochs)} epoch records")
@@ -105,6 +106,9 @@ def read_run(folder):
                 field(epochs[0], metrics_path, "knn_top1_data_bn"),
                 field(epochs[-1], metrics_path, "knn_top1")),
         "epoch_records": epochs,
+        # The step its last checkpoint was written at (steps count from 0 in the records), which
+        # `host eval` records beside each evaluation.
+        "last_step": max(steps) + 1 if steps else None,
     }
 
 

@@ -23,11 +23,27 @@ def write_run(folder, seed, readings, epochs=None, tau_base=0.9, batch=128):
         json.dump(config, f)
     lines = [{"epoch": 0, "kind": "epoch", "knn_top1": readings[0], "knn_top1_data_bn": 0.2}]
     for epoch, knn in enumerate(readings[1:], start=1):
-        lines.append({"epoch": epoch, "kind": "step", "loss": 1.0})
+        # One step an epoch; steps count from 0, so the last checkpoint's step is `epochs`.
+        lines.append({"epoch": epoch, "kind": "step", "step": epoch - 1, "loss": 1.0})
         lines.append({"epoch": epoch, "kind": "epoch", "knn_top1": knn})
     with open(os.path.join(folder, "metrics.jsonl"), "w") as f:
         f.write("\n".join(json.dumps(line) for line in lines) + "\n")
     return folder
+
+
+def write_evaluations(folder, *records):
+    """`host eval`'s evaluations.jsonl beside the run's checkpoint."""
+    with open(os.path.join(folder, "evaluations.jsonl"), "w") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in records))
+
+
+def linear(top1, step):
+    return {"kind": "linear", "linear_top1": top1, "lr": 0.4, "step": step, "device": "cpu"}
+
+
+def knn(top1, step, k, temperature):
+    return {"kind": "knn", "knn_top1": top1, "k": k, "temperature": temperature, "step": step,
+            "device": "cpu"}
 
 
 class PairedRuns(unittest.TestCase):
@@ -133,6 +149,46 @@ class PairedRuns(unittest.TestCase):
         self.assertEqual(code, 1)
         self.assertIn("given twice", err)
 
+    def test_an_evaluation_should_be_read_at_each_runs_last_checkpoint(self):
+        a, b = self.three_seeds()  # two epochs each: the last checkpoint's step is 2
+        # Linear: A 70, 66, 61 and B 64, 67, 60 by seed → +6, −1, +1. The records of step 1 (a
+        # checkpoint before a resume) and of another kNN vote must not be read.
+        for folder, final, earlier in ((a[1], 0.70, 0.10), (a[2], 0.66, 0.10),
+                                       (a[0], 0.61, 0.10), (b[0], 0.64, 0.90),
+                                       (b[1], 0.67, 0.90), (b[2], 0.60, 0.90)):
+            write_evaluations(folder, linear(earlier, 1), linear(0.0, 2), knn(0.5, 2, 20, 0.07),
+                              linear(final, 2), linear(earlier, 1))
+        code, out, err = self.main(*a, "--against", *b, "--evaluation", "linear")
+        self.assertEqual(code, 0, err)
+        lines = out.splitlines()
+        self.assertEqual(lines[1], "linear top-1 (%) of the checkpoint after 2 epochs, 3 seeds")
+        self.assertEqual(lines[3].split(), ["0", "70.00", "64.00", "+6.00"])
+        self.assertEqual(lines[4].split(), ["1", "66.00", "67.00", "-1.00"])
+        self.assertEqual(lines[5].split(), ["2", "61.00", "60.00", "+1.00"])
+        # Differences 6, −1, 1: mean 2, sample variance (16 + 9 + 1) / 2 = 13, se √(13/3).
+        self.assertEqual(lines[7], "A − B: +2.00 ± 2.08 (standard error over 3 seeds); "
+                                   "A ahead on 2, behind on 1")
+        # The kNN vote is chosen by k and temperature; the default (200, 0.1) has no record.
+        code, out, err = self.main(*a, "--against", *b, "--evaluation", "knn", "--knn-k", "20",
+                                   "--knn-temperature", "0.07")
+        self.assertEqual(code, 0, err)
+        self.assertIn("kNN top-1 (k = 20, T = 0.07) (%) of the checkpoint after 2 epochs", out)
+        self.assertIn("A − B: +0.00 ± 0.00", out)
+        code, _, err = self.main(*a, "--against", *b, "--evaluation", "knn")
+        self.assertEqual(code, 1)
+        self.assertIn(f"{a[1]}: no kNN top-1 (k = 200, T = 0.1) of its last checkpoint (step 2) "
+                      f"in evaluations.jsonl; `host eval knn {a[1]}` adds it", err)
+        # A run without the file at all, and a broken line, are named.
+        os.remove(os.path.join(b[2], "evaluations.jsonl"))
+        code, _, err = self.main(*a, "--against", *b, "--evaluation", "linear")
+        self.assertEqual(code, 1)
+        self.assertIn(f"{b[2]}: no linear top-1 of its last checkpoint (step 2)", err)
+        with open(os.path.join(b[2], "evaluations.jsonl"), "w") as f:
+            f.write(json.dumps(linear(0.6, 2)) + "\n{broken\n")
+        code, _, err = self.main(*a, "--against", *b, "--evaluation", "linear")
+        self.assertEqual(code, 1)
+        self.assertIn("evaluations.jsonl: line 2 is not JSON", err)
+
     def test_bad_arguments_should_say_what_was_expected(self):
         a, b = self.three_seeds()
         self.assertEqual(self.main(*a)[0], 2)
@@ -140,6 +196,19 @@ class PairedRuns(unittest.TestCase):
         code, _, err = self.main(*a, "--against", *b, "--at", "0")
         self.assertEqual(code, 1)
         self.assertIn("--at: expected a whole number of epochs ≥ 1, got '0'", err)
+        for flags, expected in (
+                (["--evaluation", "probe"], "--evaluation: expected linear or knn, got 'probe'"),
+                (["--knn-k", "20"], "give them with --evaluation knn"),
+                (["--evaluation", "linear", "--knn-k", "20"], "a linear evaluation has no k"),
+                (["--evaluation", "knn", "--knn-k", "0"], "--knn-k: expected a whole number ≥ 1"),
+                (["--evaluation", "knn", "--knn-temperature", "-1"],
+                 "--knn-temperature: expected a positive number, got '-1'"),
+                (["--evaluation", "knn", "--knn-temperature"],
+                 "--knn-temperature: expected a positive number, got ''"),
+                (["--evaluation", "linear", "--at", "1"], "--at reads the monitor")):
+            code, _, err = self.main(*a, "--against", *b, *flags)
+            self.assertEqual(code, 1, flags)
+            self.assertIn(expected, err)
         code, _, err = self.main(os.path.join(self.root.name, "none"), "--against", *b)
         self.assertEqual(code, 1)
         self.assertIn("config.json: cannot read it", err)
