@@ -1,6 +1,7 @@
-"""Two settings of `host train` over seeds, paired by seed: each seed's kNN top-1 under both, the
-difference, and its mean ± standard error. The README's τ table rows for runs made by hand (the
-long CIFAR-10 pairs) are these figures; for example its 200-epoch row:
+"""Two settings of `host train` over seeds, paired by seed: each seed's kNN top-1 (or a figure
+`host eval` recorded) under both, the difference, and its mean ± standard error. The README's τ
+table rows for runs made by hand (the long CIFAR-10 pairs) are these figures; for example its
+200-epoch row:
 
     python3 scripts/torch/paired_runs.py c200/tau0.9-seed*/ --against c200/tau0.99-seed*/
 
