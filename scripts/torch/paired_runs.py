@@ -24,13 +24,16 @@ kind at the run's last checkpoint; a run without one is an error that gives the 
 adds it. Needs only the standard library.
 """
 
-import json
 import math
 import os
 import sys
 
 from summarise_comparisons import (BadComparison, column_means, differing_fields, flatten,
-                                   mean_and_standard_error, read_run, refuse_repeated_seeds)
+                                   json_lines, mean_and_standard_error, read_run, read_text,
+                                   refuse_repeated_seeds)
+
+# The training monitor's kNN vote, which `host eval knn` also takes unless told otherwise.
+MONITOR_K, MONITOR_TEMPERATURE = 200, 0.1
 
 
 def setting_fields(runs, label):
@@ -70,7 +73,7 @@ def reading(run, at, evaluation=None):
 class Evaluation:
     """Which `host eval` record to read: `linear`, or `knn` with its k and temperature."""
 
-    def __init__(self, kind, k=200, temperature=0.1):
+    def __init__(self, kind, k=MONITOR_K, temperature=MONITOR_TEMPERATURE):
         self.kind, self.k, self.temperature = kind, k, temperature
 
     def matches(self, record):
@@ -88,7 +91,8 @@ class Evaluation:
         return f"kNN top-1 (k = {self.k}, T = {self.temperature:g})"
 
     def command(self, folder):
-        flags = ("" if self.kind == "linear" or (self.k, self.temperature) == (200, 0.1)
+        flags = ("" if self.kind == "linear"
+                 or (self.k, self.temperature) == (MONITOR_K, MONITOR_TEMPERATURE)
                  else f" --knn-k {self.k} --knn-temperature {self.temperature:g}")
         return f"host eval {self.kind} {folder}{flags}"
 
@@ -101,16 +105,7 @@ def evaluated(run, evaluation):
     step = run["last_step"]
     found = None
     if os.path.exists(path):
-        try:
-            with open(path) as f:
-                lines = f.read().splitlines()
-        except OSError as e:
-            raise BadComparison(f"{path}: cannot read it ({e.strerror})") from e
-        for number, line in enumerate(lines, start=1):
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise BadComparison(f"{path}: line {number} is not JSON ({e})") from e
+        for record in json_lines(path, enumerate(read_text(path).splitlines(), start=1)):
             if evaluation.matches(record) and record.get("step") == step:
                 found = record
     if found is None:
@@ -214,7 +209,8 @@ def evaluation_after(args):
             temperature = math.nan
         if not 0 < temperature < math.inf:
             raise BadComparison(f"--knn-temperature: expected a positive number, got {text!r}")
-    return Evaluation("knn", 200 if k is None else k, 0.1 if temperature is None else temperature)
+    return Evaluation("knn", MONITOR_K if k is None else k,
+                      MONITOR_TEMPERATURE if temperature is None else temperature)
 
 
 def main(args):

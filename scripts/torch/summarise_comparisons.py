@@ -35,14 +35,31 @@ class BadComparison(Exception):
     pass
 
 
-def read_json(path):
+def read_text(path):
     try:
         with open(path) as f:
-            return json.load(f)
+            return f.read()
     except OSError as e:
         raise BadComparison(f"{path}: cannot read it ({e.strerror})") from e
+
+
+def read_json(path):
+    try:
+        return json.loads(read_text(path))
     except json.JSONDecodeError as e:
         raise BadComparison(f"{path}: not JSON ({e})") from e
+
+
+def json_lines(path, numbered_lines):
+    """The records of a JSON-lines file's (number, line) pairs; a line that is not JSON is an
+    error that names the file and the line's number."""
+    records = []
+    for number, line in numbered_lines:
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise BadComparison(f"{path}: line {number} is not JSON ({e})") from e
+    return records
 
 
 def field(record, path, *keys):
@@ -67,22 +84,12 @@ def read_run(folder):
     config_path = os.path.join(folder, "config.json")
     metrics_path = os.path.join(folder, "metrics.jsonl")
     config = read_json(config_path)
-    try:
-        with open(metrics_path) as f:
-            text = f.read()
-    except OSError as e:
-        raise BadComparison(f"{metrics_path}: cannot read it ({e.strerror})") from e
-    lines = text.split("\n")
+    lines = read_text(metrics_path).split("\n")
     # A run under way (or killed) may have its last record cut short, with no newline after
     # it: left out, as `host train --resume` and `host plot` leave it out.
     cut_short = lines.pop()
-    records = []
-    for number, line in enumerate(lines, start=1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise BadComparison(f"{metrics_path}: line {number} is not JSON ({e})") from e
+    records = json_lines(metrics_path,
+                         ((n, line) for n, line in enumerate(lines, start=1) if line.strip()))
     try:
         if cut_short.strip():
             records.append(json.loads(cut_short))
