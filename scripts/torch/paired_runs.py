@@ -29,8 +29,8 @@ import os
 import sys
 
 from summarise_comparisons import (BadComparison, column_means, differing_fields, flatten,
-                                   json_lines, mean_and_standard_error, read_run, read_text,
-                                   refuse_repeated_seeds)
+                                   json_lines, mean_and_standard_error, mean_with_spread, read_run,
+                                   read_text, refuse_repeated_seeds)
 
 # The training monitor's kNN vote, which `host eval knn` also takes unless told otherwise.
 MONITOR_K, MONITOR_TEMPERATURE = 200, 0.1
@@ -143,10 +143,9 @@ def summarise_pairs(a_runs, b_runs, at=None, every=None, evaluation=None):
         lines.append(f"{seed:>5}  {a:6.2f}  {b:6.2f}  {a - b:+6.2f}")
     mean_a, mean_b = column_means((a, b) for _, a, b in rows)
     differences = [a - b for _, a, b in rows]
-    mean, se = mean_and_standard_error(differences)
+    mean = mean_and_standard_error(differences)[0]
     lines.append(f"{'mean':>5}  {mean_a:6.2f}  {mean_b:6.2f}  {mean:+6.2f}")
-    lines.append(f"A − B: {mean:+.2f} ± {se:.2f} (standard error over {len(rows)} "
-                 f"seed{'s' * (len(rows) != 1)}); "
+    lines.append(f"A − B: {mean_with_spread(differences)}; "
                  f"A ahead on {sum(d > 0 for d in differences)}, "
                  f"behind on {sum(d < 0 for d in differences)}")
     if every:

@@ -166,6 +166,15 @@ def mean_and_standard_error(values):
     return mean, math.sqrt(variance / n)
 
 
+def mean_with_spread(differences):
+    """`+M ± SE (standard error over N seeds)`, or, of one seed, the mean and that it has no
+    spread: a standard error needs two values, and "± 0.00" would read as a certain one."""
+    mean, se = mean_and_standard_error(differences)
+    if len(differences) == 1:
+        return f"{mean:+.2f} (one seed: no standard error)"
+    return f"{mean:+.2f} ± {se:.2f} (standard error over {len(differences)} seeds)"
+
+
 def percent(fractions):
     return tuple(100.0 * v for v in fractions)
 
@@ -238,11 +247,10 @@ def summarise(runs):
 
 def paired(label, differences, margin):
     """One paired figure over seeds: mean ± standard error, and how many seeds clear `margin`."""
-    mean, se = mean_and_standard_error(differences)
     ahead = sum(d > 0 for d in differences)
     clear = sum(d >= margin for d in differences)
-    return (f"{label}: {mean:+.2f} ± {se:.2f} (standard error over {len(differences)} "
-            f"seeds); above on {ahead}, by {margin:g} points or more on {clear}")
+    return (f"{label}: {mean_with_spread(differences)}; above on {ahead}, "
+            f"by {margin:g} points or more on {clear}")
 
 
 def gains_over_init(name, readings):

@@ -121,7 +121,7 @@ class PairedRuns(unittest.TestCase):
             f.write('{"epoch": 3, "kind": "ep')
         code, out, err = self.main(a, "--against", b, "--at", "2")
         self.assertEqual(code, 0, err)
-        self.assertIn("A − B: +10.00 ± 0.00 (standard error over 1 seed)", out)
+        self.assertIn("A − B: +10.00 (one seed: no standard error); A ahead on 1", out)
         # A broken line that is not the last is an error that names it.
         with open(os.path.join(a, "metrics.jsonl"), "a") as f:
             f.write('\n{"epoch": 3, "kind": "epoch", "knn_top1": 0.5}\n')

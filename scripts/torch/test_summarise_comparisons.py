@@ -92,6 +92,12 @@ class Summary(unittest.TestCase):
         self.assertAlmostEqual(mean, 3.0)
         self.assertAlmostEqual(se, math.sqrt((4 + 1 + 0 + 9) / 3 / 4))
 
+    def test_one_seed_should_be_said_to_have_no_standard_error(self):
+        self.assertEqual(summary.mean_with_spread([2.5]), "+2.50 (one seed: no standard error)")
+        # −1 and +3: mean +1, sample sd √8, standard error √(8/2) = 2.
+        self.assertEqual(summary.mean_with_spread([-1.0, 3.0]),
+                         "+1.00 ± 2.00 (standard error over 2 seeds)")
+
     def test_runs_that_differ_in_more_than_the_seed_are_refused(self):
         a = write_comparison(self.root, "a", 0, (0.6, 0.5, 0.6), (0.6, 0.5, 0.6))
         b = write_comparison(self.root, "b", 1, (0.6, 0.5, 0.6), (0.6, 0.5, 0.6), batch=128)
