@@ -24,6 +24,7 @@ kind at the run's last checkpoint; a run without one is an error that gives the 
 adds it. Needs only the standard library.
 """
 
+import argparse
 import math
 import os
 import sys
@@ -163,76 +164,85 @@ def summarise_pairs(a_runs, b_runs, at=None, every=None, evaluation=None):
     return lines
 
 
-def value_after(args, flag):
-    """The text after `flag` in `args` (both removed from them; "" when nothing follows), or
-    None without the flag."""
-    if flag not in args:
-        return None
-    at = args.index(flag)
-    value = args[at + 1] if at + 1 < len(args) else ""
-    del args[at:at + 2]
+def whole_number(expected):
+    """An argparse type: a whole number ≥ 1, or an error that says `expected`."""
+    def parse(text):
+        if not text.isdigit() or int(text) < 1:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return int(text)
+    return parse
+
+
+def positive_number(text):
+    """An argparse type: a finite number above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
     return value
 
 
-def number_after(args, flag, expected="a whole number of epochs ≥ 1"):
-    """The positive whole number after `flag` in `args` (removed from them), or None."""
-    value = value_after(args, flag)
-    if value is not None and (not value.isdigit() or int(value) < 1):
-        raise BadComparison(f"{flag}: expected {expected}, got {value!r}")
-    return None if value is None else int(value)
+def parser():
+    # The docstring's paragraphs: what it prints, an example, the usage (argparse writes its
+    # own), then how the runs are read.
+    what, example, _, reading = __doc__.split("\n\n", 3)
+    p = argparse.ArgumentParser(prog="python3 paired_runs.py",
+                                usage="%(prog)s RUN [RUN ...] --against RUN [RUN ...] [--at EPOCH] "
+                                "[--every N] [--evaluation linear|knn [--knn-k K] "
+                                "[--knn-temperature T]]",
+                                description=f"{what}\n\n{example}", epilog=reading,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("a_runs", nargs="+", metavar="RUN", help="setting A's run folders")
+    p.add_argument("--against", nargs="+", required=True, metavar="RUN",
+                   help="setting B's run folders")
+    p.add_argument("--at", type=whole_number("a whole number of epochs ≥ 1"), metavar="EPOCH",
+                   help="read every run after this epoch (pairs still under way)")
+    p.add_argument("--every", type=whole_number("a whole number of epochs ≥ 1"), metavar="N",
+                   help="add each seed's readings every N epochs, as Markdown tables")
+    p.add_argument("--evaluation", choices=("linear", "knn"),
+                   help="compare a figure `host eval` recorded instead of the monitor's kNN")
+    p.add_argument("--knn-k", type=whole_number("a whole number ≥ 1"), metavar="K",
+                   help=f"with --evaluation knn: the vote's k (default {MONITOR_K})")
+    p.add_argument("--knn-temperature", type=positive_number, metavar="T",
+                   help=f"with --evaluation knn: its temperature (default {MONITOR_TEMPERATURE})")
+    return p
 
 
-def evaluation_after(args):
-    """The `Evaluation` that `--evaluation`, `--knn-k` and `--knn-temperature` name (removed
-    from `args`), or None for the monitor's kNN."""
-    kind = value_after(args, "--evaluation")
-    k = number_after(args, "--knn-k", "a whole number ≥ 1")
-    temperature = value_after(args, "--knn-temperature")
-    if kind is None:
-        if k is not None or temperature is not None:
-            raise BadComparison("--knn-k and --knn-temperature choose among `host eval knn` "
-                                "records: give them with --evaluation knn")
+def evaluation_of(p, flags):
+    """The `Evaluation` the flags name, or None for the monitor's kNN; a flag that does not
+    fit the others is a usage error."""
+    vote = flags.knn_k is not None or flags.knn_temperature is not None
+    if flags.evaluation is None:
+        if vote:
+            p.error("--knn-k and --knn-temperature choose among `host eval knn` records: give "
+                    "them with --evaluation knn")
         return None
-    if kind not in ("linear", "knn"):
-        raise BadComparison(f"--evaluation: expected linear or knn, got {kind!r}")
-    if kind == "linear":
-        if k is not None or temperature is not None:
-            raise BadComparison("--knn-k and --knn-temperature: a linear evaluation has no k "
-                                "or temperature")
+    if flags.at is not None:
+        p.error("--at reads the monitor of a run under way; an evaluation is of the checkpoint "
+                "a finished run ended with")
+    if flags.evaluation == "linear":
+        if vote:
+            p.error("--knn-k and --knn-temperature: a linear evaluation has no k or temperature")
         return Evaluation("linear")
-    if temperature is not None:
-        text = temperature
-        try:
-            temperature = float(text)
-        except ValueError:
-            temperature = math.nan
-        if not 0 < temperature < math.inf:
-            raise BadComparison(f"--knn-temperature: expected a positive number, got {text!r}")
-    return Evaluation("knn", MONITOR_K if k is None else k,
-                      MONITOR_TEMPERATURE if temperature is None else temperature)
+    return Evaluation("knn", MONITOR_K if flags.knn_k is None else flags.knn_k,
+                      MONITOR_TEMPERATURE if flags.knn_temperature is None
+                      else flags.knn_temperature)
 
 
 def main(args):
-    args = list(args)
-    usage = ("usage: python3 paired_runs.py RUN [RUN ...] --against RUN [RUN ...] "
-             "[--at EPOCH] [--every N] [--evaluation linear|knn [--knn-k K] "
-             "[--knn-temperature T]]")
+    """The exit code: 0, 1 for runs that cannot be compared, 2 for a usage error (argparse's)."""
+    p = parser()
     try:
-        at, every = number_after(args, "--at"), number_after(args, "--every")
-        evaluation = evaluation_after(args)
-        if evaluation is not None and at is not None:
-            raise BadComparison("--at reads the monitor of a run under way; an evaluation is "
-                                "of the checkpoint a finished run ended with")
-        if "--against" not in args:
-            print(usage, file=sys.stderr)
-            return 2
-        split = args.index("--against")
-        a_folders, b_folders = args[:split], args[split + 1:]
-        if not a_folders or not b_folders:
-            print(usage, file=sys.stderr)
-            return 2
-        lines = summarise_pairs([read_run(f) for f in a_folders],
-                                [read_run(f) for f in b_folders], at, every, evaluation)
+        flags = p.parse_args(args)
+        evaluation = evaluation_of(p, flags)
+    except SystemExit as e:
+        return e.code
+    try:
+        lines = summarise_pairs([read_run(f) for f in flags.a_runs],
+                                [read_run(f) for f in flags.against], flags.at, flags.every,
+                                evaluation)
         print("\n".join(lines))
     except BadComparison as e:
         print(f"error: {e}", file=sys.stderr)

@@ -190,25 +190,37 @@ class PairedRuns(unittest.TestCase):
         self.assertIn("evaluations.jsonl: line 2 is not JSON", err)
 
     def test_bad_arguments_should_say_what_was_expected(self):
+        # Usage errors exit 2 (argparse's convention) and name the flag; runs that cannot be
+        # compared exit 1.
         a, b = self.three_seeds()
-        self.assertEqual(self.main(*a)[0], 2)
-        self.assertEqual(self.main(*a, "--against")[0], 2)
-        code, _, err = self.main(*a, "--against", *b, "--at", "0")
-        self.assertEqual(code, 1)
-        self.assertIn("--at: expected a whole number of epochs ≥ 1, got '0'", err)
         for flags, expected in (
-                (["--evaluation", "probe"], "--evaluation: expected linear or knn, got 'probe'"),
-                (["--knn-k", "20"], "give them with --evaluation knn"),
-                (["--evaluation", "linear", "--knn-k", "20"], "a linear evaluation has no k"),
-                (["--evaluation", "knn", "--knn-k", "0"], "--knn-k: expected a whole number ≥ 1"),
-                (["--evaluation", "knn", "--knn-temperature", "-1"],
-                 "--knn-temperature: expected a positive number, got '-1'"),
-                (["--evaluation", "knn", "--knn-temperature"],
-                 "--knn-temperature: expected a positive number, got ''"),
-                (["--evaluation", "linear", "--at", "1"], "--at reads the monitor")):
-            code, _, err = self.main(*a, "--against", *b, *flags)
-            self.assertEqual(code, 1, flags)
+                ([], "the following arguments are required: --against"),
+                (["--against"], "argument --against: expected at least one argument"),
+                (["--against", *b, "--at", "0"],
+                 "argument --at: expected a whole number of epochs ≥ 1, got '0'"),
+                (["--against", *b, "--evaluation", "probe"],
+                 "argument --evaluation: invalid choice: 'probe'"),
+                (["--against", *b, "--knn-k", "20"], "give them with --evaluation knn"),
+                (["--against", *b, "--evaluation", "linear", "--knn-k", "20"],
+                 "a linear evaluation has no k"),
+                (["--against", *b, "--evaluation", "knn", "--knn-k", "0"],
+                 "argument --knn-k: expected a whole number ≥ 1, got '0'"),
+                (["--against", *b, "--evaluation", "knn", "--knn-temperature", "-1"],
+                 "argument --knn-temperature: expected a positive number, got '-1'"),
+                (["--against", *b, "--evaluation", "knn", "--knn-temperature", "inf"],
+                 "argument --knn-temperature: expected a positive number, got 'inf'"),
+                (["--against", *b, "--evaluation", "knn", "--knn-temperature"],
+                 "argument --knn-temperature: expected one argument"),
+                (["--against", *b, "--evaluation", "linear", "--at", "1"],
+                 "--at reads the monitor")):
+            code, out, err = self.main(*a, *flags)
+            self.assertEqual(code, 2, flags)
             self.assertIn(expected, err)
+            self.assertEqual(out, "", flags)
+        code, out, _ = self.main("--help")
+        self.assertEqual(code, 0)
+        self.assertIn("--knn-temperature T", out)
+        self.assertIn("The figure compared is the training monitor's kNN top-1", out)
         code, _, err = self.main(os.path.join(self.root.name, "none"), "--against", *b)
         self.assertEqual(code, 1)
         self.assertIn("config.json: cannot read it", err)
