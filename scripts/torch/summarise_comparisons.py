@@ -20,6 +20,7 @@ A single seed says little here: on Fashion-MNIST the seed moves a 10-epoch run b
 and, on a bad draw, by 18 (README, "Beside byol-pytorch"). Needs only the standard library.
 """
 
+import argparse
 import json
 import math
 import os
@@ -329,20 +330,32 @@ def summarise_variant(runs, variants):
     return lines
 
 
+def parser():
+    # The docstring's paragraphs: what it prints, the usage (argparse writes its own), then
+    # the rest.
+    what, _, rest = __doc__.split("\n\n", 2)
+    p = argparse.ArgumentParser(prog="python3 summarise_comparisons.py",
+                                usage="%(prog)s DIR [DIR ...] [--variant RUN [RUN ...]]",
+                                description=what, epilog=rest,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("folders", nargs="+", metavar="DIR",
+                   help="`compare_byol_pytorch.sh` output folders, one per seed")
+    p.add_argument("--variant", nargs="+", default=[], metavar="RUN",
+                   help="`host train` folders of one change to the recipe, paired by seed")
+    return p
+
+
 def main(args):
-    folders, variants = args, []
-    if "--variant" in args:
-        at = args.index("--variant")
-        folders, variants = args[:at], args[at + 1:]
-    if not folders or (folders is not args and not variants):
-        print("usage: python3 summarise_comparisons.py DIR [DIR ...] [--variant RUN [RUN ...]]",
-              file=sys.stderr)
-        return 2
+    """The exit code: 0, 1 for folders that cannot be summarised, 2 for a usage error."""
     try:
-        runs = [read_comparison(folder) for folder in folders]
+        flags = parser().parse_args(args)
+    except SystemExit as e:
+        return e.code
+    try:
+        runs = [read_comparison(folder) for folder in flags.folders]
         lines = summarise(runs)
-        if variants:
-            lines += [""] + summarise_variant(runs, [read_run(v) for v in variants])
+        if flags.variant:
+            lines += [""] + summarise_variant(runs, [read_run(v) for v in flags.variant])
         print("\n".join(lines))
     except BadComparison as e:
         print(f"error: {e}", file=sys.stderr)

@@ -201,6 +201,10 @@ class Summary(unittest.TestCase):
         a = write_comparison(self.root, "a", 0, (0.6, 0.5, 0.6), (0.6, 0.5, 0.6))
         self.assertEqual(self.run_main([a, "--variant"])[0], 2)
         self.assertEqual(self.run_main(["--variant", a])[0], 2)
+        code, out, _ = self.run_main(["--help"])
+        self.assertEqual(code, 0)
+        self.assertIn("--variant RUN [RUN ...]", out)
+        self.assertIn("A single seed says little here", out)
 
 
 class Variant(unittest.TestCase):
