@@ -3,14 +3,16 @@ heading, every relative file link reaches a file, and no heading marker stands i
 line (where a reflow merged a heading into the paragraph above it, which then renders as text).
 
 Anchors are GitHub's: the heading lower-cased, every character that is not a letter, digit,
-underscore, hyphen or space dropped (a code span's backticks too), spaces turned into hyphens (so `±` between two spaces leaves
-`--`). Code spans and fenced blocks are not read for links.
+underscore, hyphen or space dropped (a code span's backticks too), spaces turned into hyphens
+(so `±` between two spaces leaves `--`). Code spans and fenced blocks are not read for links.
 
     python3 scripts/docs/check_links.py README.md docs/*.md
 
-prints one line per fault, naming the file and the line, and exits 1 if there is any.
+prints one line per fault, naming the file and the line (or a file it cannot read), and exits 1
+if there is any.
 """
 
+import argparse
 import functools
 import os
 import re
@@ -48,8 +50,11 @@ def anchors(path):
 
 
 def faults(path):
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        return [f"{path}: cannot read it ({e})"]
     out = []
     here = os.path.dirname(path)
     for number, line in prose_lines(text):
@@ -64,13 +69,25 @@ def faults(path):
             if not os.path.exists(linked):
                 out.append(f"{path}:{number}: links to {file_part}, which is not there")
             elif fragment and linked.endswith(".md") and fragment not in anchors(linked):
-                out.append(f"{path}:{number}: links to #{fragment}, which no heading of {linked} has")
+                out.append(f"{path}:{number}: links to #{fragment}, which no heading of "
+                           f"{linked} has")
     return out
 
 
-def main(paths):
+def main(args):
+    """The exit code: 0, 1 for any fault, 2 for a usage error (argparse's)."""
+    what, usage, rest = __doc__.split("\n\n", 2)
+    p = argparse.ArgumentParser(prog="python3 scripts/docs/check_links.py", description=what,
+                                epilog=f"{usage}\n\n{rest}",
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("paths", nargs="+", metavar="FILE.md", help="the Markdown files to check")
+    try:
+        paths = p.parse_args(args).paths
+    except SystemExit as e:
+        return e.code
     found = [fault for path in paths for fault in faults(path)]
-    print("\n".join(found) if found else f"ok: every link of {len(paths)} files reaches its place")
+    files = f"{len(paths)} file{'s' * (len(paths) != 1)}"
+    print("\n".join(found) if found else f"ok: every link of {files} reaches its place")
     return 1 if found else 0
 
 

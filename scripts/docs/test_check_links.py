@@ -1,10 +1,12 @@
 """Tests of check_links.py on small Markdown files written for each case."""
 
+import contextlib
+import io
 import os
 import tempfile
 import unittest
 
-from check_links import anchor, faults
+from check_links import anchor, faults, main
 
 
 class CheckLinksTest(unittest.TestCase):
@@ -52,6 +54,27 @@ class CheckLinksTest(unittest.TestCase):
         found = faults(path)
         self.assertEqual(len(found), 1, found)
         self.assertIn(":8: links to #not-a-heading", found[0])
+
+    def run_main(self, *args):
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(list(args))
+        return code, out.getvalue(), err.getvalue()
+
+    def test_a_file_it_cannot_read_should_be_a_fault_and_no_file_a_usage_error(self):
+        good = self.write("a.md", "# Top\n\n[top](#top)\n")
+        self.assertEqual(self.run_main(good)[:2],
+                         (0, "ok: every link of 1 file reaches its place\n"))
+        gone = os.path.join(self.dir.name, "gone.md")
+        code, out, _ = self.run_main(good, gone)
+        self.assertEqual(code, 1)
+        self.assertIn(f"{gone}: cannot read it", out)
+        code, _, err = self.run_main()
+        self.assertEqual(code, 2)
+        self.assertIn("the following arguments are required: FILE.md", err)
+        code, out, _ = self.run_main("--help")
+        self.assertEqual(code, 0)
+        self.assertIn("Anchors are GitHub's", out)
 
 
 if __name__ == "__main__":
