@@ -24,6 +24,10 @@
 # --augment per-image"); they are recorded in reference.json.
 # Needs torch, torchvision, safetensors and byol-pytorch in python3 (see that script).
 set -euo pipefail
+case ${1:-} in
+  -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0;;
+  ''|-*) echo "usage: $0 OUT [host train flags] (--help says more)" >&2; exit 2;;
+esac
 out=$1; shift
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 mkdir -p "$out"

@@ -10,8 +10,11 @@
 # share of the cores with --threads). Then summarise_comparisons.py prints the table over every
 # seed of SEEDS and keeps it in OUT/summary.txt.
 set -euo pipefail
-if [ $# -lt 2 ]; then
-  echo "usage: $0 OUT SEEDS [host train flags]" >&2
+case ${1:-} in
+  -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0;;
+esac
+if [ $# -lt 2 ] || [[ $1 == -* ]]; then
+  echo "usage: $0 OUT SEEDS [host train flags] (--help says more)" >&2
   exit 2
 fi
 out=$1 seeds=$2; shift 2
