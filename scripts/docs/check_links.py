@@ -76,9 +76,9 @@ def faults(path):
 
 def main(args):
     """The exit code: 0, 1 for any fault, 2 for a usage error (argparse's)."""
-    what, usage, rest = __doc__.split("\n\n", 2)
+    what, rest = __doc__.split("\n\n", 1)
     p = argparse.ArgumentParser(prog="python3 scripts/docs/check_links.py", description=what,
-                                epilog=f"{usage}\n\n{rest}",
+                                epilog=rest,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("paths", nargs="+", metavar="FILE.md", help="the Markdown files to check")
     try:
