@@ -185,13 +185,10 @@ def positive_number(text):
 
 
 def parser():
-    # The docstring's paragraphs: what it prints, an example, the usage (argparse writes its
-    # own), then how the runs are read.
-    what, example, _, reading = __doc__.split("\n\n", 3)
-    p = argparse.ArgumentParser(prog="python3 paired_runs.py",
-                                usage="%(prog)s RUN [RUN ...] --against RUN [RUN ...] [--at EPOCH] "
-                                "[--every N] [--evaluation linear|knn [--knn-k K] "
-                                "[--knn-temperature T]]",
+    # The docstring's paragraphs: what it prints, an example, the usage (on one line, as
+    # argparse prints it), then how the runs are read.
+    what, example, usage, reading = __doc__.split("\n\n", 3)
+    p = argparse.ArgumentParser(prog="python3 paired_runs.py", usage=" ".join(usage.split()),
                                 description=f"{what}\n\n{example}", epilog=reading,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("a_runs", nargs="+", metavar="RUN", help="setting A's run folders")

@@ -331,12 +331,11 @@ def summarise_variant(runs, variants):
 
 
 def parser():
-    # The docstring's paragraphs: what it prints, the usage (argparse writes its own), then
-    # the rest.
-    what, _, rest = __doc__.split("\n\n", 2)
+    # The docstring's paragraphs: what it prints, the usage (on one line, as argparse prints
+    # it), then the rest.
+    what, usage, rest = __doc__.split("\n\n", 2)
     p = argparse.ArgumentParser(prog="python3 summarise_comparisons.py",
-                                usage="%(prog)s DIR [DIR ...] [--variant RUN [RUN ...]]",
-                                description=what, epilog=rest,
+                                usage=" ".join(usage.split()), description=what, epilog=rest,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folders", nargs="+", metavar="DIR",
                    help="`compare_byol_pytorch.sh` output folders, one per seed")
