@@ -1475,6 +1475,38 @@ mod tests {
     }
 
     #[test]
+    fn the_help_and_the_small_config_should_give_the_recipes_steps_as_the_recipe_has_them() {
+        // The small recipe's τ_base and η change with the run's length and batch; `train --help`
+        // and configs/small.toml say where, in words that must move when the recipe's steps do.
+        use host::recipe::SMALL;
+        let (long_run, tau) = SMALL.tau_base_long_run.unwrap();
+        let (large_batch, eta) = SMALL.lars_eta_large_batch.unwrap();
+        let tau_words = |sep: &str| {
+            let (base, below) = (SMALL.tau_base, long_run - 1);
+            format!("{base} up to {below} epochs{sep}{tau} from {long_run} up")
+        };
+        let eta_words = |sep: &str| {
+            let base = SMALL.lars_eta;
+            format!("{base} below batch {large_batch}{sep}{eta} from {large_batch} up")
+        };
+        let train = Cli::command().find_subcommand("train").unwrap().clone();
+        let help = |id: &str| {
+            let arg = train.get_arguments().find(|a| a.get_id() == id).unwrap();
+            arg.get_help().unwrap().to_string()
+        };
+        let small = concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/small.toml");
+        let small = std::fs::read_to_string(small).unwrap();
+        for (text, words) in [
+            (help("tau_base"), tau_words(" and ")),
+            (help("lars_eta"), eta_words(" and ")),
+            (small.clone(), tau_words(", ")),
+            (small, eta_words(", ")),
+        ] {
+            assert!(text.contains(&words), "expected {words:?} in {text}");
+        }
+    }
+
+    #[test]
     fn the_small_recipes_eta_should_follow_a_batch_given_by_flag_or_file() {
         let eta = |args: &[&str]| config_of(args).0.optim.lars_eta;
         assert_eq!(eta(&[]), 0.05);
