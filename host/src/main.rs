@@ -141,6 +141,10 @@ enum Command {
         /// Where the runs train: cpu, cuda or cuda:N.
         #[arg(long, default_value = "cpu")]
         device: Device,
+        /// Worker threads of every run (default: all cores). A run's sums, and so its figures
+        /// to the last digit, depend on it; each run records it in its config.json.
+        #[arg(long)]
+        threads: Option<usize>,
     },
     /// Check the GPU path: where the NVIDIA libraries were found, then open GPU 0, load the
     /// kernels and report the device, its memory and the libraries' versions (needs `--features cuda`).
@@ -244,12 +248,7 @@ impl TrainArgs {
     /// the value.
     fn config(&self, matches: &ArgMatches) -> Result<(TrainConfig, PathBuf, Option<usize>), Error> {
         // A configuration file's `threads` is checked where the file is read.
-        if self.threads == Some(0) {
-            return Err(Error::InvalidArgument(
-                "--threads: expected at least 1 worker thread (leave it out for all cores), got 0"
-                    .into(),
-            ));
-        }
+        check_threads_flag(self.threads)?;
         let flags = given_fields(&self.train, matches);
         let (c, out, threads, file_fields) = self.assemble(&flags)?;
         let file = self.config.as_deref().map(|path| (path, &file_fields));
@@ -449,6 +448,7 @@ fn main() -> ExitCode {
             data_dir,
             seed,
             device,
+            threads,
         } => {
             let mut base = host::ablate::base();
             let seeds = if seed.is_empty() {
@@ -479,7 +479,9 @@ fn main() -> ExitCode {
             base.data.data_dir = data_dir.or(base.data.data_dir);
             // The study's base is checked before its first run.
             check_settings(&base, false, &flags, None)
+                .and_then(|()| check_threads_flag(threads))
                 .and_then(|()| host::train::check_device(device))
+                .and_then(|()| threads.map_or(Ok(()), use_threads))
                 .and_then(|()| host::ablate::run_study(&study, &base, &seeds, &out, true, device))
                 .map(|table| println!("{table}"))
         }
@@ -515,6 +517,25 @@ fn restart_with_gpu_libraries() {
             "note: could not restart with the GPU libraries' folders on the library path: {err}"
         );
     }
+}
+
+/// A `--threads` flag's count: at least one worker thread.
+fn check_threads_flag(threads: Option<usize>) -> Result<(), Error> {
+    match threads {
+        Some(0) => Err(Error::InvalidArgument(
+            "--threads: expected at least 1 worker thread (leave it out for all cores), got 0"
+                .into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Runs this process's parallel work (the step's and the augmentations') on `threads` workers.
+fn use_threads(threads: usize) -> Result<(), Error> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .map_err(|e| Error::InvalidArgument(e.to_string()))
 }
 
 /// The collective of a `--distributed` run.
@@ -556,10 +577,7 @@ fn train(args: &TrainArgs, matches: &ArgMatches) -> Result<(), Error> {
         threads = Some((cores / local.max(1)).max(1));
     }
     if let Some(t) = threads {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(t)
-            .build_global()
-            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        use_threads(t)?;
     }
     let opts = RunOptions {
         out: out.clone(),

@@ -161,6 +161,10 @@ fn bad_input_should_get_one_sentence_naming_what_was_expected() {
             "seed: 1 is listed twice",
         ),
         (&["ablate", "tau", "--seed", "1,x"], "invalid value 'x'"),
+        (
+            &["ablate", "tau", "--threads", "0"],
+            "--threads: expected at least 1 worker thread",
+        ),
         (&["train", "--epochs", "many"], "invalid value 'many'"),
         (
             &["train", "--augment-on", "gpu"],
@@ -592,7 +596,7 @@ fn a_warm_up_as_long_as_the_run_should_be_pointed_out() {
 }
 
 #[test]
-fn ablate_seed_should_reach_every_run_of_the_study() {
+fn ablate_seed_and_threads_should_reach_every_run_of_the_study() {
     // The smallest study (three runs), one epoch on 64 images: about 15 s.
     let out = dir("ablate-seed");
     let done = host(&[
@@ -604,6 +608,8 @@ fn ablate_seed_should_reach_every_run_of_the_study() {
         "64",
         "--seed",
         "5",
+        "--threads",
+        "1",
         "--out",
         out.to_str().unwrap(),
     ]);
@@ -618,6 +624,7 @@ fn ablate_seed_should_reach_every_run_of_the_study() {
         let config = std::fs::read_to_string(run.join("config.json")).unwrap();
         let config: serde_json::Value = serde_json::from_str(&config).unwrap();
         assert_eq!(config["seed"], 5, "{}", run.display());
+        assert_eq!(config["run"]["threads"], 1, "{}", run.display());
     }
 }
 
