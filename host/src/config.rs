@@ -57,7 +57,7 @@ pub const DATASETS: [&str; 6] = [
 pub struct TrainConfig {
     /// The recipe the hyper-parameters start from: small, imagenet-40, imagenet-100,
     /// imagenet-300, imagenet-1000 [default: small for images of 96 px and below, else
-    /// imagenet-40]. Each is written out, field by field, in configs/<recipe>.toml. Fields set
+    /// imagenet-40]. Each is written out, field by field, in `configs/<recipe>.toml`. Fields set
     /// explicitly override it; it is recorded so a run says where it came from.
     #[arg(long, default_value_t, hide_default_value = true)]
     pub recipe: String,
