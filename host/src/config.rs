@@ -282,7 +282,7 @@ pub struct OptimConfig {
     #[arg(long, action = clap::ArgAction::Set, default_value_t, hide_default_value = true)]
     pub lars_clip: bool,
     /// Target decay at step 0, rising to tau_end along a cosine (0.996 in the paper; the small
-    /// recipe's is 0.9 up to 150 epochs and 0.99 from 151 up, unless given).
+    /// recipe's is 0.9 up to 200 epochs and 0.99 from 201 up, unless given).
     #[arg(long, default_value_t, hide_default_value = true)]
     pub tau_base: f64,
     /// Where the cosine τ schedule ends (1 in the paper).

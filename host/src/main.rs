@@ -1473,22 +1473,22 @@ mod tests {
     fn the_small_recipes_tau_base_should_follow_epochs_given_by_flag_or_file() {
         let tau = |args: &[&str]| config_of(args).0.optim.tau_base;
         assert_eq!(tau(&[]), 0.9);
-        assert_eq!(tau(&["--epochs", "150"]), 0.9);
-        assert_eq!(tau(&["--epochs", "151", "--dataset", "mnist"]), 0.99);
+        assert_eq!(tau(&["--epochs", "200"]), 0.9);
+        assert_eq!(tau(&["--epochs", "201", "--dataset", "mnist"]), 0.99);
         // A τ_base given beside the epochs is kept; an official preset has its own.
-        assert_eq!(tau(&["--epochs", "151", "--tau-base", "0.9"]), 0.9);
+        assert_eq!(tau(&["--epochs", "201", "--tau-base", "0.9"]), 0.9);
         assert_eq!(tau(&["--preset", "40", "--epochs", "5"]), 0.97);
         let dir = std::env::temp_dir().join(format!("byol-tau-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("run.toml");
         let file = path.to_str().unwrap();
-        std::fs::write(&path, "[optim]\nepochs = 160\n").unwrap();
+        std::fs::write(&path, "[optim]\nepochs = 210\n").unwrap();
         assert_eq!(tau(&["--config", file]), 0.99);
         assert_eq!(tau(&["--config", file, "--epochs", "10"]), 0.9);
-        std::fs::write(&path, "[optim]\nepochs = 160\ntau_base = 0.9\n").unwrap();
+        std::fs::write(&path, "[optim]\nepochs = 210\ntau_base = 0.9\n").unwrap();
         assert_eq!(tau(&["--config", file]), 0.9);
         let small = concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/small.toml");
-        assert_eq!(tau(&["--config", small, "--epochs", "151"]), 0.99);
+        assert_eq!(tau(&["--config", small, "--epochs", "201"]), 0.99);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
