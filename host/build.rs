@@ -36,9 +36,13 @@ fn collect(root: &Path, rel: &str, files: &mut Vec<String>) {
 }
 
 fn main() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root");
+    // Read at run time, not with `env!`: cargo reuses a compiled build script for a checkout at
+    // another path that shares the target folder (a `git worktree` with the same
+    // CARGO_TARGET_DIR), and a path compiled in would point at the other checkout, or at nothing
+    // once it is removed.
+    let manifest_dir =
+        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let root = Path::new(&manifest_dir).parent().expect("workspace root");
     let mut files = Vec::new();
     for input in PTX_INPUTS {
         println!("cargo:rerun-if-changed={}", root.join(input).display());
@@ -46,8 +50,9 @@ fn main() {
     }
     let mut hash = 0xcbf2_9ce4_8422_2325;
     for rel in &files {
+        let path = root.join(rel);
         let bytes =
-            std::fs::read(root.join(rel)).unwrap_or_else(|e| panic!("cannot read {rel}: {e}"));
+            std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
         hash = fnv1a(fnv1a(hash, rel.as_bytes()), &bytes);
     }
     let stamp = format!("{hash:016x}");
