@@ -6,7 +6,7 @@ table rows for runs made by hand (the long CIFAR-10 pairs) are these figures; fo
     python3 scripts/torch/paired_runs.py c200/tau0.9-seed*/ --against c200/tau0.99-seed*/
 
     python3 paired_runs.py RUN [RUN ...] --against RUN [RUN ...] [--at EPOCH] [--every N]
-                           [--evaluation linear|knn [--knn-k K] [--knn-temperature T]]
+                           [--ranks] [--evaluation linear|knn [--knn-k K] [--knn-temperature T]]
 
 Each RUN is a `host train --out RUN` folder (`config.json`, `metrics.jsonl`). The runs before
 `--against` are setting A, those after it setting B. Within a setting the runs differ only in
@@ -14,7 +14,10 @@ the seed (and where the data lay); the fields in which A and B differ are printe
 pair by seed, and a seed that one setting lacks is an error. Each run is read after the epochs
 it was configured for, so an unfinished run is an error that names it, unless `--at EPOCH`
 reads every run after that epoch (pairs still under way compare where both have reached).
-`--every N` adds each seed's readings every N epochs, as Markdown tables.
+`--every N` adds each seed's readings every N epochs, as Markdown tables. `--ranks` adds the
+collapse monitor's effective rank of each run: its lowest over the run with the epoch, the epochs
+it spent below 5 (the representation folded to a few directions), and its last (the figures
+`docs/comparisons.md` gives in brackets beside each kNN reading).
 
 The figure compared is the training monitor's kNN top-1 (k = 200, T = 0.1), unless
 `--evaluation` names one that `host eval` recorded in the run's `evaluations.jsonl`: `linear`
@@ -53,6 +56,47 @@ def setting_fields(runs, label):
 def knn_by_epoch(run):
     """{epoch: kNN top-1 in percent} of a run's epoch records (epoch 0: initialisation)."""
     return {r["epoch"]: 100.0 * r["knn_top1"] for r in run["epoch_records"] if "knn_top1" in r}
+
+
+# An effective rank below this, out of the representation's hundreds of dimensions, is a
+# representation folded onto a few directions: the fast target's runs fall there for an epoch
+# or more early on and recover, which `--ranks` counts.
+LOW_RANK = 5.0
+
+
+def ranks_by_epoch(run):
+    """{epoch: effective rank} of a run's trained epochs (the monitor measures none at 0)."""
+    return {r["epoch"]: r["effective_rank"] for r in run["epoch_records"]
+            if "effective_rank" in r}
+
+
+def rank_table(a_by_seed, b_by_seed, last_epoch):
+    """Markdown lines: each seed's lowest effective rank (its epoch), epochs below LOW_RANK and
+    last rank under settings A and B, over epochs 1 to `last_epoch` (each run's configured
+    epochs when None, as the kNN is read), then how many runs of each setting went below
+    LOW_RANK."""
+    lines = [f"effective rank: lowest over the run (epoch), epochs below {LOW_RANK:g}, last",
+             "| seed | A lowest | A below | A last | B lowest | B below | B last |",
+             "|---" * 7 + "|"]
+    folded = {"A": 0, "B": 0}
+    for seed in sorted(a_by_seed):
+        cells = []
+        for label, run in (("A", a_by_seed[seed]), ("B", b_by_seed[seed])):
+            ranks = ranks_by_epoch(run)
+            last = run["config"]["optim"]["epochs"] if last_epoch is None else last_epoch
+            read = {e: r for e, r in ranks.items() if e <= last}
+            if last not in read:
+                raise BadComparison(f"{run['folder']}: no effective rank after epoch {last} in "
+                                    f"metrics.jsonl")
+            lowest = min(read, key=lambda e: (read[e], e))
+            below = sum(r < LOW_RANK for r in read.values())
+            folded[label] += below > 0
+            cells += [f"{read[lowest]:.1f} ({lowest})", str(below), f"{read[last]:.1f}"]
+        lines.append(f"| {seed} | " + " | ".join(cells) + " |")
+    runs = len(a_by_seed)
+    lines.append(f"below {LOW_RANK:g} for an epoch or more: A on {folded['A']} of {runs} runs, "
+                 f"B on {folded['B']} of {runs}")
+    return lines
 
 
 def reading(run, at, evaluation=None):
@@ -116,9 +160,10 @@ def evaluated(run, evaluation):
     return 100.0 * evaluation.figure(found)
 
 
-def summarise_pairs(a_runs, b_runs, at=None, every=None, evaluation=None):
+def summarise_pairs(a_runs, b_runs, at=None, every=None, evaluation=None, ranks=False):
     """The lines for settings A and B (runs read by `read_run`), paired by seed; the figure is
-    the monitor's kNN unless `evaluation` (an `Evaluation`) names a recorded one."""
+    the monitor's kNN unless `evaluation` (an `Evaluation`) names a recorded one; `ranks` adds
+    the effective-rank table."""
     a_fields, b_fields = setting_fields(a_runs, "A"), setting_fields(b_runs, "B")
     for runs, label in ((a_runs, "A"), (b_runs, "B")):
         refuse_repeated_seeds([r["seed"] for r in runs], f"setting {label}'s seed", "run")
@@ -161,6 +206,8 @@ def summarise_pairs(a_runs, b_runs, at=None, every=None, evaluation=None):
             for label, readings in (("A", a), ("B", b)):
                 lines.append(f"| {label} | "
                              + " | ".join(f"{readings[e]:.2f}" for e in marks) + " |")
+    if ranks:
+        lines += [""] + rank_table(a_by_seed, b_by_seed, at)
     return lines
 
 
@@ -198,6 +245,8 @@ def parser():
                    help="read every run after this epoch (pairs still under way)")
     p.add_argument("--every", type=whole_number("a whole number of epochs ≥ 1"), metavar="N",
                    help="add each seed's readings every N epochs, as Markdown tables")
+    p.add_argument("--ranks", action="store_true",
+                   help="add each run's lowest, time below 5 and last effective rank")
     p.add_argument("--evaluation", choices=("linear", "knn"),
                    help="compare a figure `host eval` recorded instead of the monitor's kNN")
     p.add_argument("--knn-k", type=whole_number("a whole number ≥ 1"), metavar="K",
@@ -239,7 +288,7 @@ def main(args):
     try:
         lines = summarise_pairs([read_run(f) for f in flags.a_runs],
                                 [read_run(f) for f in flags.against], flags.at, flags.every,
-                                evaluation)
+                                evaluation, flags.ranks)
         print("\n".join(lines))
     except BadComparison as e:
         print(f"error: {e}", file=sys.stderr)

@@ -11,9 +11,10 @@ import unittest
 import paired_runs
 
 
-def write_run(folder, seed, readings, epochs=None, tau_base=0.9, batch=128):
+def write_run(folder, seed, readings, epochs=None, tau_base=0.9, batch=128, ranks=None):
     """A `host train --out` folder whose kNN top-1 after epoch e is readings[e] (a fraction;
-    readings[0] is the initialisation), configured for `epochs` (default: as many as read)."""
+    readings[0] is the initialisation), configured for `epochs` (default: as many as read);
+    with `ranks`, the effective rank after epoch e is ranks[e - 1]."""
     os.makedirs(folder)
     epochs = len(readings) - 1 if epochs is None else epochs
     config = {"seed": seed, "optim": {"epochs": epochs, "tau_base": tau_base,
@@ -26,6 +27,8 @@ def write_run(folder, seed, readings, epochs=None, tau_base=0.9, batch=128):
         # One step an epoch; steps count from 0, so the last checkpoint's step is `epochs`.
         lines.append({"epoch": epoch, "kind": "step", "step": epoch - 1, "loss": 1.0})
         lines.append({"epoch": epoch, "kind": "epoch", "knn_top1": knn})
+        if ranks is not None:
+            lines[-1]["effective_rank"] = ranks[epoch - 1]
     with open(os.path.join(folder, "metrics.jsonl"), "w") as f:
         f.write("\n".join(json.dumps(line) for line in lines) + "\n")
     return folder
@@ -98,6 +101,34 @@ class PairedRuns(unittest.TestCase):
             "|---|---|---|",
             "| A | 40.00 | 60.00 |",
             "| B | 35.00 | 62.00 |"])
+
+    def test_ranks_should_give_each_runs_lowest_time_below_five_and_last(self):
+        knn = [0.2, 0.3, 0.4, 0.5, 0.6]
+        a = [self.run_folder("a1", 1, knn, ranks=[30.0, 4.2, 4.99, 3.1]),
+             self.run_folder("a0", 0, knn, ranks=[12.0, 2.5, 2.5, 40.04])]
+        b = [self.run_folder("b0", 0, knn, tau_base=0.99, ranks=[5.0, 8.0, 6.0, 7.0]),
+             self.run_folder("b1", 1, knn, tau_base=0.99, ranks=[9.0, 4.0, 20.0, 21.0])]
+        code, out, err = self.main(*a, "--against", *b, "--ranks")
+        self.assertEqual(code, 0, err)
+        # Seed 0, A: 2.5 at epochs 2 and 3, the first given; two epochs below 5, last 40.0. B: a
+        # rank of exactly 5 is not below it.
+        self.assertEqual(out.split("\n\n")[1].splitlines(), [
+            "effective rank: lowest over the run (epoch), epochs below 5, last",
+            "| seed | A lowest | A below | A last | B lowest | B below | B last |",
+            "|---|---|---|---|---|---|---|",
+            "| 0 | 2.5 (2) | 2 | 40.0 | 5.0 (1) | 0 | 7.0 |",
+            "| 1 | 3.1 (4) | 3 | 3.1 | 4.0 (2) | 1 | 21.0 |",
+            "below 5 for an epoch or more: A on 2 of 2 runs, B on 1 of 2"])
+        # --at reads the ranks up to that epoch only.
+        code, out, err = self.main(*a, "--against", *b, "--ranks", "--at", "1")
+        self.assertEqual(code, 0, err)
+        self.assertIn("| 1 | 30.0 (1) | 0 | 30.0 | 9.0 (1) | 0 | 9.0 |", out)
+        self.assertIn("A on 0 of 2 runs, B on 0 of 2", out)
+        # A run whose monitor recorded no rank (an older metrics.jsonl) is named.
+        plain = [self.run_folder(f"c{s}", s, knn) for s in (0, 1)]
+        code, _, err = self.main(*plain, "--against", *b, "--ranks")
+        self.assertEqual(code, 1)
+        self.assertIn(f"{plain[0]}: no effective rank after epoch", err)
 
     def test_an_unfinished_run_should_be_named_unless_at_reads_every_run_there(self):
         a = [self.run_folder("a0", 0, [0.2, 0.3, 0.4]),
