@@ -58,10 +58,15 @@ def knn_by_epoch(run):
     return {r["epoch"]: 100.0 * r["knn_top1"] for r in run["epoch_records"] if "knn_top1" in r}
 
 
-# An effective rank below this, out of the representation's hundreds of dimensions, is a
+# An effective rank below this, out of the representation's 128 dimensions or more, is a
 # representation folded onto a few directions: the fast target's runs fall there for an epoch
 # or more early on and recover, which `--ranks` counts.
 LOW_RANK = 5.0
+
+
+def read_epoch(run, at):
+    """The epoch a run is read after: `at` where given, else the epochs it was configured for."""
+    return run["config"]["optim"]["epochs"] if at is None else at
 
 
 def ranks_by_epoch(run):
@@ -70,11 +75,10 @@ def ranks_by_epoch(run):
             if "effective_rank" in r}
 
 
-def rank_table(a_by_seed, b_by_seed, last_epoch):
+def rank_table(a_by_seed, b_by_seed, at):
     """Markdown lines: each seed's lowest effective rank (its epoch), epochs below LOW_RANK and
-    last rank under settings A and B, over epochs 1 to `last_epoch` (each run's configured
-    epochs when None, as the kNN is read), then how many runs of each setting went below
-    LOW_RANK."""
+    last rank under settings A and B, over the epochs up to the one the kNN is read after
+    (`read_epoch`), then how many runs of each setting went below LOW_RANK."""
     lines = [f"effective rank: lowest over the run (epoch), epochs below {LOW_RANK:g}, last",
              "| seed | A lowest | A below | A last | B lowest | B below | B last |",
              "|---" * 7 + "|"]
@@ -83,7 +87,7 @@ def rank_table(a_by_seed, b_by_seed, last_epoch):
         cells = []
         for label, run in (("A", a_by_seed[seed]), ("B", b_by_seed[seed])):
             ranks = ranks_by_epoch(run)
-            last = run["config"]["optim"]["epochs"] if last_epoch is None else last_epoch
+            last = read_epoch(run, at)
             read = {e: r for e, r in ranks.items() if e <= last}
             if last not in read:
                 raise BadComparison(f"{run['folder']}: no effective rank after epoch {last} in "
@@ -104,7 +108,7 @@ def reading(run, at, evaluation=None):
     `evaluation`, that evaluation's figure for the checkpoint the finished run ended with."""
     readings = knn_by_epoch(run)
     planned = run["config"]["optim"]["epochs"]
-    epoch = planned if at is None else at
+    epoch = read_epoch(run, at)
     if epoch not in readings:
         reached = max(readings)
         hint = "" if at is not None else f"; --at {reached} reads every run there"
