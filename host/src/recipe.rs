@@ -94,9 +94,9 @@ pub const SMALL: Recipe = Recipe {
     // ahead (+4.01 ± 0.55, six seeds, ahead on six). Never behind on average up to two hundred
     // epochs over six seeds or more, so it runs that far; longer runs keep the paper's slower
     // target, as solo-learn's and lightly's CIFAR configurations do for hundreds of epochs, until
-    // a longer run says otherwise. Where it comes closest: Fashion-MNIST at a hundred epochs,
-    // level over the four seeds run (+0.65 ± 1.03, behind on the first two; the linear probe has
-    // it ahead on all four, +0.68 ± 0.30), too few to move the switch; that set wants six seeds.
+    // a longer run says otherwise. Where the slower target comes closest, Fashion-MNIST, the fast
+    // one is ahead at a hundred epochs over six seeds too (+1.38 ± 0.80, behind on the first two;
+    // the linear probe has it ahead on five, +0.50 ± 0.24).
     // Level too at fifteen epochs (+0.3 ± 1.2, three seeds), at the studies' six epochs
     // (+2.3 ± 7.7, five) and at batch 256 (+0.5 ± 7.7, three). README "Recipes", "τ follows the
     // length".
