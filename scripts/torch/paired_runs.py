@@ -6,7 +6,8 @@ table rows for runs made by hand (the long CIFAR-10 pairs) are these figures; fo
     python3 scripts/torch/paired_runs.py c200/tau0.9-seed*/ --against c200/tau0.99-seed*/
 
     python3 paired_runs.py RUN [RUN ...] --against RUN [RUN ...] [--at EPOCH] [--every N]
-                           [--ranks] [--evaluation linear|knn [--knn-k K] [--knn-temperature T]]
+                           [--course] [--ranks]
+                           [--evaluation linear|knn [--knn-k K] [--knn-temperature T]]
 
 Each RUN is a `host train --out RUN` folder (`config.json`, `metrics.jsonl`). The runs before
 `--against` are setting A, those after it setting B. Within a setting the runs differ only in
@@ -14,7 +15,10 @@ the seed (and where the data lay); the fields in which A and B differ are printe
 pair by seed, and a seed that one setting lacks is an error. Each run is read after the epochs
 it was configured for, so an unfinished run is an error that names it, unless `--at EPOCH`
 reads every run after that epoch (pairs still under way compare where both have reached).
-`--every N` adds each seed's readings every N epochs, as Markdown tables. `--ranks` adds the
+`--every N` adds each seed's readings every N epochs, as Markdown tables. `--course` adds, for
+each seed, the epochs on which A's kNN is behind, level with and ahead of B's, the first epoch A
+is ahead and the last it is behind, each run's mean over its last ten epochs and its best
+reading (the figures `docs/comparisons.md` gives in each pair's first point). `--ranks` adds the
 collapse monitor's effective rank of each run: its lowest over the run with the epoch, the epochs
 it spent below 5 (the representation folded to a few directions), and its last (the figures
 `docs/comparisons.md` gives in brackets beside each kNN reading).
@@ -31,6 +35,7 @@ import argparse
 import math
 import os
 import sys
+from decimal import ROUND_HALF_UP, Decimal
 
 from summarise_comparisons import (BadComparison, column_means, differing_fields, flatten,
                                    json_lines, mean_and_standard_error, mean_with_spread, read_run,
@@ -103,6 +108,52 @@ def rank_table(a_by_seed, b_by_seed, at):
     return lines
 
 
+# The record reads a run's end over its last ten epochs as well as at its last: the monitor's
+# kNN moves by half a point or more from one epoch to the next on these runs.
+LAST_EPOCHS = 10
+
+
+def percent_mean(fractions):
+    """The mean of kNN fractions as the monitor wrote them (0.8055), in percent to two places,
+    halves rounded up: in decimal, not binary, so that a mean of 80.355 reads 80.36 as the record
+    writes it, where the binary sum gives 80.35499… and 80.35."""
+    total = sum(Decimal(repr(f)) for f in fractions) * 100 / len(fractions)
+    return str(total.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP))
+
+
+def course_table(a_by_seed, b_by_seed, at):
+    """Markdown lines: for each seed, over the trained epochs both runs have up to the epochs
+    they are read after (`read_epoch`), how many have A's kNN below, equal to and above B's,
+    the first on which A is above and the last on which it is below; then each run's mean over
+    its last LAST_EPOCHS epochs and its best reading with the first epoch it came."""
+    lines = [f"kNN course: epochs A is behind, level, ahead; the first A is ahead and the last "
+             f"it is behind; mean over the last {LAST_EPOCHS} epochs; best (first epoch)",
+             "| seed | A behind | level | A ahead | A first ahead | A last behind "
+             f"| A last {LAST_EPOCHS} | B last {LAST_EPOCHS} | A best | B best |",
+             "|---" * 10 + "|"]
+    for seed in sorted(a_by_seed):
+        runs = (a_by_seed[seed], b_by_seed[seed])
+        # Epochs read, from the first trained one to the one the run is read after.
+        trained = []
+        for run in runs:
+            last = read_epoch(run, at)
+            trained.append({r["epoch"]: r["knn_top1"] for r in run["epoch_records"]
+                            if "knn_top1" in r and 1 <= r["epoch"] <= last})
+        a, b = trained
+        both = sorted(set(a) & set(b))
+        behind = [e for e in both if a[e] < b[e]]
+        ahead = [e for e in both if a[e] > b[e]]
+        cells = [str(len(behind)), str(len(both) - len(behind) - len(ahead)), str(len(ahead)),
+                 str(ahead[0]) if ahead else "none", str(behind[-1]) if behind else "none"]
+        for readings in trained:
+            cells.append(percent_mean([readings[e] for e in sorted(readings)[-LAST_EPOCHS:]]))
+        for readings in trained:
+            best = min(readings, key=lambda e: (-readings[e], e))
+            cells.append(f"{100 * readings[best]:.2f} ({best})")
+        lines.append(f"| {seed} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def reading(run, at, evaluation=None):
     """The run's kNN top-1 (percent) after epoch `at`, or after its configured epochs; with
     `evaluation`, that evaluation's figure for the checkpoint the finished run ended with."""
@@ -164,10 +215,11 @@ def evaluated(run, evaluation):
     return 100.0 * evaluation.figure(found)
 
 
-def summarise_pairs(a_runs, b_runs, at=None, every=None, evaluation=None, ranks=False):
+def summarise_pairs(a_runs, b_runs, at=None, every=None, evaluation=None, ranks=False,
+                    course=False):
     """The lines for settings A and B (runs read by `read_run`), paired by seed; the figure is
     the monitor's kNN unless `evaluation` (an `Evaluation`) names a recorded one; `ranks` adds
-    the effective-rank table."""
+    the effective-rank table, `course` the table of the kNN's course."""
     a_fields, b_fields = setting_fields(a_runs, "A"), setting_fields(b_runs, "B")
     for runs, label in ((a_runs, "A"), (b_runs, "B")):
         refuse_repeated_seeds([r["seed"] for r in runs], f"setting {label}'s seed", "run")
@@ -210,6 +262,8 @@ def summarise_pairs(a_runs, b_runs, at=None, every=None, evaluation=None, ranks=
             for label, readings in (("A", a), ("B", b)):
                 lines.append(f"| {label} | "
                              + " | ".join(f"{readings[e]:.2f}" for e in marks) + " |")
+    if course:
+        lines += [""] + course_table(a_by_seed, b_by_seed, at)
     if ranks:
         lines += [""] + rank_table(a_by_seed, b_by_seed, at)
     return lines
@@ -249,6 +303,9 @@ def parser():
                    help="read every run after this epoch (pairs still under way)")
     p.add_argument("--every", type=whole_number("a whole number of epochs ≥ 1"), metavar="N",
                    help="add each seed's readings every N epochs, as Markdown tables")
+    p.add_argument("--course", action="store_true",
+                   help="add each seed's epochs behind, level and ahead, last ten epochs and "
+                        "best readings")
     p.add_argument("--ranks", action="store_true",
                    help="add each run's lowest, time below 5 and last effective rank")
     p.add_argument("--evaluation", choices=("linear", "knn"),
@@ -292,7 +349,7 @@ def main(args):
     try:
         lines = summarise_pairs([read_run(f) for f in flags.a_runs],
                                 [read_run(f) for f in flags.against], flags.at, flags.every,
-                                evaluation, flags.ranks)
+                                evaluation, flags.ranks, flags.course)
         print("\n".join(lines))
     except BadComparison as e:
         print(f"error: {e}", file=sys.stderr)
