@@ -58,9 +58,15 @@ def setting_fields(runs, label):
     return shared
 
 
+def knn_fractions_by_epoch(run):
+    """{epoch: kNN top-1 as the monitor wrote it, a fraction} of a run's epoch records (epoch 0:
+    initialisation)."""
+    return {r["epoch"]: r["knn_top1"] for r in run["epoch_records"] if "knn_top1" in r}
+
+
 def knn_by_epoch(run):
     """{epoch: kNN top-1 in percent} of a run's epoch records (epoch 0: initialisation)."""
-    return {r["epoch"]: 100.0 * r["knn_top1"] for r in run["epoch_records"] if "knn_top1" in r}
+    return {e: 100.0 * knn for e, knn in knn_fractions_by_epoch(run).items()}
 
 
 # An effective rank below this, out of the representation's 128 dimensions or more, is a
@@ -72,6 +78,13 @@ LOW_RANK = 5.0
 def read_epoch(run, at):
     """The epoch a run is read after: `at` where given, else the epochs it was configured for."""
     return run["config"]["optim"]["epochs"] if at is None else at
+
+
+def read_span(by_epoch, run, at):
+    """The entries of `by_epoch` (one of the run's figures by epoch) for its trained epochs up to
+    the one it is read after (`read_epoch`)."""
+    last = read_epoch(run, at)
+    return {e: value for e, value in by_epoch.items() if 1 <= e <= last}
 
 
 def ranks_by_epoch(run):
@@ -91,9 +104,8 @@ def rank_table(a_by_seed, b_by_seed, at):
     for seed in sorted(a_by_seed):
         cells = []
         for label, run in (("A", a_by_seed[seed]), ("B", b_by_seed[seed])):
-            ranks = ranks_by_epoch(run)
             last = read_epoch(run, at)
-            read = {e: r for e, r in ranks.items() if e <= last}
+            read = read_span(ranks_by_epoch(run), run, at)
             if last not in read:
                 raise BadComparison(f"{run['folder']}: no effective rank after epoch {last} in "
                                     f"metrics.jsonl")
@@ -134,13 +146,9 @@ def course_table(a_by_seed, b_by_seed, at):
              f"| A last {LAST_EPOCHS} | B last {LAST_EPOCHS} | A best | B best |",
              "|---" * 10 + "|"]
     for seed in sorted(a_by_seed):
-        runs = (a_by_seed[seed], b_by_seed[seed])
-        # Epochs read, from the first trained one to the one the run is read after.
-        trained = []
-        for run in runs:
-            last = read_epoch(run, at)
-            trained.append({r["epoch"]: r["knn_top1"] for r in run["epoch_records"]
-                            if "knn_top1" in r and 1 <= r["epoch"] <= last})
+        # Fractions, not percent: `percent_mean` takes their decimal digits as written.
+        trained = [read_span(knn_fractions_by_epoch(run), run, at)
+                   for run in (a_by_seed[seed], b_by_seed[seed])]
         a, b = trained
         both = sorted(set(a) & set(b))
         behind = [e for e in both if a[e] < b[e]]
