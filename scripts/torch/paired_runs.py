@@ -17,8 +17,9 @@ it was configured for, so an unfinished run is an error that names it, unless `-
 reads every run after that epoch (pairs still under way compare where both have reached).
 `--every N` adds each seed's readings every N epochs, as Markdown tables. `--course` adds, for
 each seed, the epochs on which A's kNN is behind, level with and ahead of B's, the first epoch A
-is ahead and the last it is behind, each run's mean over its last ten epochs and its best
-reading (the figures `docs/comparisons.md` gives in each pair's first point). `--ranks` adds the
+is ahead and the last it is behind, the least and the most A − B over the epochs from half-way
+on, each run's mean over its last ten epochs and its best reading (the figures
+`docs/comparisons.md` gives in each pair's first point). `--ranks` adds the
 collapse monitor's effective rank of each run: its lowest over the run with the epoch, the epochs
 it spent below 5 (the representation folded to a few directions), and its last (the figures
 `docs/comparisons.md` gives in brackets beside each kNN reading).
@@ -135,16 +136,25 @@ def percent_mean(fractions):
     return str(total.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP))
 
 
+def percent_difference(a, b):
+    """a − b for two kNN fractions as the monitor wrote them, in percent, exact in decimal as
+    `percent_mean` reads them."""
+    return (Decimal(repr(a)) - Decimal(repr(b))) * 100
+
+
 def course_table(a_by_seed, b_by_seed, at):
     """Markdown lines: for each seed, over the trained epochs both runs have up to the epochs
     they are read after (`read_epoch`), how many have A's kNN below, equal to and above B's,
-    the first on which A is above and the last on which it is below; then each run's mean over
-    its last LAST_EPOCHS epochs and its best reading with the first epoch it came."""
+    the first on which A is above and the last on which it is below, the least and the most
+    A − B from half-way on (epochs from the last one halved, rounded down); then each run's mean
+    over its last LAST_EPOCHS epochs and its best reading with the first epoch it came."""
     lines = [f"kNN course: epochs A is behind, level, ahead; the first A is ahead and the last "
-             f"it is behind; mean over the last {LAST_EPOCHS} epochs; best (first epoch)",
+             f"it is behind; least to most A − B from half-way (epochs); mean over the last "
+             f"{LAST_EPOCHS} epochs; best (first epoch)",
              "| seed | A behind | level | A ahead | A first ahead | A last behind "
-             f"| A last {LAST_EPOCHS} | B last {LAST_EPOCHS} | A best | B best |",
-             "|---" * 10 + "|"]
+             f"| A − B from half-way | A last {LAST_EPOCHS} | B last {LAST_EPOCHS} | A best "
+             "| B best |",
+             "|---" * 11 + "|"]
     for seed in sorted(a_by_seed):
         # Fractions, not percent: `percent_mean` takes their decimal digits as written.
         trained = [read_span(knn_fractions_by_epoch(run), run, at)
@@ -155,6 +165,9 @@ def course_table(a_by_seed, b_by_seed, at):
         ahead = [e for e in both if a[e] > b[e]]
         cells = [str(len(behind)), str(len(both) - len(behind) - len(ahead)), str(len(ahead)),
                  str(ahead[0]) if ahead else "none", str(behind[-1]) if behind else "none"]
+        late = [e for e in both if e >= max(1, both[-1] // 2)]
+        gaps = [percent_difference(a[e], b[e]) for e in late]
+        cells.append(f"{min(gaps):+.2f} to {max(gaps):+.2f} ({late[0]}–{late[-1]})")
         for readings in trained:
             cells.append(percent_mean([readings[e] for e in sorted(readings)[-LAST_EPOCHS:]]))
         for readings in trained:
@@ -314,8 +327,8 @@ def parser():
     p.add_argument("--every", type=whole_number("a whole number of epochs ≥ 1"), metavar="N",
                    help="add each seed's readings every N epochs, as Markdown tables")
     p.add_argument("--course", action="store_true",
-                   help="add each seed's epochs behind, level and ahead, last ten epochs and "
-                        "best readings")
+                   help="add each seed's epochs behind, level and ahead, least and most A − B "
+                        "from half-way, last ten epochs and best readings")
     p.add_argument("--ranks", action="store_true",
                    help="add each run's lowest, time below 5 and last effective rank")
     p.add_argument("--evaluation", choices=("linear", "knn"),

@@ -130,7 +130,7 @@ class PairedRuns(unittest.TestCase):
         self.assertEqual(code, 1)
         self.assertIn(f"{plain[0]}: no effective rank after epoch", err)
 
-    def test_course_should_count_epochs_behind_level_ahead_and_give_last_ten_and_best(self):
+    def test_course_should_count_epochs_behind_level_ahead_and_give_late_gaps_and_best(self):
         # Seed 0, epochs 1-5 (A against B): behind, level, ahead, behind, ahead; then level.
         a0 = [0.2, 0.3, 0.5, 0.4, 0.6, 0.6] + [0.5] * 7
         b0 = [0.2, 0.4, 0.5, 0.3, 0.7, 0.5] + [0.5] * 7
@@ -144,19 +144,25 @@ class PairedRuns(unittest.TestCase):
              self.run_folder("b1", 1, b1, tau_base=0.99)]
         code, out, err = self.main(*a, "--against", *b, "--course")
         self.assertEqual(code, 0, err)
-        # Last ten of seed 0: epochs 3-12, (0.4 + 0.6 + 0.6 + 7 × 0.5) / 10 and (0.3 + 0.7 +
-        # 0.5 + 7 × 0.5) / 10. Best: the first epoch of a tie (A's 0.6 at 4 and 5, B's 0.9).
+        # From half-way (epoch 6 of 12): seed 0 level throughout; seed 1's A − B 2.50, 2.35,
+        # 2.45, 2.25, 2.15, 2.25, 2.50. Last ten of seed 0: epochs 3-12, (0.4 + 0.6 + 0.6 +
+        # 7 × 0.5) / 10 and (0.3 + 0.7 + 0.5 + 7 × 0.5) / 10. Best: the first epoch of a tie
+        # (A's 0.6 at 4 and 5, B's 0.9).
         self.assertEqual(out.split("\n\n")[1].splitlines()[1:], [
-            "| seed | A behind | level | A ahead | A first ahead | A last behind | A last 10 "
-            "| B last 10 | A best | B best |",
-            "|---|---|---|---|---|---|---|---|---|---|",
-            "| 0 | 2 | 8 | 2 | 3 | 4 | 51.00 | 50.00 | 60.00 (4) | 70.00 (4) |",
-            "| 1 | 2 | 0 | 10 | 3 | 2 | 80.36 | 78.06 | 80.55 (4) | 90.00 (1) |"])
+            "| seed | A behind | level | A ahead | A first ahead | A last behind "
+            "| A − B from half-way | A last 10 | B last 10 | A best | B best |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| 0 | 2 | 8 | 2 | 3 | 4 | +0.00 to +0.00 (6–12) | 51.00 | 50.00 | 60.00 (4) "
+            "| 70.00 (4) |",
+            "| 1 | 2 | 0 | 10 | 3 | 2 | +2.15 to +2.50 (6–12) | 80.36 | 78.06 | 80.55 (4) "
+            "| 90.00 (1) |"])
         # --at reads the epochs up to it only; A never ahead there.
         code, out, err = self.main(*a, "--against", *b, "--course", "--at", "2")
         self.assertEqual(code, 0, err)
-        self.assertIn("| 0 | 1 | 1 | 0 | none | 1 | 40.00 | 45.00 | 50.00 (2) | 50.00 (2) |", out)
-        self.assertIn("| 1 | 2 | 0 | 0 | none | 2 | 10.00 | 90.00 | 10.00 (1) | 90.00 (1) |", out)
+        self.assertIn("| 0 | 1 | 1 | 0 | none | 1 | -10.00 to +0.00 (1–2) | 40.00 | 45.00 "
+                      "| 50.00 (2) | 50.00 (2) |", out)
+        self.assertIn("| 1 | 2 | 0 | 0 | none | 2 | -80.00 to -80.00 (1–2) | 10.00 | 90.00 "
+                      "| 10.00 (1) | 90.00 (1) |", out)
         # Without the flag, no such table.
         code, out, _ = self.main(*a, "--against", *b)
         self.assertEqual(code, 0)
