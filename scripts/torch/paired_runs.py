@@ -19,10 +19,10 @@ reads every run after that epoch (pairs still under way compare where both have 
 each seed, the epochs on which A's kNN is behind, level with and ahead of B's, the first epoch A
 is ahead and the last it is behind, the least and the most A − B over the epochs from half-way
 on, each run's mean over its last ten epochs and its best reading (the figures
-`docs/comparisons.md` gives in each pair's first point). `--ranks` adds the
-collapse monitor's effective rank of each run: its lowest over the run with the epoch, the epochs
-it spent below 5 (the representation folded to a few directions), and its last (the figures
-`docs/comparisons.md` gives in brackets beside each kNN reading).
+`docs/comparisons.md` gives in each pair's first point). `--ranks` adds the collapse monitor's
+effective rank of each run: its lowest over the run with the epoch, the epochs it spent below 5
+(the representation folded to a few directions), and its last (the figures `docs/comparisons.md`
+gives in brackets beside each kNN reading).
 
 The figure compared is the training monitor's kNN top-1 (k = 200, T = 0.1), unless
 `--evaluation` names one that `host eval` recorded in the run's `evaluations.jsonl`: `linear`
@@ -165,7 +165,7 @@ def course_table(a_by_seed, b_by_seed, at):
         ahead = [e for e in both if a[e] > b[e]]
         cells = [str(len(behind)), str(len(both) - len(behind) - len(ahead)), str(len(ahead)),
                  str(ahead[0]) if ahead else "none", str(behind[-1]) if behind else "none"]
-        late = [e for e in both if e >= max(1, both[-1] // 2)]
+        late = [e for e in both if e >= both[-1] // 2]
         gaps = [percent_difference(a[e], b[e]) for e in late]
         cells.append(f"{min(gaps):+.2f} to {max(gaps):+.2f} ({late[0]}–{late[-1]})")
         for readings in trained:
