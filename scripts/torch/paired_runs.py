@@ -7,7 +7,8 @@ table rows for runs made by hand (the long CIFAR-10 pairs) are these figures; fo
 
     python3 paired_runs.py RUN [RUN ...] --against RUN [RUN ...] [--at EPOCH] [--every N]
                            [--course] [--ranks]
-                           [--evaluation linear|knn [--knn-k K] [--knn-temperature T]]
+                           [--evaluation linear|knn [--linear-epochs E]
+                                                    [--knn-k K] [--knn-temperature T]]
 
 Each RUN is a `host train --out RUN` folder (`config.json`, `metrics.jsonl`). The runs before
 `--against` are setting A, those after it setting B. Within a setting the runs differ only in
@@ -26,8 +27,9 @@ gives in brackets beside each kNN reading).
 
 The figure compared is the training monitor's kNN top-1 (k = 200, T = 0.1), unless
 `--evaluation` names one that `host eval` recorded in the run's `evaluations.jsonl`: `linear`
-(`host eval linear RUN`) or `knn` with `--knn-k` and `--knn-temperature` (default 200 and 0.1;
-`host eval knn RUN --knn-k 20 --knn-temperature 0.07`). The record read is the last of that
+with the probe's training length `--linear-epochs` (default 80, `host eval linear RUN`; `host eval
+linear RUN --epochs 240` for 240) or `knn` with `--knn-k` and `--knn-temperature` (default 200 and
+0.1; `host eval knn RUN --knn-k 20 --knn-temperature 0.07`). The record read is the last of that
 kind at the run's last checkpoint; a run without one is an error that gives the command that
 adds it. Needs only the standard library.
 """
@@ -44,6 +46,8 @@ from summarise_comparisons import (BadComparison, column_means, differing_fields
 
 # The training monitor's kNN vote, which `host eval knn` also takes unless told otherwise.
 MONITOR_K, MONITOR_TEMPERATURE = 200, 0.1
+# The epochs `host eval linear` trains its classifier for unless told otherwise.
+LINEAR_EPOCHS = 80
 
 
 def setting_fields(runs, label):
@@ -194,29 +198,35 @@ def reading(run, at, evaluation=None):
 
 
 class Evaluation:
-    """Which `host eval` record to read: `linear`, or `knn` with its k and temperature."""
+    """Which `host eval` record to read: `linear` with the epochs its classifier trained for,
+    or `knn` with its k and temperature. Records of another probe length or vote are other
+    figures, never read in their place."""
 
-    def __init__(self, kind, k=MONITOR_K, temperature=MONITOR_TEMPERATURE):
-        self.kind, self.k, self.temperature = kind, k, temperature
+    def __init__(self, kind, k=MONITOR_K, temperature=MONITOR_TEMPERATURE, epochs=LINEAR_EPOCHS):
+        self.kind, self.k, self.temperature, self.epochs = kind, k, temperature, epochs
 
     def matches(self, record):
         if record.get("kind") != self.kind:
             return False
-        return self.kind == "linear" or (record.get("k") == self.k
-                                         and record.get("temperature") == self.temperature)
+        if self.kind == "linear":
+            return record.get("epochs") == self.epochs
+        return record.get("k") == self.k and record.get("temperature") == self.temperature
 
     def figure(self, record):
         return record["linear_top1" if self.kind == "linear" else "knn_top1"]
 
     def title(self):
         if self.kind == "linear":
-            return "linear top-1"
+            return f"linear top-1 ({self.epochs}-epoch classifier)"
         return f"kNN top-1 (k = {self.k}, T = {self.temperature:g})"
 
     def command(self, folder):
-        flags = ("" if self.kind == "linear"
-                 or (self.k, self.temperature) == (MONITOR_K, MONITOR_TEMPERATURE)
-                 else f" --knn-k {self.k} --knn-temperature {self.temperature:g}")
+        if self.kind == "linear":
+            flags = "" if self.epochs == LINEAR_EPOCHS else f" --epochs {self.epochs}"
+        elif (self.k, self.temperature) == (MONITOR_K, MONITOR_TEMPERATURE):
+            flags = ""
+        else:
+            flags = f" --knn-k {self.k} --knn-temperature {self.temperature:g}"
         return f"host eval {self.kind} {folder}{flags}"
 
 
@@ -333,6 +343,10 @@ def parser():
                    help="add each run's lowest, time below 5 and last effective rank")
     p.add_argument("--evaluation", choices=("linear", "knn"),
                    help="compare a figure `host eval` recorded instead of the monitor's kNN")
+    p.add_argument("--linear-epochs", type=whole_number("a whole number of epochs ≥ 1"),
+                   metavar="E", help="with --evaluation linear: the epochs its classifier "
+                                     f"trained for (`host eval linear --epochs`; default "
+                                     f"{LINEAR_EPOCHS})")
     p.add_argument("--knn-k", type=whole_number("a whole number ≥ 1"), metavar="K",
                    help=f"with --evaluation knn: the vote's k (default {MONITOR_K})")
     p.add_argument("--knn-temperature", type=positive_number, metavar="T",
@@ -344,10 +358,14 @@ def evaluation_of(p, flags):
     """The `Evaluation` the flags name, or None for the monitor's kNN; a flag that does not
     fit the others is a usage error."""
     vote = flags.knn_k is not None or flags.knn_temperature is not None
+    probe = flags.linear_epochs is not None
     if flags.evaluation is None:
         if vote:
             p.error("--knn-k and --knn-temperature choose among `host eval knn` records: give "
                     "them with --evaluation knn")
+        if probe:
+            p.error("--linear-epochs chooses among `host eval linear` records: give it with "
+                    "--evaluation linear")
         return None
     if flags.at is not None:
         p.error("--at reads the monitor of a run under way; an evaluation is of the checkpoint "
@@ -355,7 +373,9 @@ def evaluation_of(p, flags):
     if flags.evaluation == "linear":
         if vote:
             p.error("--knn-k and --knn-temperature: a linear evaluation has no k or temperature")
-        return Evaluation("linear")
+        return Evaluation("linear", epochs=LINEAR_EPOCHS if not probe else flags.linear_epochs)
+    if probe:
+        p.error("--linear-epochs: a kNN evaluation trains no classifier")
     return Evaluation("knn", MONITOR_K if flags.knn_k is None else flags.knn_k,
                       MONITOR_TEMPERATURE if flags.knn_temperature is None
                       else flags.knn_temperature)

@@ -40,8 +40,9 @@ def write_evaluations(folder, *records):
         f.write("".join(json.dumps(r) + "\n" for r in records))
 
 
-def linear(top1, step):
-    return {"kind": "linear", "linear_top1": top1, "lr": 0.4, "step": step, "device": "cpu"}
+def linear(top1, step, epochs=80):
+    return {"kind": "linear", "linear_top1": top1, "lr": 0.4, "step": step, "device": "cpu",
+            "epochs": epochs}
 
 
 def knn(top1, step, k, temperature):
@@ -221,22 +222,37 @@ class PairedRuns(unittest.TestCase):
     def test_an_evaluation_should_be_read_at_each_runs_last_checkpoint(self):
         a, b = self.three_seeds()  # two epochs each: the last checkpoint's step is 2
         # Linear: A 70, 66, 61 and B 64, 67, 60 by seed → +6, −1, +1. The records of step 1 (a
-        # checkpoint before a resume) and of another kNN vote must not be read.
+        # checkpoint before a resume), of another kNN vote and of a classifier trained longer
+        # must not be read.
         for folder, final, earlier in ((a[1], 0.70, 0.10), (a[2], 0.66, 0.10),
                                        (a[0], 0.61, 0.10), (b[0], 0.64, 0.90),
                                        (b[1], 0.67, 0.90), (b[2], 0.60, 0.90)):
             write_evaluations(folder, linear(earlier, 1), linear(0.0, 2), knn(0.5, 2, 20, 0.07),
-                              linear(final, 2), linear(earlier, 1))
+                              linear(final, 2), linear(earlier, 1), linear(earlier, 2, 240))
         code, out, err = self.main(*a, "--against", *b, "--evaluation", "linear")
         self.assertEqual(code, 0, err)
         lines = out.splitlines()
-        self.assertEqual(lines[1], "linear top-1 (%) of the checkpoint after 2 epochs, 3 seeds")
+        self.assertEqual(lines[1], "linear top-1 (80-epoch classifier) (%) of the checkpoint "
+                                   "after 2 epochs, 3 seeds")
         self.assertEqual(lines[3].split(), ["0", "70.00", "64.00", "+6.00"])
         self.assertEqual(lines[4].split(), ["1", "66.00", "67.00", "-1.00"])
         self.assertEqual(lines[5].split(), ["2", "61.00", "60.00", "+1.00"])
         # Differences 6, −1, 1: mean 2, sample variance (16 + 9 + 1) / 2 = 13, se √(13/3).
         self.assertEqual(lines[7], "A − B: +2.00 ± 2.08 (standard error over 3 seeds); "
                                    "A ahead on 2, behind on 1")
+        # --linear-epochs reads the longer classifier's records: A 10 against B 90 on each seed.
+        code, out, err = self.main(*a, "--against", *b, "--evaluation", "linear",
+                                   "--linear-epochs", "240")
+        self.assertEqual(code, 0, err)
+        self.assertIn("linear top-1 (240-epoch classifier) (%)", out)
+        self.assertIn("A − B: -80.00 ± 0.00", out)
+        # A length no run was probed for is named with the command that adds it.
+        code, _, err = self.main(*a, "--against", *b, "--evaluation", "linear",
+                                 "--linear-epochs", "40")
+        self.assertEqual(code, 1)
+        self.assertIn(f"{a[1]}: no linear top-1 (40-epoch classifier) of its last checkpoint "
+                      f"(step 2) in evaluations.jsonl; `host eval linear {a[1]} --epochs 40` "
+                      "adds it", err)
         # The kNN vote is chosen by k and temperature; the default (200, 0.1) has no record.
         code, out, err = self.main(*a, "--against", *b, "--evaluation", "knn", "--knn-k", "20",
                                    "--knn-temperature", "0.07")
@@ -251,7 +267,8 @@ class PairedRuns(unittest.TestCase):
         os.remove(os.path.join(b[2], "evaluations.jsonl"))
         code, _, err = self.main(*a, "--against", *b, "--evaluation", "linear")
         self.assertEqual(code, 1)
-        self.assertIn(f"{b[2]}: no linear top-1 of its last checkpoint (step 2)", err)
+        self.assertIn(f"{b[2]}: no linear top-1 (80-epoch classifier) of its last checkpoint "
+                      "(step 2)", err)
         with open(os.path.join(b[2], "evaluations.jsonl"), "w") as f:
             f.write(json.dumps(linear(0.6, 2)) + "\n{broken\n")
         code, _, err = self.main(*a, "--against", *b, "--evaluation", "linear")
@@ -272,6 +289,12 @@ class PairedRuns(unittest.TestCase):
                 (["--against", *b, "--knn-k", "20"], "give them with --evaluation knn"),
                 (["--against", *b, "--evaluation", "linear", "--knn-k", "20"],
                  "a linear evaluation has no k"),
+                (["--against", *b, "--linear-epochs", "240"],
+                 "give it with --evaluation linear"),
+                (["--against", *b, "--evaluation", "knn", "--linear-epochs", "240"],
+                 "a kNN evaluation trains no classifier"),
+                (["--against", *b, "--evaluation", "linear", "--linear-epochs", "0"],
+                 "argument --linear-epochs: expected a whole number of epochs ≥ 1, got '0'"),
                 (["--against", *b, "--evaluation", "knn", "--knn-k", "0"],
                  "argument --knn-k: expected a whole number ≥ 1, got '0'"),
                 (["--against", *b, "--evaluation", "knn", "--knn-temperature", "-1"],
