@@ -373,7 +373,8 @@ def evaluation_of(p, flags):
     if flags.evaluation == "linear":
         if vote:
             p.error("--knn-k and --knn-temperature: a linear evaluation has no k or temperature")
-        return Evaluation("linear", epochs=LINEAR_EPOCHS if not probe else flags.linear_epochs)
+        return Evaluation("linear", epochs=LINEAR_EPOCHS if flags.linear_epochs is None
+                          else flags.linear_epochs)
     if probe:
         p.error("--linear-epochs: a kNN evaluation trains no classifier")
     return Evaluation("knn", MONITOR_K if flags.knn_k is None else flags.knn_k,
