@@ -248,6 +248,23 @@ def evaluated(run, evaluation):
     return 100.0 * evaluation.figure(found)
 
 
+def difference_table(rows):
+    """The lines for rows (seed, A, B): each seed's A − B, the means, A − B's mean ± standard
+    error and the seeds A is ahead and behind on. `paired_figures.py` prints the same lines of
+    figures typed in as decimals, whose means round as the decimal context says."""
+    lines = [f"{'seed':>5}  {'A':>6}  {'B':>6}  {'A − B':>6}"]
+    for seed, a, b in rows:
+        lines.append(f"{seed:>5}  {a:6.2f}  {b:6.2f}  {a - b:+6.2f}")
+    mean_a, mean_b = column_means((a, b) for _, a, b in rows)
+    differences = [a - b for _, a, b in rows]
+    mean = mean_and_standard_error(differences)[0]
+    lines.append(f"{'mean':>5}  {mean_a:6.2f}  {mean_b:6.2f}  {mean:+6.2f}")
+    lines.append(f"A − B: {mean_with_spread(differences)}; "
+                 f"A ahead on {sum(d > 0 for d in differences)}, "
+                 f"behind on {sum(d < 0 for d in differences)}")
+    return lines
+
+
 def summarise_pairs(a_runs, b_runs, at=None, every=None, evaluation=None, ranks=False,
                     course=False):
     """The lines for settings A and B (runs read by `read_run`), paired by seed; the figure is
@@ -272,17 +289,8 @@ def summarise_pairs(a_runs, b_runs, at=None, every=None, evaluation=None, ranks=
             else f"{evaluation.title()} (%) of the checkpoint")
 
     lines = [f"A / B: {described or 'no field differs'}",
-             f"{what} after {when}, {len(rows)} seed{'s' * (len(rows) != 1)}",
-             f"{'seed':>5}  {'A':>6}  {'B':>6}  {'A − B':>6}"]
-    for seed, a, b in rows:
-        lines.append(f"{seed:>5}  {a:6.2f}  {b:6.2f}  {a - b:+6.2f}")
-    mean_a, mean_b = column_means((a, b) for _, a, b in rows)
-    differences = [a - b for _, a, b in rows]
-    mean = mean_and_standard_error(differences)[0]
-    lines.append(f"{'mean':>5}  {mean_a:6.2f}  {mean_b:6.2f}  {mean:+6.2f}")
-    lines.append(f"A − B: {mean_with_spread(differences)}; "
-                 f"A ahead on {sum(d > 0 for d in differences)}, "
-                 f"behind on {sum(d < 0 for d in differences)}")
+             f"{what} after {when}, {len(rows)} seed{'s' * (len(rows) != 1)}"]
+    lines += difference_table(rows)
     if every:
         for seed in seeds:
             a, b = knn_by_epoch(a_by_seed[seed]), knn_by_epoch(b_by_seed[seed])
@@ -302,10 +310,10 @@ def summarise_pairs(a_runs, b_runs, at=None, every=None, evaluation=None, ranks=
     return lines
 
 
-def whole_number(expected):
-    """An argparse type: a whole number ≥ 1, or an error that says `expected`."""
+def whole_number(expected, least=1):
+    """An argparse type: a whole number ≥ `least`, or an error that says `expected`."""
     def parse(text):
-        if not text.isdigit() or int(text) < 1:
+        if not text.isdigit() or int(text) < least:
             raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
         return int(text)
     return parse
@@ -322,13 +330,18 @@ def positive_number(text):
     return value
 
 
+def docstring_parser(doc, prog):
+    """An argparse parser whose help is a script's docstring `doc` in four paragraphs: what it
+    prints, an example, the usage (put on one line, as argparse prints it), then how it reads
+    its input."""
+    what, example, usage, reading = doc.split("\n\n", 3)
+    return argparse.ArgumentParser(prog=prog, usage=" ".join(usage.split()),
+                                   description=f"{what}\n\n{example}", epilog=reading,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def parser():
-    # The docstring's paragraphs: what it prints, an example, the usage (on one line, as
-    # argparse prints it), then how the runs are read.
-    what, example, usage, reading = __doc__.split("\n\n", 3)
-    p = argparse.ArgumentParser(prog="python3 paired_runs.py", usage=" ".join(usage.split()),
-                                description=f"{what}\n\n{example}", epilog=reading,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = docstring_parser(__doc__, "python3 paired_runs.py")
     p.add_argument("a_runs", nargs="+", metavar="RUN", help="setting A's run folders")
     p.add_argument("--against", nargs="+", required=True, metavar="RUN",
                    help="setting B's run folders")
